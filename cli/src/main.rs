@@ -1,0 +1,448 @@
+//! `sluice`: the command line. Parses arguments, prints tables, progress
+//! bars and JSON; every protocol and storage decision lives in the library
+//! crates.
+
+// Printing is this crate's job: results on stdout, errors on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod units;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use sluice_storage::{CreateOptions, Metainfo, default_threads};
+
+use crate::units::{format_size, parse_size};
+
+/// A peer-to-peer file-swarm node.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors in the log.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a BitTorrent v2 .torrent from a file or directory.
+    Create {
+        /// The file or directory to share.
+        path: PathBuf,
+        /// Where to write the .torrent (default: <name>.torrent here).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Piece size, a power of two ≥ 16KiB (default: from the total size).
+        #[arg(long, value_parser = parse_size)]
+        piece_size: Option<u64>,
+        /// Torrent name (default: the file or directory name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Hashing threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Leave out the creation date, so the same files give the same bytes.
+        #[arg(long)]
+        no_date: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a .torrent: name, files, piece size, info-hash.
+    Show {
+        torrent: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check data on disk against a .torrent; exit 0 only when complete.
+    Verify {
+        torrent: PathBuf,
+        /// The content: the file of a single-file torrent (or the directory
+        /// holding it), else the torrent's directory.
+        path: PathBuf,
+        /// Hashing threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit codes: 0 success, 1 the operation ran but the answer is "no"
+/// (incomplete data), 2 bad input or failure.
+const EXIT_INCOMPLETE: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_ERROR)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(&cli);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Create {
+            path,
+            output,
+            piece_size,
+            name,
+            threads,
+            no_date,
+            json,
+        } => create(&path, output, piece_size, name, threads, no_date, json),
+        Command::Show { torrent, json } => show(&torrent, json),
+        Command::Verify {
+            torrent,
+            path,
+            threads,
+            json,
+        } => verify(&torrent, &path, threads, json),
+    }
+}
+
+fn read_torrent(path: &Path) -> Result<Metainfo> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Metainfo::from_bytes(&bytes)
+        .with_context(|| format!("{} is not a valid torrent", path.display()))
+}
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A progress bar over `total` bytes, fed from `done`, on stderr (hidden
+/// when stderr is not a terminal). Runs until the returned guard drops.
+struct Progress {
+    stop: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(label: &str, total: u64, done: Arc<AtomicU64>) -> Self {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_message(label.to_owned());
+        let stop = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                while stop.load(Ordering::Relaxed) == 0 {
+                    bar.set_position(done.load(Ordering::Relaxed));
+                    std::thread::park_timeout(Duration::from_millis(100));
+                }
+                bar.finish_and_clear();
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(1, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Created {
+    info_hash: String,
+    magnet: String,
+    torrent: PathBuf,
+    name: String,
+    total_size: u64,
+    piece_length: u32,
+    pieces: u32,
+    files: usize,
+    seconds: f64,
+}
+
+fn create(
+    path: &Path,
+    output: Option<PathBuf>,
+    piece_size: Option<u64>,
+    name: Option<String>,
+    threads: Option<usize>,
+    no_date: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let piece_length = piece_size
+        .map(|p| u32::try_from(p).map_err(|_| anyhow::anyhow!("--piece-size {p} is too large")))
+        .transpose()?;
+    let date = (!no_date).then(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    });
+    let options = CreateOptions::default()
+        .with_piece_length(piece_length)
+        .with_name(name)
+        .with_threads(threads.unwrap_or_else(default_threads))
+        .with_creation_date(date);
+    let (_, files) = sluice_storage::create::scan(path)?;
+    let total: u64 = files.iter().map(|f| f.length).sum();
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let meta = {
+        let _bar = Progress::start("hashing", total, Arc::clone(&done));
+        sluice_storage::create(path, &options, &done)?
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let info = meta.info();
+    let output = output.unwrap_or_else(|| PathBuf::from(format!("{}.torrent", info.name())));
+    write_atomically(&output, meta.to_bytes())?;
+    let created = Created {
+        info_hash: info.info_hash().to_string(),
+        magnet: info.magnet(),
+        torrent: output,
+        name: info.name().to_owned(),
+        total_size: info.total_size(),
+        piece_length: info.piece_length(),
+        pieces: sluice_storage::Layout::new(info).num_pieces(),
+        files: info.files().len(),
+        seconds,
+    };
+    if json {
+        print_json(&created)?;
+    } else {
+        println!("{}", created.info_hash);
+        println!("{}", created.magnet);
+        tracing::info!(
+            torrent = %created.torrent.display(),
+            size = created.total_size,
+            pieces = created.pieces,
+            seconds,
+            "created"
+        );
+        let rate = created.total_size as f64 / seconds.max(1e-9);
+        println!(
+            "wrote {} ({} in {} pieces of {}, {} files; hashed at {}/s)",
+            created.torrent.display(),
+            format_size(created.total_size),
+            created.pieces,
+            format_size(u64::from(created.piece_length)),
+            created.files,
+            format_size(rate as u64),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to `path` via a temp file and a rename, so a failure never
+/// leaves a half-written file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a directory; give a file name for the .torrent",
+            path.display()
+        );
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    name: &'a str,
+    info_hash: String,
+    magnet: String,
+    total_size: u64,
+    piece_length: u32,
+    pieces: u32,
+    files: Vec<ShownFile>,
+}
+
+#[derive(Serialize)]
+struct ShownFile {
+    path: String,
+    length: u64,
+    pieces_root: Option<String>,
+}
+
+fn show(path: &Path, json: bool) -> Result<ExitCode> {
+    let meta = read_torrent(path)?;
+    let info = meta.info();
+    let shown = Shown {
+        name: info.name(),
+        info_hash: info.info_hash().to_string(),
+        magnet: info.magnet(),
+        total_size: info.total_size(),
+        piece_length: info.piece_length(),
+        pieces: sluice_storage::Layout::new(info).num_pieces(),
+        files: info
+            .files()
+            .iter()
+            .map(|f| ShownFile {
+                path: f.display_path(),
+                length: f.length,
+                pieces_root: f.pieces_root.map(hex::encode),
+            })
+            .collect(),
+    };
+    if json {
+        print_json(&shown)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("name:        {}", shown.name);
+    println!("info-hash:   {}", shown.info_hash);
+    println!("magnet:      {}", shown.magnet);
+    println!(
+        "size:        {} ({} bytes)",
+        format_size(shown.total_size),
+        shown.total_size
+    );
+    println!(
+        "pieces:      {} of {}",
+        shown.pieces,
+        format_size(u64::from(shown.piece_length))
+    );
+    println!("files:       {}", shown.files.len());
+    for f in &shown.files {
+        println!("  {:>12}  {}", f.length, f.path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Verified {
+    info_hash: String,
+    path: PathBuf,
+    verified_pieces: usize,
+    total_pieces: usize,
+    complete: bool,
+    missing_files: Vec<String>,
+}
+
+fn verify(torrent: &Path, path: &Path, threads: Option<usize>, json: bool) -> Result<ExitCode> {
+    let meta = read_torrent(torrent)?;
+    let info = meta.info();
+    if !path.exists() {
+        anyhow::bail!("{} does not exist", path.display());
+    }
+    // A single-file torrent may be given the directory that holds the file.
+    let content = if info.is_single_file() && path.is_dir() {
+        path.join(&info.files()[0].path[0])
+    } else {
+        path.to_owned()
+    };
+    let missing_files: Vec<String> = sluice_storage::content_paths(info, &content)
+        .iter()
+        .zip(info.files())
+        .filter(|(p, _)| !p.is_file())
+        .map(|(_, f)| f.display_path())
+        .collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let bits = {
+        let _bar = Progress::start("verifying", info.total_size(), Arc::clone(&done));
+        sluice_storage::recheck(
+            &meta,
+            &content,
+            threads.unwrap_or_else(default_threads),
+            &done,
+        )
+    };
+    let result = Verified {
+        info_hash: info.info_hash().to_string(),
+        path: content,
+        verified_pieces: bits.count_ones(),
+        total_pieces: bits.len(),
+        complete: bits.all(),
+        missing_files,
+    };
+    if json {
+        print_json(&result)?;
+    } else {
+        let pct = 100.0 * result.verified_pieces as f64 / (result.total_pieces.max(1)) as f64;
+        println!(
+            "{}/{} pieces verified ({pct:.1}%){}",
+            result.verified_pieces,
+            result.total_pieces,
+            if result.complete { ", complete" } else { "" }
+        );
+        for f in &result.missing_files {
+            println!("missing: {f}");
+        }
+    }
+    Ok(if result.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    })
+}

@@ -1,0 +1,215 @@
+//! Making a `.torrent` from files on disk (`sluice create`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use crate::error::StorageError;
+use crate::hash::{default_threads, hash_pieces};
+use crate::layout::Layout;
+use crate::merkle::{FileTree, Hash};
+use crate::metainfo::{FileInfo, MAX_FILES, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, Metainfo};
+
+/// Options for [`create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    piece_length: Option<u32>,
+    name: Option<String>,
+    threads: usize,
+    creation_date: Option<i64>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            piece_length: None,
+            name: None,
+            threads: default_threads(),
+            creation_date: None,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// Piece length in bytes; default: chosen from the total size
+    /// ([`auto_piece_length`]).
+    pub fn with_piece_length(mut self, piece_length: Option<u32>) -> Self {
+        self.piece_length = piece_length;
+        self
+    }
+
+    /// The torrent's name; default: the file or directory name.
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Hashing threads; default: every core.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// `creation date` (Unix seconds) written outside the info dict;
+    /// default: none, so the same files always give the same bytes.
+    pub fn with_creation_date(mut self, date: Option<i64>) -> Self {
+        self.creation_date = date;
+        self
+    }
+}
+
+/// Smallest power of two ≥ 16 KiB giving at most ~1500 pieces, capped at
+/// 16 MiB. v2 piece layers cost 32 bytes a piece, so this keeps a `.torrent`
+/// small while pieces stay fine-grained enough to spread in a swarm.
+pub fn auto_piece_length(total_size: u64) -> u32 {
+    const TARGET_PIECES: u64 = 1500;
+    let want = total_size.div_ceil(TARGET_PIECES).next_power_of_two();
+    want.clamp(u64::from(MIN_PIECE_LENGTH), 16 * 1024 * 1024) as u32
+}
+
+/// A file found under the path given to [`create`].
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: Vec<String>,
+    pub disk_path: PathBuf,
+    pub length: u64,
+}
+
+/// Lists the files of `root` (a file or a directory) in file-tree order.
+/// Symlinks are followed; empty directories are skipped (v2 cannot express
+/// them); anything that is not a regular file is refused.
+pub fn scan(root: &Path) -> Result<(String, Vec<SourceFile>), StorageError> {
+    let meta = std::fs::metadata(root).map_err(StorageError::io("reading", root))?;
+    let name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_owned()))
+        .and_then(|n| n.into_string().ok())
+        .ok_or_else(|| input(root, "has no usable UTF-8 file name"))?;
+    if meta.is_file() {
+        let file = SourceFile {
+            path: vec![name.clone()],
+            disk_path: root.to_owned(),
+            length: meta.len(),
+        };
+        return Ok((name, vec![file]));
+    }
+    if !meta.is_dir() {
+        return Err(input(root, "is neither a file nor a directory"));
+    }
+    let mut files = Vec::new();
+    walk(root, &mut Vec::new(), &mut files)?;
+    if files.is_empty() {
+        return Err(input(root, "contains no files"));
+    }
+    // File-tree order: bytewise by path components (bencode dict order).
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((name, files))
+}
+
+fn input(path: &Path, reason: &str) -> StorageError {
+    StorageError::Input {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn walk(dir: &Path, rel: &mut Vec<String>, out: &mut Vec<SourceFile>) -> Result<(), StorageError> {
+    let entries = std::fs::read_dir(dir).map_err(StorageError::io("listing", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(StorageError::io("listing", dir))?;
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| input(&path, "file name is not valid UTF-8"))?;
+        let meta = std::fs::metadata(&path).map_err(StorageError::io("reading", &path))?;
+        rel.push(name);
+        if meta.is_dir() {
+            walk(&path, rel, out)?;
+        } else if meta.is_file() {
+            if out.len() == MAX_FILES {
+                return Err(input(dir, &format!("holds more than {MAX_FILES} files")));
+            }
+            out.push(SourceFile {
+                path: rel.clone(),
+                disk_path: path,
+                length: meta.len(),
+            });
+        } else {
+            return Err(input(&path, "is neither a file nor a directory"));
+        }
+        rel.pop();
+    }
+    Ok(())
+}
+
+/// Hashes the files at `root` and builds a v2 `.torrent`. `progress` counts
+/// bytes hashed (for a progress bar).
+pub fn create(
+    root: &Path,
+    options: &CreateOptions,
+    progress: &AtomicU64,
+) -> Result<Metainfo, StorageError> {
+    let (default_name, mut files) = scan(root)?;
+    let name = options.name.clone().unwrap_or(default_name);
+    if files.len() == 1 && files[0].path.len() == 1 {
+        // A single file is stored under the torrent's name.
+        files[0].path = vec![name.clone()];
+    }
+    let total: u64 = files.iter().map(|f| f.length).sum();
+    let piece_length = match options.piece_length {
+        None => auto_piece_length(total),
+        Some(p) if p.is_power_of_two() && (MIN_PIECE_LENGTH..=MAX_PIECE_LENGTH).contains(&p) => p,
+        Some(p) => {
+            return Err(input(
+                root,
+                &format!("piece size {p} is not a power of two between 16 KiB and 256 MiB"),
+            ));
+        }
+    };
+    let layout = Layout::from_lengths(piece_length, files.iter().map(|f| f.length));
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.disk_path.clone()).collect();
+    let hashes = hash_pieces(&layout, &paths, options.threads, progress);
+
+    let mut infos = Vec::with_capacity(files.len());
+    let mut layers = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let pieces = layout.file_pieces(i);
+        let hashes: Vec<Hash> = hashes[pieces.start as usize..pieces.end as usize]
+            .iter()
+            .map(|h| h.ok_or_else(|| input(&file.disk_path, "changed or vanished while hashing")))
+            .collect::<Result<_, _>>()?;
+        let tree = FileTree::new(file.length, piece_length);
+        let (root, layer) = match hashes.as_slice() {
+            [] => (None, Vec::new()),
+            [only] if !tree.has_piece_layer() => (Some(*only), Vec::new()),
+            _ => (Some(tree.root_from_piece_layer(&hashes)), hashes),
+        };
+        infos.push(FileInfo {
+            path: file.path.clone(),
+            length: file.length,
+            pieces_root: root,
+        });
+        layers.push(layer);
+    }
+    Ok(Metainfo::build(
+        &name,
+        piece_length,
+        &infos,
+        &layers,
+        options.creation_date,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_piece_length_is_a_bounded_power_of_two() {
+        assert_eq!(auto_piece_length(0), 16 * 1024);
+        assert_eq!(auto_piece_length(1), 16 * 1024);
+        assert_eq!(auto_piece_length(1 << 30), 1 << 20);
+        assert_eq!(auto_piece_length(1 << 50), 16 << 20);
+    }
+}

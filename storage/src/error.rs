@@ -1,0 +1,48 @@
+use std::io;
+use std::path::PathBuf;
+
+use crate::layout::{BlockRef, PieceIndex};
+use crate::metainfo::MetainfoError;
+use crate::queue::ReserveError;
+
+/// Everything the storage crate can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Metainfo(#[from] MetainfoError),
+    #[error("{path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+    #[error("{piece:?} is not verified here, so it cannot be read for upload")]
+    NotHeld { piece: PieceIndex },
+    #[error("{block:?} is {got} bytes; the layout says {want}")]
+    WrongLength {
+        block: BlockRef,
+        got: usize,
+        want: u32,
+    },
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    #[error("the disk writer thread stopped unexpectedly")]
+    WriterGone,
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

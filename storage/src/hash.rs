@@ -1,0 +1,106 @@
+//! Hashing files from disk on every core: used by `create` and by rechecks.
+//!
+//! Work is handed out in batches of whole pieces (at least 4 MiB per batch,
+//! so tiny pieces do not turn into a lock-step of atomics); each worker keeps
+//! one buffer and one open file. Positioned reads (`pread`) let workers share
+//! nothing but the batch counter.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::layout::Layout;
+use crate::merkle::{BLOCK_SIZE, Hash, leaf_hash};
+
+/// Largest read issued at once.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
+
+/// The default worker count: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Hashes every piece of `layout` from the files at `paths` (parallel to
+/// the layout's files) on `threads` threads, adding bytes hashed to
+/// `progress` as it goes.
+///
+/// Returns each piece's hash as [`crate::merkle::FileTree::piece_hash`]
+/// defines it, or `None` where the file is missing, short or unreadable.
+pub fn hash_pieces(
+    layout: &Layout,
+    paths: &[PathBuf],
+    threads: usize,
+    progress: &AtomicU64,
+) -> Vec<Option<Hash>> {
+    let per_batch = (READ_CHUNK as u32 / layout.piece_length()).max(1);
+    let next = AtomicU32::new(0);
+    let mut out = vec![None; layout.num_pieces() as usize];
+    let results: Vec<Vec<(u32, Option<Hash>)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut w = Worker::default();
+                    let mut done = Vec::new();
+                    loop {
+                        let start = next.fetch_add(per_batch, Ordering::Relaxed);
+                        if start >= layout.num_pieces() {
+                            break;
+                        }
+                        let end = start.saturating_add(per_batch).min(layout.num_pieces());
+                        for index in start..end {
+                            let piece = layout.piece(index).expect("index < num_pieces");
+                            done.push((index, w.hash_piece(layout, paths, piece, progress)));
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("hash worker panicked"))
+            .collect()
+    });
+    for (index, hash) in results.into_iter().flatten() {
+        out[index as usize] = hash;
+    }
+    out
+}
+
+#[derive(Default)]
+struct Worker {
+    buf: Vec<u8>,
+    leaves: Vec<Hash>,
+    file: Option<(usize, Option<File>)>,
+}
+
+impl Worker {
+    fn hash_piece(
+        &mut self,
+        layout: &Layout,
+        paths: &[PathBuf],
+        piece: crate::layout::PieceIndex,
+        progress: &AtomicU64,
+    ) -> Option<Hash> {
+        let range = layout.piece_range(piece);
+        if self.file.as_ref().is_none_or(|(i, _)| *i != range.file) {
+            self.file = Some((range.file, File::open(&paths[range.file]).ok()));
+        }
+        let file = self.file.as_ref().and_then(|(_, f)| f.as_ref())?;
+        self.leaves.clear();
+        let mut done = 0usize;
+        let len = range.len as usize;
+        while done < len {
+            let n = (len - done).min(READ_CHUNK);
+            self.buf.resize(n, 0);
+            file.read_exact_at(&mut self.buf[..n], range.offset + done as u64)
+                .ok()?;
+            self.leaves
+                .extend(self.buf[..n].chunks(BLOCK_SIZE as usize).map(leaf_hash));
+            done += n;
+            progress.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Some(layout.piece_tree(piece).piece_hash(&self.leaves))
+    }
+}

@@ -1,0 +1,596 @@
+//! BitTorrent v2 (BEP 52) metainfo: parse and validate untrusted `.torrent`
+//! bytes, and build them.
+//!
+//! Everything a peer or a file can put here is checked once, at this
+//! boundary: path components, sizes, piece length, and that every piece
+//! layer hashes up to its file's `pieces root`. Errors name the field.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+use crate::bencode::{self, Dict, Value};
+use crate::merkle::{BLOCK_SIZE, FileTree, Hash};
+
+/// Smallest piece length BEP 52 allows (one block).
+pub const MIN_PIECE_LENGTH: u32 = BLOCK_SIZE;
+/// Largest piece length sluice accepts (256 MiB): a piece's leaf hashes and
+/// its blocks are tracked in memory while it downloads.
+pub const MAX_PIECE_LENGTH: u32 = 256 * 1024 * 1024;
+/// Most files one torrent may list.
+pub const MAX_FILES: usize = 1 << 20;
+
+/// The v2 info-hash: SHA-256 of the bencoded `info` dict.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InfoHash(pub [u8; 32]);
+
+impl InfoHash {
+    pub fn of_info_bytes(info: &[u8]) -> Self {
+        Self(Sha256::digest(info).into())
+    }
+
+    /// First 8 hex digits, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Display for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for InfoHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InfoHash({self})")
+    }
+}
+
+impl FromStr for InfoHash {
+    type Err = MetainfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| MetainfoError::Field {
+            field: "info-hash".into(),
+            reason: format!("{s:?} is not 64 hex digits"),
+        })?;
+        Ok(Self(out))
+    }
+}
+
+impl serde::Serialize for InfoHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Why a `.torrent` or an `info` dict was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MetainfoError {
+    #[error("not a valid torrent: {0}")]
+    Bencode(#[from] bencode::DecodeError),
+    #[error("{field}: {reason}")]
+    Field { field: String, reason: String },
+}
+
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> MetainfoError {
+    MetainfoError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// One file of a torrent, in file-tree order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Path components below the torrent's root, each validated: not empty,
+    /// not `.` or `..`, no `/`, `\` or NUL, valid UTF-8.
+    pub path: Vec<String>,
+    /// Length in bytes.
+    pub length: u64,
+    /// Merkle root of the file (`None` for an empty file).
+    pub pieces_root: Option<Hash>,
+}
+
+impl FileInfo {
+    /// The path joined with `/`, for display.
+    pub fn display_path(&self) -> String {
+        self.path.join("/")
+    }
+}
+
+/// The validated `info` dict.
+#[derive(Debug, Clone)]
+pub struct Info {
+    name: String,
+    piece_length: u32,
+    files: Vec<FileInfo>,
+    info_hash: InfoHash,
+    raw: Vec<u8>,
+}
+
+impl Info {
+    /// Parses and validates a bencoded `info` dict.
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, MetainfoError> {
+        let value = bencode::decode(raw)?;
+        let Value::Dict(dict) = &value else {
+            return Err(field_err("info", "is not a dict"));
+        };
+        Self::from_dict(dict)
+    }
+
+    fn from_dict(dict: &Dict<'_>) -> Result<Self, MetainfoError> {
+        match dict.get(b"meta version") {
+            Some(Value::Int(2)) => {}
+            Some(Value::Int(v)) => {
+                return Err(field_err(
+                    "info.meta version",
+                    format!("version {v} is not supported (sluice reads BitTorrent v2)"),
+                ));
+            }
+            Some(_) => return Err(field_err("info.meta version", "is not an integer")),
+            None => {
+                return Err(field_err(
+                    "info.meta version",
+                    "missing: this is a BitTorrent v1 torrent; sluice reads v2 only",
+                ));
+            }
+        }
+        let name = match dict.get(b"name") {
+            Some(Value::Bytes(b)) => path_component("info.name", b)?,
+            Some(_) => return Err(field_err("info.name", "is not a string")),
+            None => return Err(field_err("info.name", "missing")),
+        };
+        let piece_length = match dict.get(b"piece length") {
+            Some(Value::Int(n)) => u32::try_from(*n)
+                .ok()
+                .filter(|n| {
+                    n.is_power_of_two() && (MIN_PIECE_LENGTH..=MAX_PIECE_LENGTH).contains(n)
+                })
+                .ok_or_else(|| {
+                    field_err(
+                        "info.piece length",
+                        format!("{n} is not a power of two between 16 KiB and 256 MiB"),
+                    )
+                })?,
+            Some(_) => return Err(field_err("info.piece length", "is not an integer")),
+            None => return Err(field_err("info.piece length", "missing")),
+        };
+        let tree = match dict.get(b"file tree") {
+            Some(Value::Dict(d)) => d,
+            Some(_) => return Err(field_err("info.file tree", "is not a dict")),
+            None => return Err(field_err("info.file tree", "missing")),
+        };
+        let mut files = Vec::new();
+        let mut path = Vec::new();
+        walk_file_tree(tree, &mut path, &mut files)?;
+        if files.is_empty() {
+            return Err(field_err("info.file tree", "lists no files"));
+        }
+        let total: u64 = files
+            .iter()
+            .try_fold(0u64, |acc, f| acc.checked_add(f.length))
+            .ok_or_else(|| field_err("info.file tree", "total size overflows 64 bits"))?;
+        let pieces: u64 = files
+            .iter()
+            .map(|f| f.length.div_ceil(u64::from(piece_length)))
+            .sum();
+        if pieces > u64::from(u32::MAX) {
+            return Err(field_err(
+                "info.piece length",
+                format!("{total} bytes in {piece_length}-byte pieces is more than 2^32 pieces"),
+            ));
+        }
+        Ok(Self {
+            name,
+            piece_length,
+            files,
+            info_hash: InfoHash::of_info_bytes(dict.raw),
+            raw: dict.raw.to_vec(),
+        })
+    }
+
+    /// The torrent's name (a single path component).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn piece_length(&self) -> u32 {
+        self.piece_length
+    }
+
+    /// Files in file-tree order (the order pieces are numbered in).
+    pub fn files(&self) -> &[FileInfo] {
+        &self.files
+    }
+
+    pub fn info_hash(&self) -> InfoHash {
+        self.info_hash
+    }
+
+    /// The bencoded `info` dict exactly as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Sum of all file lengths.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.length).sum()
+    }
+
+    /// A single-file torrent has one file at the top of the file tree; its
+    /// content is that file. Otherwise the content is a directory named
+    /// after the torrent.
+    pub fn is_single_file(&self) -> bool {
+        self.files.len() == 1 && self.files[0].path.len() == 1
+    }
+
+    /// A magnet link carrying the v2 info-hash and the name.
+    pub fn magnet(&self) -> String {
+        format!(
+            "magnet:?xt=urn:btmh:1220{}&dn={}",
+            self.info_hash,
+            percent_encode(&self.name)
+        )
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Validates one untrusted path component.
+fn path_component(field: &str, raw: &[u8]) -> Result<String, MetainfoError> {
+    let s = std::str::from_utf8(raw).map_err(|_| field_err(field, "is not valid UTF-8"))?;
+    let reason = if s.is_empty() {
+        "is an empty path component"
+    } else if s == "." || s == ".." {
+        "is a relative path component (. or ..)"
+    } else if s.contains(['/', '\\']) {
+        "contains a path separator (absolute or nested path)"
+    } else if s.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(s.to_owned());
+    };
+    Err(field_err(field, format!("{s:?} {reason}")))
+}
+
+fn walk_file_tree(
+    dir: &Dict<'_>,
+    path: &mut Vec<String>,
+    files: &mut Vec<FileInfo>,
+) -> Result<(), MetainfoError> {
+    for (key, value) in &dir.entries {
+        let here = || format!("info.file tree.{}", path.join("/"));
+        if key.is_empty() {
+            return Err(field_err(
+                here(),
+                "a directory has an entry with an empty name",
+            ));
+        }
+        let component = path_component(&format!("{}/<name>", here()), key)?;
+        path.push(component);
+        let field = || format!("info.file tree.{}", path.join("/"));
+        let Value::Dict(node) = value else {
+            return Err(field_err(field(), "is not a dict"));
+        };
+        match node.get(b"") {
+            Some(Value::Dict(attrs)) => {
+                if node.entries.len() != 1 {
+                    return Err(field_err(field(), "is both a file and a directory"));
+                }
+                let length = match attrs.get(b"length") {
+                    Some(Value::Int(n)) => u64::try_from(*n)
+                        .map_err(|_| field_err(field() + ".length", format!("{n} is negative")))?,
+                    _ => return Err(field_err(field() + ".length", "missing or not an integer")),
+                };
+                let pieces_root = match (length, attrs.get(b"pieces root")) {
+                    (0, _) => None,
+                    (_, Some(Value::Bytes(b))) => Some(<Hash>::try_from(*b).map_err(|_| {
+                        field_err(
+                            field() + ".pieces root",
+                            format!("is {} bytes, not 32", b.len()),
+                        )
+                    })?),
+                    (_, _) => return Err(field_err(field() + ".pieces root", "missing")),
+                };
+                if files.len() == MAX_FILES {
+                    return Err(field_err(
+                        "info.file tree",
+                        format!("more than {MAX_FILES} files"),
+                    ));
+                }
+                files.push(FileInfo {
+                    path: path.clone(),
+                    length,
+                    pieces_root,
+                });
+            }
+            Some(_) => return Err(field_err(field(), "file entry is not a dict")),
+            None if node.entries.is_empty() => {
+                return Err(field_err(field(), "is an empty directory"));
+            }
+            None => walk_file_tree(node, path, files)?,
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+/// A whole `.torrent`: the info dict plus each file's piece layer.
+#[derive(Debug, Clone)]
+pub struct Metainfo {
+    info: Info,
+    /// One entry per file, parallel to `info.files()`: the piece layer, empty
+    /// for files of at most one piece.
+    piece_layers: Vec<Vec<Hash>>,
+    bytes: Vec<u8>,
+}
+
+impl Metainfo {
+    /// Parses and validates `.torrent` bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, MetainfoError> {
+        let value = bencode::decode(bytes)?;
+        let Value::Dict(top) = &value else {
+            return Err(field_err("torrent", "is not a dict"));
+        };
+        let info = match top.get(b"info") {
+            Some(Value::Dict(d)) => Info::from_dict(d)?,
+            Some(_) => return Err(field_err("info", "is not a dict")),
+            None => return Err(field_err("info", "missing")),
+        };
+        let layers = match top.get(b"piece layers") {
+            Some(Value::Dict(d)) => Some(d),
+            Some(_) => return Err(field_err("piece layers", "is not a dict")),
+            None => None,
+        };
+        let mut piece_layers = Vec::with_capacity(info.files.len());
+        for file in &info.files {
+            let tree = FileTree::new(file.length, info.piece_length);
+            let (Some(root), true) = (file.pieces_root, tree.has_piece_layer()) else {
+                piece_layers.push(Vec::new());
+                continue;
+            };
+            let field = || {
+                format!(
+                    "piece layers.{} ({})",
+                    hex::encode(root),
+                    file.display_path()
+                )
+            };
+            let raw = match layers.and_then(|l| l.get(&root[..])) {
+                Some(Value::Bytes(b)) => *b,
+                Some(_) => return Err(field_err(field(), "is not a string")),
+                None => return Err(field_err(field(), "missing")),
+            };
+            let pieces = file.length.div_ceil(u64::from(info.piece_length));
+            if raw.len() as u64 != pieces * 32 {
+                return Err(field_err(
+                    field(),
+                    format!(
+                        "is {} bytes; {pieces} pieces need {}",
+                        raw.len(),
+                        pieces * 32
+                    ),
+                ));
+            }
+            let layer: Vec<Hash> = raw
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("chunks_exact(32) yields 32 bytes"))
+                .collect();
+            if tree.root_from_piece_layer(&layer) != root {
+                return Err(field_err(
+                    field(),
+                    "does not hash to the file's pieces root",
+                ));
+            }
+            piece_layers.push(layer);
+        }
+        Ok(Self {
+            info,
+            piece_layers,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Builds a `.torrent` from already hashed files. `files` must be in
+    /// file-tree order; `piece_layers` parallel to it.
+    pub fn build(
+        name: &str,
+        piece_length: u32,
+        files: &[FileInfo],
+        piece_layers: &[Vec<Hash>],
+        creation_date: Option<i64>,
+    ) -> Result<Self, MetainfoError> {
+        let mut tree = Dict::new();
+        for file in files {
+            let mut attrs = Dict::new();
+            attrs.insert(b"length", Value::Int(file.length as i64));
+            if let Some(root) = &file.pieces_root {
+                attrs.insert(b"pieces root", Value::Bytes(root));
+            }
+            let mut leaf = Dict::new();
+            leaf.insert(b"", Value::Dict(attrs));
+            insert_path(&mut tree, &file.path, leaf)?;
+        }
+        let mut info = Dict::new();
+        info.insert(b"file tree", Value::Dict(tree))
+            .insert(b"meta version", Value::Int(2))
+            .insert(b"name", Value::Bytes(name.as_bytes()))
+            .insert(b"piece length", Value::Int(i64::from(piece_length)));
+        let info_bytes = bencode::encode(&Value::Dict(info));
+        // Re-decode so `info` borrows from the exact bytes that are hashed.
+        let info_value = bencode::decode(&info_bytes)?;
+
+        let flat: Vec<Vec<u8>> = piece_layers.iter().map(|l| l.concat()).collect();
+        let mut layers = Dict::new();
+        for ((file, layer), flat) in files.iter().zip(piece_layers).zip(&flat) {
+            if let (Some(root), false) = (&file.pieces_root, layer.is_empty()) {
+                layers.insert(root, Value::Bytes(flat));
+            }
+        }
+        let mut top = Dict::new();
+        top.insert(b"created by", Value::Bytes(CREATED_BY.as_bytes()))
+            .insert(b"info", info_value)
+            .insert(b"piece layers", Value::Dict(layers));
+        if let Some(date) = creation_date {
+            top.insert(b"creation date", Value::Int(date));
+        }
+        // Parse what we made: the same checks guard both directions.
+        Self::from_bytes(&bencode::encode(&Value::Dict(top)))
+    }
+
+    pub fn info(&self) -> &Info {
+        &self.info
+    }
+
+    /// The piece layer of file `file` (empty when it has at most one piece).
+    pub fn piece_layer(&self, file: usize) -> &[Hash] {
+        &self.piece_layers[file]
+    }
+
+    /// The `.torrent` bytes exactly as read or built.
+    pub fn to_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+const CREATED_BY: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
+
+fn insert_path<'a>(
+    dir: &mut Dict<'a>,
+    path: &'a [String],
+    leaf: Dict<'a>,
+) -> Result<(), MetainfoError> {
+    let (first, rest) = path
+        .split_first()
+        .ok_or_else(|| field_err("file", "has an empty path"))?;
+    if rest.is_empty() {
+        dir.insert(first.as_bytes(), Value::Dict(leaf));
+        return Ok(());
+    }
+    let entry = dir
+        .entries
+        .entry(first.as_bytes())
+        .or_insert_with(|| Value::Dict(Dict::new()));
+    match entry {
+        Value::Dict(sub) => insert_path(sub, rest, leaf),
+        _ => Err(field_err(path.join("/"), "is both a file and a directory")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::leaf_hash;
+
+    fn one_file(len: u64, piece_length: u32) -> Metainfo {
+        // Content: all zero bytes; leaf hashes computed directly.
+        let block = BLOCK_SIZE as u64;
+        let leaves: Vec<Hash> = (0..len.div_ceil(block))
+            .map(|i| leaf_hash(&vec![0u8; (len - i * block).min(block) as usize]))
+            .collect();
+        let tree = FileTree::new(len, piece_length);
+        let bpp = (piece_length / BLOCK_SIZE) as usize;
+        let (root, layer) = if tree.has_piece_layer() {
+            let layer: Vec<Hash> = leaves.chunks(bpp).map(|c| tree.piece_hash(c)).collect();
+            (tree.root_from_piece_layer(&layer), layer)
+        } else {
+            (tree.piece_hash(&leaves), vec![])
+        };
+        let file = FileInfo {
+            path: vec!["f".into()],
+            length: len,
+            pieces_root: Some(root),
+        };
+        Metainfo::build("f", piece_length, &[file], &[layer], None).unwrap()
+    }
+
+    #[test]
+    fn build_then_parse_round_trips() {
+        let m = one_file(5 * 16384 + 3, 32768);
+        let again = Metainfo::from_bytes(m.to_bytes()).unwrap();
+        assert_eq!(again.info().info_hash(), m.info().info_hash());
+        assert_eq!(again.piece_layer(0).len(), 3);
+        assert!(m.info().is_single_file());
+        assert!(m.info().magnet().starts_with("magnet:?xt=urn:btmh:1220"));
+    }
+
+    fn with_info_field(m: &Metainfo, key: &[u8], v: Value<'_>) -> Vec<u8> {
+        let Value::Dict(mut top) = bencode::decode(m.to_bytes()).unwrap() else {
+            panic!()
+        };
+        let Some(Value::Dict(info)) = top.entries.get_mut(&b"info"[..]) else {
+            panic!()
+        };
+        info.insert(unsafe_key(key), v);
+        bencode::encode(&Value::Dict(top))
+    }
+
+    // Test helper: keys in these tests are 'static literals.
+    fn unsafe_key(k: &[u8]) -> &'static [u8] {
+        Box::leak(k.to_vec().into_boxed_slice())
+    }
+
+    fn err_of(bytes: &[u8]) -> String {
+        Metainfo::from_bytes(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refuses_bad_fields_naming_them() {
+        let m = one_file(100_000, 16384);
+        let e = err_of(&with_info_field(&m, b"piece length", Value::Int(20000)));
+        assert!(e.starts_with("info.piece length:"), "{e}");
+        let e = err_of(&with_info_field(&m, b"meta version", Value::Int(1)));
+        assert!(e.starts_with("info.meta version:"), "{e}");
+        let e = err_of(&with_info_field(&m, b"name", Value::Bytes(b"..")));
+        assert!(e.starts_with("info.name:"), "{e}");
+
+        for bad in [&b".."[..], b"/etc", b"", b"a/b", b"a\\b", b"."] {
+            let mut attrs = Dict::new();
+            attrs.insert(b"length", Value::Int(0));
+            let mut leaf = Dict::new();
+            leaf.insert(b"", Value::Dict(attrs));
+            let mut tree = Dict::new();
+            tree.insert(unsafe_key(bad), Value::Dict(leaf));
+            let e = err_of(&with_info_field(&m, b"file tree", Value::Dict(tree)));
+            assert!(e.starts_with("info.file tree"), "{bad:?}: {e}");
+        }
+
+        let mut trailing = m.to_bytes().to_vec();
+        trailing.push(b'x');
+        assert!(err_of(&trailing).contains("trailing bytes"));
+    }
+
+    #[test]
+    fn refuses_a_piece_layer_that_does_not_match_the_root() {
+        let m = one_file(100_000, 16384);
+        let Value::Dict(mut top) = bencode::decode(m.to_bytes()).unwrap() else {
+            panic!()
+        };
+        let Some(Value::Dict(layers)) = top.entries.get_mut(&b"piece layers"[..]) else {
+            panic!()
+        };
+        let (_, v) = layers.entries.iter_mut().next().unwrap();
+        let Value::Bytes(b) = v else { panic!() };
+        let mut changed = b.to_vec();
+        changed[0] ^= 1;
+        let changed: &'static [u8] = Box::leak(changed.into_boxed_slice());
+        *v = Value::Bytes(changed);
+        let e = err_of(&bencode::encode(&Value::Dict(top)));
+        assert!(e.starts_with("piece layers."), "{e}");
+        assert!(e.contains("does not hash to"), "{e}");
+    }
+}

@@ -1,0 +1,579 @@
+//! One torrent's data on disk: the writer thread behind the write queue,
+//! piece verification from leaf hashes, reads for upload, flush and resume.
+//!
+//! Ownership: the writer thread is the only code that writes file data and
+//! the only code that moves a piece to *verified*; [`Storage::submit`] and
+//! readers only look. See `docs/STATE.md` for the piece states.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::error::StorageError;
+use crate::hash::{default_threads, hash_pieces};
+use crate::layout::{Bitfield, BlockRef, Layout, PieceIndex};
+use crate::merkle::{Hash, leaf_hash};
+use crate::metainfo::{Info, Metainfo};
+use crate::queue::{Credit, PendingWrite, QueueStats, WriteQueue};
+use crate::resume;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Storage settings. Every field has a `with_*` setter documenting its unit
+/// and default.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    disk_queue: u64,
+    low_watermark: Option<u64>,
+    write_rate: Option<u64>,
+    max_open_files: usize,
+    event_capacity: usize,
+    hash_threads: usize,
+    resume_file: Option<PathBuf>,
+    recheck: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            disk_queue: 64 * MIB,
+            low_watermark: None,
+            write_rate: None,
+            max_open_files: 128,
+            event_capacity: 1024,
+            hash_threads: default_threads(),
+            resume_file: None,
+            recheck: false,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Write-queue capacity in bytes: requested-but-not-arrived plus
+    /// arrived-but-not-written never exceeds it. Default 64 MiB.
+    pub fn with_disk_queue(mut self, bytes: u64) -> Self {
+        self.disk_queue = bytes;
+        self
+    }
+
+    /// Bytes the queue must drain to before a throttled queue accepts
+    /// reservations again. Default ¾ of the disk queue.
+    pub fn with_low_watermark(mut self, bytes: u64) -> Self {
+        self.low_watermark = Some(bytes);
+        self
+    }
+
+    /// Emulated disk speed in bytes/s for the writer (tests, demos, testnet
+    /// slow disks). Default: none (as fast as the disk goes).
+    pub fn with_write_rate(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.write_rate = bytes_per_sec.filter(|&r| r > 0);
+        self
+    }
+
+    /// Most file handles kept open at once. Default 128.
+    pub fn with_max_open_files(mut self, n: usize) -> Self {
+        self.max_open_files = n.max(1);
+        self
+    }
+
+    /// Capacity of the storage event channel. When it is full the writer
+    /// waits, the queue fills and requesting stops. Default 1024.
+    pub fn with_event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n.max(1);
+        self
+    }
+
+    /// Threads used to recheck data. Default: every core.
+    pub fn with_hash_threads(mut self, n: usize) -> Self {
+        self.hash_threads = n.max(1);
+        self
+    }
+
+    /// Where verified pieces are recorded. Default: nowhere (every open
+    /// rechecks what is on disk).
+    pub fn with_resume_file(mut self, path: Option<PathBuf>) -> Self {
+        self.resume_file = path;
+        self
+    }
+
+    /// Ignore the resume file and re-verify everything on disk. Default off.
+    pub fn with_recheck(mut self, recheck: bool) -> Self {
+        self.recheck = recheck;
+        self
+    }
+
+    pub fn disk_queue(&self) -> u64 {
+        self.disk_queue
+    }
+}
+
+/// What the writer reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageEvent {
+    /// All blocks of the piece are on disk and its merkle hash matched.
+    PieceVerified(PieceIndex),
+    /// All blocks arrived but the piece hash did not match; the piece is
+    /// missing again (whoever sent its blocks deserves a penalty).
+    HashFailed(PieceIndex),
+    /// A block could not be written; it is missing again.
+    WriteFailed { block: BlockRef, error: String },
+}
+
+/// Where each file of a torrent lives: a single-file torrent's content is
+/// the file itself; otherwise a directory holding the file tree.
+pub fn content_paths(info: &Info, content: &Path) -> Vec<PathBuf> {
+    if info.is_single_file() {
+        return vec![content.to_owned()];
+    }
+    info.files()
+        .iter()
+        .map(|f| f.path.iter().fold(content.to_owned(), |p, c| p.join(c)))
+        .collect()
+}
+
+/// The hash piece `piece` must have: its piece-layer entry, or the file's
+/// root when the file has no piece layer.
+pub fn expected_piece_hash(meta: &Metainfo, layout: &Layout, piece: PieceIndex) -> Hash {
+    let file = layout.piece_file(piece);
+    let layer = meta.piece_layer(file);
+    if layer.is_empty() {
+        meta.info().files()[file]
+            .pieces_root
+            .expect("a file holding a piece is not empty")
+    } else {
+        layer[(piece.get() - layout.file_pieces(file).start) as usize]
+    }
+}
+
+/// Hashes whatever is on disk at `content` and returns the pieces that
+/// match. Read-only: creates and changes nothing.
+pub fn recheck(meta: &Metainfo, content: &Path, threads: usize, progress: &AtomicU64) -> Bitfield {
+    let layout = Layout::new(meta.info());
+    let paths = content_paths(meta.info(), content);
+    let hashes = hash_pieces(&layout, &paths, threads, progress);
+    layout
+        .pieces()
+        .map(|p| hashes[p.as_usize()] == Some(expected_piece_hash(meta, &layout, p)))
+        .collect()
+}
+
+#[derive(Debug)]
+struct Partial {
+    leaves: Vec<Option<Hash>>,
+    have: u32,
+}
+
+#[derive(Debug)]
+struct Pieces {
+    verified: Bitfield,
+    /// Pieces with some blocks written, and those blocks' leaf hashes.
+    partial: HashMap<PieceIndex, Partial>,
+    /// Files written since the last flush.
+    dirty: BTreeSet<usize>,
+}
+
+#[derive(Debug)]
+struct FilePool {
+    paths: Vec<PathBuf>,
+    writable: bool,
+    capacity: usize,
+    open: Mutex<OpenFiles>,
+}
+
+/// Open handles by file index, each with the tick it was last used at.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    tick: u64,
+    handles: HashMap<usize, (Arc<File>, u64)>,
+}
+
+impl FilePool {
+    /// An open handle to file `i`, evicting the least recently used handle
+    /// when `capacity` are open.
+    fn get(&self, i: usize) -> Result<Arc<File>, StorageError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.tick += 1;
+        let tick = open.tick;
+        if let Some((f, used)) = open.handles.get_mut(&i) {
+            *used = tick;
+            return Ok(Arc::clone(f));
+        }
+        if open.handles.len() >= self.capacity
+            && let Some(lru) = open
+                .handles
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+        {
+            open.handles.remove(&lru);
+        }
+        let path = &self.paths[i];
+        let f = OpenOptions::new()
+            .read(true)
+            .write(self.writable)
+            .open(path)
+            .map_err(StorageError::io("opening", path))?;
+        let f = Arc::new(f);
+        open.handles.insert(i, (Arc::clone(&f), tick));
+        Ok(f)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    meta: Arc<Metainfo>,
+    layout: Layout,
+    files: FilePool,
+    queue: WriteQueue,
+    pieces: Mutex<Pieces>,
+    events: mpsc::Sender<StorageEvent>,
+    config: StorageConfig,
+    flush_lock: Mutex<()>,
+}
+
+/// An opened torrent on disk. Dropping it (or [`Storage::close`]) lets the
+/// writer finish what is queued, then flushes.
+#[derive(Debug)]
+pub struct Storage {
+    inner: Arc<Inner>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Storage {
+    /// Opens (creating files as needed) the data of `meta` at `content` (the
+    /// file of a single-file torrent, else its directory), establishes which
+    /// pieces are verified (resume file, else a recheck of what exists) and
+    /// starts the writer. Returns the storage and its event stream.
+    ///
+    /// Blocking (may hash the data): call from a blocking context.
+    pub fn open(
+        meta: Arc<Metainfo>,
+        content: &Path,
+        config: StorageConfig,
+    ) -> Result<(Self, mpsc::Receiver<StorageEvent>), StorageError> {
+        let layout = Layout::new(meta.info());
+        let paths = content_paths(meta.info(), content);
+        let verified = initial_pieces(&meta, &layout, content, &config);
+        let complete = verified.all();
+        if !complete {
+            for (i, path) in paths.iter().enumerate() {
+                prepare_file(path, layout.file_len(i))?;
+            }
+        }
+        let low = config.low_watermark.unwrap_or(config.disk_queue / 4 * 3);
+        let (tx, rx) = mpsc::channel(config.event_capacity);
+        let inner = Arc::new(Inner {
+            files: FilePool {
+                paths,
+                writable: !complete,
+                capacity: config.max_open_files,
+                open: Mutex::new(OpenFiles::default()),
+            },
+            queue: WriteQueue::new(config.disk_queue, low),
+            pieces: Mutex::new(Pieces {
+                verified,
+                partial: HashMap::new(),
+                dirty: BTreeSet::new(),
+            }),
+            events: tx,
+            layout,
+            meta,
+            config,
+            flush_lock: Mutex::new(()),
+        });
+        let writer = std::thread::Builder::new()
+            .name(format!(
+                "sluice-writer-{}",
+                inner.meta.info().info_hash().short()
+            ))
+            .spawn({
+                let inner = Arc::clone(&inner);
+                move || writer_loop(&inner)
+            })
+            .map_err(StorageError::io("starting the writer thread for", content))?;
+        Ok((
+            Self {
+                inner,
+                writer: Some(writer),
+            },
+            rx,
+        ))
+    }
+
+    fn pieces(&self) -> MutexGuard<'_, Pieces> {
+        self.inner.pieces()
+    }
+
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.inner.meta
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The write queue: reserve a credit here before requesting a block.
+    pub fn queue(&self) -> &WriteQueue {
+        &self.inner.queue
+    }
+
+    pub fn queue_stats(&self) -> QueueStats {
+        self.inner.queue.stats()
+    }
+
+    /// A copy of the verified-pieces bitfield.
+    pub fn verified(&self) -> Bitfield {
+        self.pieces().verified.clone()
+    }
+
+    pub fn verified_count(&self) -> u32 {
+        self.pieces().verified.count_ones() as u32
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.pieces().verified.all()
+    }
+
+    pub fn has_piece(&self, piece: PieceIndex) -> bool {
+        self.pieces().verified[piece.as_usize()]
+    }
+
+    /// Hands a received block to the writer, consuming the credit that was
+    /// reserved when it was requested. Returns `Ok(false)` (and returns the
+    /// credit) when the piece is already verified or the block already
+    /// written: a duplicate never overwrites data.
+    ///
+    /// Does not block: the credit already paid for the queue space.
+    pub fn submit(
+        &self,
+        credit: Credit,
+        block: BlockRef,
+        data: Bytes,
+    ) -> Result<bool, StorageError> {
+        let want = self.inner.layout.block_len(block);
+        if data.len() != want as usize || credit.bytes() != want {
+            return Err(StorageError::WrongLength {
+                block,
+                got: data.len(),
+                want,
+            });
+        }
+        if self.inner.is_duplicate(&self.pieces(), block) {
+            return Ok(false);
+        }
+        self.inner.queue.push(block, data, credit);
+        Ok(true)
+    }
+
+    /// Reads a block of a verified piece, for upload.
+    ///
+    /// Blocking (a positioned read): call from a blocking context.
+    pub fn read_block(&self, block: BlockRef) -> Result<Bytes, StorageError> {
+        if !self.has_piece(block.piece()) {
+            return Err(StorageError::NotHeld {
+                piece: block.piece(),
+            });
+        }
+        let range = self.inner.layout.block_range(block);
+        let file = self.inner.files.get(range.file)?;
+        let mut buf = vec![0u8; range.len as usize];
+        file.read_exact_at(&mut buf, range.offset)
+            .map_err(StorageError::io(
+                "reading",
+                &self.inner.files.paths[range.file],
+            ))?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Makes every verified piece durable: fsyncs the files written since
+    /// the last flush, then records the pieces verified before that fsync in
+    /// the resume file. A piece verified meanwhile waits for the next flush.
+    ///
+    /// Blocking: call from a blocking context.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush()
+    }
+
+    /// Stops accepting writes, lets the writer finish what is queued, and
+    /// flushes.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.stop_writer()?;
+        self.inner.flush()
+    }
+
+    fn stop_writer(&mut self) -> Result<(), StorageError> {
+        self.inner.queue.close();
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(StorageError::WriterGone),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let result = self.stop_writer().and_then(|()| self.inner.flush());
+            if let Err(e) = result {
+                warn!(error = %e, "flushing storage on drop failed");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn pieces(&self) -> MutexGuard<'_, Pieces> {
+        self.pieces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_duplicate(&self, pieces: &Pieces, block: BlockRef) -> bool {
+        pieces.verified[block.piece().as_usize()]
+            || pieces
+                .partial
+                .get(&block.piece())
+                .is_some_and(|p| p.leaves[block.index() as usize].is_some())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        // One flush at a time, so an older snapshot never overwrites a newer.
+        let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (verified, dirty) = {
+            let mut p = self.pieces();
+            (p.verified.clone(), std::mem::take(&mut p.dirty))
+        };
+        for &i in &dirty {
+            let f = self.files.get(i)?;
+            if let Err(e) = f.sync_data() {
+                // Put them back: they are not durable yet.
+                self.pieces().dirty.extend(dirty.iter().copied());
+                return Err(StorageError::io("syncing", &self.files.paths[i])(e));
+            }
+        }
+        if let Some(path) = &self.config.resume_file {
+            resume::save(path, self.meta.info().info_hash(), &verified)
+                .map_err(StorageError::io("writing resume file", path))?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, event: StorageEvent) {
+        // A dropped receiver means nobody listens; that is fine.
+        let _ = self.events.blocking_send(event);
+    }
+
+    /// Hashes, writes and records one block; verifies its piece when it is
+    /// the last one.
+    fn write(&self, w: &PendingWrite) {
+        let block = w.block;
+        let piece = block.piece();
+        if self.is_duplicate(&self.pieces(), block) {
+            return;
+        }
+        let leaf = leaf_hash(&w.data);
+        let range = self.layout.block_range(block);
+        let written = self.files.get(range.file).and_then(|f| {
+            f.write_all_at(&w.data, range.offset)
+                .map_err(StorageError::io("writing", &self.files.paths[range.file]))
+        });
+        if let Err(e) = written {
+            warn!(?block, error = %e, "block write failed");
+            self.send(StorageEvent::WriteFailed {
+                block,
+                error: format!("{e:#}"),
+            });
+            return;
+        }
+        let finished = {
+            let mut p = self.pieces();
+            p.dirty.insert(range.file);
+            let blocks = self.layout.blocks_in_piece(piece) as usize;
+            let partial = p.partial.entry(piece).or_insert_with(|| Partial {
+                leaves: vec![None; blocks],
+                have: 0,
+            });
+            partial.leaves[block.index() as usize] = Some(leaf);
+            partial.have += 1;
+            if partial.have as usize == blocks {
+                p.partial.remove(&piece)
+            } else {
+                None
+            }
+        };
+        let Some(done) = finished else { return };
+        let leaves: Vec<Hash> = done.leaves.into_iter().flatten().collect();
+        let ok = self.layout.piece_tree(piece).piece_hash(&leaves)
+            == expected_piece_hash(&self.meta, &self.layout, piece);
+        if ok {
+            self.pieces().verified.set(piece.as_usize(), true);
+            debug!(%piece, "piece verified");
+            self.send(StorageEvent::PieceVerified(piece));
+        } else {
+            warn!(%piece, "piece failed its hash check");
+            self.send(StorageEvent::HashFailed(piece));
+        }
+    }
+}
+
+fn writer_loop(inner: &Inner) {
+    let started = Instant::now();
+    let mut written: u64 = 0;
+    while let Some(w) = inner.queue.next_write() {
+        if let Some(rate) = inner.config.write_rate {
+            // Emulated disk: never run ahead of `rate` bytes/s on average.
+            let due = Duration::from_secs_f64(written as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        inner.write(&w);
+        written += w.data.len() as u64;
+        drop(w); // returns the credit
+    }
+}
+
+fn initial_pieces(
+    meta: &Metainfo,
+    layout: &Layout,
+    content: &Path,
+    config: &StorageConfig,
+) -> Bitfield {
+    let ih = meta.info().info_hash();
+    if let (Some(path), false) = (&config.resume_file, config.recheck) {
+        match resume::load(path, ih, layout.num_pieces()) {
+            Ok(bits) => return bits,
+            Err(resume::ResumeError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %path.display(), error = %e, "ignoring resume file; rechecking"),
+        }
+    }
+    recheck(meta, content, config.hash_threads, &AtomicU64::new(0))
+}
+
+/// Creates the file (and its directories) at its full length, sparse.
+fn prepare_file(path: &Path, len: u64) -> Result<(), StorageError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(StorageError::io("creating directory", dir))?;
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(StorageError::io("creating", path))?;
+    let current = f
+        .metadata()
+        .map_err(StorageError::io("reading", path))?
+        .len();
+    if current != len {
+        f.set_len(len).map_err(StorageError::io("resizing", path))?;
+    }
+    Ok(())
+}
