@@ -312,17 +312,15 @@ async fn backpressure_holds_the_bound_under_a_slow_disk() {
     let mut refused = 0;
     for block in src.all_blocks(&s) {
         let data = src.block(&s, block);
-        let credit = loop {
-            let st = s.queue_stats();
-            assert!(st.queued_bytes + st.reserved_bytes <= capacity, "{st:?}");
-            match s.queue().try_reserve(data.len() as u32).unwrap() {
-                Some(c) => break c,
-                None => {
-                    refused += 1;
-                    // Wait for recovery the way a session would.
-                    let c = tokio::time::timeout(WAIT, s.queue().reserve(data.len() as u32)).await;
-                    break c.expect("recovery in time").unwrap();
-                }
+        let st = s.queue_stats();
+        assert!(st.queued_bytes + st.reserved_bytes <= capacity, "{st:?}");
+        let credit = match s.queue().try_reserve(data.len() as u32).unwrap() {
+            Some(c) => c,
+            None => {
+                refused += 1;
+                // Wait for recovery the way a session would.
+                let c = tokio::time::timeout(WAIT, s.queue().reserve(data.len() as u32)).await;
+                c.expect("recovery in time").unwrap()
             }
         };
         s.submit(credit, block, data).unwrap();
