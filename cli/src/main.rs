@@ -241,13 +241,25 @@ fn create(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
     });
+    let options_name = name.clone();
     let options = CreateOptions::default()
         .with_piece_length(piece_length)
         .with_name(name)
         .with_threads(threads.unwrap_or_else(default_threads))
         .with_creation_date(date);
-    let (_, files) = sluice_storage::create::scan(path)?;
+    let (default_name, files) = sluice_storage::create::scan(path)?;
     let total: u64 = files.iter().map(|f| f.length).sum();
+    // Check where the result goes before spending minutes hashing.
+    let output = output.unwrap_or_else(|| {
+        let name = options_name.as_deref().unwrap_or(&default_name);
+        PathBuf::from(format!("{name}.torrent"))
+    });
+    if output.is_dir() {
+        anyhow::bail!(
+            "{} is a directory; give a file name for the .torrent",
+            output.display()
+        );
+    }
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let meta = {
@@ -256,8 +268,7 @@ fn create(
     };
     let seconds = started.elapsed().as_secs_f64();
     let info = meta.info();
-    let output = output.unwrap_or_else(|| PathBuf::from(format!("{}.torrent", info.name())));
-    write_atomically(&output, meta.to_bytes())?;
+    write_torrent(&output, meta.to_bytes())?;
     let created = Created {
         info_hash: info.info_hash().to_string(),
         magnet: info.magnet(),
@@ -295,27 +306,10 @@ fn create(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `bytes` to `path` via a temp file and a rename, so a failure never
-/// leaves a half-written file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if path.is_dir() {
-        anyhow::bail!(
-            "{} is a directory; give a file name for the .torrent",
-            path.display()
-        );
-    }
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+/// Writes the .torrent atomically: a failure never leaves a half-written file.
+fn write_torrent(path: &Path, bytes: &[u8]) -> Result<()> {
+    sluice_storage::resume::write_atomically(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[derive(Serialize)]

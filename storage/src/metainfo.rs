@@ -70,7 +70,7 @@ impl serde::Serialize for InfoHash {
 /// Why a `.torrent` or an `info` dict was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetainfoError {
-    #[error("not a valid torrent: {0}")]
+    #[error(transparent)]
     Bencode(#[from] bencode::DecodeError),
     #[error("{field}: {reason}")]
     Field { field: String, reason: String },

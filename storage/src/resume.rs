@@ -78,23 +78,35 @@ pub fn load(path: &Path, info_hash: InfoHash, pieces: u32) -> Result<Bitfield, R
 
 /// Writes the resume file atomically.
 pub fn save(path: &Path, info_hash: InfoHash, verified: &Bitfield) -> std::io::Result<()> {
+    write_atomically(path, &encode(info_hash, verified))
+}
+
+/// Writes `bytes` to `path` so that a crash or an error leaves either the old
+/// file or the new one, never a torn one: a temp file beside it (created
+/// with the usual permissions), fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    f.write_all(&encode(info_hash, verified))?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     // Make the rename itself durable.
     File::open(dir)?.sync_all()
 }

@@ -1,0 +1,164 @@
+//! The `sluice` binary as a user runs it: results, JSON, exit codes and
+//! one-line errors.
+
+#![allow(clippy::unwrap_used, reason = "test helpers")]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn sluice(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn create_show_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("album/disc1")).unwrap();
+    std::fs::write(d.join("album/disc1/a.flac"), content(300_000)).unwrap();
+    std::fs::write(d.join("album/cover.jpg"), content(20_000)).unwrap();
+    std::fs::write(d.join("album/empty.txt"), b"").unwrap();
+
+    let o = sluice(
+        &["create", "album", "--piece-size", "32KiB", "--no-date"],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    let ih = lines.next().unwrap();
+    assert_eq!(ih.len(), 64);
+    assert!(ih.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("magnet:?xt=urn:btmh:1220{ih}&dn=album")
+    );
+    assert!(d.join("album.torrent").is_file());
+
+    let o = sluice(&["show", "album.torrent", "--json"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(shown["info_hash"], ih);
+    assert_eq!(shown["piece_length"], 32 * 1024);
+    assert_eq!(shown["total_size"], 320_000);
+    let paths: Vec<&str> = shown["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["cover.jpg", "disc1/a.flac", "empty.txt"]);
+
+    let o = sluice(&["verify", "album.torrent", "album", "--json"], d);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["verified_pieces"], v["total_pieces"]);
+
+    // One flipped byte: one piece fails, exit 1.
+    let mut data = std::fs::read(d.join("album/disc1/a.flac")).unwrap();
+    data[100_000] ^= 1;
+    std::fs::write(d.join("album/disc1/a.flac"), data).unwrap();
+    let o = sluice(&["verify", "album.torrent", "album"], d);
+    assert_eq!(o.status.code(), Some(1));
+    let total = v["total_pieces"].as_u64().unwrap();
+    let want = format!("{}/{total} pieces verified", total - 1);
+    assert!(stdout(&o).starts_with(&want), "{}", stdout(&o));
+}
+
+#[test]
+fn creation_without_a_date_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("f.iso"), content(100_001)).unwrap();
+    for out in ["a.torrent", "b.torrent"] {
+        assert!(
+            sluice(&["create", "f.iso", "--no-date", "-o", out], d)
+                .status
+                .success()
+        );
+    }
+    assert_eq!(
+        std::fs::read(d.join("a.torrent")).unwrap(),
+        std::fs::read(d.join("b.torrent")).unwrap()
+    );
+}
+
+#[test]
+fn single_file_verify_accepts_the_file_or_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("f.iso"), content(100_001)).unwrap();
+    assert!(sluice(&["create", "f.iso"], d).status.success());
+    assert_eq!(
+        sluice(&["verify", "f.iso.torrent", "f.iso"], d)
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        sluice(&["verify", "f.iso.torrent", "."], d).status.code(),
+        Some(0)
+    );
+}
+
+/// Bad input: one clear line naming the input, exit code 2, nothing written.
+#[test]
+fn bad_input_gets_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("f"), b"data").unwrap();
+    std::fs::write(d.join("junk.torrent"), b"d4:infod4:name1:xee").unwrap();
+    std::fs::create_dir(d.join("outdir")).unwrap();
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["create", "f", "--piece-size", "12XB"], "12XB"),
+        (
+            &["create", "f", "--piece-size", "20000"],
+            "not a power of two",
+        ),
+        (&["create", "missing"], "missing"),
+        (&["create", "f", "-o", "outdir"], "outdir"),
+        (&["show", "missing.torrent"], "missing.torrent"),
+        (&["show", "junk.torrent"], "info.meta version"),
+        (&["verify", "junk.torrent", "f"], "junk.torrent"),
+    ];
+    for (args, needle) in cases {
+        let o = sluice(args, d);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+    let mut left: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["f", "junk.torrent", "outdir"],
+        "nothing half-written"
+    );
+}
