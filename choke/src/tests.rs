@@ -1,0 +1,436 @@
+//! One test per choking rule, on a fake clock and a fixed seed.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::*;
+
+const S: Duration = Duration::from_secs(1);
+
+fn peer(key: u64, t0: Instant, down: f64) -> PeerSnapshot {
+    // Connected long ago unless a test says otherwise, so the new-peer
+    // weight does not interfere.
+    let mut p = PeerSnapshot::new(PeerKey(key), t0 - 3600 * S);
+    p.down_rate = down;
+    p.up_rate = down;
+    p.last_block_at = Some(t0);
+    p
+}
+
+fn unchoked(ds: &[Decision]) -> Vec<u64> {
+    let mut v: Vec<u64> = ds.iter().filter(|d| d.unchoke).map(|d| d.peer.0).collect();
+    v.sort();
+    v
+}
+
+fn regular(ds: &[Decision]) -> Vec<u64> {
+    let mut v: Vec<u64> = ds
+        .iter()
+        .filter(|d| d.unchoke && !d.is_optimistic())
+        .map(|d| d.peer.0)
+        .collect();
+    v.sort();
+    v
+}
+
+fn optimistic(ds: &[Decision]) -> Option<u64> {
+    ds.iter().find(|d| d.is_optimistic()).map(|d| d.peer.0)
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(7)
+}
+
+#[test]
+fn leeching_regular_slots_go_to_the_fastest_uploaders() {
+    let t0 = Instant::now();
+    let peers: Vec<_> = (1..=6).map(|k| peer(k, t0, k as f64 * 1000.0)).collect();
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let ds = c.rechoke(t0, Mode::Leeching, &peers, &mut rng());
+    assert_eq!(regular(&ds), vec![4, 5, 6]);
+    let best = ds.iter().find(|d| d.peer == PeerKey(6)).unwrap();
+    assert_eq!(
+        best.reason,
+        Reason::RegularSlot {
+            rank: 1,
+            slots: 3,
+            rate: 6000.0
+        }
+    );
+    assert_eq!(best.reason.to_string(), "regular slot 1 of 3, 6 kB/s");
+    let opt = optimistic(&ds).expect("an optimistic slot");
+    assert!((1..=3).contains(&opt));
+    assert_eq!(unchoked(&ds).len(), 4);
+    let third = ds.iter().find(|d| d.peer == PeerKey(3)).unwrap();
+    if !third.unchoke {
+        assert_eq!(third.reason, Reason::SlotsFull { rank: 4 });
+        assert_eq!(third.reason.to_string(), "rank 4, slots full");
+    }
+    assert_eq!(c.next_rechoke(), Some(t0 + 10 * S));
+}
+
+#[test]
+fn ties_are_broken_by_the_seeded_rng() {
+    let t0 = Instant::now();
+    let peers: Vec<_> = (1..=8).map(|k| peer(k, t0, 500.0)).collect();
+    let pick = |seed| {
+        let mut c = TitForTat::new(TitForTatConfig::default());
+        regular(&c.rechoke(t0, Mode::Leeching, &peers, &mut StdRng::seed_from_u64(seed)))
+    };
+    assert_eq!(pick(1), pick(1), "same seed, same choice");
+    let distinct: std::collections::BTreeSet<_> = (0..20).map(pick).collect();
+    assert!(
+        distinct.len() > 1,
+        "ties must not always favour the same peers"
+    );
+}
+
+#[test]
+fn the_optimistic_slot_rotates_every_third_rechoke() {
+    let t0 = Instant::now();
+    // Three fast peers fill the regular slots; five slow ones compete for
+    // the optimistic slot.
+    let mut peers: Vec<_> = (1..=8)
+        .map(|k| peer(k, t0, if k > 5 { 9000.0 } else { 0.0 }))
+        .collect();
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let mut r = rng();
+    let mut opts = Vec::new();
+    for i in 0..9 {
+        let now = t0 + 10 * S * i;
+        for p in &mut peers {
+            p.last_block_at = Some(now);
+        }
+        let ds = c.rechoke(now, Mode::Leeching, &peers, &mut r);
+        assert_eq!(regular(&ds), vec![6, 7, 8]);
+        opts.push(optimistic(&ds).unwrap());
+    }
+    // Held for three rechokes, then drawn again (and a draw excludes the
+    // current holder, so it changes).
+    for chunk in opts.chunks(3) {
+        assert!(chunk.iter().all(|&o| o == chunk[0]), "{opts:?}");
+    }
+    assert_ne!(opts[0], opts[3]);
+    assert_ne!(opts[3], opts[6]);
+}
+
+#[test]
+fn new_peers_are_three_times_as_likely_to_win_the_optimistic_slot() {
+    let t0 = Instant::now();
+    let mut r = rng();
+    let (mut new_wins, mut old_wins) = (0, 0);
+    for _ in 0..4000 {
+        // No regular slots: every pick is the optimistic lottery.
+        let mut c = TitForTat::new(TitForTatConfig::default().with_slots(1));
+        let old = peer(1, t0, 0.0);
+        let mut new = peer(2, t0, 0.0);
+        new.connected_at = t0 - 10 * S;
+        match optimistic(&c.rechoke(t0, Mode::Leeching, &[old, new], &mut r)) {
+            Some(2) => new_wins += 1,
+            Some(1) => old_wins += 1,
+            other => panic!("no optimistic pick: {other:?}"),
+        }
+    }
+    let ratio = f64::from(new_wins) / f64::from(old_wins);
+    assert!(
+        (2.6..3.4).contains(&ratio),
+        "new:old = {new_wins}:{old_wins} = {ratio:.2}"
+    );
+}
+
+#[test]
+fn a_snubbing_peer_loses_its_regular_slot_until_it_sends_again() {
+    let t0 = Instant::now();
+    let mut peers: Vec<_> = (1..=5).map(|k| peer(k, t0, k as f64 * 1000.0)).collect();
+    let cfg = TitForTatConfig::default().with_optimistic_every(1000);
+    let mut c = TitForTat::new(cfg);
+    let mut r = rng();
+    assert_eq!(
+        regular(&c.rechoke(t0, Mode::Leeching, &peers, &mut r)),
+        vec![3, 4, 5]
+    );
+    // Peer 5 (the fastest by its old rate) stops sending; the rest keep on.
+    for t in 1..=7 {
+        let now = t0 + 10 * S * t;
+        for p in peers.iter_mut().filter(|p| p.key != PeerKey(5)) {
+            p.last_block_at = Some(now);
+        }
+        let ds = c.rechoke(now, Mode::Leeching, &peers, &mut r);
+        let five = ds.iter().find(|d| d.peer == PeerKey(5)).unwrap();
+        if t < 6 {
+            assert!(five.unchoke, "not yet snubbed at {t}0 s");
+        } else {
+            assert_eq!(
+                five.reason,
+                Reason::Snubbed,
+                "snubbed after 60 s of nothing"
+            );
+            assert!(!regular(&ds).contains(&5));
+            assert_eq!(regular(&ds), vec![2, 3, 4]);
+        }
+    }
+    // It sends a block: forgiven at the next rechoke.
+    let now = t0 + 80 * S;
+    peers[4].last_block_at = Some(now);
+    let ds = c.rechoke(now, Mode::Leeching, &peers, &mut r);
+    assert!(regular(&ds).contains(&5));
+}
+
+#[test]
+fn a_peer_we_want_nothing_from_is_never_snubbed() {
+    let t0 = Instant::now();
+    let mut p = peer(1, t0, 100.0);
+    p.we_are_interested = false;
+    p.last_block_at = None;
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let mut r = rng();
+    for t in 0..10 {
+        let ds = c.rechoke(
+            t0 + 10 * S * t,
+            Mode::Leeching,
+            std::slice::from_ref(&p),
+            &mut r,
+        );
+        assert!(ds[0].unchoke, "{:?}", ds[0].reason);
+    }
+}
+
+#[test]
+fn seeding_slots_go_to_the_peers_we_upload_to_fastest() {
+    let t0 = Instant::now();
+    let peers: Vec<_> = (1..=6)
+        .map(|k| {
+            let mut p = peer(k, t0, 0.0);
+            p.up_rate = (7 - k) as f64 * 1e6;
+            p.last_block_at = None; // seeders receive nothing; no snubbing
+            p
+        })
+        .collect();
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let mut r = rng();
+    for t in 0..8 {
+        let ds = c.rechoke(t0 + 10 * S * t, Mode::Seeding, &peers, &mut r);
+        assert_eq!(regular(&ds), vec![1, 2, 3]);
+        let d = ds.iter().find(|d| d.peer == PeerKey(1)).unwrap();
+        assert_eq!(d.reason.to_string(), "seeding slot 1 of 3, 6.0 MB/s");
+        assert_eq!(d.reason.code(), "seeding_slot");
+    }
+}
+
+#[test]
+fn round_robin_seeding_rotates_after_the_quota_or_the_time() {
+    let t0 = Instant::now();
+    let mut peers: Vec<_> = (1..=6).map(|k| peer(k, t0, 0.0)).collect();
+    let cfg = TitForTatConfig::default()
+        .with_slots(3)
+        .with_optimistic_every(1000)
+        .with_seed_mode(SeedMode::RoundRobin {
+            quota: 1_000_000,
+            max_time: 60 * S,
+        });
+    let mut c = TitForTat::new(cfg);
+    let mut r = rng();
+    let first = regular(&c.rechoke(t0, Mode::Seeding, &peers, &mut r));
+    assert_eq!(first.len(), 2);
+    // Under quota and time: they keep their turn.
+    let again = regular(&c.rechoke(t0 + 10 * S, Mode::Seeding, &peers, &mut r));
+    assert_eq!(again, first);
+    // One of them receives its quota: it makes way for a peer that waited.
+    let used = first[0];
+    peers[used as usize - 1].uploaded += 1_000_000;
+    let ds = c.rechoke(t0 + 20 * S, Mode::Seeding, &peers, &mut r);
+    let now = regular(&ds);
+    assert!(!now.contains(&used), "{used} used its quota: {now:?}");
+    assert!(now.contains(&first[1]));
+    let d = ds.iter().find(|d| d.peer == PeerKey(used)).unwrap();
+    assert!(
+        matches!(d.reason, Reason::SeedingTurnUsed { .. }) || d.is_optimistic(),
+        "{d:?}"
+    );
+    // After 60 s, the other one rotates out too.
+    let later = regular(&c.rechoke(t0 + 70 * S, Mode::Seeding, &peers, &mut r));
+    assert!(!later.contains(&first[1]), "time limit: {later:?}");
+}
+
+#[test]
+fn not_interested_peers_never_hold_a_slot() {
+    let t0 = Instant::now();
+    let mut peers: Vec<_> = (1..=3).map(|k| peer(k, t0, 1e6 * k as f64)).collect();
+    peers[2].interested = false; // the fastest
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let mut r = rng();
+    let ds = c.rechoke(t0, Mode::Leeching, &peers, &mut r);
+    assert_eq!(ds[2].reason, Reason::NotInterested);
+    assert!(!ds[2].unchoke);
+    // Losing interest between rechokes gives up the slot at once.
+    peers[1].interested = false;
+    let ds = c.on_peers_changed(t0 + S, Mode::Leeching, &peers, &mut r);
+    assert!(!ds[1].unchoke);
+    assert_eq!(ds[1].reason.code(), "not_interested");
+}
+
+#[test]
+fn a_newly_interested_peer_waits_unless_a_slot_is_empty() {
+    let t0 = Instant::now();
+    let mut peers: Vec<_> = (1..=5).map(|k| peer(k, t0, 1000.0 * k as f64)).collect();
+    peers[4].interested = false;
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let mut r = rng();
+    let ds = c.rechoke(t0, Mode::Leeching, &peers, &mut r);
+    assert_eq!(unchoked(&ds).len(), 4, "4 interested peers fill 4 slots");
+    // Peer 5 becomes interested: every slot is taken, so it waits.
+    peers[4].interested = true;
+    let ds = c.on_peers_changed(t0 + S, Mode::Leeching, &peers, &mut r);
+    assert!(!ds[4].unchoke);
+    assert_eq!(unchoked(&ds).len(), 4);
+    // Peer 1 leaves: its slot is empty, filled at once.
+    peers.remove(0);
+    let ds = c.on_peers_changed(t0 + 2 * S, Mode::Leeching, &peers, &mut r);
+    assert_eq!(unchoked(&ds), vec![2, 3, 4, 5]);
+    // And with slots to spare, a newcomer is served at once.
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    let ds = c.rechoke(t0, Mode::Leeching, &peers[..1], &mut r);
+    assert_eq!(unchoked(&ds).len(), 1);
+    let ds = c.on_peers_changed(t0 + S, Mode::Leeching, &peers[..2], &mut r);
+    assert_eq!(unchoked(&ds).len(), 2);
+}
+
+#[test]
+fn reasons_read_well_and_have_stable_codes() {
+    let cases = [
+        (
+            Reason::RegularSlot {
+                rank: 2,
+                slots: 3,
+                rate: 4.1e6,
+            },
+            "regular slot 2 of 3, 4.1 MB/s",
+            "regular_slot",
+        ),
+        (Reason::Optimistic, "optimistic", "optimistic"),
+        (Reason::Snubbed, "snubbed", "snubbed"),
+        (Reason::NotInterested, "not interested", "not_interested"),
+        (
+            Reason::SlotsFull { rank: 7 },
+            "rank 7, slots full",
+            "slots_full",
+        ),
+        (
+            Reason::ProportionalShare {
+                share: 0.25,
+                rate: 2e5,
+            },
+            "25% of upload for 200 kB/s",
+            "proportional_share",
+        ),
+        (
+            Reason::NoContribution,
+            "gave nothing last round",
+            "no_contribution",
+        ),
+    ];
+    for (r, text, code) in cases {
+        assert_eq!(r.to_string(), text);
+        assert_eq!(r.code(), code);
+    }
+}
+
+#[test]
+fn propshare_splits_upload_in_proportion_to_what_peers_gave() {
+    let t0 = Instant::now();
+    let mut peers: Vec<_> = [3000.0, 1000.0, 0.0, 0.0]
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| peer(i as u64 + 1, t0, d))
+        .collect();
+    peers[3].interested = false;
+    let mut c = PropShare::new(PropShareConfig::default());
+    let ds = c.rechoke(t0, Mode::Leeching, &peers, &mut rng());
+    assert!((ds[0].weight - 0.6).abs() < 1e-9, "{:?}", ds[0]);
+    assert!((ds[1].weight - 0.2).abs() < 1e-9);
+    assert!(
+        ds[2].is_optimistic(),
+        "the only non-contributor gets the optimistic share"
+    );
+    assert!((ds[2].weight - 0.2).abs() < 1e-9);
+    assert_eq!(ds[3].reason, Reason::NotInterested);
+    let total: f64 = ds.iter().map(|d| d.weight).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+}
+
+fn arb_peers() -> impl Strategy<Value = Vec<(bool, bool, u32, u32, u8)>> {
+    // (interested, recently sent, down kB/s, up kB/s, connected minutes ago)
+    proptest::collection::vec(
+        (any::<bool>(), any::<bool>(), 0u32..100, 0u32..100, 0u8..5),
+        0..25,
+    )
+}
+
+fn snapshots(spec: &[(bool, bool, u32, u32, u8)], now: Instant) -> Vec<PeerSnapshot> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, &(interested, sent, down, up, age))| PeerSnapshot {
+            key: PeerKey(i as u64),
+            interested,
+            we_are_interested: true,
+            connected_at: now - 60 * S * u32::from(age),
+            down_rate: f64::from(down) * 1000.0,
+            up_rate: f64::from(up) * 1000.0,
+            last_block_at: sent.then_some(now),
+            uploaded: u64::from(up) * 10_000,
+        })
+        .collect()
+}
+
+proptest! {
+    /// Never more unchoked peers than slots; an optimistic slot whenever
+    /// an interested, not regularly unchoked peer exists; never an
+    /// uninterested peer in a slot; same inputs and seed, same decisions.
+    #[test]
+    fn tit_for_tat_invariants(
+        slots in 1u32..6,
+        seeding in any::<bool>(),
+        rounds in proptest::collection::vec(arb_peers(), 1..8),
+        seed in any::<u64>(),
+    ) {
+        let t0 = Instant::now() + 3600 * S;
+        let mode = if seeding { Mode::Seeding } else { Mode::Leeching };
+        let run = || {
+            let mut c = TitForTat::new(TitForTatConfig::default().with_slots(slots));
+            let mut r = StdRng::seed_from_u64(seed);
+            let mut all = Vec::new();
+            for (i, spec) in rounds.iter().enumerate() {
+                let now = t0 + 10 * S * i as u32;
+                let peers = snapshots(spec, now);
+                let ds = if i % 2 == 0 {
+                    c.rechoke(now, mode, &peers, &mut r)
+                } else {
+                    c.on_peers_changed(now, mode, &peers, &mut r)
+                };
+                all.push((peers, ds));
+            }
+            all
+        };
+        let first = run();
+        for (i, (peers, ds)) in first.iter().enumerate() {
+            prop_assert_eq!(ds.len(), peers.len());
+            let up = ds.iter().filter(|d| d.unchoke).count() as u32;
+            prop_assert!(up <= slots, "{} unchoked, {} slots", up, slots);
+            prop_assert!(ds.iter().filter(|d| d.is_optimistic()).count() <= 1);
+            for (p, d) in peers.iter().zip(ds) {
+                prop_assert_eq!(p.key, d.peer);
+                prop_assert!(!d.unchoke || p.interested, "uninterested peer unchoked");
+            }
+            let eligible = peers.iter().zip(ds).any(|(p, d)| p.interested && !d.unchoke)
+                || ds.iter().any(|d| d.is_optimistic());
+            if i % 2 == 0 && eligible {
+                prop_assert!(ds.iter().any(|d| d.is_optimistic()), "no optimistic slot: {:?}", ds);
+            }
+        }
+        let second = run();
+        prop_assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,580 @@
+//! The piece picker: which block to ask a peer for next.
+//!
+//! A sans-IO core. Inputs: peers' bitfields and `have`s, block arrivals,
+//! failed requests (reject, cancel, timeout), departures, verification
+//! results, and a seeded RNG. Output: the next [`BlockRef`] to request from
+//! a given peer, and which duplicate requests to cancel.
+//!
+//! Rules, in order:
+//! 1. Finish partial pieces first (the one with the fewest blocks left).
+//! 2. Until `random_first` pieces are held, start a random piece (so a
+//!    newcomer quickly has something to trade); then the rarest piece, ties
+//!    broken at random.
+//! 3. Never request a piece the peer lacks or we already verified; never a
+//!    block twice — except in endgame.
+//! 4. Endgame: once every missing block has been requested, ask other peers
+//!    for the outstanding ones too (at most `endgame_max_requesters` per
+//!    block); when one arrives, the rest are reported for cancelling.
+//!
+//! Why it lives in `swarm` and not in `choke`: it is built on storage's
+//! validated [`Layout`]/[`PieceIndex`]/[`BlockRef`] types and is driven
+//! only by the swarm's sessions, while `choke` stays free of storage.
+//!
+//! Block states (see `docs/STATE.md`): missing → requested from {peers} →
+//! received (from one peer) → verified with its piece. A failed request,
+//! a departed peer or a hash failure send blocks back to missing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rand::{Rng, RngCore};
+use sluice_choke::PeerKey;
+use sluice_storage::{Bitfield, BlockRef, Layout, PieceIndex};
+
+/// Picker settings.
+#[derive(Debug, Clone)]
+pub struct PickerConfig {
+    random_first: u32,
+    endgame_max_requesters: usize,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        Self {
+            random_first: 4,
+            endgame_max_requesters: 3,
+        }
+    }
+}
+
+impl PickerConfig {
+    /// Pieces picked at random before rarest-first takes over. Default 4.
+    pub fn with_random_first(mut self, n: u32) -> Self {
+        self.random_first = n;
+        self
+    }
+
+    /// Most peers one block is requested from in endgame. Default 3.
+    pub fn with_endgame_max_requesters(mut self, n: usize) -> Self {
+        self.endgame_max_requesters = n.max(1);
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BlockState {
+    Missing,
+    /// Requested from these peers (more than one only in endgame).
+    Requested(Vec<PeerKey>),
+    Received(PeerKey),
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    blocks: Vec<BlockState>,
+    missing: u32,
+}
+
+/// What [`Picker::block_received`] made of an arriving block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Expected. Cancel the same block at these peers (endgame duplicates).
+    Accepted { cancel: Vec<PeerKey> },
+    /// Not requested from this peer (or no longer): drop it.
+    Unrequested,
+}
+
+/// The piece picker for one torrent.
+#[derive(Debug, Clone)]
+pub struct Picker {
+    layout: Layout,
+    config: PickerConfig,
+    have: Bitfield,
+    have_count: u32,
+    availability: Vec<u32>,
+    /// Pieces with at least one block requested or received.
+    progress: BTreeMap<PieceIndex, Progress>,
+    /// Pieces we could start (not held, not in progress) by availability.
+    candidates: Candidates,
+    by_peer: HashMap<PeerKey, HashSet<BlockRef>>,
+    /// Blocks in the missing state, over all pieces not verified.
+    missing_blocks: u64,
+}
+
+impl Picker {
+    /// A picker for `layout`, holding the verified pieces in `have`.
+    pub fn new(layout: Layout, have: Bitfield, config: PickerConfig) -> Self {
+        let missing_blocks = layout
+            .pieces()
+            .filter(|p| !have[p.as_usize()])
+            .map(|p| u64::from(layout.blocks_in_piece(p)))
+            .sum();
+        let n = layout.num_pieces() as usize;
+        let mut candidates = Candidates::new(n);
+        for i in have.iter_zeros().take(n) {
+            candidates.insert(i as u32, 0);
+        }
+        Self {
+            have_count: have.count_ones() as u32,
+            availability: vec![0; n],
+            candidates,
+            progress: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            layout,
+            config,
+            have,
+            missing_blocks,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether every missing block is already requested (and we are not
+    /// done): duplicates are allowed now.
+    pub fn in_endgame(&self) -> bool {
+        self.missing_blocks == 0 && self.have_count < self.layout.num_pieces()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have_count == self.layout.num_pieces()
+    }
+
+    /// How many connected peers have `piece`.
+    pub fn availability(&self, piece: PieceIndex) -> u32 {
+        self.availability[piece.as_usize()]
+    }
+
+    /// Blocks currently requested from `peer`.
+    pub fn outstanding(&self, peer: PeerKey) -> usize {
+        self.by_peer.get(&peer).map_or(0, HashSet::len)
+    }
+
+    /// A peer's full bitfield arrived (once per peer; `have_all` is a full
+    /// bitfield).
+    pub fn peer_bitfield(&mut self, bits: &Bitfield) {
+        for i in bits.iter_ones().take(self.availability.len()) {
+            self.availability[i] += 1;
+            self.candidates
+                .set_availability(i as u32, self.availability[i]);
+        }
+    }
+
+    /// A peer announced one more piece.
+    pub fn peer_have(&mut self, piece: PieceIndex) {
+        let i = piece.as_usize();
+        self.availability[i] += 1;
+        self.candidates
+            .set_availability(i as u32, self.availability[i]);
+    }
+
+    /// A peer left: its pieces no longer count and its requests go back to
+    /// missing at once. Returns those requests (their credits can go).
+    pub fn peer_gone(&mut self, peer: PeerKey, bits: &Bitfield) -> Vec<BlockRef> {
+        for i in bits.iter_ones().take(self.availability.len()) {
+            self.availability[i] = self.availability[i].saturating_sub(1);
+            self.candidates
+                .set_availability(i as u32, self.availability[i]);
+        }
+        let blocks: Vec<BlockRef> = self.by_peer.remove(&peer).into_iter().flatten().collect();
+        for &b in &blocks {
+            self.drop_requester(peer, b);
+        }
+        blocks
+    }
+
+    fn drop_requester(&mut self, peer: PeerKey, block: BlockRef) {
+        let Some(progress) = self.progress.get_mut(&block.piece()) else {
+            return;
+        };
+        let state = &mut progress.blocks[block.index() as usize];
+        if let BlockState::Requested(peers) = state {
+            peers.retain(|&p| p != peer);
+            if peers.is_empty() {
+                *state = BlockState::Missing;
+                progress.missing += 1;
+                self.missing_blocks += 1;
+            }
+        }
+    }
+
+    /// A request ended without data (rejected, cancelled, timed out): the
+    /// block is missing again unless another peer still has it requested.
+    pub fn request_failed(&mut self, peer: PeerKey, block: BlockRef) {
+        if self
+            .by_peer
+            .get_mut(&peer)
+            .is_some_and(|s| s.remove(&block))
+        {
+            self.drop_requester(peer, block);
+        }
+    }
+
+    /// A block arrived from `peer`.
+    pub fn block_received(&mut self, peer: PeerKey, block: BlockRef) -> Received {
+        if !self
+            .by_peer
+            .get_mut(&peer)
+            .is_some_and(|s| s.remove(&block))
+        {
+            return Received::Unrequested;
+        }
+        let progress = self
+            .progress
+            .get_mut(&block.piece())
+            .expect("a requested block's piece is in progress");
+        let state = std::mem::replace(
+            &mut progress.blocks[block.index() as usize],
+            BlockState::Received(peer),
+        );
+        let cancel: Vec<PeerKey> = match state {
+            BlockState::Requested(peers) => peers.into_iter().filter(|&p| p != peer).collect(),
+            other => unreachable!("a block in by_peer is requested, found {other:?}"),
+        };
+        for p in &cancel {
+            if let Some(s) = self.by_peer.get_mut(p) {
+                s.remove(&block);
+            }
+        }
+        Received::Accepted { cancel }
+    }
+
+    /// The piece verified: it is ours.
+    pub fn piece_verified(&mut self, piece: PieceIndex) {
+        if self.have[piece.as_usize()] {
+            return;
+        }
+        let missing = match self.progress.remove(&piece) {
+            Some(p) => {
+                // Normally none: every block was received. Be exact anyway.
+                for (i, b) in p.blocks.iter().enumerate() {
+                    if let BlockState::Requested(peers) = b {
+                        let block = self
+                            .layout
+                            .block(piece, i as u32)
+                            .expect("index from the piece");
+                        for peer in peers {
+                            if let Some(s) = self.by_peer.get_mut(peer) {
+                                s.remove(&block);
+                            }
+                        }
+                    }
+                }
+                u64::from(p.missing)
+            }
+            None => u64::from(self.layout.blocks_in_piece(piece)),
+        };
+        self.missing_blocks -= missing;
+        self.have.set(piece.as_usize(), true);
+        self.candidates.remove(piece.get());
+        self.have_count += 1;
+    }
+
+    /// The piece failed its hash check: every block is missing again.
+    /// Returns the peers that sent its blocks, for penalties.
+    pub fn hash_failed(&mut self, piece: PieceIndex) -> Vec<PeerKey> {
+        let Some(progress) = self.progress.get_mut(&piece) else {
+            return Vec::new();
+        };
+        let mut senders = Vec::new();
+        for (i, state) in progress.blocks.iter_mut().enumerate() {
+            match std::mem::replace(state, BlockState::Missing) {
+                BlockState::Received(p) => {
+                    senders.push(p);
+                    progress.missing += 1;
+                    self.missing_blocks += 1;
+                }
+                BlockState::Requested(peers) => {
+                    let block = self
+                        .layout
+                        .block(piece, i as u32)
+                        .expect("index from the piece");
+                    for p in peers {
+                        if let Some(s) = self.by_peer.get_mut(&p) {
+                            s.remove(&block);
+                        }
+                    }
+                    progress.missing += 1;
+                    self.missing_blocks += 1;
+                }
+                BlockState::Missing => {}
+            }
+        }
+        senders.sort();
+        senders.dedup();
+        senders
+    }
+
+    /// The next block to request from `peer`, which has the pieces in
+    /// `peer_has`; `None` when it has nothing we can ask for now.
+    pub fn next_request(
+        &mut self,
+        peer: PeerKey,
+        peer_has: &Bitfield,
+        rng: &mut dyn RngCore,
+    ) -> Option<BlockRef> {
+        let has = |p: PieceIndex| peer_has.get(p.as_usize()).is_some_and(|b| *b);
+        // 1. The partial piece closest to done that has a missing block.
+        let partial = self
+            .progress
+            .iter()
+            .filter(|(p, prog)| prog.missing > 0 && has(**p))
+            .min_by_key(|(_, prog)| prog.missing)
+            .map(|(p, _)| *p);
+        if let Some(piece) = partial {
+            return Some(self.take_missing(peer, piece));
+        }
+        // 2. A new piece: random first, then rarest first.
+        if self.missing_blocks > 0 {
+            let piece = if self.have_count < self.config.random_first {
+                self.candidates.random(peer_has, rng)
+            } else {
+                self.candidates.rarest(peer_has, rng)
+            };
+            if let Some(i) = piece {
+                let piece = self.layout.piece(i).expect("candidates are valid pieces");
+                self.start(piece);
+                return Some(self.take_missing(peer, piece));
+            }
+        }
+        // 3. Endgame: a block outstanding elsewhere, fewest requesters first.
+        if !self.in_endgame() {
+            return None;
+        }
+        let max = self.config.endgame_max_requesters;
+        let mut pick: Option<(usize, BlockRef)> = None;
+        for (&piece, prog) in &self.progress {
+            if !has(piece) {
+                continue;
+            }
+            for (i, state) in prog.blocks.iter().enumerate() {
+                if let BlockState::Requested(peers) = state
+                    && peers.len() < max
+                    && !peers.contains(&peer)
+                    && pick.is_none_or(|(n, _)| peers.len() < n)
+                {
+                    pick = Some((
+                        peers.len(),
+                        self.layout
+                            .block(piece, i as u32)
+                            .expect("index from the piece"),
+                    ));
+                }
+            }
+        }
+        let (_, block) = pick?;
+        if let Some(BlockState::Requested(peers)) = self
+            .progress
+            .get_mut(&block.piece())
+            .map(|p| &mut p.blocks[block.index() as usize])
+        {
+            peers.push(peer);
+        }
+        self.by_peer.entry(peer).or_default().insert(block);
+        Some(block)
+    }
+
+    fn start(&mut self, piece: PieceIndex) {
+        let n = self.layout.blocks_in_piece(piece);
+        self.candidates.remove(piece.get());
+        self.progress.insert(
+            piece,
+            Progress {
+                blocks: vec![BlockState::Missing; n as usize],
+                missing: n,
+            },
+        );
+    }
+
+    fn take_missing(&mut self, peer: PeerKey, piece: PieceIndex) -> BlockRef {
+        let progress = self.progress.get_mut(&piece).expect("piece in progress");
+        let i = progress
+            .blocks
+            .iter()
+            .position(|b| *b == BlockState::Missing)
+            .expect("a piece with missing > 0 has a missing block");
+        progress.blocks[i] = BlockState::Requested(vec![peer]);
+        progress.missing -= 1;
+        self.missing_blocks -= 1;
+        let block = self
+            .layout
+            .block(piece, i as u32)
+            .expect("index from the piece");
+        self.by_peer.entry(peer).or_default().insert(block);
+        block
+    }
+
+    /// Checks internal consistency (tests and debug builds).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut missing = 0u64;
+        for p in self.layout.pieces() {
+            let i = p.as_usize();
+            match self.progress.get(&p) {
+                _ if self.have[i] => {
+                    if self.progress.contains_key(&p) {
+                        return Err(format!("{p:?} verified but in progress"));
+                    }
+                }
+                None => missing += u64::from(self.layout.blocks_in_piece(p)),
+                Some(prog) => {
+                    let m = prog
+                        .blocks
+                        .iter()
+                        .filter(|b| **b == BlockState::Missing)
+                        .count() as u32;
+                    if m != prog.missing {
+                        return Err(format!(
+                            "{p:?}: {m} missing blocks, counted {}",
+                            prog.missing
+                        ));
+                    }
+                    missing += u64::from(m);
+                    for (b, state) in prog.blocks.iter().enumerate() {
+                        let block = self.layout.block(p, b as u32).ok_or("bad block")?;
+                        if let BlockState::Requested(peers) = state {
+                            if peers.is_empty() {
+                                return Err(format!("{block:?} requested from nobody"));
+                            }
+                            for peer in peers {
+                                if !self.by_peer.get(peer).is_some_and(|s| s.contains(&block)) {
+                                    return Err(format!("{block:?} not listed for {peer:?}"));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for p in self.layout.pieces() {
+            let i = p.as_usize();
+            let candidate = !self.have[i] && !self.progress.contains_key(&p);
+            match self.candidates.slot[i] {
+                Some((a, _)) if !candidate || a != self.availability[i] => {
+                    return Err(format!(
+                        "{p:?} in bucket {a}, availability {}",
+                        self.availability[i]
+                    ));
+                }
+                None if candidate => return Err(format!("{p:?} is not a candidate")),
+                _ => {}
+            }
+        }
+        let candidates = self
+            .layout
+            .pieces()
+            .filter(|p| !self.have[p.as_usize()] && !self.progress.contains_key(p))
+            .count();
+        if candidates != self.candidates.len {
+            return Err(format!(
+                "{candidates} candidates, counted {}",
+                self.candidates.len
+            ));
+        }
+        if missing != self.missing_blocks {
+            return Err(format!(
+                "{missing} missing blocks, counted {}",
+                self.missing_blocks
+            ));
+        }
+        for (peer, blocks) in &self.by_peer {
+            for b in blocks {
+                let ok = matches!(
+                    self.progress.get(&b.piece()).map(|p| &p.blocks[b.index() as usize]),
+                    Some(BlockState::Requested(peers)) if peers.contains(peer)
+                );
+                if !ok {
+                    return Err(format!(
+                        "{peer:?} lists {b:?}, which is not requested from it"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pieces that could be started, bucketed by availability, so that
+/// rarest-first looks at the rarest pieces first instead of scanning every
+/// piece: O(1) to move a piece between buckets when a `have` arrives.
+#[derive(Debug, Clone)]
+struct Candidates {
+    /// `buckets[a]`: candidate pieces that `a` peers have, in no order.
+    buckets: Vec<Vec<u32>>,
+    /// Where each piece sits: (availability, index in its bucket).
+    slot: Vec<Option<(u32, u32)>>,
+    len: usize,
+}
+
+impl Candidates {
+    fn new(pieces: usize) -> Self {
+        Self {
+            buckets: Vec::new(),
+            slot: vec![None; pieces],
+            len: 0,
+        }
+    }
+
+    fn insert(&mut self, piece: u32, availability: u32) {
+        debug_assert!(self.slot[piece as usize].is_none());
+        let a = availability as usize;
+        if self.buckets.len() <= a {
+            self.buckets.resize_with(a + 1, Vec::new);
+        }
+        self.slot[piece as usize] = Some((availability, self.buckets[a].len() as u32));
+        self.buckets[a].push(piece);
+        self.len += 1;
+    }
+
+    /// Removes `piece` if it is a candidate; returns its availability.
+    fn remove(&mut self, piece: u32) -> Option<u32> {
+        let (a, i) = self.slot[piece as usize].take()?;
+        let bucket = &mut self.buckets[a as usize];
+        bucket.swap_remove(i as usize);
+        if let Some(&moved) = bucket.get(i as usize) {
+            self.slot[moved as usize] = Some((a, i));
+        }
+        self.len -= 1;
+        Some(a)
+    }
+
+    fn set_availability(&mut self, piece: u32, availability: u32) {
+        if self.remove(piece).is_some() {
+            self.insert(piece, availability);
+        }
+    }
+
+    /// A uniformly random candidate among those `peer_has` in `pieces`.
+    fn sample<'a>(
+        pieces: impl Iterator<Item = &'a u32>,
+        peer_has: &Bitfield,
+        rng: &mut dyn RngCore,
+    ) -> Option<u32> {
+        let mut pick = None;
+        let mut seen = 0u32;
+        for &p in pieces {
+            if peer_has.get(p as usize).is_some_and(|b| *b) {
+                seen += 1;
+                if rng.gen_range(0..seen) == 0 {
+                    pick = Some(p);
+                }
+            }
+        }
+        pick
+    }
+
+    /// The rarest candidate the peer has, ties broken at random.
+    fn rarest(&self, peer_has: &Bitfield, rng: &mut dyn RngCore) -> Option<u32> {
+        self.buckets
+            .iter()
+            .find_map(|bucket| Self::sample(bucket.iter(), peer_has, rng))
+    }
+
+    /// Any candidate the peer has, uniformly at random.
+    fn random(&self, peer_has: &Bitfield, rng: &mut dyn RngCore) -> Option<u32> {
+        Self::sample(self.buckets.iter().flatten(), peer_has, rng)
+    }
+}
+
+#[cfg(test)]
+mod tests;
