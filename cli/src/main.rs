@@ -49,7 +49,7 @@ enum Command {
     Create {
         /// The file or directory to share.
         path: PathBuf,
-        /// Where to write the .torrent (default: <name>.torrent here).
+        /// Where to write the .torrent (default: NAME.torrent here).
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Piece size, a power of two ≥ 16KiB (default: from the total size).

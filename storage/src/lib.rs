@@ -12,7 +12,7 @@
 //!   backpressure.
 //! - [`storage`]: the writer thread, verification from leaf hashes, reads for
 //!   upload, flush and resume.
-//! - [`create`]: `.torrent` creation, hashing on every core; [`resume`]: the
+//! - [`mod@create`]: `.torrent` creation, hashing on every core; [`resume`]: the
 //!   resume file.
 //!
 //! Blocking work (file I/O, hashing) runs on plain threads or must be called
