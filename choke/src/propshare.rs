@@ -17,7 +17,6 @@ use crate::{Choker, Decision, Mode, PeerKey, PeerSnapshot, Reason, weighted_pick
 #[derive(Debug, Clone)]
 pub struct PropShareConfig {
     optimistic_share: f64,
-    max_unchoked: u32,
     tit_for_tat: TitForTatConfig,
 }
 
@@ -25,7 +24,6 @@ impl Default for PropShareConfig {
     fn default() -> Self {
         Self {
             optimistic_share: 0.2,
-            max_unchoked: 8,
             tit_for_tat: TitForTatConfig::default(),
         }
     }
@@ -39,14 +37,10 @@ impl PropShareConfig {
         self
     }
 
-    /// Most contributors paid at once (the largest first). Default 8.
-    pub fn with_max_unchoked(mut self, n: u32) -> Self {
-        self.max_unchoked = n.max(1);
-        self
-    }
-
-    /// Rechoke timing, optimistic rotation and seeding behaviour are
-    /// shared with tit-for-tat.
+    /// Slots, rechoke timing, optimistic rotation and seeding behaviour are
+    /// shared with tit-for-tat: at most `slots − 1` contributors are paid
+    /// (the largest), plus the optimistic peer, so PropShare never unchokes
+    /// more peers than tit-for-tat would.
     pub fn with_tit_for_tat(mut self, config: TitForTatConfig) -> Self {
         self.tit_for_tat = config;
         self
@@ -107,7 +101,7 @@ impl Choker for PropShare {
             .filter(|p| p.interested && p.down_rate > 0.0)
             .collect();
         contributors.sort_by(|a, b| b.down_rate.total_cmp(&a.down_rate).then(a.key.cmp(&b.key)));
-        contributors.truncate(self.config.max_unchoked as usize);
+        contributors.truncate(self.config.tit_for_tat.slots().saturating_sub(1) as usize);
         let given: f64 = contributors.iter().map(|p| p.down_rate).sum();
 
         let tft = &self.config.tit_for_tat;

@@ -390,7 +390,8 @@ proptest! {
     /// an interested, not regularly unchoked peer exists; never an
     /// uninterested peer in a slot; same inputs and seed, same decisions.
     #[test]
-    fn tit_for_tat_invariants(
+    fn choker_invariants(
+        propshare in any::<bool>(),
         slots in 1u32..6,
         seeding in any::<bool>(),
         rounds in proptest::collection::vec(arb_peers(), 1..8),
@@ -399,7 +400,12 @@ proptest! {
         let t0 = Instant::now() + 3600 * S;
         let mode = if seeding { Mode::Seeding } else { Mode::Leeching };
         let run = || {
-            let mut c = TitForTat::new(TitForTatConfig::default().with_slots(slots));
+            let tft = TitForTatConfig::default().with_slots(slots);
+            let mut c: Box<dyn Choker> = if propshare {
+                Box::new(PropShare::new(PropShareConfig::default().with_tit_for_tat(tft)))
+            } else {
+                Box::new(TitForTat::new(tft))
+            };
             let mut r = StdRng::seed_from_u64(seed);
             let mut all = Vec::new();
             for (i, spec) in rounds.iter().enumerate() {

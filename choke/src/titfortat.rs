@@ -392,10 +392,16 @@ impl Choker for TitForTat {
         let mut decided: HashMap<PeerKey, Decision> = HashMap::with_capacity(peers.len());
         // Keep what still holds: an unchoked peer that is still interested.
         for p in peers {
+            // A peer snubbed since the last rechoke keeps only an
+            // optimistic slot.
             let kept = self
                 .last
                 .get(&p.key)
-                .filter(|d| d.unchoke && p.interested)
+                .filter(|d| {
+                    d.unchoke
+                        && p.interested
+                        && (d.is_optimistic() || !self.snubbed.contains_key(&p.key))
+                })
                 .cloned();
             let d = kept
                 .unwrap_or_else(|| Decision::choke(p.key, self.choked_reason(now, mode, p, None)));

@@ -122,7 +122,7 @@ fn report(name: &str, received: &[u64]) -> (f64, f64) {
 }
 
 #[test]
-fn tit_for_tat_holds_back_a_free_rider_and_propshare_beside_it() {
+fn tit_for_tat_and_propshare_hold_back_a_free_rider() {
     let cfg = TitForTatConfig::default();
     let tft = simulate(|| Box::new(TitForTat::new(cfg.clone())));
     let (free, mean) = report("tit-for-tat", &tft);
@@ -147,27 +147,21 @@ fn tit_for_tat_holds_back_a_free_rider_and_propshare_beside_it() {
 
     let ps = simulate(|| Box::new(PropShare::new(PropShareConfig::default())));
     let (free_ps, mean_ps) = report("propshare", &ps);
-    // PropShare pays contributors in proportion: the biggest uploader gets
-    // the most (303 kB/s for 400 given, ~110 for 100–120 given). Its
-    // optimistic share goes to a peer it is not paying — here only the
-    // free-rider qualifies — so the free-rider takes the whole optimistic
-    // pot (20% of everyone's upload): measured 294 kB/s, 1.68× the mean
-    // contributor and 2.97× what tit-for-tat gives it. Bounded by the pot,
-    // no more.
+    // Measured: 0.52 (free-rider 104 kB/s, contributors 198 kB/s on
+    // average), with pay in proportion to what was given: 335, 279, 233,
+    // 186, 130 kB/s for 400, 300, 250, 200, 150 kB/s uploaded. With as many
+    // paid slots as tit-for-tat (slots − 1 contributors plus the optimistic
+    // share), the free-rider fares about the same under both.
     assert!(
-        ps[0] > ps[6],
-        "400 kB/s uploader {} vs 100 kB/s uploader {}",
-        ps[0],
-        ps[6]
+        free_ps < 0.6 * mean_ps,
+        "free-rider got {free_ps}, contributors {mean_ps}"
     );
-    let pot = 0.2 * CAPACITY.iter().sum::<u64>() as f64 * 1000.0 * f64::from(SECONDS);
     assert!(
-        free_ps <= pot * 1.01,
-        "free-rider {free_ps} beyond the optimistic pot {pot}"
+        ps[..5].windows(2).all(|w| w[0] > w[1]),
+        "pay follows contribution: {ps:?}"
     );
-    println!("free-rider vs tit-for-tat: {:.2}x", free_ps / free);
-    assert!(
-        free_ps > mean_ps,
-        "the known weakness: a lone free-rider owns the optimistic pot"
+    println!(
+        "propshare free-rider vs tit-for-tat free-rider: {:.2}x",
+        free_ps / free
     );
 }

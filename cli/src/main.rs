@@ -155,6 +155,15 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn read_torrent(path: &Path) -> Result<Metainfo> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > sluice_storage::metainfo::MAX_TORRENT_BYTES as u64 {
+        anyhow::bail!(
+            "{} is {len} bytes, too large for a .torrent",
+            path.display()
+        );
+    }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Metainfo::from_bytes(&bytes)
         .with_context(|| format!("{} is not a valid torrent", path.display()))
@@ -417,7 +426,7 @@ fn verify(torrent: &Path, path: &Path, threads: Option<usize>, json: bool) -> Re
         path: content,
         verified_pieces: bits.count_ones(),
         total_pieces: bits.len(),
-        complete: bits.all(),
+        complete: bits.all() && missing_files.is_empty(),
         missing_files,
     };
     if json {

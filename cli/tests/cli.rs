@@ -73,6 +73,15 @@ fn create_show_verify_round_trip() {
     assert_eq!(v["complete"], true);
     assert_eq!(v["verified_pieces"], v["total_pieces"]);
 
+    // A missing empty file makes the data incomplete, though every piece
+    // checks out.
+    std::fs::remove_file(d.join("album/empty.txt")).unwrap();
+    let o = sluice(&["verify", "album.torrent", "album", "--json"], d);
+    assert_eq!(o.status.code(), Some(1));
+    let v2: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v2["missing_files"][0], "empty.txt");
+    std::fs::write(d.join("album/empty.txt"), b"").unwrap();
+
     // One flipped byte: one piece fails, exit 1.
     let mut data = std::fs::read(d.join("album/disc1/a.flac")).unwrap();
     data[100_000] ^= 1;

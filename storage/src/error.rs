@@ -31,6 +31,10 @@ pub enum StorageError {
     Reserve(#[from] ReserveError),
     #[error("the disk writer thread stopped unexpectedly")]
     WriterGone,
+    #[error("the credit was reserved from another write queue")]
+    ForeignCredit,
+    #[error("the storage is closed")]
+    Closed,
 }
 
 impl StorageError {

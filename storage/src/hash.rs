@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::layout::Layout;
 use crate::merkle::{BLOCK_SIZE, Hash, leaf_hash};
@@ -33,8 +33,9 @@ pub fn hash_pieces(
     threads: usize,
     progress: &AtomicU64,
 ) -> Vec<Option<Hash>> {
-    let per_batch = (READ_CHUNK as u32 / layout.piece_length()).max(1);
-    let next = AtomicU32::new(0);
+    let per_batch = u64::from((READ_CHUNK as u32 / layout.piece_length()).max(1));
+    // u64: a u32 counter could wrap past the last piece and start over.
+    let next = AtomicU64::new(0);
     let mut out = vec![None; layout.num_pieces() as usize];
     let results: Vec<Vec<(u32, Option<Hash>)>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
@@ -44,10 +45,12 @@ pub fn hash_pieces(
                     let mut done = Vec::new();
                     loop {
                         let start = next.fetch_add(per_batch, Ordering::Relaxed);
-                        if start >= layout.num_pieces() {
+                        let pieces = u64::from(layout.num_pieces());
+                        if start >= pieces {
                             break;
                         }
-                        let end = start.saturating_add(per_batch).min(layout.num_pieces());
+                        // Both below num_pieces, a u32.
+                        let (start, end) = (start as u32, (start + per_batch).min(pieces) as u32);
                         for index in start..end {
                             let piece = layout.piece(index).expect("index < num_pieces");
                             done.push((index, w.hash_piece(layout, paths, piece, progress)));

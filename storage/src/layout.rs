@@ -228,19 +228,6 @@ impl Layout {
 }
 
 #[cfg(test)]
-pub(crate) mod tests_support {
-    use super::*;
-
-    /// A block reference for tests that never look at its geometry.
-    pub(crate) fn any_block() -> BlockRef {
-        BlockRef {
-            piece: PieceIndex(0),
-            block: 0,
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::metainfo::FileInfo;

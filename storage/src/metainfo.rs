@@ -20,6 +20,16 @@ pub const MIN_PIECE_LENGTH: u32 = BLOCK_SIZE;
 pub const MAX_PIECE_LENGTH: u32 = 256 * 1024 * 1024;
 /// Most files one torrent may list.
 pub const MAX_FILES: usize = 1 << 20;
+/// Longest path component, in bytes (what common file systems allow).
+pub const MAX_COMPONENT: usize = 255;
+/// Longest path of one file, in bytes, components joined with `/`.
+pub const MAX_PATH: usize = 4096;
+/// Most bytes of file paths (all files together) a torrent may describe:
+/// deep directories shared by many files must not multiply into gigabytes.
+pub const MAX_TOTAL_PATH_BYTES: usize = 64 * 1024 * 1024;
+/// Largest `.torrent` accepted, in bytes. Piece layers of a 1 TiB torrent
+/// in 1 MiB pieces take 32 MiB.
+pub const MAX_TORRENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// The v2 info-hash: SHA-256 of the bencoded `info` dict.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,6 +125,12 @@ pub struct Info {
 impl Info {
     /// Parses and validates a bencoded `info` dict.
     pub fn from_bytes(raw: &[u8]) -> Result<Self, MetainfoError> {
+        if raw.len() > MAX_TORRENT_BYTES {
+            return Err(field_err(
+                "info",
+                format!("is {} bytes; the limit is {MAX_TORRENT_BYTES}", raw.len()),
+            ));
+        }
         let value = bencode::decode(raw)?;
         let Value::Dict(dict) = &value else {
             return Err(field_err("info", "is not a dict"));
@@ -140,7 +156,7 @@ impl Info {
             }
         }
         let name = match dict.get(b"name") {
-            Some(Value::Bytes(b)) => path_component("info.name", b)?,
+            Some(Value::Bytes(b)) => path_component(|| "info.name".into(), b)?,
             Some(_) => return Err(field_err("info.name", "is not a string")),
             None => return Err(field_err("info.name", "missing")),
         };
@@ -166,7 +182,7 @@ impl Info {
         };
         let mut files = Vec::new();
         let mut path = Vec::new();
-        walk_file_tree(tree, &mut path, &mut files)?;
+        walk_file_tree(tree, &mut path, 0, &mut 0, &mut files)?;
         if files.is_empty() {
             return Err(field_err("info.file tree", "lists no files"));
         }
@@ -251,8 +267,17 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// Validates one untrusted path component.
-fn path_component(field: &str, raw: &[u8]) -> Result<String, MetainfoError> {
-    let s = std::str::from_utf8(raw).map_err(|_| field_err(field, "is not valid UTF-8"))?;
+fn path_component(field: impl Fn() -> String, raw: &[u8]) -> Result<String, MetainfoError> {
+    if raw.len() > MAX_COMPONENT {
+        return Err(field_err(
+            field(),
+            format!(
+                "a path component of {} bytes is longer than {MAX_COMPONENT}",
+                raw.len()
+            ),
+        ));
+    }
+    let s = std::str::from_utf8(raw).map_err(|_| field_err(field(), "is not valid UTF-8"))?;
     let reason = if s.is_empty() {
         "is an empty path component"
     } else if s == "." || s == ".." {
@@ -264,12 +289,17 @@ fn path_component(field: &str, raw: &[u8]) -> Result<String, MetainfoError> {
     } else {
         return Ok(s.to_owned());
     };
-    Err(field_err(field, format!("{s:?} {reason}")))
+    Err(field_err(field(), format!("{s:?} {reason}")))
 }
 
+/// Walks the file tree depth first (bytewise key order, which is the
+/// order pieces are numbered in). `path_bytes` is the length of `path`
+/// joined with `/`; the path is only formatted for an error message.
 fn walk_file_tree(
     dir: &Dict<'_>,
     path: &mut Vec<String>,
+    path_bytes: usize,
+    total_path_bytes: &mut usize,
     files: &mut Vec<FileInfo>,
 ) -> Result<(), MetainfoError> {
     for (key, value) in &dir.entries {
@@ -280,7 +310,14 @@ fn walk_file_tree(
                 "a directory has an entry with an empty name",
             ));
         }
-        let component = path_component(&format!("{}/<name>", here()), key)?;
+        let component = path_component(|| format!("{}/<name>", here()), key)?;
+        let path_bytes = path_bytes + usize::from(!path.is_empty()) + component.len();
+        if path_bytes > MAX_PATH {
+            return Err(field_err(
+                here(),
+                format!("a path is longer than {MAX_PATH} bytes"),
+            ));
+        }
         path.push(component);
         let field = || format!("info.file tree.{}", path.join("/"));
         let Value::Dict(node) = value else {
@@ -306,6 +343,13 @@ fn walk_file_tree(
                     })?),
                     (_, _) => return Err(field_err(field() + ".pieces root", "missing")),
                 };
+                *total_path_bytes += path_bytes;
+                if *total_path_bytes > MAX_TOTAL_PATH_BYTES {
+                    return Err(field_err(
+                        "info.file tree",
+                        format!("file paths add up to more than {MAX_TOTAL_PATH_BYTES} bytes"),
+                    ));
+                }
                 if files.len() == MAX_FILES {
                     return Err(field_err(
                         "info.file tree",
@@ -322,7 +366,7 @@ fn walk_file_tree(
             None if node.entries.is_empty() => {
                 return Err(field_err(field(), "is an empty directory"));
             }
-            None => walk_file_tree(node, path, files)?,
+            None => walk_file_tree(node, path, path_bytes, total_path_bytes, files)?,
         }
         path.pop();
     }
@@ -342,6 +386,12 @@ pub struct Metainfo {
 impl Metainfo {
     /// Parses and validates `.torrent` bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, MetainfoError> {
+        if bytes.len() > MAX_TORRENT_BYTES {
+            return Err(field_err(
+                "torrent",
+                format!("is {} bytes; the limit is {MAX_TORRENT_BYTES}", bytes.len()),
+            ));
+        }
         let value = bencode::decode(bytes)?;
         let Value::Dict(top) = &value else {
             return Err(field_err("torrent", "is not a dict"));
@@ -572,6 +622,32 @@ mod tests {
         let mut trailing = m.to_bytes().to_vec();
         trailing.push(b'x');
         assert!(err_of(&trailing).contains("trailing bytes"));
+    }
+
+    #[test]
+    fn refuses_paths_that_are_too_long() {
+        let m = one_file(100, 16384);
+        let long = [b'a'; MAX_COMPONENT + 1];
+        let mut attrs = Dict::new();
+        attrs.insert(b"length", Value::Int(0));
+        let mut leaf = Dict::new();
+        leaf.insert(b"", Value::Dict(attrs));
+        let mut tree = Dict::new();
+        tree.insert(&long, Value::Dict(leaf.clone()));
+        let e = err_of(&with_info_field(&m, b"file tree", Value::Dict(tree)));
+        assert!(e.contains("longer than 255"), "{e}");
+
+        // 20 nested directories of 250 bytes: each component is fine, the
+        // path is not.
+        let names: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 250]).collect();
+        let mut node = leaf;
+        for name in names.iter().rev() {
+            let mut dir = Dict::new();
+            dir.insert(name, Value::Dict(node));
+            node = dir;
+        }
+        let e = err_of(&with_info_field(&m, b"file tree", Value::Dict(node)));
+        assert!(e.contains("longer than 4096"), "{e}");
     }
 
     #[test]

@@ -14,18 +14,14 @@
 //! disk can absorb instead of one block at a time at the edge of full.
 //!
 //! [`CreditBook`] is the pure accounting (explicit `now`, no locks);
-//! [`WriteQueue`] wraps it with a lock, the pending writes for the writer
-//! thread and an async wait for reservers.
+//! [`WriteQueue`] wraps it with a lock and an async wait for reservers. The
+//! blocks themselves wait in each torrent's storage for its writer.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
-
-use crate::layout::BlockRef;
 
 /// Live numbers of a write queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -156,33 +152,22 @@ impl CreditBook {
     }
 }
 
-/// A block received and waiting for the writer. Holds its credit, so the
-/// bytes return when it is written or dropped.
 #[derive(Debug)]
-pub(crate) struct PendingWrite {
-    pub(crate) block: BlockRef,
-    pub(crate) data: Bytes,
-    /// Held for its `Drop`: the bytes return when the write is done.
-    pub(crate) _credit: Credit,
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes async reservers when a throttled stretch ends (or the queue
+    /// closes).
+    recovered: Notify,
 }
 
 #[derive(Debug)]
 struct State {
     book: CreditBook,
-    pending: VecDeque<PendingWrite>,
     closed: bool,
 }
 
-#[derive(Debug)]
-struct Shared {
-    state: Mutex<State>,
-    /// Wakes the writer when a write is queued or the queue closes.
-    writer: Condvar,
-    /// Wakes async reservers when a throttled stretch ends.
-    recovered: Notify,
-}
-
-/// Handle to a write queue; cheap to clone.
+/// Handle to a write queue's credits; cheap to clone. One queue can be
+/// shared by every torrent of a node, so `--disk-queue` bounds the node.
 #[derive(Debug, Clone)]
 pub struct WriteQueue {
     shared: Arc<Shared>,
@@ -205,10 +190,8 @@ impl WriteQueue {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     book: CreditBook::new(capacity, low_watermark),
-                    pending: VecDeque::new(),
                     closed: false,
                 }),
-                writer: Condvar::new(),
                 recovered: Notify::new(),
             }),
         }
@@ -260,49 +243,16 @@ impl WriteQueue {
         self.lock().book.stats(Instant::now())
     }
 
-    /// Queues `data` for `block`, consuming the credit.
-    pub(crate) fn push(&self, block: BlockRef, data: Bytes, mut credit: Credit) {
-        let mut state = self.lock();
-        state.book.enqueue(u64::from(credit.bytes));
-        credit.queued = true;
-        if state.closed {
-            drop(state);
-            drop(credit);
-            return;
-        }
-        state.pending.push_back(PendingWrite {
-            block,
-            data,
-            _credit: credit,
-        });
-        drop(state);
-        self.shared.writer.notify_one();
-    }
-
-    /// Blocks the calling (writer) thread until a write is pending; `None`
-    /// once the queue is closed and drained.
-    pub(crate) fn next_write(&self) -> Option<PendingWrite> {
-        let mut state = self.lock();
-        loop {
-            if let Some(w) = state.pending.pop_front() {
-                return Some(w);
-            }
-            if state.closed {
-                return None;
-            }
-            state = self
-                .shared
-                .writer
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Refuses new reservations and lets the writer finish what is queued.
-    pub(crate) fn close(&self) {
+    /// Refuses every reservation from now on and wakes waiters with
+    /// [`ReserveError::Closed`]. Credits already out still return.
+    pub fn close(&self) {
         self.lock().closed = true;
-        self.shared.writer.notify_all();
         self.shared.recovered.notify_waiters();
+    }
+
+    /// Whether `credit` was reserved from this queue.
+    pub fn owns(&self, credit: &Credit) -> bool {
+        Arc::ptr_eq(&self.shared, &credit.shared)
     }
 }
 
@@ -323,6 +273,14 @@ pub struct Credit {
 impl Credit {
     pub fn bytes(&self) -> u32 {
         self.bytes
+    }
+
+    /// The block arrived: its bytes now count as queued for the disk.
+    pub(crate) fn mark_queued(&mut self) {
+        if !self.queued {
+            lock(&self.shared).book.enqueue(u64::from(self.bytes));
+            self.queued = true;
+        }
     }
 }
 
@@ -397,8 +355,8 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..200),
         ) {
             let q = WriteQueue::new(capacity, capacity * low_pct / 100);
-            let block = crate::layout::tests_support::any_block();
             let mut held: Vec<Credit> = Vec::new();
+            let mut pending: Vec<Credit> = Vec::new();
             for op in ops {
                 match op {
                     Op::Reserve(n) => match q.try_reserve(n) {
@@ -408,18 +366,15 @@ mod tests {
                         Err(e) => prop_assert!(false, "{e}"),
                     },
                     Op::Arrive(i) if !held.is_empty() => {
-                        let c = held.swap_remove(i % held.len());
-                        let len = c.bytes() as usize;
-                        q.push(block, Bytes::from(vec![0; len]), c);
+                        let mut c = held.swap_remove(i % held.len());
+                        c.mark_queued();
+                        pending.push(c);
                     }
                     Op::Cancel(i) if !held.is_empty() => {
                         held.swap_remove(i % held.len());
                     }
-                    Op::Write => {
-                        let mut state = q.lock();
-                        let w = state.pending.pop_front();
-                        drop(state);
-                        drop(w);
+                    Op::Write if !pending.is_empty() => {
+                        pending.remove(0);
                     }
                     _ => {}
                 }
@@ -429,12 +384,13 @@ mod tests {
                     s.reserved_bytes,
                     held.iter().map(|c| u64::from(c.bytes())).sum::<u64>()
                 );
+                prop_assert_eq!(
+                    s.queued_bytes,
+                    pending.iter().map(|c| u64::from(c.bytes())).sum::<u64>()
+                );
             }
             held.clear();
-            q.close();
-            while let Some(w) = q.next_write() {
-                drop(w);
-            }
+            pending.clear();
             let s = q.stats();
             prop_assert_eq!((s.queued_bytes, s.reserved_bytes, s.headroom_bytes), (0, 0, capacity));
             prop_assert!(!s.throttled);

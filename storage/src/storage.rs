@@ -5,12 +5,12 @@
 //! the only code that moves a piece to *verified*; [`Storage::submit`] and
 //! readers only look. See `docs/STATE.md` for the piece states.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use crate::hash::{default_threads, hash_pieces};
 use crate::layout::{Bitfield, BlockRef, Layout, PieceIndex};
 use crate::merkle::{Hash, leaf_hash};
 use crate::metainfo::{Info, Metainfo};
-use crate::queue::{Credit, PendingWrite, QueueStats, WriteQueue};
+use crate::queue::{Credit, QueueStats, WriteQueue};
 use crate::resume;
 
 const MIB: u64 = 1024 * 1024;
@@ -40,6 +40,7 @@ pub struct StorageConfig {
     hash_threads: usize,
     resume_file: Option<PathBuf>,
     recheck: bool,
+    queue: Option<WriteQueue>,
 }
 
 impl Default for StorageConfig {
@@ -53,6 +54,7 @@ impl Default for StorageConfig {
             hash_threads: default_threads(),
             resume_file: None,
             recheck: false,
+            queue: None,
         }
     }
 }
@@ -111,8 +113,25 @@ impl StorageConfig {
         self
     }
 
+    /// Draw credits from this queue (shared by every torrent of a node, so
+    /// `--disk-queue` bounds the node). Default: a queue of this torrent's
+    /// own, sized by [`Self::with_disk_queue`] and
+    /// [`Self::with_low_watermark`].
+    pub fn with_write_queue(mut self, queue: Option<WriteQueue>) -> Self {
+        self.queue = queue;
+        self
+    }
+
     pub fn disk_queue(&self) -> u64 {
         self.disk_queue
+    }
+
+    /// The queue [`Self::with_write_queue`] gave, or a new one as configured.
+    fn make_queue(&self) -> WriteQueue {
+        self.queue.clone().unwrap_or_else(|| {
+            let low = self.low_watermark.unwrap_or(self.disk_queue / 4 * 3);
+            WriteQueue::new(self.disk_queue, low)
+        })
     }
 }
 
@@ -164,6 +183,70 @@ pub fn recheck(meta: &Metainfo, content: &Path, threads: usize, progress: &Atomi
         .pieces()
         .map(|p| hashes[p.as_usize()] == Some(expected_piece_hash(meta, &layout, p)))
         .collect()
+}
+
+/// A block received and waiting for the writer. Holds its credit, so the
+/// bytes return when it is written or dropped.
+#[derive(Debug)]
+struct PendingWrite {
+    block: BlockRef,
+    data: Bytes,
+    credit: Credit,
+}
+
+/// Blocks waiting for this torrent's writer. Bounded through the credits:
+/// every entry holds one.
+#[derive(Debug, Default)]
+struct Writes {
+    state: Mutex<WritesState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WritesState {
+    pending: VecDeque<PendingWrite>,
+    closed: bool,
+}
+
+impl Writes {
+    fn lock(&self) -> MutexGuard<'_, WritesState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a write; hands it back when the writer has stopped.
+    fn push(&self, w: PendingWrite) -> Result<(), PendingWrite> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(w);
+        }
+        state.pending.push_back(w);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until a write is pending; `None` once closed and drained.
+    fn next(&self) -> Option<PendingWrite> {
+        let mut state = self.lock();
+        loop {
+            if let Some(w) = state.pending.pop_front() {
+                return Some(w);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
 }
 
 #[derive(Debug)]
@@ -234,6 +317,7 @@ struct Inner {
     layout: Layout,
     files: FilePool,
     queue: WriteQueue,
+    writes: Writes,
     pieces: Mutex<Pieces>,
     events: mpsc::Sender<StorageEvent>,
     config: StorageConfig,
@@ -262,14 +346,27 @@ impl Storage {
     ) -> Result<(Self, mpsc::Receiver<StorageEvent>), StorageError> {
         let layout = Layout::new(meta.info());
         let paths = content_paths(meta.info(), content);
-        let verified = initial_pieces(&meta, &layout, content, &config);
+        let (verified, rechecked) = initial_pieces(&meta, &layout, content, &config);
         let complete = verified.all();
-        if !complete {
-            for (i, path) in paths.iter().enumerate() {
-                prepare_file(path, layout.file_len(i))?;
+        for (i, path) in paths.iter().enumerate() {
+            // A complete torrent is served read-only and its files are left
+            // as they are; but an empty file costs nothing to create.
+            let len = layout.file_len(i);
+            if !complete || (len == 0 && !path.exists()) {
+                prepare_file(path, len)?;
             }
         }
-        let low = config.low_watermark.unwrap_or(config.disk_queue / 4 * 3);
+        // What a recheck found may sit only in the page cache of a run that
+        // died: make it durable before a resume file vouches for it.
+        let dirty = if rechecked {
+            layout
+                .pieces()
+                .filter(|p| verified[p.as_usize()])
+                .map(|p| layout.piece_file(p))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         let (tx, rx) = mpsc::channel(config.event_capacity);
         let inner = Arc::new(Inner {
             files: FilePool {
@@ -278,11 +375,12 @@ impl Storage {
                 capacity: config.max_open_files,
                 open: Mutex::new(OpenFiles::default()),
             },
-            queue: WriteQueue::new(config.disk_queue, low),
+            queue: config.make_queue(),
+            writes: Writes::default(),
             pieces: Mutex::new(Pieces {
                 verified,
                 partial: HashMap::new(),
-                dirty: BTreeSet::new(),
+                dirty,
             }),
             events: tx,
             layout,
@@ -355,10 +453,13 @@ impl Storage {
     /// Does not block: the credit already paid for the queue space.
     pub fn submit(
         &self,
-        credit: Credit,
+        mut credit: Credit,
         block: BlockRef,
         data: Bytes,
     ) -> Result<bool, StorageError> {
+        if !self.inner.queue.owns(&credit) {
+            return Err(StorageError::ForeignCredit);
+        }
         let want = self.inner.layout.block_len(block);
         if data.len() != want as usize || credit.bytes() != want {
             return Err(StorageError::WrongLength {
@@ -370,8 +471,15 @@ impl Storage {
         if self.inner.is_duplicate(&self.pieces(), block) {
             return Ok(false);
         }
-        self.inner.queue.push(block, data, credit);
-        Ok(true)
+        credit.mark_queued();
+        match self.inner.writes.push(PendingWrite {
+            block,
+            data,
+            credit,
+        }) {
+            Ok(()) => Ok(true),
+            Err(_) => Err(StorageError::Closed),
+        }
     }
 
     /// Reads a block of a verified piece, for upload.
@@ -411,7 +519,7 @@ impl Storage {
     }
 
     fn stop_writer(&mut self) -> Result<(), StorageError> {
-        self.inner.queue.close();
+        self.inner.writes.close();
         match self.writer.take().map(JoinHandle::join) {
             Some(Err(_)) => Err(StorageError::WriterGone),
             _ => Ok(()),
@@ -450,13 +558,16 @@ impl Inner {
             let mut p = self.pieces();
             (p.verified.clone(), std::mem::take(&mut p.dirty))
         };
-        for &i in &dirty {
-            let f = self.files.get(i)?;
-            if let Err(e) = f.sync_data() {
-                // Put them back: they are not durable yet.
-                self.pieces().dirty.extend(dirty.iter().copied());
-                return Err(StorageError::io("syncing", &self.files.paths[i])(e));
-            }
+        let synced = dirty.iter().try_for_each(|&i| {
+            self.files
+                .get(i)?
+                .sync_data()
+                .map_err(StorageError::io("syncing", &self.files.paths[i]))
+        });
+        if let Err(e) = synced {
+            // Not durable yet: every one of them waits for the next flush.
+            self.pieces().dirty.extend(dirty);
+            return Err(e);
         }
         if let Some(path) = &self.config.resume_file {
             resume::save(path, self.meta.info().info_hash(), &verified)
@@ -465,25 +576,48 @@ impl Inner {
         Ok(())
     }
 
-    fn send(&self, event: StorageEvent) {
-        // A dropped receiver means nobody listens; that is fine.
-        let _ = self.events.blocking_send(event);
+    /// Reports to the node. While the torrent runs, a full channel makes the
+    /// writer wait (the queue fills and requesting stops: backpressure).
+    /// Once it is closing nobody may be reading any more, so events that do
+    /// not fit are dropped rather than blocking shutdown.
+    fn send(&self, mut event: StorageEvent) {
+        loop {
+            match self.events.try_send(event) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(e)) if self.writes.is_closed() => {
+                    debug!(event = ?e, "storage closing; event dropped");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(e)) => {
+                    event = e;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
     }
 
     /// Hashes, writes and records one block; verifies its piece when it is
     /// the last one.
-    fn write(&self, w: &PendingWrite) {
-        let block = w.block;
+    fn write(&self, w: PendingWrite) {
+        let PendingWrite {
+            block,
+            data,
+            credit,
+        } = w;
         let piece = block.piece();
         if self.is_duplicate(&self.pieces(), block) {
             return;
         }
-        let leaf = leaf_hash(&w.data);
+        let leaf = leaf_hash(&data);
         let range = self.layout.block_range(block);
         let written = self.files.get(range.file).and_then(|f| {
-            f.write_all_at(&w.data, range.offset)
+            f.write_all_at(&data, range.offset)
                 .map_err(StorageError::io("writing", &self.files.paths[range.file]))
         });
+        // Written (or failed): the bytes leave the queue now, before any
+        // event reports on them.
+        drop(data);
+        drop(credit);
         if let Err(e) = written {
             warn!(?block, error = %e, "block write failed");
             self.send(StorageEvent::WriteFailed {
@@ -526,7 +660,7 @@ impl Inner {
 fn writer_loop(inner: &Inner) {
     let started = Instant::now();
     let mut written: u64 = 0;
-    while let Some(w) = inner.queue.next_write() {
+    while let Some(w) = inner.writes.next() {
         if let Some(rate) = inner.config.write_rate {
             // Emulated disk: never run ahead of `rate` bytes/s on average.
             let due = Duration::from_secs_f64(written as f64 / rate as f64);
@@ -534,27 +668,31 @@ fn writer_loop(inner: &Inner) {
                 std::thread::sleep(wait);
             }
         }
-        inner.write(&w);
         written += w.data.len() as u64;
-        drop(w); // returns the credit
+        inner.write(w);
     }
 }
 
+/// The verified pieces to start from, and whether they come from a recheck
+/// (rather than a resume file).
 fn initial_pieces(
     meta: &Metainfo,
     layout: &Layout,
     content: &Path,
     config: &StorageConfig,
-) -> Bitfield {
+) -> (Bitfield, bool) {
     let ih = meta.info().info_hash();
     if let (Some(path), false) = (&config.resume_file, config.recheck) {
         match resume::load(path, ih, layout.num_pieces()) {
-            Ok(bits) => return bits,
+            Ok(bits) => return (bits, false),
             Err(resume::ResumeError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!(path = %path.display(), error = %e, "ignoring resume file; rechecking"),
         }
     }
-    recheck(meta, content, config.hash_threads, &AtomicU64::new(0))
+    (
+        recheck(meta, content, config.hash_threads, &AtomicU64::new(0)),
+        true,
+    )
 }
 
 /// Creates the file (and its directories) at its full length, sparse.

@@ -338,3 +338,76 @@ async fn backpressure_holds_the_bound_under_a_slow_disk() {
     assert_eq!((st.queued_bytes, st.reserved_bytes), (0, 0));
     s.close().unwrap();
 }
+
+#[tokio::test]
+async fn a_credit_from_another_queue_is_refused() {
+    let src = Source::new();
+    let out = tempfile::tempdir().unwrap();
+    let (s, _rx) = open(
+        &src.meta,
+        &out.path().join("data"),
+        StorageConfig::default(),
+    )
+    .await;
+    let other = sluice_storage::WriteQueue::new(1 << 20, 0);
+    let block = s.layout().block(s.layout().piece(0).unwrap(), 0).unwrap();
+    let credit = other.try_reserve(B as u32).unwrap().unwrap();
+    let err = s.submit(credit, block, src.block(&s, block)).unwrap_err();
+    assert!(
+        matches!(err, sluice_storage::StorageError::ForeignCredit),
+        "{err}"
+    );
+    assert_eq!(other.stats().reserved_bytes, 0, "the credit went home");
+    assert_eq!(s.queue_stats().queued_bytes, 0);
+}
+
+/// Two torrents drawing on one node-wide queue share its bound.
+#[tokio::test]
+async fn torrents_can_share_one_write_queue() {
+    let (a, b) = (Source::new(), Source::new());
+    let out = tempfile::tempdir().unwrap();
+    let queue = sluice_storage::WriteQueue::new(3 * B as u64, B as u64);
+    let config = || StorageConfig::default().with_write_queue(Some(queue.clone()));
+    let (sa, _ra) = open(&a.meta, &out.path().join("a"), config()).await;
+    let (sb, _rb) = open(&b.meta, &out.path().join("b"), config()).await;
+    let held: Vec<_> = (0..3)
+        .map(|_| sa.queue().try_reserve(B as u32).unwrap().unwrap())
+        .collect();
+    assert!(
+        sb.queue().try_reserve(1).unwrap().is_none(),
+        "b sees a's reservations"
+    );
+    drop(held);
+    assert!(sb.queue().try_reserve(B as u32).unwrap().is_some());
+}
+
+/// Shutdown never waits on a node that stopped reading events.
+#[tokio::test]
+async fn close_does_not_hang_when_nobody_reads_events() {
+    let src = Source::new();
+    let out = tempfile::tempdir().unwrap();
+    let config = StorageConfig::default().with_event_capacity(1);
+    let (s, rx) = open(&src.meta, &out.path().join("data"), config).await;
+    for block in src.all_blocks(&s) {
+        put(&s, block, src.block(&s, block)).await;
+    }
+    // Five pieces verify; the channel holds one event and nobody reads.
+    let closed = tokio::task::spawn_blocking(move || s.close());
+    tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("close returned")
+        .unwrap()
+        .unwrap();
+    drop(rx);
+}
+
+#[tokio::test]
+async fn opening_complete_data_creates_missing_empty_files() {
+    let src = Source::new();
+    let root = src.paths[0].parent().unwrap().to_owned();
+    let empty = root.join("empty");
+    std::fs::remove_file(&empty).unwrap();
+    let (s, _rx) = open(&src.meta, &root, StorageConfig::default()).await;
+    assert!(s.is_complete());
+    assert!(empty.is_file());
+}

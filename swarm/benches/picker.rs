@@ -14,7 +14,7 @@ const PIECES: usize = 10_000;
 const PEERS: u64 = 200;
 const BLOCKS_PER_PIECE: u32 = 4;
 
-fn setup() -> (Picker, Vec<Bitfield>) {
+fn setup() -> Picker {
     let piece = BLOCKS_PER_PIECE * BLOCK_SIZE;
     let layout = Layout::from_lengths(piece, [PIECES as u64 * u64::from(piece)]);
     let mut r = StdRng::seed_from_u64(1);
@@ -24,17 +24,15 @@ fn setup() -> (Picker, Vec<Bitfield>) {
         have.set(i, true);
     }
     let mut picker = Picker::new(layout, have, PickerConfig::default());
-    let bitfields: Vec<Bitfield> = (0..PEERS)
-        .map(|_| (0..PIECES).map(|_| r.gen_bool(0.5)).collect())
-        .collect();
-    for b in &bitfields {
-        picker.peer_bitfield(b);
+    for peer in 0..PEERS {
+        let bits: Bitfield = (0..PIECES).map(|_| r.gen_bool(0.5)).collect();
+        picker.peer_bitfield(PeerKey(peer), bits).unwrap();
     }
-    (picker, bitfields)
+    picker
 }
 
 fn bench(c: &mut Criterion) {
-    let (picker, bitfields) = setup();
+    let picker = setup();
     let mut g = c.benchmark_group("picker_10k_pieces_200_peers");
 
     // Worst case: no partial piece, so a rarest-first scan of every piece.
@@ -42,7 +40,7 @@ fn bench(c: &mut Criterion) {
         let mut r = StdRng::seed_from_u64(2);
         b.iter_batched(
             || picker.clone(),
-            |mut p| p.next_request(PeerKey(0), &bitfields[0], &mut r).unwrap(),
+            |mut p| p.next_request(PeerKey(0), &mut r).unwrap(),
             BatchSize::LargeInput,
         )
     });
@@ -63,7 +61,7 @@ fn bench(c: &mut Criterion) {
                 while idle < PEERS {
                     let peer = PeerKey((k % PEERS as usize) as u64);
                     k += 1;
-                    match p.next_request(peer, &bitfields[peer.0 as usize], &mut r) {
+                    match p.next_request(peer, &mut r) {
                         Some(block) => {
                             idle = 0;
                             assert!(matches!(

@@ -5,8 +5,15 @@
 //!   (rarest first, random first pieces, finish partial pieces, endgame),
 //!   with the block-level bookkeeping of `docs/STATE.md`.
 //!
-//! The transport, codec and sessions land with issue 4.
+//! - [`wire`]: the `/sluice/pieces/1` frames and their pure codec.
+//! - [`window`]: per-peer request-window sizing and request timeouts.
+//!
+//! The transport and the sessions that drive these land with issue 4.
 
 pub mod picker;
+pub mod window;
+pub mod wire;
 
-pub use picker::{Picker, PickerConfig, Received};
+pub use picker::{Picker, PickerConfig, PickerError, Received};
+pub use window::{RequestWindow, WindowConfig};
+pub use wire::{BlockSpec, Message, WireError};

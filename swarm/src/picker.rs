@@ -74,6 +74,13 @@ struct Progress {
     missing: u32,
 }
 
+/// A peer's announcement the picker cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickerError {
+    #[error("bitfield of {got} bits for a torrent of {want} pieces")]
+    BitfieldLength { got: usize, want: usize },
+}
+
 /// What [`Picker::block_received`] made of an arriving block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
@@ -96,6 +103,8 @@ pub struct Picker {
     /// Pieces we could start (not held, not in progress) by availability.
     candidates: Candidates,
     by_peer: HashMap<PeerKey, HashSet<BlockRef>>,
+    /// What each peer has announced (one bit per piece).
+    peers: HashMap<PeerKey, Bitfield>,
     /// Blocks in the missing state, over all pieces not verified.
     missing_blocks: u64,
 }
@@ -119,6 +128,7 @@ impl Picker {
             candidates,
             progress: BTreeMap::new(),
             by_peer: HashMap::new(),
+            peers: HashMap::new(),
             layout,
             config,
             have,
@@ -150,37 +160,75 @@ impl Picker {
         self.by_peer.get(&peer).map_or(0, HashSet::len)
     }
 
-    /// A peer's full bitfield arrived (once per peer; `have_all` is a full
-    /// bitfield).
-    pub fn peer_bitfield(&mut self, bits: &Bitfield) {
-        for i in bits.iter_ones().take(self.availability.len()) {
-            self.availability[i] += 1;
-            self.candidates
-                .set_availability(i as u32, self.availability[i]);
+    /// A peer's bitfield arrived (`have_all`/`have_none` are full and
+    /// empty ones). A second bitfield replaces the first.
+    pub fn peer_bitfield(&mut self, peer: PeerKey, bits: Bitfield) -> Result<(), PickerError> {
+        if bits.len() != self.availability.len() {
+            return Err(PickerError::BitfieldLength {
+                got: bits.len(),
+                want: self.availability.len(),
+            });
         }
+        if let Some(old) = self.peers.remove(&peer) {
+            self.count(&old, false);
+        }
+        self.count(&bits, true);
+        self.peers.insert(peer, bits);
+        Ok(())
     }
 
-    /// A peer announced one more piece.
-    pub fn peer_have(&mut self, piece: PieceIndex) {
+    /// A peer announced a piece. Returns whether that was news (a repeated
+    /// `have` changes nothing). A peer without a bitfield starts from
+    /// `have_none`.
+    pub fn peer_have(&mut self, peer: PeerKey, piece: PieceIndex) -> bool {
+        let n = self.availability.len();
+        let bits = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Bitfield::repeat(false, n));
         let i = piece.as_usize();
+        if bits[i] {
+            return false;
+        }
+        bits.set(i, true);
         self.availability[i] += 1;
         self.candidates
             .set_availability(i as u32, self.availability[i]);
+        true
+    }
+
+    /// The pieces `peer` has announced.
+    pub fn peer_has(&self, peer: PeerKey) -> Option<&Bitfield> {
+        self.peers.get(&peer)
+    }
+
+    /// Whether `peer` has a piece we lack (then we are interested).
+    pub fn wants_from(&self, peer: PeerKey) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|bits| bits.iter_ones().any(|i| !self.have[i]))
     }
 
     /// A peer left: its pieces no longer count and its requests go back to
     /// missing at once. Returns those requests (their credits can go).
-    pub fn peer_gone(&mut self, peer: PeerKey, bits: &Bitfield) -> Vec<BlockRef> {
-        for i in bits.iter_ones().take(self.availability.len()) {
-            self.availability[i] = self.availability[i].saturating_sub(1);
-            self.candidates
-                .set_availability(i as u32, self.availability[i]);
+    pub fn peer_gone(&mut self, peer: PeerKey) -> Vec<BlockRef> {
+        if let Some(bits) = self.peers.remove(&peer) {
+            self.count(&bits, false);
         }
         let blocks: Vec<BlockRef> = self.by_peer.remove(&peer).into_iter().flatten().collect();
         for &b in &blocks {
             self.drop_requester(peer, b);
         }
         blocks
+    }
+
+    /// Adds (or removes) one peer's pieces to (from) the availability.
+    fn count(&mut self, bits: &Bitfield, add: bool) {
+        for i in bits.iter_ones() {
+            let a = &mut self.availability[i];
+            *a = if add { *a + 1 } else { a.saturating_sub(1) };
+            self.candidates.set_availability(i as u32, *a);
+        }
     }
 
     fn drop_requester(&mut self, peer: PeerKey, block: BlockRef) {
@@ -307,7 +355,15 @@ impl Picker {
 
     /// The next block to request from `peer`, which has the pieces in
     /// `peer_has`; `None` when it has nothing we can ask for now.
-    pub fn next_request(
+    pub fn next_request(&mut self, peer: PeerKey, rng: &mut dyn RngCore) -> Option<BlockRef> {
+        // Taken out for the duration, so `self` can be borrowed mutably.
+        let peer_has = self.peers.remove(&peer)?;
+        let pick = self.pick(peer, &peer_has, rng);
+        self.peers.insert(peer, peer_has);
+        pick
+    }
+
+    fn pick(
         &mut self,
         peer: PeerKey,
         peer_has: &Bitfield,

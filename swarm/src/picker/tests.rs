@@ -47,23 +47,23 @@ const P3: PeerKey = PeerKey(3);
 #[test]
 fn rarest_first_with_a_random_tie_break() {
     let mut p = picker(6, 0);
-    p.peer_bitfield(&all(6));
-    p.peer_bitfield(&bits(6, [0, 1, 2, 3]));
-    p.peer_bitfield(&bits(6, [0, 1]));
+    p.peer_bitfield(P1, all(6)).unwrap();
+    p.peer_bitfield(PeerKey(10), bits(6, [0, 1, 2, 3])).unwrap();
+    p.peer_bitfield(PeerKey(11), bits(6, [0, 1])).unwrap();
     // Availability: 3 3 2 2 1 1 — pieces 4 and 5 are rarest.
     let mut r = rng();
-    let first = p.next_request(P1, &all(6), &mut r).unwrap().piece().get();
+    let first = p.next_request(P1, &mut r).unwrap().piece().get();
     assert!(first == 4 || first == 5);
     // Finish it, then the other rarest.
-    p.next_request(P1, &all(6), &mut r).unwrap();
-    let next = p.next_request(P1, &all(6), &mut r).unwrap().piece().get();
+    p.next_request(P1, &mut r).unwrap();
+    let next = p.next_request(P1, &mut r).unwrap().piece().get();
     assert_eq!(next, 9 - first);
     // The tie-break depends on the seed, not on index order.
     let firsts: std::collections::BTreeSet<u32> = (0..16)
         .map(|seed| {
             let mut p = picker(6, 0);
-            p.peer_bitfield(&all(6));
-            p.next_request(P1, &all(6), &mut StdRng::seed_from_u64(seed))
+            p.peer_bitfield(P1, all(6)).unwrap();
+            p.next_request(P1, &mut StdRng::seed_from_u64(seed))
                 .unwrap()
                 .piece()
                 .get()
@@ -82,15 +82,17 @@ fn random_pieces_first_until_four_are_held() {
     let setup = || {
         let mut p = picker(n as u64, 4);
         for k in 0..n {
-            p.peer_bitfield(&bits(n, k..n));
+            p.peer_bitfield(PeerKey(100 + k as u64), bits(n, k..n))
+                .unwrap();
         }
+        p.peer_bitfield(P1, all(n)).unwrap();
         p
     };
     // The first pick ignores rarity: over many seeds it lands all over.
     let firsts: std::collections::BTreeSet<u32> = (0..40)
         .map(|seed| {
             let mut p = setup();
-            p.next_request(P1, &all(n), &mut StdRng::seed_from_u64(seed))
+            p.next_request(P1, &mut StdRng::seed_from_u64(seed))
                 .unwrap()
                 .piece()
                 .get()
@@ -101,33 +103,32 @@ fn random_pieces_first_until_four_are_held() {
     let mut p = setup();
     let mut r = rng();
     for _ in 0..4 {
-        let b = p.next_request(P1, &all(n), &mut r).unwrap();
+        let b = p.next_request(P1, &mut r).unwrap();
         p.block_received(P1, b);
-        let b2 = p.next_request(P1, &all(n), &mut r).unwrap();
+        let b2 = p.next_request(P1, &mut r).unwrap();
         assert_eq!(b2.piece(), b.piece(), "finishing the piece");
         p.block_received(P1, b2);
         p.piece_verified(b.piece());
     }
     // Four held: now the rarest piece we lack.
     let rarest = (0..n as u32).find(|&i| !p.have[i as usize]).unwrap();
-    assert_eq!(
-        p.next_request(P1, &all(n), &mut r).unwrap().piece().get(),
-        rarest
-    );
+    assert_eq!(p.next_request(P1, &mut r).unwrap().piece().get(), rarest);
 }
 
 #[test]
 fn partial_pieces_are_finished_before_new_ones_start() {
     let mut p = picker(4, 0);
-    p.peer_bitfield(&all(4));
+    for peer in [P1, P2, P3] {
+        p.peer_bitfield(peer, all(4)).unwrap();
+    }
     let mut r = rng();
-    let a = p.next_request(P1, &all(4), &mut r).unwrap();
+    let a = p.next_request(P1, &mut r).unwrap();
     // Another peer continues the same piece rather than starting a new one.
-    let b = p.next_request(P2, &all(4), &mut r).unwrap();
+    let b = p.next_request(P2, &mut r).unwrap();
     assert_eq!(a.piece(), b.piece());
     assert_ne!(a, b);
     // The piece has no missing blocks left: the next request starts another.
-    let c = p.next_request(P3, &all(4), &mut r).unwrap();
+    let c = p.next_request(P3, &mut r).unwrap();
     assert_ne!(c.piece(), a.piece());
 }
 
@@ -136,17 +137,13 @@ fn never_a_piece_the_peer_lacks_or_we_hold() {
     let l = layout(4);
     let have = bits(4, [1]);
     let mut p = Picker::new(l, have, PickerConfig::default());
-    let peer_has = bits(4, [1, 2]);
-    p.peer_bitfield(&peer_has);
+    p.peer_bitfield(P1, bits(4, [1, 2])).unwrap();
     let mut r = rng();
     for _ in 0..2 {
-        assert_eq!(
-            p.next_request(P1, &peer_has, &mut r).unwrap().piece().get(),
-            2
-        );
+        assert_eq!(p.next_request(P1, &mut r).unwrap().piece().get(), 2);
     }
     assert_eq!(
-        p.next_request(P1, &peer_has, &mut r),
+        p.next_request(P1, &mut r),
         None,
         "piece 1 is ours, 0 and 3 it lacks"
     );
@@ -155,19 +152,19 @@ fn never_a_piece_the_peer_lacks_or_we_hold() {
 #[test]
 fn endgame_duplicates_outstanding_blocks_and_reports_cancels() {
     let mut p = picker(1, 0);
-    p.peer_bitfield(&all(1));
-    p.peer_bitfield(&all(1));
+    p.peer_bitfield(P1, all(1)).unwrap();
+    p.peer_bitfield(P2, all(1)).unwrap();
     let mut r = rng();
-    let b0 = p.next_request(P1, &all(1), &mut r).unwrap();
+    let b0 = p.next_request(P1, &mut r).unwrap();
     assert!(!p.in_endgame());
-    let b1 = p.next_request(P1, &all(1), &mut r).unwrap();
+    let b1 = p.next_request(P1, &mut r).unwrap();
     assert!(p.in_endgame(), "every missing block is requested");
     assert_eq!(
-        p.next_request(P1, &all(1), &mut r),
+        p.next_request(P1, &mut r),
         None,
         "never twice from the same peer"
     );
-    let d = p.next_request(P2, &all(1), &mut r).unwrap();
+    let d = p.next_request(P2, &mut r).unwrap();
     assert!(d == b0 || d == b1);
     assert_eq!(
         p.block_received(P2, d),
@@ -182,19 +179,19 @@ fn endgame_duplicates_outstanding_blocks_and_reports_cancels() {
 #[test]
 fn a_departing_peer_returns_its_requests_at_once() {
     let mut p = picker(2, 0);
-    p.peer_bitfield(&all(2));
-    p.peer_bitfield(&all(2));
+    p.peer_bitfield(P1, all(2)).unwrap();
+    p.peer_bitfield(P2, all(2)).unwrap();
     let mut r = rng();
-    let a = p.next_request(P1, &all(2), &mut r).unwrap();
-    let b = p.next_request(P1, &all(2), &mut r).unwrap();
-    let mut back = p.peer_gone(P1, &all(2));
+    let a = p.next_request(P1, &mut r).unwrap();
+    let b = p.next_request(P1, &mut r).unwrap();
+    let mut back = p.peer_gone(P1);
     back.sort();
     let mut want = vec![a, b];
     want.sort();
     assert_eq!(back, want);
     assert_eq!(p.availability(a.piece()), 1);
     // Another peer can have them now.
-    let c = p.next_request(P2, &all(2), &mut r).unwrap();
+    let c = p.next_request(P2, &mut r).unwrap();
     assert!(want.contains(&c));
     p.check_invariants().unwrap();
 }
@@ -202,28 +199,55 @@ fn a_departing_peer_returns_its_requests_at_once() {
 #[test]
 fn a_hash_failure_returns_the_piece_and_names_the_senders() {
     let mut p = picker(1, 0);
-    p.peer_bitfield(&all(1));
+    for peer in [P1, P2, P3] {
+        p.peer_bitfield(peer, all(1)).unwrap();
+    }
     let mut r = rng();
-    let a = p.next_request(P1, &all(1), &mut r).unwrap();
-    let b = p.next_request(P2, &all(1), &mut r).unwrap();
+    let a = p.next_request(P1, &mut r).unwrap();
+    let b = p.next_request(P2, &mut r).unwrap();
     p.block_received(P1, a);
     p.block_received(P2, b);
     assert_eq!(p.hash_failed(a.piece()), vec![P1, P2]);
     assert!(!p.in_endgame());
-    let again = p.next_request(P3, &all(1), &mut r).unwrap();
+    let again = p.next_request(P3, &mut r).unwrap();
     assert_eq!(again.piece(), a.piece());
+    p.check_invariants().unwrap();
+}
+
+#[test]
+fn repeated_haves_count_once_and_bad_bitfields_are_refused() {
+    let mut p = picker(4, 0);
+    let piece = p.layout().piece(2).unwrap();
+    assert!(p.peer_have(P1, piece));
+    for _ in 0..1000 {
+        assert!(!p.peer_have(P1, piece));
+    }
+    assert_eq!(p.availability(piece), 1);
+    assert!(p.wants_from(P1));
+    assert_eq!(
+        p.peer_bitfield(P2, bits(5, [])),
+        Err(PickerError::BitfieldLength { got: 5, want: 4 })
+    );
+    p.peer_gone(P1);
+    assert_eq!(p.availability(piece), 0);
+    assert_eq!(
+        p.next_request(P1, &mut rng()),
+        None,
+        "a departed peer gets nothing"
+    );
     p.check_invariants().unwrap();
 }
 
 #[test]
 fn a_rejected_request_is_missing_again() {
     let mut p = picker(1, 0);
-    p.peer_bitfield(&all(1));
+    p.peer_bitfield(P1, all(1)).unwrap();
+    p.peer_bitfield(P2, all(1)).unwrap();
     let mut r = rng();
-    let a = p.next_request(P1, &all(1), &mut r).unwrap();
+    let a = p.next_request(P1, &mut r).unwrap();
     p.request_failed(P1, a);
     assert_eq!(p.outstanding(P1), 0);
-    assert_eq!(p.next_request(P2, &all(1), &mut r), Some(a));
+    assert_eq!(p.next_request(P2, &mut r), Some(a));
     assert_eq!(
         p.block_received(P1, a),
         Received::Unrequested,
@@ -269,13 +293,13 @@ proptest! {
             match op {
                 Op::Join(k, b) if !peers.contains_key(&k) => {
                     let bf: Bitfield = b.into_iter().collect();
-                    p.peer_bitfield(&bf);
+                    p.peer_bitfield(PeerKey(k.into()), bf.clone()).unwrap();
                     peers.insert(k, bf);
                 }
                 Op::Request(k) => {
                     if let Some(has) = peers.get(&k) {
                         let endgame = p.in_endgame();
-                        if let Some(b) = p.next_request(PeerKey(k.into()), has, &mut r) {
+                        if let Some(b) = p.next_request(PeerKey(k.into()), &mut r) {
                             prop_assert!(has[b.piece().as_usize()], "requested a piece the peer lacks");
                             let dup = outstanding.iter().any(|&(_, o)| o == b);
                             prop_assert!(!dup || endgame, "{:?} requested twice outside endgame", b);
@@ -295,11 +319,9 @@ proptest! {
                     let (k, b) = outstanding.swap_remove(i % outstanding.len());
                     p.request_failed(PeerKey(k.into()), b);
                 }
-                Op::Leave(k) => {
-                    if let Some(bf) = peers.remove(&k) {
-                        p.peer_gone(PeerKey(k.into()), &bf);
-                        outstanding.retain(|&(o, _)| o != k);
-                    }
+                Op::Leave(k) if peers.remove(&k).is_some() => {
+                    p.peer_gone(PeerKey(k.into()));
+                    outstanding.retain(|&(o, _)| o != k);
                 }
                 Op::Verify(i) => {
                     // Only a piece whose every block arrived can verify.
@@ -324,8 +346,8 @@ proptest! {
         }
         // Every requested block ends received or missing: once every peer
         // has gone, nothing is outstanding.
-        for (k, bf) in peers.drain() {
-            p.peer_gone(PeerKey(k.into()), &bf);
+        for (k, _) in peers.drain() {
+            p.peer_gone(PeerKey(k.into()));
         }
         p.check_invariants().map_err(TestCaseError::fail)?;
         for k in 0..5u8 {
