@@ -1,4 +1,496 @@
-//! `sluice-node`: one running node — its torrents, the rechoke timer, rate
-//! limits and the control API.
+//! `sluice-node`: one running node — its identity and data directory, the
+//! libp2p swarm task, its torrents, the node-wide disk queue and rate
+//! limits — driven through a cheap, cloneable [`NodeHandle`].
 //!
-//! Lands with issues 4 and 5; nothing here yet.
+//! Layout:
+//! - [`datadir`]: identity key (a stable peer id), the lock that keeps two
+//!   nodes out of one directory, resume-file paths.
+//! - this module: [`Node::start`], the swarm task (listening, dialing, mDNS,
+//!   routing incoming piece streams to torrents by info-hash) and shutdown.
+//!
+//! Shutdown (`NodeHandle::shutdown`): every torrent stops requesting, closes
+//! its sessions, lets its writer finish what is queued and flushes its
+//! resume file; then the swarm task ends and every spawned task is awaited.
+
+pub mod datadir;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, mdns};
+use sluice_storage::{InfoHash, Metainfo, Storage, StorageConfig, StorageError, WriteQueue};
+use sluice_swarm::handshake::{self, Hello};
+use sluice_swarm::ratelimit::RateLimiter;
+use sluice_swarm::torrent::{SharedLimits, TorrentConfig, TorrentHandle, spawn_torrent};
+use sluice_swarm::transport::{BehaviourEvent, PIECES_PROTOCOL, TransportConfig, build_swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::datadir::DataDir;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Everything that can stop a node from starting or a torrent from being
+/// added.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("starting the network")]
+    Transport(#[from] sluice_swarm::transport::TransportError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: Multiaddr,
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+    #[error("opening the torrent's data")]
+    Storage(#[from] StorageError),
+    #[error("the torrent {0} is already running on this node")]
+    Duplicate(InfoHash),
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("cannot dial {addr}: {reason}")]
+    Dial { addr: Multiaddr, reason: String },
+}
+
+/// Node settings; `with_*` setters document units and defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    data_dir: PathBuf,
+    listen: Vec<Multiaddr>,
+    mdns: bool,
+    up_rate: Option<u64>,
+    down_rate: Option<u64>,
+    disk_queue: u64,
+    disk_rate: Option<u64>,
+    torrent: TorrentConfig,
+}
+
+impl NodeConfig {
+    /// A node keeping its identity, lock and resume files in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+            mdns: true,
+            up_rate: None,
+            down_rate: None,
+            disk_queue: 64 * MIB,
+            disk_rate: None,
+            torrent: TorrentConfig::default(),
+        }
+    }
+
+    /// Addresses to listen on. Default `/ip4/127.0.0.1/tcp/0`.
+    pub fn with_listen(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.listen = addrs;
+        self
+    }
+
+    /// mDNS discovery on the local network. Default on.
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Upload limit for the whole node in bytes/s (loopback included).
+    /// Default none.
+    pub fn with_up_rate(mut self, rate: Option<u64>) -> Self {
+        self.up_rate = rate.filter(|&r| r > 0);
+        self
+    }
+
+    /// Download limit for the whole node in bytes/s. Default none.
+    pub fn with_down_rate(mut self, rate: Option<u64>) -> Self {
+        self.down_rate = rate.filter(|&r| r > 0);
+        self
+    }
+
+    /// Bytes requested-but-not-arrived plus arrived-but-not-written, for
+    /// the whole node. Default 64 MiB.
+    pub fn with_disk_queue(mut self, bytes: u64) -> Self {
+        self.disk_queue = bytes.max(u64::from(sluice_storage::BLOCK_SIZE));
+        self
+    }
+
+    /// Emulated disk write speed in bytes/s. Default none (real speed).
+    pub fn with_disk_rate(mut self, rate: Option<u64>) -> Self {
+        self.disk_rate = rate.filter(|&r| r > 0);
+        self
+    }
+
+    /// Per-torrent swarm settings (choker, windows, limits).
+    pub fn with_torrent(mut self, t: TorrentConfig) -> Self {
+        self.torrent = t;
+        self
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+}
+
+type Torrents = Arc<Mutex<HashMap<InfoHash, TorrentHandle>>>;
+
+enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
+    /// A torrent was added: open streams for it to every connected peer.
+    Announce(InfoHash),
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    peer_id: PeerId,
+    config: Arc<NodeConfig>,
+    data_dir: Arc<DataDir>,
+    commands: mpsc::Sender<Command>,
+    torrents: Torrents,
+    listen: watch::Receiver<Vec<Multiaddr>>,
+    queue: WriteQueue,
+    limits: SharedLimits,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starting point: [`Node::start`].
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Locks the data dir, loads (or makes) the identity, starts listening
+    /// and spawns the swarm task. Must run inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+        let data_dir = DataDir::open(&config.data_dir)?;
+        let keypair = data_dir.identity()?;
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(keypair, &TransportConfig::default().with_mdns(config.mdns))?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|source| NodeError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        }
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let torrents: Torrents = Arc::default();
+        let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let low = config.disk_queue / 4 * 3;
+        let handle = NodeHandle {
+            peer_id,
+            data_dir: Arc::new(data_dir),
+            commands: commands_tx,
+            torrents: Arc::clone(&torrents),
+            listen: listen_rx,
+            queue: WriteQueue::new(config.disk_queue, low),
+            limits: SharedLimits {
+                up: config.up_rate.map(|r| Arc::new(RateLimiter::new(r))),
+                down: config.down_rate.map(|r| Arc::new(RateLimiter::new(r))),
+            },
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+            config: Arc::new(config),
+        };
+        let incoming = swarm
+            .behaviour()
+            .stream
+            .new_control()
+            .accept(PIECES_PROTOCOL)
+            .expect("the piece protocol is registered once per node");
+        tracker.spawn(accept_loop(
+            incoming,
+            Arc::clone(&torrents),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(swarm_task(
+            swarm,
+            commands_rx,
+            listen_tx,
+            torrents,
+            tracker.clone(),
+            cancel,
+        ));
+        info!(%peer_id, "node started");
+        Ok(handle)
+    }
+}
+
+impl NodeHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node-wide disk write queue.
+    pub fn queue(&self) -> &WriteQueue {
+        &self.queue
+    }
+
+    /// Listen addresses, each ending in `/p2p/<peer id>` (what other nodes
+    /// pass to `--peer`). Waits until at least one is known.
+    ///
+    /// Cancel-safe.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let mut rx = self.listen.clone();
+        let addrs = rx
+            .wait_for(|a| !a.is_empty())
+            .await
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        addrs
+            .into_iter()
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(self.peer_id)))
+            .collect()
+    }
+
+    /// Dials a peer (a multiaddr, ideally ending in `/p2p/<peer id>`).
+    ///
+    /// Cancel-safe.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Dial(addr, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Starts sharing a torrent whose content is (or will be) at `content`
+    /// (the file of a single-file torrent, else its directory). Opening may
+    /// recheck existing data.
+    pub async fn add_torrent(
+        &self,
+        meta: Arc<Metainfo>,
+        content: PathBuf,
+    ) -> Result<TorrentHandle, NodeError> {
+        let ih = meta.info().info_hash();
+        if self
+            .torrents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&ih)
+        {
+            return Err(NodeError::Duplicate(ih));
+        }
+        let storage_config = StorageConfig::default()
+            .with_write_queue(Some(self.queue.clone()))
+            .with_write_rate(self.config.disk_rate)
+            .with_resume_file(Some(self.data_dir.resume_file(ih)));
+        let (storage, events) =
+            tokio::task::spawn_blocking(move || Storage::open(meta, &content, storage_config))
+                .await
+                .map_err(|_| NodeError::Stopped)??;
+        let handle = spawn_torrent(
+            Arc::new(storage),
+            events,
+            self.config.torrent.clone(),
+            self.limits.clone(),
+            &self.tracker,
+            self.cancel.child_token(),
+        );
+        self.torrents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ih, handle.clone());
+        let _ = self.commands.send(Command::Announce(ih)).await;
+        Ok(handle)
+    }
+
+    /// The running torrents.
+    pub fn torrents(&self) -> Vec<TorrentHandle> {
+        self.torrents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops every torrent (queued writes finish, resume files flush), then
+    /// the network, and waits for every task. Returns the first error.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let torrents: Vec<TorrentHandle> = self
+            .torrents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        let mut result = Ok(());
+        for t in torrents {
+            if let Err(e) = t.stop().await {
+                warn!(info_hash = %t.info_hash(), error = %e, "torrent did not stop cleanly");
+                result = result.and(Err(e));
+            }
+        }
+        self.queue.close();
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        info!("node stopped");
+        result
+    }
+}
+
+async fn swarm_task(
+    mut swarm: libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    listen: watch::Sender<Vec<Multiaddr>>,
+    torrents: Torrents,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let control = swarm.behaviour().stream.new_control();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            cmd = commands.recv() => match cmd {
+                None => break,
+                Some(Command::Dial(addr, reply)) => {
+                    let result = swarm
+                        .dial(addr.clone())
+                        .map_err(|e| NodeError::Dial { addr, reason: e.to_string() });
+                    let _ = reply.send(result);
+                }
+                Some(Command::Announce(ih)) => {
+                    let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                    for peer in connected {
+                        open_for(peer, ih, &torrents, &control, &tracker);
+                    }
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    info!(%address, "listening");
+                    listen.send_modify(|a| a.push(address));
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                    debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    // The dialer opens the piece streams, once per peer.
+                    if endpoint.is_dialer() && num_established.get() == 1 {
+                        let ihs: Vec<InfoHash> = torrents.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+                        for ih in ihs {
+                            open_for(peer_id, ih, &torrents, &control, &tracker);
+                        }
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                    debug!(%peer_id, ?cause, "connection closed");
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    warn!(?peer_id, %error, "dial failed");
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                    for (peer, addr) in found {
+                        if !swarm.is_connected(&peer) {
+                            debug!(%peer, %addr, "mDNS found a peer");
+                            let _ = swarm.dial(addr);
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Opens a piece stream to `peer` for torrent `ih` and hands it over.
+fn open_for(
+    peer: PeerId,
+    ih: InfoHash,
+    torrents: &Torrents,
+    control: &libp2p_stream::Control,
+    tracker: &TaskTracker,
+) {
+    let Some(torrent) = torrents
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&ih)
+        .cloned()
+    else {
+        return;
+    };
+    let mut control = control.clone();
+    tracker.spawn(async move {
+        let stats = torrent.stats();
+        let ours = Hello {
+            info_hash: ih,
+            pieces: stats.total_pieces,
+            max_requests: torrent.max_requests(),
+        };
+        let opened = tokio::time::timeout(
+            handshake::HANDSHAKE_TIMEOUT,
+            control.open_stream(peer, PIECES_PROTOCOL),
+        )
+        .await;
+        let stream = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return debug!(%peer, error = %e, "cannot open a piece stream"),
+            Err(_) => return debug!(%peer, "opening a piece stream timed out"),
+        };
+        match handshake::open(stream, ours).await {
+            Ok((reader, writer, theirs)) => {
+                torrent
+                    .add_peer(peer, reader, writer, theirs.max_requests)
+                    .await
+            }
+            Err(e) => debug!(%peer, error = %e, "handshake failed"),
+        }
+    });
+}
+
+async fn accept_loop(
+    mut incoming: libp2p_stream::IncomingStreams,
+    torrents: Torrents,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => break,
+            next = incoming.next() => next,
+        };
+        let Some((peer, stream)) = next else { break };
+        let torrents = Arc::clone(&torrents);
+        tracker.spawn(async move {
+            let (reader, mut writer, theirs) = match handshake::accept(stream).await {
+                Ok(x) => x,
+                Err(e) => return debug!(%peer, error = %e, "incoming handshake failed"),
+            };
+            let torrent = torrents.lock().unwrap_or_else(|p| p.into_inner()).get(&theirs.info_hash).cloned();
+            let Some(torrent) = torrent else {
+                return debug!(%peer, info_hash = %theirs.info_hash, "stream for a torrent we do not have");
+            };
+            let ours = Hello {
+                info_hash: theirs.info_hash,
+                pieces: torrent.stats().total_pieces,
+                max_requests: torrent.max_requests(),
+            };
+            match handshake::answer(&mut writer, ours, theirs).await {
+                Ok(()) => torrent.add_peer(peer, reader, writer, theirs.max_requests).await,
+                Err(e) => debug!(%peer, error = %e, "incoming handshake failed"),
+            }
+        });
+    }
+}
+
+/// How long shutdown waits for a torrent before giving up on it.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

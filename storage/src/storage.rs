@@ -329,7 +329,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct Storage {
     inner: Arc<Inner>,
-    writer: Option<JoinHandle<()>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Storage {
@@ -401,7 +401,7 @@ impl Storage {
         Ok((
             Self {
                 inner,
-                writer: Some(writer),
+                writer: Mutex::new(Some(writer)),
             },
             rx,
         ))
@@ -513,14 +513,18 @@ impl Storage {
 
     /// Stops accepting writes, lets the writer finish what is queued, and
     /// flushes.
-    pub fn close(mut self) -> Result<(), StorageError> {
+    ///
+    /// Blocking: call from a blocking context. Later calls only flush;
+    /// [`Storage::submit`] fails with [`StorageError::Closed`] from now on.
+    pub fn close(&self) -> Result<(), StorageError> {
         self.stop_writer()?;
         self.inner.flush()
     }
 
-    fn stop_writer(&mut self) -> Result<(), StorageError> {
+    fn stop_writer(&self) -> Result<(), StorageError> {
         self.inner.writes.close();
-        match self.writer.take().map(JoinHandle::join) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match writer.map(JoinHandle::join) {
             Some(Err(_)) => Err(StorageError::WriterGone),
             _ => Ok(()),
         }
@@ -529,11 +533,13 @@ impl Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        if self.writer.is_some() {
-            let result = self.stop_writer().and_then(|()| self.inner.flush());
-            if let Err(e) = result {
-                warn!(error = %e, "flushing storage on drop failed");
-            }
+        let running = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if running && let Err(e) = self.close() {
+            warn!(error = %e, "flushing storage on drop failed");
         }
     }
 }

@@ -10,7 +10,13 @@
 //!
 //! The transport and the sessions that drive these land with issue 4.
 
+pub mod framed;
+pub mod handshake;
 pub mod picker;
+pub mod ratelimit;
+mod session;
+pub mod torrent;
+pub mod transport;
 pub mod window;
 pub mod wire;
 

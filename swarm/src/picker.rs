@@ -74,6 +74,12 @@ struct Progress {
     missing: u32,
 }
 
+#[derive(Debug, Clone)]
+struct PeerPieces {
+    bits: Bitfield,
+    lacking: u32,
+}
+
 /// A peer's announcement the picker cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PickerError {
@@ -103,8 +109,9 @@ pub struct Picker {
     /// Pieces we could start (not held, not in progress) by availability.
     candidates: Candidates,
     by_peer: HashMap<PeerKey, HashSet<BlockRef>>,
-    /// What each peer has announced (one bit per piece).
-    peers: HashMap<PeerKey, Bitfield>,
+    /// What each peer has announced (one bit per piece), and how many of
+    /// those pieces we lack (so interest is O(1) to answer).
+    peers: HashMap<PeerKey, PeerPieces>,
     /// Blocks in the missing state, over all pieces not verified.
     missing_blocks: u64,
 }
@@ -170,10 +177,11 @@ impl Picker {
             });
         }
         if let Some(old) = self.peers.remove(&peer) {
-            self.count(&old, false);
+            self.count(&old.bits, false);
         }
         self.count(&bits, true);
-        self.peers.insert(peer, bits);
+        let lacking = bits.iter_ones().filter(|&i| !self.have[i]).count() as u32;
+        self.peers.insert(peer, PeerPieces { bits, lacking });
         Ok(())
     }
 
@@ -182,15 +190,18 @@ impl Picker {
     /// `have_none`.
     pub fn peer_have(&mut self, peer: PeerKey, piece: PieceIndex) -> bool {
         let n = self.availability.len();
-        let bits = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| Bitfield::repeat(false, n));
+        let entry = self.peers.entry(peer).or_insert_with(|| PeerPieces {
+            bits: Bitfield::repeat(false, n),
+            lacking: 0,
+        });
         let i = piece.as_usize();
-        if bits[i] {
+        if entry.bits[i] {
             return false;
         }
-        bits.set(i, true);
+        entry.bits.set(i, true);
+        if !self.have[i] {
+            entry.lacking += 1;
+        }
         self.availability[i] += 1;
         self.candidates
             .set_availability(i as u32, self.availability[i]);
@@ -199,21 +210,19 @@ impl Picker {
 
     /// The pieces `peer` has announced.
     pub fn peer_has(&self, peer: PeerKey) -> Option<&Bitfield> {
-        self.peers.get(&peer)
+        self.peers.get(&peer).map(|p| &p.bits)
     }
 
     /// Whether `peer` has a piece we lack (then we are interested).
     pub fn wants_from(&self, peer: PeerKey) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|bits| bits.iter_ones().any(|i| !self.have[i]))
+        self.peers.get(&peer).is_some_and(|p| p.lacking > 0)
     }
 
     /// A peer left: its pieces no longer count and its requests go back to
     /// missing at once. Returns those requests (their credits can go).
     pub fn peer_gone(&mut self, peer: PeerKey) -> Vec<BlockRef> {
-        if let Some(bits) = self.peers.remove(&peer) {
-            self.count(&bits, false);
+        if let Some(old) = self.peers.remove(&peer) {
+            self.count(&old.bits, false);
         }
         let blocks: Vec<BlockRef> = self.by_peer.remove(&peer).into_iter().flatten().collect();
         for &b in &blocks {
@@ -314,6 +323,9 @@ impl Picker {
         };
         self.missing_blocks -= missing;
         self.have.set(piece.as_usize(), true);
+        for p in self.peers.values_mut().filter(|p| p.bits[piece.as_usize()]) {
+            p.lacking -= 1;
+        }
         self.candidates.remove(piece.get());
         self.have_count += 1;
     }
@@ -357,9 +369,9 @@ impl Picker {
     /// `peer_has`; `None` when it has nothing we can ask for now.
     pub fn next_request(&mut self, peer: PeerKey, rng: &mut dyn RngCore) -> Option<BlockRef> {
         // Taken out for the duration, so `self` can be borrowed mutably.
-        let peer_has = self.peers.remove(&peer)?;
-        let pick = self.pick(peer, &peer_has, rng);
-        self.peers.insert(peer, peer_has);
+        let entry = self.peers.remove(&peer)?;
+        let pick = self.pick(peer, &entry.bits, rng);
+        self.peers.insert(peer, entry);
         pick
     }
 
@@ -526,6 +538,15 @@ impl Picker {
                 "{candidates} candidates, counted {}",
                 self.candidates.len
             ));
+        }
+        for (peer, p) in &self.peers {
+            let lacking = p.bits.iter_ones().filter(|&i| !self.have[i]).count() as u32;
+            if lacking != p.lacking {
+                return Err(format!(
+                    "{peer:?} lacks {lacking} of ours, counted {}",
+                    p.lacking
+                ));
+            }
         }
         if missing != self.missing_blocks {
             return Err(format!(

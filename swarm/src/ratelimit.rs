@@ -1,0 +1,79 @@
+//! A token bucket shared by every session of a node: `--up-rate` and
+//! `--down-rate`. Applied to loopback peers too (unlike libtorrent's
+//! default), because the testnet runs on loopback.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Bytes per second with a one-second burst.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// `bytes_per_sec` must be positive.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        let rate = bytes_per_sec.max(1) as f64;
+        Self {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate as u64
+    }
+
+    /// Takes `bytes` tokens, going into debt if need be, and returns how
+    /// long the caller must wait for the debt to clear.
+    fn take(&self, bytes: u64, now: Instant) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = &mut *state;
+        *tokens =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
+        *at = now;
+        *tokens -= bytes as f64;
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / self.rate)
+        }
+    }
+
+    /// Waits until `bytes` may pass.
+    ///
+    /// Cancel-safe in the sense that matters: tokens are taken up front, so
+    /// a cancelled wait only makes later callers wait a little longer.
+    pub async fn acquire(&self, bytes: u64) {
+        let wait = self.take(bytes, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debt_turns_into_waiting_time() {
+        let t0 = Instant::now();
+        let r = RateLimiter {
+            rate: 1000.0,
+            state: Mutex::new((1000.0, t0)),
+        };
+        assert_eq!(r.take(1000, t0), Duration::ZERO, "a one-second burst");
+        assert_eq!(r.take(500, t0), Duration::from_millis(500));
+        // Half a second later the debt is paid.
+        assert_eq!(r.take(0, t0 + Duration::from_millis(500)), Duration::ZERO);
+        // Idle time never banks more than one second of tokens.
+        assert_eq!(r.take(1000, t0 + Duration::from_secs(60)), Duration::ZERO);
+        assert_eq!(
+            r.take(1, t0 + Duration::from_secs(60)),
+            Duration::from_millis(1)
+        );
+    }
+}

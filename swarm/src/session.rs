@@ -1,0 +1,232 @@
+//! One peer's session for one torrent: the task that owns the stream.
+//!
+//! It decodes what the peer sends and forwards it to the torrent task
+//! (bounded channel: when the torrent falls behind, we stop reading and TCP
+//! pushes back on the peer), writes what the torrent tells it to, and serves
+//! the peer's requests itself:
+//!
+//! - requests wait in a queue bounded by our advertised `max_requests`; a
+//!   request while choked, beyond the queue, or for a piece we do not hold
+//!   gets an explicit `Reject` at once;
+//! - blocks are read from storage only as the stream drains, at most
+//!   `upload_window` bytes ahead of the socket;
+//! - choking the peer rejects everything queued, so it can ask elsewhere.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_choke::PeerKey;
+use sluice_storage::{BLOCK_SIZE, Storage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::framed::{FrameReader, FrameWriter, StreamError};
+use crate::ratelimit::RateLimiter;
+use crate::wire::{BlockSpec, Message};
+
+/// What a session reports to its torrent.
+#[derive(Debug)]
+pub(crate) enum FromSession {
+    Message(PeerKey, Message),
+    Closed(PeerKey, String),
+}
+
+/// What the torrent tells a session.
+#[derive(Debug)]
+pub(crate) enum ToSession {
+    Send(Message),
+    /// Choke (true) or unchoke the peer: sends the message; choking rejects
+    /// every queued request.
+    Choke(bool),
+    Close(String),
+}
+
+/// Limits of one session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionLimits {
+    /// Most queued requests we accept (what we advertise).
+    pub(crate) max_requests: u32,
+    /// Bytes read from disk ahead of the socket.
+    pub(crate) upload_window: u32,
+    /// Close the stream when the peer is silent this long.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// Live numbers of one session, shared with the torrent.
+#[derive(Debug, Default)]
+pub(crate) struct SessionStats {
+    /// Requests waiting to be served.
+    pub(crate) upload_queue: AtomicU64,
+    /// Block bytes written to the stream.
+    pub(crate) uploaded: AtomicU64,
+}
+
+pub(crate) struct Session<R, W> {
+    pub(crate) key: PeerKey,
+    pub(crate) reader: FrameReader<R>,
+    pub(crate) writer: FrameWriter<W>,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) to_torrent: mpsc::Sender<FromSession>,
+    pub(crate) commands: mpsc::Receiver<ToSession>,
+    pub(crate) limits: SessionLimits,
+    pub(crate) stats: Arc<SessionStats>,
+    pub(crate) up_limit: Option<Arc<RateLimiter>>,
+    pub(crate) down_limit: Option<Arc<RateLimiter>>,
+}
+
+impl<R, W> std::fmt::Debug for Session<R, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
+    /// Runs until the stream ends, the torrent says to close, or the peer
+    /// breaks the protocol; reports why to the torrent.
+    pub(crate) async fn run(mut self) {
+        let key = self.key;
+        let to_torrent = self.to_torrent.clone();
+        let reason = match self.drive().await {
+            Ok(reason) => reason,
+            Err(e) => e.to_string(),
+        };
+        let _ = self.writer.close().await;
+        debug!(peer = key.0, %reason, "session ended");
+        let _ = to_torrent.send(FromSession::Closed(key, reason)).await;
+    }
+
+    async fn drive(&mut self) -> Result<String, StreamError> {
+        let mut queue: VecDeque<BlockSpec> = VecDeque::new();
+        let mut choked = true;
+        loop {
+            // Local work first: serve what is queued, then read more.
+            if !choked && !queue.is_empty() {
+                self.serve(&mut queue).await?;
+            }
+            self.stats
+                .upload_queue
+                .store(queue.len() as u64, Ordering::Relaxed);
+            self.writer.flush().await?;
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv() => match cmd {
+                    None => return Ok("torrent stopped".into()),
+                    Some(ToSession::Close(reason)) => return Ok(reason),
+                    Some(ToSession::Send(m)) => self.writer.push(&m),
+                    Some(ToSession::Choke(c)) => {
+                        choked = c;
+                        if c {
+                            self.writer.push(&Message::Choke);
+                            for spec in queue.drain(..) {
+                                self.writer.push(&Message::Reject(spec));
+                            }
+                        } else {
+                            self.writer.push(&Message::Unchoke);
+                        }
+                    }
+                },
+                msg = tokio::time::timeout(self.limits.idle_timeout, self.reader.next()) => {
+                    let msg = msg.map_err(|_| StreamError::Timeout(self.limits.idle_timeout))??;
+                    self.on_message(msg, choked, &mut queue).await?;
+                }
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: Message,
+        choked: bool,
+        queue: &mut VecDeque<BlockSpec>,
+    ) -> Result<(), StreamError> {
+        match msg {
+            Message::KeepAlive => {}
+            Message::Request(spec) => {
+                let held = self
+                    .storage
+                    .layout()
+                    .block_at(spec.piece, spec.offset, spec.len)
+                    .is_some_and(|b| self.storage.has_piece(b.piece()));
+                if choked || !held || queue.len() >= self.limits.max_requests as usize {
+                    self.writer.push(&Message::Reject(spec));
+                } else {
+                    queue.push_back(spec);
+                }
+            }
+            Message::Cancel(spec) => queue.retain(|q| *q != spec),
+            Message::Piece { ref data, .. } => {
+                if let Some(limit) = &self.down_limit {
+                    limit.acquire(data.len() as u64).await;
+                }
+                self.forward(msg).await?;
+            }
+            Message::Handshake { .. } => {
+                return Err(StreamError::Protocol("a second handshake".into()));
+            }
+            other => self.forward(other).await?,
+        }
+        Ok(())
+    }
+
+    async fn forward(&mut self, msg: Message) -> Result<(), StreamError> {
+        self.to_torrent
+            .send(FromSession::Message(self.key, msg))
+            .await
+            .map_err(|_| StreamError::Protocol("torrent stopped".into()))
+    }
+
+    /// Reads up to one upload window of queued blocks (one blocking call)
+    /// and writes them out.
+    async fn serve(&mut self, queue: &mut VecDeque<BlockSpec>) -> Result<(), StreamError> {
+        let per_batch = (self.limits.upload_window / BLOCK_SIZE).max(1) as usize;
+        let batch: Vec<BlockSpec> = queue.drain(..queue.len().min(per_batch)).collect();
+        let storage = Arc::clone(&self.storage);
+        let read = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|spec| {
+                    let data = storage
+                        .layout()
+                        .block_at(spec.piece, spec.offset, spec.len)
+                        .map(|b| storage.read_block(b));
+                    (spec, data)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| StreamError::Protocol(format!("block reader failed: {e}")))?;
+        let mut sent = 0u64;
+        for (spec, data) in read {
+            match data {
+                Some(Ok(data)) => {
+                    if let Some(limit) = &self.up_limit {
+                        limit.acquire(data.len() as u64).await;
+                    }
+                    sent += data.len() as u64;
+                    self.writer.push(&piece(spec, data));
+                }
+                _ => self.writer.push(&Message::Reject(spec)),
+            }
+            // Bound what sits in our buffer to the upload window.
+            if self.writer.pending() >= self.limits.upload_window as usize {
+                self.writer.flush().await?;
+            }
+        }
+        self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn piece(spec: BlockSpec, data: Bytes) -> Message {
+    Message::Piece {
+        piece: spec.piece,
+        offset: spec.offset,
+        data,
+    }
+}

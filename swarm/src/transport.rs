@@ -1,0 +1,115 @@
+//! The libp2p side: one `Swarm` per node with TCP + Noise + Yamux,
+//! `identify`, `ping`, optional mDNS, and `libp2p-stream` for the piece
+//! protocol.
+//!
+//! Why `libp2p-stream` rather than a custom `ConnectionHandler`: the piece
+//! protocol is one long-lived, pipelined stream per (peer, torrent), which is
+//! exactly what `libp2p-stream` hands out — an `AsyncRead + AsyncWrite` we
+//! frame ourselves. All flow control (request windows, upload windows,
+//! credits) lives in our sessions, where it can see the storage queue; a
+//! handler would have to shuttle the same bytes through `ToBehaviour`
+//! events for no gain.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
+
+/// The piece protocol.
+pub const PIECES_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/pieces/1");
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    mdns: bool,
+    idle_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            mdns: true,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Discover peers on the local network with mDNS. Default on.
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Close connections idle this long. Default 60 s.
+    pub fn with_idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+}
+
+/// Everything a sluice node speaks besides its own streams.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub stream: libp2p_stream::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour").finish_non_exhaustive()
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("setting up TCP + Noise + Yamux")]
+    Tcp(#[source] noise::Error),
+    #[error("starting mDNS")]
+    Mdns(#[source] std::io::Error),
+    #[error("building the libp2p behaviour: {0}")]
+    Behaviour(String),
+}
+
+/// Builds the node's swarm. Must be called inside a tokio runtime.
+pub fn build_swarm(
+    keypair: Keypair,
+    config: &TransportConfig,
+) -> Result<Swarm<Behaviour>, TransportError> {
+    let peer_id = keypair.public().to_peer_id();
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(TransportError::Mdns)?,
+        )
+    } else {
+        None
+    };
+    let mut mdns = Some(mdns);
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(TransportError::Tcp)?
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/sluice/id/1".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            stream: libp2p_stream::Behaviour::new(),
+            mdns: mdns.take().flatten().into(),
+        })
+        .map_err(|e| TransportError::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}
