@@ -120,3 +120,229 @@ async fn seed_to_get_multi_file_is_byte_identical() -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+fn fast_rechoke() -> sluice_swarm::torrent::TorrentConfig {
+    use sluice_choke::TitForTatConfig;
+    use sluice_swarm::torrent::{ChokerChoice, TorrentConfig};
+    TorrentConfig::default().with_choker(ChokerChoice::TitForTat(
+        TitForTatConfig::default()
+            .with_rechoke_interval(Duration::from_secs(1))
+            .with_optimistic_every(2),
+    ))
+}
+
+/// One seeder with a capped upload and three leechers that know each
+/// other: the leechers must trade pieces among themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leechers_trade_with_each_other() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let seeder = node(dir.path(), "seeder", |c| {
+        c.with_up_rate(Some(1_500_000)).with_torrent(fast_rechoke())
+    })
+    .await;
+    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let seed_addr = seeder.listen_addrs().await.remove(0);
+
+    let mut leechers = Vec::new();
+    for i in 0..3 {
+        let n = node(dir.path(), &format!("leecher{i}"), |c| {
+            c.with_torrent(fast_rechoke())
+        })
+        .await;
+        let out = dir.path().join(format!("out{i}/album"));
+        let t = n.add_torrent(Arc::clone(&meta), out.clone()).await?;
+        leechers.push((n, t, out));
+    }
+    for (i, (n, _, _)) in leechers.iter().enumerate() {
+        n.dial(seed_addr.clone()).await?;
+        for (earlier, _, _) in &leechers[..i] {
+            n.dial(earlier.listen_addrs().await.remove(0)).await?;
+        }
+    }
+    let mut uploaded_by_leechers = 0;
+    for (_, t, out) in &leechers {
+        let s = until(t, "completion", |s| s.complete).await?;
+        same_files(&meta, &root, out);
+        uploaded_by_leechers += s.uploaded;
+    }
+    // Some leecher may still be counting; take the final numbers.
+    let uploaded_by_leechers =
+        uploaded_by_leechers.max(leechers.iter().map(|(_, t, _)| t.stats().uploaded).sum());
+    println!("leechers uploaded {uploaded_by_leechers} bytes to each other");
+    assert!(uploaded_by_leechers > 0, "leechers never traded");
+    for (n, _, _) in leechers {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    tokio::time::timeout(WAIT, seeder.shutdown())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// A seeder whose data went bad behind its back serves corrupt blocks: the
+/// leecher bans it and completes from the honest seeder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_corrupt_data_is_banned() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let honest = node(dir.path(), "honest", |c| c.with_up_rate(Some(2_000_000))).await;
+    honest.add_torrent(Arc::clone(&meta), root.clone()).await?;
+
+    // A copy that is verified at open, then overwritten with garbage.
+    let bad_root = dir.path().join("bad/album");
+    copy_dir(&root, &bad_root)?;
+    let liar = node(dir.path(), "liar", |c| c).await;
+    liar.add_torrent(Arc::clone(&meta), bad_root.clone())
+        .await?;
+    for path in content_paths(meta.info(), &bad_root) {
+        let len = std::fs::metadata(&path)?.len() as usize;
+        std::fs::write(&path, content(len, 99))?;
+    }
+
+    // The leecher meets the liar first: three bad pieces get it banned.
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    leecher.dial(liar.listen_addrs().await.remove(0)).await?;
+    let banned = until(&get, "the ban", |s| s.banned_peers == 1).await?;
+    assert!(
+        banned.hash_failures >= 3,
+        "{} failures",
+        banned.hash_failures
+    );
+    let liar_id = liar.peer_id().to_string();
+    let gone = until(&get, "the liar's disconnection", |s| {
+        s.peers.iter().all(|p| p.peer_id != liar_id)
+    })
+    .await?;
+    assert_eq!(gone.verified_pieces, 0, "nothing from the liar verified");
+    // A banned peer stays out for the session.
+    leecher.dial(liar.listen_addrs().await.remove(0)).await?;
+    // The honest seeder completes the download.
+    leecher.dial(honest.listen_addrs().await.remove(0)).await?;
+    let done = until(&get, "completion", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    assert!(
+        done.peers.iter().all(|p| p.peer_id != liar_id),
+        "the banned liar came back"
+    );
+    println!(
+        "hash failures {}, banned {}",
+        done.hash_failures, done.banned_peers
+    );
+    for n in [leecher, liar, honest] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// A seeder goes away mid-transfer: the leecher finishes from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_leaving_mid_transfer_does_not_stop_the_download() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let mut seeders = Vec::new();
+    for i in 0..2 {
+        let n = node(dir.path(), &format!("seeder{i}"), |c| {
+            c.with_up_rate(Some(1_000_000))
+        })
+        .await;
+        n.add_torrent(Arc::clone(&meta), root.clone()).await?;
+        seeders.push(n);
+    }
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    for s in &seeders {
+        leecher.dial(s.listen_addrs().await.remove(0)).await?;
+    }
+    let total = get.stats().total_pieces;
+    until(&get, "some progress", |s| s.verified_pieces >= total / 4).await?;
+    let gone = seeders.remove(0);
+    tokio::time::timeout(WAIT, gone.shutdown())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let done = until(&get, "completion", |s| s.complete).await?;
+    assert_eq!(done.verified_pieces, total);
+    same_files(&meta, &root, &out);
+    for n in [leecher, seeders.remove(0)] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// With a slow emulated disk and a small disk queue, requested-but-not-
+/// arrived plus arrived-but-not-written bytes stay within the queue at
+/// every sample, and the download still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_holds_the_disk_queue_bound() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let seeder = node(dir.path(), "seeder", |c| c).await;
+    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let cap = 512 * 1024u64;
+    let leecher = node(dir.path(), "leecher", |c| {
+        c.with_disk_queue(cap).with_disk_rate(Some(4_000_000))
+    })
+    .await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    leecher.dial(seeder.listen_addrs().await.remove(0)).await?;
+    let queue = leecher.queue().clone();
+    let mut peak = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    let started = std::time::Instant::now();
+    while !get.stats().complete {
+        ticker.tick().await;
+        let s = queue.stats();
+        peak = peak.max(s.queued_bytes + s.reserved_bytes);
+        assert!(s.queued_bytes + s.reserved_bytes <= cap, "{s:?}");
+        assert!(started.elapsed() < WAIT, "no completion in {WAIT:?}");
+    }
+    let st = queue.stats();
+    println!(
+        "peak {peak} of {cap} bytes; throttled {:?}; {:.1} MB/s",
+        st.throttled_total,
+        meta.info().total_size() as f64 / started.elapsed().as_secs_f64() / 1e6
+    );
+    assert!(
+        peak > cap / 2,
+        "the queue never filled: the disk was not the bottleneck"
+    );
+    assert!(
+        st.throttled_total > Duration::ZERO,
+        "requesting was never held back"
+    );
+    same_files(&meta, &root, &out);
+    for n in [leecher, seeder] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
