@@ -5,6 +5,7 @@
 // Printing is this crate's job: results on stdout, errors on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod net;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Share a file or directory with the swarm until Ctrl-C.
+    Seed(net::SeedArgs),
+    /// Download a torrent from the swarm; exit 0 once every piece is
+    /// verified and on disk. Run again to resume.
+    Get(net::GetArgs),
     /// Check data on disk against a .torrent; exit 0 only when complete.
     Verify {
         torrent: PathBuf,
@@ -145,6 +151,8 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
         } => create(&path, output, piece_size, name, threads, no_date, json),
         Command::Show { torrent, json } => show(&torrent, json),
+        Command::Seed(args) => net::seed(args),
+        Command::Get(args) => net::get(args),
         Command::Verify {
             torrent,
             path,
@@ -154,7 +162,7 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-fn read_torrent(path: &Path) -> Result<Metainfo> {
+pub(crate) fn read_torrent(path: &Path) -> Result<Metainfo> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();

@@ -50,6 +50,13 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses a rate in bytes/s: a size with an optional `/s` (`20MB/s`,
+/// `512KiB`).
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    parse_size(t.strip_suffix("/s").unwrap_or(t))
+}
+
 /// Formats bytes for people: `1.50 MiB`.
 pub(crate) fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -96,6 +103,9 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(format_size(1536 * 1024), "1.50 MiB");
+        assert_eq!(parse_rate("20MB/s"), Ok(20_000_000));
+        assert_eq!(parse_rate("1MiB"), Ok(1 << 20));
+        assert!(parse_rate("fast").is_err());
         assert_eq!(format_size(12), "12 B");
     }
 }

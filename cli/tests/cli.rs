@@ -171,3 +171,95 @@ fn bad_input_gets_one_line_and_exit_2() {
         "nothing half-written"
     );
 }
+
+/// Runs `sluice seed` until the test ends (killed on drop).
+struct Seeder(std::process::Child);
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the seeder's stdout until a line starting with `prefix`.
+fn line_starting(lines: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {prefix:?} line in time"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_owned();
+        }
+    }
+}
+
+#[test]
+fn seed_then_get_then_resume() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(700_000)).unwrap();
+    std::fs::write(d.join("share/b.bin"), content(5)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "seed",
+            "share",
+            "--data-dir",
+            "seedd",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seeder = Seeder(child);
+    let stdout = seeder.0.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let torrent = line_starting(&lines, "torrent:");
+    let peer = line_starting(&lines, "peer:");
+    assert!(peer.contains("/p2p/12D3KooW"), "{peer}");
+
+    let get = |args: &[&str]| {
+        let mut all = vec![
+            "get",
+            torrent.as_str(),
+            "-o",
+            "dl",
+            "--data-dir",
+            "getd",
+            "--no-mdns",
+        ];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        sluice(&all, d)
+    };
+    let o = get(&["--peer", &peer]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for f in ["a.bin", "b.bin"] {
+        assert_eq!(
+            std::fs::read(d.join("dl/share").join(f)).unwrap(),
+            std::fs::read(d.join("share").join(f)).unwrap()
+        );
+    }
+    // A second run resumes from the resume file: complete with no peer.
+    let o = get(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    drop(seeder);
+}

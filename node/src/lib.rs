@@ -14,14 +14,16 @@
 
 pub mod datadir;
 
+pub use libp2p::{Multiaddr, PeerId};
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::mdns;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, mdns};
 use sluice_storage::{InfoHash, Metainfo, Storage, StorageConfig, StorageError, WriteQueue};
 use sluice_swarm::handshake::{self, Hello};
 use sluice_swarm::ratelimit::RateLimiter;

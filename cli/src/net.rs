@@ -1,0 +1,280 @@
+//! `sluice seed` and `sluice get`: run a node for one torrent.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sluice_choke::TitForTatConfig;
+use sluice_node::{Multiaddr, Node, NodeConfig, NodeHandle};
+use sluice_storage::{CreateOptions, Metainfo};
+use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle, TorrentStats};
+
+use crate::units::{format_size, parse_rate, parse_size};
+
+/// Exit code after Ctrl-C stopped an incomplete download.
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
+    s.parse().map_err(|e| {
+        format!("{s:?} is not a multiaddr ({e}); e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…")
+    })
+}
+
+/// Flags every networked command shares.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NetArgs {
+    /// Node data directory: identity key, lock, resume files
+    /// (default: $SLUICE_DATA_DIR, else ~/.local/share/sluice).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (repeatable).
+    #[arg(long, value_parser = parse_multiaddr, default_value = "/ip4/0.0.0.0/tcp/0")]
+    listen: Vec<Multiaddr>,
+    /// A peer to connect to, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… (repeatable).
+    #[arg(long, value_parser = parse_multiaddr)]
+    peer: Vec<Multiaddr>,
+    /// Do not discover peers on the local network.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Upload limit for the node, e.g. 5MB/s (loopback peers included).
+    #[arg(long, value_parser = parse_rate)]
+    up_rate: Option<u64>,
+    /// Download limit for the node, e.g. 20MB/s.
+    #[arg(long, value_parser = parse_rate)]
+    down_rate: Option<u64>,
+    /// Upload slots, one of them optimistic.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SeedArgs {
+    /// The file or directory to share.
+    path: PathBuf,
+    /// Its .torrent (default: make one, saved in the data dir).
+    #[arg(long)]
+    torrent: Option<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GetArgs {
+    /// The .torrent to download.
+    torrent: PathBuf,
+    /// Directory to download into.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Disk write queue: requested plus unwritten bytes never exceed it.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    disk_queue: u64,
+    /// Emulate a disk this fast, e.g. 20MB/s.
+    #[arg(long, value_parser = parse_rate)]
+    disk_rate: Option<u64>,
+    /// Keep seeding after the download completes, until Ctrl-C.
+    #[arg(long)]
+    seed_after: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SLUICE_DATA_DIR") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("sluice")
+}
+
+/// The one place CLI flags become a node configuration.
+fn node_config(net: &NetArgs, disk_queue: Option<u64>, disk_rate: Option<u64>) -> NodeConfig {
+    let choker = TitForTatConfig::default().with_slots(net.slots);
+    let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
+        .with_listen(net.listen.clone())
+        .with_mdns(!net.no_mdns)
+        .with_up_rate(net.up_rate)
+        .with_down_rate(net.down_rate)
+        .with_disk_rate(disk_rate)
+        .with_torrent(TorrentConfig::default().with_choker(ChokerChoice::TitForTat(choker)));
+    if let Some(q) = disk_queue {
+        config = config.with_disk_queue(q);
+    }
+    config
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
+    let dir = config.data_dir().to_owned();
+    let node = Node::start(config)
+        .await
+        .with_context(|| format!("starting a node in {}", dir.display()))?;
+    for p in peers {
+        node.dial(p.clone())
+            .await
+            .with_context(|| format!("connecting to {p}"))?;
+    }
+    Ok(node)
+}
+
+fn read_torrent(path: &Path) -> Result<Arc<Metainfo>> {
+    crate::read_torrent(path).map(Arc::new)
+}
+
+pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
+    if !args.path.exists() {
+        anyhow::bail!("{} does not exist", args.path.display());
+    }
+    let config = node_config(&args.net, None, None);
+    let meta = match &args.torrent {
+        Some(t) => read_torrent(t)?,
+        None => {
+            let meta =
+                sluice_storage::create(&args.path, &CreateOptions::default(), &AtomicU64::new(0))?;
+            let dir = config.data_dir().join("torrents");
+            let file = dir.join(format!("{}.torrent", meta.info().info_hash()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            sluice_storage::resume::write_atomically(&file, meta.to_bytes())
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("torrent:   {}", file.display());
+            Arc::new(meta)
+        }
+    };
+    runtime()?.block_on(async move {
+        let node = start(config, &args.net.peer).await?;
+        let torrent = node
+            .add_torrent(Arc::clone(&meta), args.path.clone())
+            .await?;
+        let s = torrent.stats();
+        if s.verified_pieces < s.total_pieces {
+            eprintln!(
+                "warning: only {}/{} pieces of {} match the torrent; seeding those",
+                s.verified_pieces,
+                s.total_pieces,
+                args.path.display()
+            );
+        }
+        println!("info-hash: {}", meta.info().info_hash());
+        println!("magnet:    {}", meta.info().magnet());
+        for a in node.listen_addrs().await {
+            println!("peer:      {a}");
+        }
+        println!("seeding; Ctrl-C to stop");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        eprintln!("stopping…");
+        node.shutdown().await.map_err(anyhow::Error::msg)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
+    let meta = read_torrent(&args.torrent)?;
+    if args.output.exists() && !args.output.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory; -o takes the directory to download into",
+            args.output.display()
+        );
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let info = meta.info();
+    let content = if info.is_single_file() {
+        args.output.join(&info.files()[0].path[0])
+    } else {
+        args.output.join(info.name())
+    };
+    let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate);
+    runtime()?.block_on(async move {
+        let node = start(config, &args.net.peer).await?;
+        let torrent = node.add_torrent(Arc::clone(&meta), content.clone()).await?;
+        let finished = follow(&torrent).await;
+        let code = match finished {
+            Finished::Complete => {
+                println!("{} complete: {}", meta.info().name(), content.display());
+                if args.seed_after {
+                    println!("seeding; Ctrl-C to stop");
+                    for a in node.listen_addrs().await {
+                        println!("peer:      {a}");
+                    }
+                    tokio::signal::ctrl_c()
+                        .await
+                        .context("waiting for Ctrl-C")?;
+                }
+                ExitCode::SUCCESS
+            }
+            Finished::Interrupted => {
+                eprintln!("interrupted; progress is saved, run the same command to resume");
+                ExitCode::from(EXIT_INTERRUPTED)
+            }
+        };
+        node.shutdown().await.map_err(anyhow::Error::msg)?;
+        Ok(code)
+    })
+}
+
+enum Finished {
+    Complete,
+    Interrupted,
+}
+
+/// A progress bar until the torrent is complete (verified and flushed) or
+/// Ctrl-C.
+async fn follow(torrent: &TorrentHandle) -> Finished {
+    let stats = torrent.stats();
+    let bar = indicatif::ProgressBar::new(stats.size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    let mut rx = torrent.watch();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut refresh = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                bar.abandon();
+                return Finished::Interrupted;
+            }
+            _ = refresh.tick() => {}
+            changed = rx.changed() => if changed.is_err() {
+                bar.abandon();
+                return Finished::Interrupted;
+            },
+        }
+        let s = rx.borrow_and_update().clone();
+        show(&bar, &s);
+        if s.complete {
+            bar.finish_and_clear();
+            return Finished::Complete;
+        }
+    }
+}
+
+fn show(bar: &indicatif::ProgressBar, s: &TorrentStats) {
+    let done =
+        (s.size as f64 * f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1))) as u64;
+    bar.set_position(done);
+    let disk = s.disk.queued_bytes + s.disk.reserved_bytes;
+    bar.set_message(format!(
+        "{}/s, {} peers, disk queue {}/{}",
+        format_size(s.down_rate as u64),
+        s.peers.len(),
+        format_size(disk),
+        format_size(s.disk.capacity_bytes),
+    ));
+}
