@@ -206,6 +206,9 @@ struct Writes {
 struct WritesState {
     pending: VecDeque<PendingWrite>,
     closed: bool,
+    /// The writer is asleep on the condvar (only then is a wake-up, a
+    /// syscall, worth making).
+    writer_waiting: bool,
 }
 
 impl Writes {
@@ -220,8 +223,11 @@ impl Writes {
             return Err(w);
         }
         state.pending.push_back(w);
+        let wake = state.writer_waiting;
         drop(state);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -235,7 +241,9 @@ impl Writes {
             if state.closed {
                 return None;
             }
+            state.writer_waiting = true;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.writer_waiting = false;
         }
     }
 

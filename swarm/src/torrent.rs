@@ -90,7 +90,7 @@ impl Default for TorrentConfig {
             choker: ChokerChoice::TitForTat(TitForTatConfig::default()),
             max_peers: 64,
             event_capacity: 1024,
-            upload_window: 4 * BLOCK_SIZE,
+            upload_window: 16 * BLOCK_SIZE,
             idle_timeout: Duration::from_secs(120),
             tick: Duration::from_millis(200),
             flush_interval: Duration::from_secs(30),
@@ -131,7 +131,8 @@ impl TorrentConfig {
         self
     }
 
-    /// Bytes read from disk for a peer ahead of its stream. Default 64 KiB.
+    /// Bytes read from disk for a peer ahead of its stream (and read in one
+    /// blocking call). Default 256 KiB.
     pub fn with_upload_window(mut self, bytes: u32) -> Self {
         self.upload_window = bytes.max(BLOCK_SIZE);
         self
