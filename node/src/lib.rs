@@ -301,6 +301,7 @@ impl NodeHandle {
                 .await
                 .map_err(|_| NodeError::Stopped)??;
         let handle = spawn_torrent(
+            self.peer_id,
             Arc::new(storage),
             events,
             self.config.torrent.clone(),
@@ -338,7 +339,10 @@ impl NodeHandle {
             .collect();
         let mut result = Ok(());
         for t in torrents {
-            if let Err(e) = t.stop().await {
+            let stopped = tokio::time::timeout(STOP_TIMEOUT, t.stop()).await;
+            let stopped =
+                stopped.unwrap_or_else(|_| Err(format!("did not stop within {STOP_TIMEOUT:?}")));
+            if let Err(e) = stopped {
                 warn!(info_hash = %t.info_hash(), error = %e, "torrent did not stop cleanly");
                 result = result.and(Err(e));
             }
@@ -451,7 +455,7 @@ fn open_for(
         match handshake::open(stream, ours).await {
             Ok((reader, writer, theirs)) => {
                 torrent
-                    .add_peer(peer, reader, writer, theirs.max_requests)
+                    .add_peer(peer, reader, writer, theirs.max_requests, true)
                     .await
             }
             Err(e) => debug!(%peer, error = %e, "handshake failed"),
@@ -487,7 +491,11 @@ async fn accept_loop(
                 max_requests: torrent.max_requests(),
             };
             match handshake::answer(&mut writer, ours, theirs).await {
-                Ok(()) => torrent.add_peer(peer, reader, writer, theirs.max_requests).await,
+                Ok(()) => {
+                    torrent
+                        .add_peer(peer, reader, writer, theirs.max_requests, false)
+                        .await
+                }
                 Err(e) => debug!(%peer, error = %e, "incoming handshake failed"),
             }
         });

@@ -381,3 +381,67 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Peers with nothing to exchange stay connected: keep-alives cover the
+/// silence, so the idle timeout only cuts peers that are really gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_peers_stay_connected_through_keepalives() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let idle = Duration::from_millis(600);
+    let config = |c: NodeConfig| {
+        c.with_torrent(sluice_swarm::torrent::TorrentConfig::default().with_idle_timeout(idle))
+    };
+    let a = node(dir.path(), "a", config).await;
+    let b = node(dir.path(), "b", config).await;
+    let ta = a.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    b.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    b.dial(a.listen_addrs().await.remove(0)).await?;
+    until(&ta, "the session", |s| s.peers.len() == 1).await?;
+    // Both are seeders: neither is interested, nothing but keep-alives
+    // crosses for five idle timeouts.
+    tokio::time::sleep(idle * 5).await;
+    assert_eq!(
+        ta.stats().peers.len(),
+        1,
+        "an idle but live peer was dropped"
+    );
+    for n in [a, b] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// Both nodes dial each other at once: each side opens a stream, both
+/// keep the same one, and the download completes over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_each_other_keeps_one_session() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let seeder = node(dir.path(), "seeder", |c| c).await;
+    let ts = seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let tl = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    let (sa, la) = (
+        seeder.listen_addrs().await.remove(0),
+        leecher.listen_addrs().await.remove(0),
+    );
+    let (x, y) = tokio::join!(seeder.dial(la), leecher.dial(sa));
+    x?;
+    y?;
+    until(&tl, "completion", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    assert_eq!(tl.stats().peers.len(), 1);
+    until(&ts, "one session on the seeder", |s| s.peers.len() == 1).await?;
+    for n in [leecher, seeder] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}

@@ -104,6 +104,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     async fn drive(&mut self) -> Result<String, StreamError> {
         let mut queue: VecDeque<BlockSpec> = VecDeque::new();
         let mut choked = true;
+        // A peer we choke may have nothing to say for minutes; a keep-alive
+        // at half the idle timeout tells it we are still here.
+        let keepalive = self.limits.idle_timeout / 2;
+        let mut last_write = tokio::time::Instant::now();
         loop {
             // Local work first: serve what is queued, then read more.
             if !choked && !queue.is_empty() {
@@ -112,25 +116,24 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             self.stats
                 .upload_queue
                 .store(queue.len() as u64, Ordering::Relaxed);
-            self.writer.flush().await?;
+            if self.writer.pending() > 0 {
+                last_write = tokio::time::Instant::now();
+            }
+            self.flush().await?;
             tokio::select! {
                 biased;
-                cmd = self.commands.recv() => match cmd {
-                    None => return Ok("torrent stopped".into()),
-                    Some(ToSession::Close(reason)) => return Ok(reason),
-                    Some(ToSession::Send(m)) => self.writer.push(&m),
-                    Some(ToSession::Choke(c)) => {
-                        choked = c;
-                        if c {
-                            self.writer.push(&Message::Choke);
-                            for spec in queue.drain(..) {
-                                self.writer.push(&Message::Reject(spec));
-                            }
-                        } else {
-                            self.writer.push(&Message::Unchoke);
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else { return Ok("torrent stopped".into()) };
+                    if let Some(reason) = self.on_command(cmd, &mut choked, &mut queue) {
+                        return Ok(reason);
+                    }
+                    // Whatever else is waiting goes out in the same write.
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        if let Some(reason) = self.on_command(cmd, &mut choked, &mut queue) {
+                            return Ok(reason);
                         }
                     }
-                },
+                }
                 msg = tokio::time::timeout(self.limits.idle_timeout, self.reader.next()) => {
                     let msg = msg.map_err(|_| StreamError::Timeout(self.limits.idle_timeout))??;
                     self.on_message(msg, choked, &mut queue).await?;
@@ -138,8 +141,45 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 // Nothing to read or do: keep serving the queue rather than
                 // wait for the next message.
                 () = std::future::ready(()), if !choked && !queue.is_empty() => {}
+                () = tokio::time::sleep_until(last_write + keepalive) => {
+                    self.writer.push(&Message::KeepAlive);
+                }
             }
         }
+    }
+
+    /// Writes what is queued; a peer that does not read for the idle
+    /// timeout is cut off rather than pinning this session.
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        let limit = self.limits.idle_timeout;
+        tokio::time::timeout(limit, self.writer.flush())
+            .await
+            .map_err(|_| StreamError::Timeout(limit))?
+    }
+
+    /// Applies a command; `Some(reason)` when the session must end.
+    fn on_command(
+        &mut self,
+        cmd: ToSession,
+        choked: &mut bool,
+        queue: &mut VecDeque<BlockSpec>,
+    ) -> Option<String> {
+        match cmd {
+            ToSession::Close(reason) => return Some(reason),
+            ToSession::Send(m) => self.writer.push(&m),
+            ToSession::Choke(c) => {
+                *choked = c;
+                if c {
+                    self.writer.push(&Message::Choke);
+                    for spec in queue.drain(..) {
+                        self.writer.push(&Message::Reject(spec));
+                    }
+                } else {
+                    self.writer.push(&Message::Unchoke);
+                }
+            }
+        }
+        None
     }
 
     async fn on_message(
@@ -163,11 +203,25 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 }
             }
             Message::Cancel(spec) => queue.retain(|q| *q != spec),
-            Message::Piece { ref data, .. } => {
+            Message::Piece {
+                piece,
+                offset,
+                data,
+            } => {
                 if let Some(limit) = &self.down_limit {
                     limit.acquire(data.len() as u64).await;
                 }
-                self.forward(msg).await?;
+                // The decoded block shares the read buffer's allocation with
+                // its neighbours; a block waiting for the disk would pin
+                // all of it. One 16 KiB copy keeps queued memory equal to
+                // the credits that pay for it.
+                let data = Bytes::copy_from_slice(&data);
+                self.forward(Message::Piece {
+                    piece,
+                    offset,
+                    data,
+                })
+                .await?;
             }
             Message::Handshake { .. } => {
                 return Err(StreamError::Protocol("a second handshake".into()));
@@ -225,7 +279,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             }
             // Bound what sits in our buffer to the upload window.
             if self.writer.pending() >= self.limits.upload_window as usize {
-                self.writer.flush().await?;
+                self.flush().await?;
             }
         }
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);

@@ -50,6 +50,9 @@ use crate::session::{FromSession, Session, SessionLimits, SessionStats, ToSessio
 use crate::window::{RequestWindow, WindowConfig};
 use crate::wire::{BlockSpec, MAX_BITFIELD_CHUNK, Message};
 
+/// Session events handled per loop turn before requests are topped up.
+const EVENT_BATCH: usize = 64;
+
 /// The stream type of a piece-protocol session.
 pub type PeerStream = Compat<libp2p::Stream>;
 /// A session's read half, with whatever it buffered during the handshake.
@@ -214,6 +217,7 @@ enum Command {
         reader: PeerReader,
         writer: PeerWriter,
         remote_max: u32,
+        opened_by_us: bool,
     },
     Stop(oneshot::Sender<Result<(), String>>),
 }
@@ -257,6 +261,8 @@ impl TorrentHandle {
     }
 
     /// Hands over a peer's stream after a successful handshake.
+    /// `opened_by_us`: we opened the stream (else the peer did) — when both
+    /// sides open one, both keep the stream opened by the lower peer id.
     ///
     /// Cancel-safe.
     pub async fn add_peer(
@@ -265,16 +271,16 @@ impl TorrentHandle {
         reader: PeerReader,
         writer: PeerWriter,
         remote_max: u32,
+        opened_by_us: bool,
     ) {
-        let _ = self
-            .commands
-            .send(Command::AddPeer {
-                peer_id,
-                reader,
-                writer,
-                remote_max,
-            })
-            .await;
+        let cmd = Command::AddPeer {
+            peer_id,
+            reader,
+            writer,
+            remote_max,
+            opened_by_us,
+        };
+        let _ = self.commands.send(cmd).await;
     }
 
     /// Stops requesting, closes every session, lets the writer finish what
@@ -299,6 +305,8 @@ pub struct SharedLimits {
 
 struct Peer {
     peer_id: PeerId,
+    /// We opened this stream (the peer did otherwise).
+    opened_by_us: bool,
     commands: mpsc::Sender<ToSession>,
     stats: Arc<SessionStats>,
     connected_at: Instant,
@@ -323,6 +331,7 @@ struct Peer {
 type CreditWait = Pin<Box<dyn Future<Output = Result<Credit, ReserveError>> + Send>>;
 
 struct Torrent {
+    local_id: PeerId,
     storage: Arc<Storage>,
     config: TorrentConfig,
     limits: SharedLimits,
@@ -345,11 +354,15 @@ struct Torrent {
     disk_error: Option<String>,
     flushed_complete: bool,
     last_flush: Instant,
+    /// Something changed that may allow more requests; filled once per
+    /// loop turn.
+    want_fill: bool,
 }
 
 /// Starts the torrent's task. `storage_events` is the stream
 /// [`Storage::open`] returned.
 pub fn spawn_torrent(
+    local_id: PeerId,
     storage: Arc<Storage>,
     storage_events: mpsc::Receiver<StorageEvent>,
     config: TorrentConfig,
@@ -388,6 +401,7 @@ pub fn spawn_torrent(
     let (stats_tx, stats_rx) = watch::channel(initial);
     let rate_window = Duration::from_secs(20);
     let torrent = Torrent {
+        local_id,
         rng: StdRng::seed_from_u64(config.seed),
         storage,
         limits,
@@ -409,6 +423,7 @@ pub fn spawn_torrent(
         disk_error: None,
         flushed_complete: false,
         last_flush: Instant::now(),
+        want_fill: false,
         config,
     };
     let handle = TorrentHandle {
@@ -443,12 +458,12 @@ impl Torrent {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                // Local work first: disk completions, then peers.
-                Some(ev) = storage_events.recv() => self.on_storage(ev),
-                Some(ev) = events.recv() => self.on_session(ev),
+                // Housekeeping and commands first, so a flood of peer
+                // traffic cannot starve timeouts, rechokes or a stop.
+                _ = tick.tick() => self.on_tick().await,
                 cmd = commands.recv() => match cmd {
-                    Some(Command::AddPeer { peer_id, reader, writer, remote_max }) => {
-                        self.add_peer(peer_id, reader, writer, remote_max);
+                    Some(Command::AddPeer { peer_id, reader, writer, remote_max, opened_by_us }) => {
+                        self.add_peer(peer_id, reader, writer, remote_max, opened_by_us);
                     }
                     Some(Command::Stop(reply)) => {
                         stop_reply = Some(reply);
@@ -456,13 +471,28 @@ impl Torrent {
                     }
                     None => break,
                 },
+                // Then local work: disk completions, then peers.
+                Some(ev) = storage_events.recv() => self.on_storage(ev),
+                Some(ev) = events.recv() => {
+                    self.on_session(ev);
+                    // Take what else is waiting before deciding on requests,
+                    // so they go out in batches rather than one per block.
+                    for _ in 0..EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => self.on_session(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 credit = async { self.credit_wait.as_mut().expect("guarded").await }, if self.credit_wait.is_some() => {
                     self.credit_wait = None;
                     // Recovered: this credit was only a wake-up call.
                     drop(credit);
-                    self.fill_requests();
+                    self.want_fill = true;
                 }
-                _ = tick.tick() => self.on_tick().await,
+            }
+            if std::mem::take(&mut self.want_fill) {
+                self.fill_requests();
             }
         }
         let result = self.shutdown().await;
@@ -502,16 +532,35 @@ impl Torrent {
         reader: PeerReader,
         mut writer: PeerWriter,
         remote_max: u32,
+        opened_by_us: bool,
     ) {
+        // Both sides may open a stream; both keep the one opened by the
+        // lower peer id, so they always agree on which session survives.
+        let local_id = self.local_id;
+        let opener = |by_us: bool| if by_us { local_id } else { peer_id };
+        let existing = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.peer_id == peer_id)
+            .map(|(k, p)| (*k, p.opened_by_us));
+        let mut replace = None;
         let refuse = if self.banned.contains(&peer_id) {
             Some("banned")
+        } else if let Some((key, old_by_us)) = existing {
+            if opener(opened_by_us) < opener(old_by_us) {
+                replace = Some(key);
+                None
+            } else {
+                Some("already connected")
+            }
         } else if self.peers.len() >= self.config.max_peers {
             Some("too many peers")
-        } else if self.peers.values().any(|p| p.peer_id == peer_id) {
-            Some("already connected")
         } else {
             None
         };
+        if let Some(key) = replace {
+            self.close_peer(key, "replaced by the stream both sides keep");
+        }
         if let Some(reason) = refuse {
             debug!(%peer_id, reason, "refusing peer");
             self.tracker.spawn(async move {
@@ -551,6 +600,7 @@ impl Torrent {
             key,
             Peer {
                 peer_id,
+                opened_by_us,
                 commands: tx,
                 stats,
                 connected_at: now,
@@ -604,7 +654,7 @@ impl Torrent {
         self.picker.peer_gone(key);
         drop(peer);
         self.peers_changed();
-        self.fill_requests();
+        self.want_fill = true;
     }
 
     fn on_session(&mut self, ev: FromSession) {
@@ -667,7 +717,7 @@ impl Torrent {
             }
             Message::Unchoke => {
                 self.peers.get_mut(&key).expect("checked").peer_choking = false;
-                self.fill_requests();
+                self.want_fill = true;
             }
             Message::Piece {
                 piece,
@@ -682,7 +732,7 @@ impl Torrent {
                         self.picker.request_failed(key, block);
                     }
                 }
-                self.fill_requests();
+                self.want_fill = true;
             }
             Message::MaxRequests(n) => self
                 .peers
@@ -736,7 +786,7 @@ impl Torrent {
             self.peers_changed();
         }
         if want {
-            self.fill_requests();
+            self.want_fill = true;
         }
     }
 
@@ -789,7 +839,7 @@ impl Torrent {
             }
             Received::Unrequested => drop(credit),
         }
-        self.fill_requests();
+        self.want_fill = true;
         Ok(())
     }
 
@@ -835,7 +885,10 @@ impl Torrent {
                         peer.outstanding.insert(block, (credit, now));
                         let spec = self.spec(block);
                         self.send(key, Message::Request(spec));
-                        still.push(key);
+                        // A session that cannot take the request was dropped.
+                        if self.peers.contains_key(&key) {
+                            still.push(key);
+                        }
                     }
                     Ok(None) => {
                         // Disk queue full: stop, and wake up on recovery.
@@ -884,12 +937,12 @@ impl Torrent {
                         self.close_peer(key, "banned: sent corrupt data");
                     }
                 }
-                self.fill_requests();
+                self.want_fill = true;
             }
             StorageEvent::WriteFailed { block, error } => {
                 self.disk_error = Some(error);
                 self.picker.hash_failed(block.piece());
-                self.fill_requests();
+                self.want_fill = true;
             }
         }
     }
@@ -915,6 +968,7 @@ impl Torrent {
     }
 
     fn apply(&mut self, decisions: Vec<Decision>) {
+        let mut lost = Vec::new();
         for d in decisions {
             let Some(peer) = self.peers.get_mut(&d.peer) else {
                 continue;
@@ -922,10 +976,15 @@ impl Torrent {
             let choke = !d.unchoke;
             let changed = peer.am_choking != choke;
             peer.am_choking = choke;
+            let key = d.peer;
             peer.decision = Some(d);
-            if changed {
-                let _ = peer.commands.try_send(ToSession::Choke(choke));
+            // The session must see every change, or its view and ours drift.
+            if changed && peer.commands.try_send(ToSession::Choke(choke)).is_err() {
+                lost.push(key);
             }
+        }
+        for key in lost {
+            self.drop_peer(key, "session not keeping up");
         }
     }
 
@@ -986,7 +1045,7 @@ impl Torrent {
             let decisions = choker.rechoke(now, mode, &snaps, &mut self.rng);
             self.apply(decisions);
         }
-        self.fill_requests();
+        self.want_fill = true;
         // Durability: flush when complete, and every flush interval.
         let complete = self.picker.is_complete();
         if (complete && !self.flushed_complete)
