@@ -36,6 +36,10 @@ pub(crate) struct NetArgs {
     /// A peer to connect to, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… (repeatable).
     #[arg(long, value_parser = parse_multiaddr)]
     peer: Vec<Multiaddr>,
+    /// A DHT node to join, ending in /p2p/<peer id> (repeatable); peers of
+    /// the torrent are then found through provider records.
+    #[arg(long, value_parser = parse_multiaddr)]
+    bootstrap: Vec<Multiaddr>,
     /// Do not discover peers on the local network.
     #[arg(long)]
     no_mdns: bool,
@@ -98,6 +102,7 @@ fn node_config(net: &NetArgs, disk_queue: Option<u64>, disk_rate: Option<u64>) -
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
         .with_listen(net.listen.clone())
         .with_mdns(!net.no_mdns)
+        .with_bootstrap(net.bootstrap.clone())
         .with_up_rate(net.up_rate)
         .with_down_rate(net.down_rate)
         .with_disk_rate(disk_rate)

@@ -22,8 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::mdns;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{identify, kad, mdns};
 use sluice_storage::{InfoHash, Metainfo, Storage, StorageConfig, StorageError, WriteQueue};
 use sluice_swarm::handshake::{self, Hello};
 use sluice_swarm::ratelimit::RateLimiter;
@@ -73,6 +75,8 @@ pub struct NodeConfig {
     disk_queue: u64,
     disk_rate: Option<u64>,
     torrent: TorrentConfig,
+    bootstrap: Vec<Multiaddr>,
+    discovery_interval: Duration,
 }
 
 impl NodeConfig {
@@ -87,7 +91,23 @@ impl NodeConfig {
             disk_queue: 64 * MIB,
             disk_rate: None,
             torrent: TorrentConfig::default(),
+            bootstrap: Vec::new(),
+            discovery_interval: Duration::from_secs(30),
         }
+    }
+
+    /// DHT nodes to join, each ending in `/p2p/<peer id>`. Default none
+    /// (then only mDNS and explicit peers find others).
+    pub fn with_bootstrap(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.bootstrap = addrs;
+        self
+    }
+
+    /// How often each torrent asks the DHT for providers (and announces
+    /// itself again). Default 30 s.
+    pub fn with_discovery_interval(mut self, d: Duration) -> Self {
+        self.discovery_interval = d.max(Duration::from_millis(100));
+        self
     }
 
     /// Addresses to listen on. Default `/ip4/127.0.0.1/tcp/0`.
@@ -223,6 +243,24 @@ impl Node {
             tracker.clone(),
             cancel.clone(),
         ));
+        for addr in &handle.config.bootstrap {
+            match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
+                _ => {
+                    return Err(NodeError::Dial {
+                        addr: addr.clone(),
+                        reason: "a bootstrap address must end in /p2p/<peer id>".into(),
+                    });
+                }
+            }
+        }
+        if !handle.config.bootstrap.is_empty() {
+            // Joins the DHT; failures are retried by discovery rounds.
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+        let interval = handle.config.discovery_interval;
         tracker.spawn(swarm_task(
             swarm,
             commands_rx,
@@ -230,6 +268,7 @@ impl Node {
             torrents,
             tracker.clone(),
             cancel,
+            interval,
         ));
         info!(%peer_id, "node started");
         Ok(handle)
@@ -363,11 +402,20 @@ async fn swarm_task(
     torrents: Torrents,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    discovery_interval: Duration,
 ) {
     let control = swarm.behaviour().stream.new_control();
+    let mut discover = tokio::time::interval(discovery_interval);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            _ = discover.tick() => {
+                // Announce every torrent and look for more peers of each.
+                let ihs: Vec<InfoHash> = torrents.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+                for ih in ihs {
+                    discover_torrent(&mut swarm, ih);
+                }
+            }
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(Command::Dial(addr, reply)) => {
@@ -381,6 +429,7 @@ async fn swarm_task(
                     for peer in connected {
                         open_for(peer, ih, &torrents, &control, &tracker);
                     }
+                    discover_torrent(&mut swarm, ih);
                 }
             },
             event = swarm.select_next_some() => match event {
@@ -404,6 +453,24 @@ async fn swarm_task(
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     warn!(?peer_id, %error, "dial failed");
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    // What a peer says it listens on is how the DHT reaches it.
+                    for addr in info.listen_addrs {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                    ..
+                })) => {
+                    let me = *swarm.local_peer_id();
+                    for peer in providers {
+                        if peer != me && !swarm.is_connected(&peer) {
+                            debug!(%peer, "the DHT found a peer");
+                            let _ = swarm.dial(DialOpts::peer_id(peer).build());
+                        }
+                    }
+                }
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
                         if !swarm.is_connected(&peer) {
@@ -416,6 +483,15 @@ async fn swarm_task(
             },
         }
     }
+}
+
+/// Provides `ih` in the DHT and asks who else does.
+fn discover_torrent(swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>, ih: InfoHash) {
+    let key = kad::RecordKey::new(&ih.0);
+    if let Err(e) = swarm.behaviour_mut().kad.start_providing(key.clone()) {
+        warn!(info_hash = %ih, error = %e, "cannot announce in the DHT");
+    }
+    swarm.behaviour_mut().kad.get_providers(key);
 }
 
 /// Opens a piece stream to `peer` for torrent `ih` and hands it over.

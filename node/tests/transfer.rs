@@ -445,3 +445,39 @@ async fn dialing_each_other_keeps_one_session() -> Result<()> {
     }
     Ok(())
 }
+
+/// No peer addresses given: seeder and leecher only know a DHT node, and
+/// find each other through provider records keyed by the info-hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_find_each_other_through_the_dht() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let dht = node(dir.path(), "dht", |c| c).await;
+    let boot = vec![dht.listen_addrs().await.remove(0)];
+    let fast = Duration::from_millis(300);
+    let seeder = node(dir.path(), "seeder", |c| {
+        c.with_bootstrap(boot.clone()).with_discovery_interval(fast)
+    })
+    .await;
+    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let leecher = node(dir.path(), "leecher", |c| {
+        c.with_bootstrap(boot).with_discovery_interval(fast)
+    })
+    .await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    until(&get, "completion", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    let seeder_id = seeder.peer_id().to_string();
+    assert!(
+        get.stats().peers.iter().any(|p| p.peer_id == seeder_id),
+        "found someone else?"
+    );
+    for n in [leecher, seeder, dht] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}

@@ -15,10 +15,13 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, kad, mdns, noise, ping, tcp, yamux};
 
 /// The piece protocol.
 pub const PIECES_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/pieces/1");
+/// sluice's own Kademlia DHT (not the IPFS one): provider records keyed by
+/// info-hash.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/kad/1");
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -57,6 +60,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub stream: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -107,6 +111,15 @@ pub fn build_swarm(
             ping: ping::Behaviour::new(ping::Config::new()),
             stream: libp2p_stream::Behaviour::new(),
             mdns: mdns.take().flatten().into(),
+            kad: {
+                let id = key.public().to_peer_id();
+                let store = kad::store::MemoryStore::new(id);
+                let mut k = kad::Behaviour::with_config(id, store, kad::Config::new(KAD_PROTOCOL));
+                // Serve the DHT even without a confirmed external address:
+                // on a LAN or loopback testnet nobody confirms one.
+                k.set_mode(Some(kad::Mode::Server));
+                k
+            },
         })
         .map_err(|e| TransportError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
