@@ -510,6 +510,22 @@ impl Storage {
         Ok(Bytes::from(buf))
     }
 
+    /// Reads a block of a verified piece only if that cannot block: the
+    /// data is in the page cache (Linux `preadv2` with `RWF_NOWAIT`).
+    /// `None` means "use [`Storage::read_block`] from a blocking context"
+    /// (not cached, partly cached, or not supported here).
+    ///
+    /// Non-blocking: fine on an async thread.
+    pub fn read_block_cached(&self, block: BlockRef) -> Option<Bytes> {
+        if !self.has_piece(block.piece()) {
+            return None;
+        }
+        let range = self.inner.layout.block_range(block);
+        let file = self.inner.files.get(range.file).ok()?;
+        let mut buf = vec![0u8; range.len as usize];
+        (nowait::pread(&file, &mut buf, range.offset)? == buf.len()).then(|| Bytes::from(buf))
+    }
+
     /// Makes every verified piece durable: fsyncs the files written since
     /// the last flush, then records the pieces verified before that fsync in
     /// the resume file. A piece verified meanwhile waits for the next flush.
@@ -668,6 +684,33 @@ impl Inner {
             warn!(%piece, "piece failed its hash check");
             self.send(StorageEvent::HashFailed(piece));
         }
+    }
+}
+
+/// `preadv2(RWF_NOWAIT)`: a read that fails rather than wait for the disk.
+mod nowait {
+    use std::fs::File;
+
+    /// Bytes read, or `None` when the read would block or is unsupported.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code, reason = "one FFI call; std has no RWF_NOWAIT")]
+    pub(super) fn pread(file: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
+        use std::os::fd::AsRawFd;
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let offset = libc::off_t::try_from(offset).ok()?;
+        // SAFETY: `iov` points at `buf`, valid and writable for `buf.len()`
+        // bytes for the duration of the call; the fd is open (borrowed
+        // from `file`).
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        usize::try_from(n).ok()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn pread(_: &File, _: &mut [u8], _: u64) -> Option<usize> {
+        None
     }
 }
 
