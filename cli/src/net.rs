@@ -36,7 +36,7 @@ pub(crate) struct NetArgs {
     /// A peer to connect to, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… (repeatable).
     #[arg(long, value_parser = parse_multiaddr)]
     peer: Vec<Multiaddr>,
-    /// A DHT node to join, ending in /p2p/<peer id> (repeatable); peers of
+    /// A DHT node to join, ending in /p2p/PEER_ID (repeatable); peers of
     /// the torrent are then found through provider records.
     #[arg(long, value_parser = parse_multiaddr)]
     bootstrap: Vec<Multiaddr>,
