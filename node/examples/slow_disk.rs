@@ -18,7 +18,11 @@ use sluice_storage::{CreateOptions, create};
 
 #[tokio::main]
 async fn main() {
-    let arg = |i: usize, default: u64| std::env::args().nth(i).map_or(default, |s| s.parse().expect("a number"));
+    let arg = |i: usize, default: u64| {
+        std::env::args()
+            .nth(i)
+            .map_or(default, |s| s.parse().expect("a number"))
+    };
     let (mib, rate_mb, queue_mib) = (arg(1, 256), arg(2, 20), arg(3, 16));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data.bin");
@@ -36,13 +40,28 @@ async fn main() {
     let meta = Arc::new(create(&file, &CreateOptions::default(), &AtomicU64::new(0)).unwrap());
     let cfg = |name: &str| NodeConfig::new(dir.path().join(name)).with_mdns(false);
     let seeder = Node::start(cfg("seeder")).await.unwrap();
-    seeder.add_torrent(Arc::clone(&meta), file.clone()).await.unwrap();
+    seeder
+        .add_torrent(Arc::clone(&meta), file.clone())
+        .await
+        .unwrap();
     let addr = seeder.listen_addrs().await.remove(0);
     let cap = queue_mib * 1024 * 1024;
-    let slow = Node::start(cfg("slow").with_disk_queue(cap).with_disk_rate(Some(rate_mb * 1_000_000))).await.unwrap();
+    let slow = Node::start(
+        cfg("slow")
+            .with_disk_queue(cap)
+            .with_disk_rate(Some(rate_mb * 1_000_000)),
+    )
+    .await
+    .unwrap();
     let fast = Node::start(cfg("fast")).await.unwrap();
-    let ts = slow.add_torrent(Arc::clone(&meta), dir.path().join("slow.bin")).await.unwrap();
-    let tf = fast.add_torrent(Arc::clone(&meta), dir.path().join("fast.bin")).await.unwrap();
+    let ts = slow
+        .add_torrent(Arc::clone(&meta), dir.path().join("slow.bin"))
+        .await
+        .unwrap();
+    let tf = fast
+        .add_torrent(Arc::clone(&meta), dir.path().join("fast.bin"))
+        .await
+        .unwrap();
     let started = Instant::now();
     slow.dial(addr.clone()).await.unwrap();
     fast.dial(addr).await.unwrap();

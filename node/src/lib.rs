@@ -411,9 +411,20 @@ async fn swarm_task(
             () = cancel.cancelled() => break,
             _ = discover.tick() => {
                 // Announce every torrent and look for more peers of each.
-                let ihs: Vec<InfoHash> = torrents.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
-                for ih in ihs {
-                    discover_torrent(&mut swarm, ih);
+                let all: Vec<TorrentHandle> =
+                    torrents.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                for t in all {
+                    discover_torrent(&mut swarm, t.info_hash());
+                    // A piece stream can end while its connection lives on
+                    // (an idle timeout, a refused duplicate): open a new one
+                    // to every connected peer without a session.
+                    let with_session: Vec<String> = t.stats().peers.into_iter().map(|p| p.peer_id).collect();
+                    for peer in &connected {
+                        if !with_session.contains(&peer.to_string()) {
+                            open_for(*peer, t.info_hash(), &torrents, &control, &tracker);
+                        }
+                    }
                 }
             }
             cmd = commands.recv() => match cmd {
