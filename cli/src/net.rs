@@ -30,8 +30,9 @@ pub(crate) struct NetArgs {
     /// (default: $SLUICE_DATA_DIR, else ~/.local/share/sluice).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Address to listen on (repeatable).
-    #[arg(long, value_parser = parse_multiaddr, default_value = "/ip4/0.0.0.0/tcp/0")]
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or
+    /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port).
+    #[arg(long, value_parser = parse_multiaddr)]
     listen: Vec<Multiaddr>,
     /// A peer to connect to, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… (repeatable).
     #[arg(long, value_parser = parse_multiaddr)]
@@ -99,8 +100,16 @@ fn default_data_dir() -> PathBuf {
 /// The one place CLI flags become a node configuration.
 fn node_config(net: &NetArgs, disk_queue: Option<u64>, disk_rate: Option<u64>) -> NodeConfig {
     let choker = TitForTatConfig::default().with_slots(net.slots);
+    let listen = if net.listen.is_empty() {
+        ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+            .iter()
+            .map(|a| a.parse().expect("valid multiaddrs"))
+            .collect()
+    } else {
+        net.listen.clone()
+    };
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
-        .with_listen(net.listen.clone())
+        .with_listen(listen)
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())
         .with_up_rate(net.up_rate)

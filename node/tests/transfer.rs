@@ -481,3 +481,28 @@ async fn peers_find_each_other_through_the_dht() -> Result<()> {
     }
     Ok(())
 }
+
+/// The same transfer over QUIC instead of TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_to_get_over_quic() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let quic = || vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    let seeder = node(dir.path(), "seeder", |c| c.with_listen(quic())).await;
+    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let addr = seeder.listen_addrs().await.remove(0);
+    assert!(addr.to_string().contains("/quic-v1/"), "{addr}");
+    let leecher = node(dir.path(), "leecher", |c| c.with_listen(quic())).await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    leecher.dial(addr).await?;
+    until(&get, "completion", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    for n in [leecher, seeder] {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! The libp2p side: one `Swarm` per node with TCP + Noise + Yamux,
-//! `identify`, `ping`, optional mDNS, and `libp2p-stream` for the piece
+//! The libp2p side: one `Swarm` per node with TCP + Noise + Yamux (the
+//! default) and QUIC (`/udp/…/quic-v1` addresses), `identify`, `ping`,
+//! optional mDNS, a Kademlia DHT, and `libp2p-stream` for the piece
 //! protocol.
 //!
 //! Why `libp2p-stream` rather than a custom `ConnectionHandler`: the piece
@@ -97,12 +98,10 @@ pub fn build_swarm(
     let mut mdns = Some(mdns);
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(TransportError::Tcp)?
+        // QUIC beside TCP: whichever the listen and peer addresses name.
+        .with_quic()
         .with_behaviour(|key| Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/sluice/id/1".into(),
