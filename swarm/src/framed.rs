@@ -58,6 +58,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 pub struct FrameWriter<W> {
     io: W,
     buf: BytesMut,
+    /// Bytes written to `io` since its last flush.
+    unflushed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -65,6 +67,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Self {
             io,
             buf: BytesMut::with_capacity(4 * (MAX_FRAME + 4)),
+            unflushed: false,
         }
     }
 
@@ -86,8 +89,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if !self.buf.is_empty() {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
+            self.unflushed = true;
         }
-        self.io.flush().await?;
+        // Nothing new: do not poke the muxer (a flush wakes its task).
+        if std::mem::take(&mut self.unflushed) {
+            self.io.flush().await?;
+        }
         Ok(())
     }
 
