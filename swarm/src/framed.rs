@@ -38,6 +38,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next message already in the buffer, without reading more.
+    pub fn try_next(&mut self) -> Result<Option<Message>, StreamError> {
+        Ok(Message::decode(&mut self.buf)?)
+    }
+
     /// The next message.
     ///
     /// Cancel-safe: bytes read before cancellation stay in the buffer.

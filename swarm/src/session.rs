@@ -137,6 +137,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 msg = tokio::time::timeout(self.limits.idle_timeout, self.reader.next()) => {
                     let msg = msg.map_err(|_| StreamError::Timeout(self.limits.idle_timeout))??;
                     self.on_message(msg, choked, &mut queue).await?;
+                    // Take every message already read before serving, so
+                    // requests queue up and go out in full batches.
+                    while let Some(msg) = self.reader.try_next()? {
+                        self.on_message(msg, choked, &mut queue).await?;
+                    }
                 }
                 // Nothing to read or do: keep serving the queue rather than
                 // wait for the next message.
@@ -307,5 +312,127 @@ fn piece(spec: BlockSpec, data: Bytes) -> Message {
         piece: spec.piece,
         offset: spec.offset,
         data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The upload side's load shedding, on an in-memory stream: requests
+    //! while choked, beyond our queue, or for pieces we lack get an
+    //! explicit `Reject`; choking rejects what is queued.
+
+    use std::sync::atomic::AtomicU64;
+
+    use sluice_storage::{CreateOptions, StorageConfig, create};
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+    type Io = (
+        FrameReader<ReadHalf<DuplexStream>>,
+        FrameWriter<WriteHalf<DuplexStream>>,
+    );
+
+    fn split(s: DuplexStream) -> Io {
+        let (r, w) = tokio::io::split(s);
+        (FrameReader::new(r), FrameWriter::new(w))
+    }
+
+    async fn next(peer: &mut FrameReader<ReadHalf<DuplexStream>>) -> Message {
+        tokio::time::timeout(WAIT, peer.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+    }
+
+    #[tokio::test]
+    async fn requests_are_rejected_while_choked_beyond_the_queue_or_for_missing_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.bin");
+        std::fs::write(&file, vec![7u8; 4 * BLOCK_SIZE as usize]).unwrap();
+        let opts = CreateOptions::default().with_piece_length(Some(2 * BLOCK_SIZE));
+        let meta = Arc::new(create(&file, &opts, &AtomicU64::new(0)).unwrap());
+        let (storage, _events) = Storage::open(meta, &file, StorageConfig::default()).unwrap();
+        let storage = Arc::new(storage);
+
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (reader, writer) = split(ours);
+        let (mut peer_r, mut peer_w) = split(theirs);
+        let (to_torrent, _from_session) = mpsc::channel(16);
+        let (commands_tx, commands) = mpsc::channel(16);
+        let session = Session {
+            key: PeerKey(1),
+            reader,
+            writer,
+            storage,
+            to_torrent,
+            commands,
+            limits: SessionLimits {
+                max_requests: 2,
+                upload_window: BLOCK_SIZE,
+                idle_timeout: WAIT,
+            },
+            stats: Arc::default(),
+            up_limit: None,
+            down_limit: None,
+        };
+        let task = tokio::spawn(session.run());
+        let req = |piece, block: u32| BlockSpec {
+            piece,
+            offset: block * BLOCK_SIZE,
+            len: BLOCK_SIZE,
+        };
+
+        // Choked (the starting state): rejected at once.
+        peer_w.send(&Message::Request(req(0, 0))).await.unwrap();
+        assert_eq!(next(&mut peer_r).await, Message::Reject(req(0, 0)));
+        // No such piece: rejected even when unchoked.
+        commands_tx.send(ToSession::Choke(false)).await.unwrap();
+        assert_eq!(next(&mut peer_r).await, Message::Unchoke);
+        peer_w.send(&Message::Request(req(9, 0))).await.unwrap();
+        assert_eq!(next(&mut peer_r).await, Message::Reject(req(9, 0)));
+        // Served.
+        peer_w.send(&Message::Request(req(1, 1))).await.unwrap();
+        match next(&mut peer_r).await {
+            Message::Piece {
+                piece: 1,
+                offset,
+                data,
+            } => {
+                assert_eq!(offset, BLOCK_SIZE);
+                assert_eq!(data.len(), BLOCK_SIZE as usize);
+            }
+            other => panic!("expected the block, got {other:?}"),
+        }
+        // Beyond our queue of 2: rejected. (Sent in one write, so all of
+        // them are read before anything is served.)
+        for b in 0..2 {
+            for p in 0..2 {
+                peer_w.push(&Message::Request(req(p, b)));
+            }
+        }
+        peer_w.flush().await.unwrap();
+        let mut served = 0;
+        let mut rejected = Vec::new();
+        for _ in 0..4 {
+            match next(&mut peer_r).await {
+                Message::Piece { .. } => served += 1,
+                Message::Reject(spec) => rejected.push(spec),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((served, rejected.len()), (2, 2), "rejected {rejected:?}");
+        // Choking rejects whatever is still queued; nothing is served after.
+        commands_tx.send(ToSession::Choke(true)).await.unwrap();
+        assert_eq!(next(&mut peer_r).await, Message::Choke);
+        peer_w.send(&Message::Request(req(0, 1))).await.unwrap();
+        assert_eq!(next(&mut peer_r).await, Message::Reject(req(0, 1)));
+
+        commands_tx
+            .send(ToSession::Close("test over".into()))
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     }
 }
