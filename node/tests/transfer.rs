@@ -77,6 +77,16 @@ fn strip(s: &TorrentStats) -> (u32, u32, bool, usize) {
     (s.verified_pieces, s.total_pieces, s.complete, s.peers.len())
 }
 
+/// Shuts nodes down (each within the timeout), failing on any error.
+async fn stop(nodes: impl IntoIterator<Item = NodeHandle>) -> Result<()> {
+    for n in nodes {
+        tokio::time::timeout(WAIT, n.shutdown())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
 fn same_files(meta: &Metainfo, a: &Path, b: &Path) {
     for (x, y) in content_paths(meta.info(), a)
         .iter()
@@ -112,12 +122,8 @@ async fn seed_to_get_multi_file_is_byte_identical() -> Result<()> {
     assert_eq!(done.verified_pieces, done.total_pieces);
     same_files(&meta, &root, &out);
 
-    tokio::time::timeout(WAIT, leecher.shutdown())
-        .await?
-        .map_err(anyhow::Error::msg)?;
-    tokio::time::timeout(WAIT, seeder.shutdown())
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    stop([leecher]).await?;
+    stop([seeder]).await?;
     Ok(())
 }
 
@@ -172,14 +178,8 @@ async fn leechers_trade_with_each_other() -> Result<()> {
         uploaded_by_leechers.max(leechers.iter().map(|(_, t, _)| t.stats().uploaded).sum());
     println!("leechers uploaded {uploaded_by_leechers} bytes to each other");
     assert!(uploaded_by_leechers > 0, "leechers never traded");
-    for (n, _, _) in leechers {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
-    tokio::time::timeout(WAIT, seeder.shutdown())
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    stop(leechers.into_iter().map(|(n, _, _)| n)).await?;
+    stop([seeder]).await?;
     Ok(())
 }
 
@@ -235,11 +235,7 @@ async fn a_peer_sending_corrupt_data_is_banned() -> Result<()> {
         "hash failures {}, banned {}",
         done.hash_failures, done.banned_peers
     );
-    for n in [leecher, liar, honest] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([leecher, liar, honest]).await?;
     Ok(())
 }
 
@@ -267,17 +263,11 @@ async fn a_seeder_leaving_mid_transfer_does_not_stop_the_download() -> Result<()
     let total = get.stats().total_pieces;
     until(&get, "some progress", |s| s.verified_pieces >= total / 4).await?;
     let gone = seeders.remove(0);
-    tokio::time::timeout(WAIT, gone.shutdown())
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    stop([gone]).await?;
     let done = until(&get, "completion", |s| s.complete).await?;
     assert_eq!(done.verified_pieces, total);
     same_files(&meta, &root, &out);
-    for n in [leecher, seeders.remove(0)] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([leecher, seeders.remove(0)]).await?;
     Ok(())
 }
 
@@ -360,11 +350,7 @@ async fn a_slow_disk_holds_the_disk_queue_bound() -> Result<()> {
     );
     assert_eq!(std::fs::read(&file)?, std::fs::read(&slow_out)?);
     assert_eq!(std::fs::read(&file)?, std::fs::read(&fast_out)?);
-    for n in [slow, fast, seeder] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([slow, fast, seeder]).await?;
     Ok(())
 }
 
@@ -407,11 +393,7 @@ async fn idle_peers_stay_connected_through_keepalives() -> Result<()> {
         1,
         "an idle but live peer was dropped"
     );
-    for n in [a, b] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([a, b]).await?;
     Ok(())
 }
 
@@ -438,11 +420,7 @@ async fn dialing_each_other_keeps_one_session() -> Result<()> {
     same_files(&meta, &root, &out);
     assert_eq!(tl.stats().peers.len(), 1);
     until(&ts, "one session on the seeder", |s| s.peers.len() == 1).await?;
-    for n in [leecher, seeder] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([leecher, seeder]).await?;
     Ok(())
 }
 
@@ -474,11 +452,7 @@ async fn peers_find_each_other_through_the_dht() -> Result<()> {
         get.stats().peers.iter().any(|p| p.peer_id == seeder_id),
         "found someone else?"
     );
-    for n in [leecher, seeder, dht] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([leecher, seeder, dht]).await?;
     Ok(())
 }
 
@@ -499,10 +473,6 @@ async fn seed_to_get_over_quic() -> Result<()> {
     leecher.dial(addr).await?;
     until(&get, "completion", |s| s.complete).await?;
     same_files(&meta, &root, &out);
-    for n in [leecher, seeder] {
-        tokio::time::timeout(WAIT, n.shutdown())
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    }
+    stop([leecher, seeder]).await?;
     Ok(())
 }
