@@ -368,10 +368,13 @@ impl Picker {
     /// The next block to request from `peer`, which has the pieces in
     /// `peer_has`; `None` when it has nothing we can ask for now.
     pub fn next_request(&mut self, peer: PeerKey, rng: &mut dyn RngCore) -> Option<BlockRef> {
-        // Taken out for the duration, so `self` can be borrowed mutably.
-        let entry = self.peers.remove(&peer)?;
-        let pick = self.pick(peer, &entry.bits, rng);
-        self.peers.insert(peer, entry);
+        // The map is moved out for the duration (a pointer swap, not a
+        // rehash), so `self` can be borrowed mutably beside the bitfield.
+        let peers = std::mem::take(&mut self.peers);
+        let pick = peers
+            .get(&peer)
+            .and_then(|entry| self.pick(peer, &entry.bits, rng));
+        self.peers = peers;
         pick
     }
 
