@@ -270,6 +270,10 @@ struct Pieces {
     partial: HashMap<PieceIndex, Partial>,
     /// Files written since the last flush.
     dirty: BTreeSet<usize>,
+    /// Verified pieces the resume file last recorded (`None`: not written
+    /// yet). Verified bits are only ever set, so a count tells whether the
+    /// file is current.
+    saved: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -386,6 +390,8 @@ impl Storage {
             queue: config.make_queue(),
             writes: Writes::default(),
             pieces: Mutex::new(Pieces {
+                // A loaded resume file already says what it says.
+                saved: (!rechecked).then(|| verified.count_ones()),
                 verified,
                 partial: HashMap::new(),
                 dirty,
@@ -586,6 +592,11 @@ impl Inner {
         let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (verified, dirty) = {
             let mut p = self.pieces();
+            if p.dirty.is_empty() && p.saved == Some(p.verified.count_ones()) {
+                // Nothing written and nothing verified since: no fsync, no
+                // rewrite (a seeder flushes every interval too).
+                return Ok(());
+            }
             (p.verified.clone(), std::mem::take(&mut p.dirty))
         };
         let synced = dirty.iter().try_for_each(|&i| {
@@ -603,6 +614,7 @@ impl Inner {
             resume::save(path, self.meta.info().info_hash(), &verified)
                 .map_err(StorageError::io("writing resume file", path))?;
         }
+        self.pieces().saved = Some(verified.count_ones());
         Ok(())
     }
 
