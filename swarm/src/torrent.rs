@@ -354,6 +354,10 @@ struct Torrent {
     disk_error: Option<String>,
     flushed_complete: bool,
     last_flush: Instant,
+    /// A flush running on the blocking pool, and whether everything was
+    /// verified when it started.
+    flushing: Option<tokio::task::JoinHandle<Result<(), sluice_storage::StorageError>>>,
+    flushing_complete: bool,
     /// Something changed that may allow more requests; filled once per
     /// loop turn.
     want_fill: bool,
@@ -423,21 +427,19 @@ pub fn spawn_torrent(
         disk_error: None,
         flushed_complete: false,
         last_flush: Instant::now(),
+        flushing: None,
+        flushing_complete: false,
         want_fill: false,
         config,
     };
     let handle = TorrentHandle {
-        info_hash: initial_hash(&torrent),
+        info_hash: torrent.storage.metainfo().info().info_hash(),
         max_requests: torrent.config.window.max(),
         commands: commands_tx,
         stats: stats_rx,
     };
     tracker.spawn(torrent.run(events_rx, storage_events, commands_rx, cancel));
     handle
-}
-
-fn initial_hash(t: &Torrent) -> InfoHash {
-    t.storage.metainfo().info().info_hash()
 }
 
 impl Torrent {
@@ -460,7 +462,7 @@ impl Torrent {
                 () = cancel.cancelled() => break,
                 // Housekeeping and commands first, so a flood of peer
                 // traffic cannot starve timeouts, rechokes or a stop.
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => self.on_tick(),
                 cmd = commands.recv() => match cmd {
                     Some(Command::AddPeer { peer_id, reader, writer, remote_max, opened_by_us }) => {
                         self.add_peer(peer_id, reader, writer, remote_max, opened_by_us);
@@ -482,6 +484,15 @@ impl Torrent {
                             Ok(ev) => self.on_session(ev),
                             Err(_) => break,
                         }
+                    }
+                }
+                flushed = async { self.flushing.as_mut().expect("guarded").await }, if self.flushing.is_some() => {
+                    let complete = std::mem::take(&mut self.flushing_complete);
+                    self.flushing = None;
+                    match flushed {
+                        Ok(Ok(())) => self.flushed_complete = complete,
+                        Ok(Err(e)) => self.disk_error = Some(format!("{e:#}")),
+                        Err(e) => self.disk_error = Some(e.to_string()),
                     }
                 }
                 credit = async { self.credit_wait.as_mut().expect("guarded").await }, if self.credit_wait.is_some() => {
@@ -1000,7 +1011,7 @@ impl Torrent {
         self.apply(decisions);
     }
 
-    async fn on_tick(&mut self) {
+    fn on_tick(&mut self) {
         let now = Instant::now();
         // Upload counters from the sessions.
         for p in self.peers.values_mut() {
@@ -1051,12 +1062,13 @@ impl Torrent {
         if (complete && !self.flushed_complete)
             || now.duration_since(self.last_flush) >= self.config.flush_interval
         {
-            self.last_flush = now;
-            let storage = Arc::clone(&self.storage);
-            match tokio::task::spawn_blocking(move || storage.flush()).await {
-                Ok(Ok(())) => self.flushed_complete = complete,
-                Ok(Err(e)) => self.disk_error = Some(format!("{e:#}")),
-                Err(e) => self.disk_error = Some(e.to_string()),
+            // fsync can take seconds: it runs beside this loop, which keeps
+            // serving peers; its result arrives in the select above.
+            if self.flushing.is_none() {
+                self.last_flush = now;
+                let storage = Arc::clone(&self.storage);
+                self.flushing = Some(tokio::task::spawn_blocking(move || storage.flush()));
+                self.flushing_complete = complete;
             }
         }
         self.publish(now);
