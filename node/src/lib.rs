@@ -431,7 +431,7 @@ async fn swarm_task(
                 None => break,
                 Some(Command::Dial(addr, reply)) => {
                     let result = swarm
-                        .dial(addr.clone())
+                        .dial(fresh_port(addr.clone()))
                         .map_err(|e| NodeError::Dial { addr, reason: e.to_string() });
                     let _ = reply.send(result);
                 }
@@ -478,7 +478,7 @@ async fn swarm_task(
                     for peer in providers {
                         if peer != me && !swarm.is_connected(&peer) {
                             debug!(%peer, "the DHT found a peer");
-                            let _ = swarm.dial(DialOpts::peer_id(peer).build());
+                            let _ = swarm.dial(DialOpts::peer_id(peer).allocate_new_port().build());
                         }
                     }
                 }
@@ -486,7 +486,7 @@ async fn swarm_task(
                     for (peer, addr) in found {
                         if !swarm.is_connected(&peer) {
                             debug!(%peer, %addr, "mDNS found a peer");
-                            let _ = swarm.dial(addr);
+                            let _ = swarm.dial(fresh_port(addr));
                         }
                     }
                 }
@@ -494,6 +494,17 @@ async fn swarm_task(
             },
         }
     }
+}
+
+/// Dial options for `addr` from a fresh local port. libp2p reuses the
+/// listening port by default; two nodes dialing each other at the same
+/// moment then make one TCP connection by simultaneous open, on which
+/// both sides start Noise as initiator and the handshake fails.
+fn fresh_port(addr: Multiaddr) -> DialOpts {
+    DialOpts::unknown_peer_id()
+        .address(addr)
+        .allocate_new_port()
+        .build()
 }
 
 /// Provides `ih` in the DHT and asks who else does.
