@@ -152,8 +152,9 @@ pub fn create(
 ) -> Result<Metainfo, StorageError> {
     let (default_name, mut files) = scan(root)?;
     let name = options.name.clone().unwrap_or(default_name);
-    if files.len() == 1 && files[0].path.len() == 1 {
-        // A single file is stored under the torrent's name.
+    if root.is_file() {
+        // A single file is stored under the torrent's name. (A directory
+        // holding one file keeps the file's own name, as libtorrent does.)
         files[0].path = vec![name.clone()];
     }
     let total: u64 = files.iter().map(|f| f.length).sum();

@@ -121,7 +121,14 @@ fn check(root: &Path, piece_length: u32) -> Result<()> {
         seen["info_hash"] == info.info_hash().to_string(),
         "libtorrent info-hash {seen}"
     );
-    ensure!(seen["name"] == info.name(), "name: {}", seen["name"]);
+    // libtorrent names a single-file torrent after its file (which is
+    // also the torrent's name unless a directory held that one file).
+    let want_name = if info.is_single_file() {
+        info.files()[0].path[0].as_str()
+    } else {
+        info.name()
+    };
+    ensure!(seen["name"] == want_name, "name: {}", seen["name"]);
     ensure!(seen["piece_length"] == info.piece_length(), "piece length");
     ensure!(
         seen["num_pieces"] == layout.num_pieces(),
@@ -191,5 +198,12 @@ fn same_torrents_as_libtorrent() -> Result<()> {
         check(&root, piece_length)
             .with_context(|| format!("directory, pieces of {piece_length}"))?;
     }
+
+    // A directory holding one file: the file keeps its own name in the
+    // file tree, under the directory's name.
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("share");
+    write(&root.join("a.bin"), 5 * B + 3, 17);
+    check(&root, 16 * 1024).context("a directory with one file")?;
     Ok(())
 }
