@@ -99,7 +99,8 @@ pub enum Reason {
     Snubbed,
     /// It wants nothing from us; it never holds a slot.
     NotInterested,
-    /// Interested, ranked below the slots.
+    /// Interested, ranked below the slots (rank 0: not ranked yet, it
+    /// arrived after the last rechoke).
     SlotsFull { rank: u32 },
     /// Seeding: among the peers we upload to fastest.
     SeedingSlot { rank: u32, slots: u32, rate: f64 },
@@ -150,6 +151,8 @@ impl fmt::Display for Reason {
             Reason::Optimistic => f.write_str("optimistic"),
             Reason::Snubbed => f.write_str("snubbed"),
             Reason::NotInterested => f.write_str("not interested"),
+            // Rank 0: it arrived after the last ranking.
+            Reason::SlotsFull { rank: 0 } => f.write_str("slots full, not yet ranked"),
             Reason::SlotsFull { rank } => write!(f, "rank {rank}, slots full"),
             Reason::SeedingSlot { rank, slots, rate } => {
                 write!(f, "seeding slot {rank} of {slots}, ")?;

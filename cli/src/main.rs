@@ -5,7 +5,9 @@
 // Printing is this crate's job: results on stdout, errors on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod inspect;
 mod net;
+mod top;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -80,6 +82,19 @@ enum Command {
     /// Download a torrent from the swarm; exit 0 once every piece is
     /// verified and on disk. Run again to resume.
     Get(net::GetArgs),
+    /// One line per torrent of a running node: progress, rates, peers,
+    /// disk-queue fill.
+    Status(inspect::StatusArgs),
+    /// A running node's peers: choke and interest flags, the choker's
+    /// reason, rates, request window, upload queue.
+    ///
+    /// Flags: D we download from it, d we want but it chokes us, K it
+    /// unchoked us but we want nothing; U we upload to it, u it wants but
+    /// we choke it, ? we unchoked it but it wants nothing; O optimistic
+    /// unchoke, S snubbed.
+    Peers(inspect::PeersArgs),
+    /// A live view of a running node (q quits).
+    Top(top::TopArgs),
     /// Check data on disk against a .torrent; exit 0 only when complete.
     Verify {
         torrent: PathBuf,
@@ -174,12 +189,25 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Show { torrent, json } => show(&torrent, json),
         Command::Seed(args) => net::seed(args),
         Command::Get(args) => net::get(args),
+        Command::Status(args) => inspect::status(args),
+        Command::Peers(args) => inspect::peers(args),
+        Command::Top(args) => top::top(args),
         Command::Verify {
             torrent,
             path,
             threads,
             json,
         } => verify(&torrent, &path, threads, json),
+    }
+}
+
+/// Where a torrent's content is, given `path`: a single-file torrent may be
+/// given the directory that holds its file.
+pub(crate) fn content_at(info: &sluice_storage::Info, path: &Path) -> PathBuf {
+    if info.is_single_file() && path.is_dir() {
+        path.join(&info.files()[0].path[0])
+    } else {
+        path.to_owned()
     }
 }
 
@@ -428,12 +456,7 @@ fn verify(torrent: &Path, path: &Path, threads: Option<usize>, json: bool) -> Re
     if !path.exists() {
         anyhow::bail!("{} does not exist", path.display());
     }
-    // A single-file torrent may be given the directory that holds the file.
-    let content = if info.is_single_file() && path.is_dir() {
-        path.join(&info.files()[0].path[0])
-    } else {
-        path.to_owned()
-    };
+    let content = content_at(info, path);
     let missing_files: Vec<String> = sluice_storage::content_paths(info, &content)
         .iter()
         .zip(info.files())

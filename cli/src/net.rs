@@ -1,5 +1,6 @@
 //! `sluice seed` and `sluice get`: run a node for one torrent.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_choke::TitForTatConfig;
+use sluice_node::api::ApiConfig;
 use sluice_node::{Multiaddr, Node, NodeConfig, NodeHandle};
 use sluice_storage::{CreateOptions, Metainfo};
 use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle, TorrentStats};
@@ -53,6 +55,34 @@ pub(crate) struct NetArgs {
     /// Upload slots, one of them optimistic.
     #[arg(long, default_value_t = 4)]
     slots: u32,
+    /// Control API address (`sluice status`, `peers`, `top` and /metrics
+    /// read it). Any address but loopback needs --api-token.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api: SocketAddr,
+    /// Bearer token the control API requires ($SLUICE_API_TOKEN).
+    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Read the API token from this file (first line).
+    #[arg(long, conflicts_with = "api_token")]
+    api_token_file: Option<PathBuf>,
+    /// Serve no control API.
+    #[arg(long, conflicts_with_all = ["api", "api_token", "api_token_file"])]
+    no_api: bool,
+}
+
+/// Reads `--api-token` or `--api-token-file`.
+pub(crate) fn api_token(token: Option<&str>, file: Option<&Path>) -> Result<Option<String>> {
+    if let Some(t) = token {
+        return Ok(Some(t.to_owned()));
+    }
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the API token from {}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        anyhow::bail!("{} holds no API token", file.display());
+    }
+    Ok(Some(token.to_owned()))
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,7 +116,7 @@ pub(crate) struct GetArgs {
     net: NetArgs,
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SLUICE_DATA_DIR") {
         return d.into();
     }
@@ -98,7 +128,11 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// The one place CLI flags become a node configuration.
-fn node_config(net: &NetArgs, disk_queue: Option<u64>, disk_rate: Option<u64>) -> NodeConfig {
+fn node_config(
+    net: &NetArgs,
+    disk_queue: Option<u64>,
+    disk_rate: Option<u64>,
+) -> Result<NodeConfig> {
     let choker = TitForTatConfig::default().with_slots(net.slots);
     let listen = if net.listen.is_empty() {
         ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
@@ -108,7 +142,16 @@ fn node_config(net: &NetArgs, disk_queue: Option<u64>, disk_rate: Option<u64>) -
     } else {
         net.listen.clone()
     };
+    let api = (!net.no_api)
+        .then(|| -> Result<ApiConfig> {
+            Ok(ApiConfig {
+                addr: net.api,
+                token: api_token(net.api_token.as_deref(), net.api_token_file.as_deref())?,
+            })
+        })
+        .transpose()?;
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
+        .with_api(api)
         .with_listen(listen)
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())
@@ -119,7 +162,7 @@ fn node_config(net: &NetArgs, disk_queue: Option<u64>, disk_rate: Option<u64>) -
     if let Some(q) = disk_queue {
         config = config.with_disk_queue(q);
     }
-    config
+    Ok(config)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -142,6 +185,12 @@ async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
     Ok(node)
 }
 
+fn print_api(node: &NodeHandle) {
+    if let Some(addr) = node.api_addr() {
+        println!("api:       http://{addr} (sluice status / peers / top; /metrics)");
+    }
+}
+
 fn read_torrent(path: &Path) -> Result<Arc<Metainfo>> {
     crate::read_torrent(path).map(Arc::new)
 }
@@ -150,7 +199,7 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
     if !args.path.exists() {
         anyhow::bail!("{} does not exist", args.path.display());
     }
-    let config = node_config(&args.net, None, None);
+    let config = node_config(&args.net, None, None)?;
     let meta = match &args.torrent {
         Some(t) => read_torrent(t)?,
         None => {
@@ -167,9 +216,8 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
     };
     runtime()?.block_on(async move {
         let node = start(config, &args.net.peer).await?;
-        let torrent = node
-            .add_torrent(Arc::clone(&meta), args.path.clone())
-            .await?;
+        let content = crate::content_at(meta.info(), &args.path);
+        let torrent = node.add_torrent(Arc::clone(&meta), content).await?;
         let s = torrent.stats();
         if s.verified_pieces < s.total_pieces {
             eprintln!(
@@ -184,6 +232,7 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
         for a in node.listen_addrs().await {
             println!("peer:      {a}");
         }
+        print_api(&node);
         println!("seeding; Ctrl-C to stop");
         tokio::signal::ctrl_c()
             .await
@@ -210,10 +259,13 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
     } else {
         args.output.join(info.name())
     };
-    let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate);
+    let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
     runtime()?.block_on(async move {
         let node = start(config, &args.net.peer).await?;
         let torrent = node.add_torrent(Arc::clone(&meta), content.clone()).await?;
+        if let Some(addr) = node.api_addr() {
+            tracing::info!(%addr, "control API (sluice status / peers / top)");
+        }
         let finished = follow(&torrent).await;
         let code = match finished {
             Finished::Complete => {
@@ -223,6 +275,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
                     for a in node.listen_addrs().await {
                         println!("peer:      {a}");
                     }
+                    print_api(&node);
                     tokio::signal::ctrl_c()
                         .await
                         .context("waiting for Ctrl-C")?;

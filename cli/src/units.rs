@@ -73,9 +73,41 @@ pub(crate) fn format_size(bytes: u64) -> String {
     }
 }
 
+/// A rate in at most 9 characters: `968 KiB/s`, `1.21 MiB/s` → `1.2 MiB/s`,
+/// three significant digits.
+pub(crate) fn format_rate(bytes_per_sec: f64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes_per_sec.max(0.0);
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    let digits = if u == 0 || v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {}/s", UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_stay_short() {
+        assert_eq!(format_rate(0.0), "0 B/s");
+        assert_eq!(format_rate(999.0), "999 B/s");
+        assert_eq!(format_rate(991_200.0), "968 KiB/s");
+        assert_eq!(format_rate(1_268_000.0), "1.21 MiB/s");
+        assert_eq!(format_rate(20.0 * 1024.0 * 1024.0), "20.0 MiB/s");
+        for r in [0.0, 1.0, 999.9, 1e3, 1e6, 9.99e8, 1e12] {
+            assert!(format_rate(r).chars().count() <= 10, "{}", format_rate(r));
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -1,7 +1,11 @@
 //! The `sluice` binary as a user runs it: results, JSON, exit codes and
 //! one-line errors.
 
-#![allow(clippy::unwrap_used, reason = "test helpers")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "test helpers; a skipped check says so"
+)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -262,4 +266,203 @@ fn seed_then_get_then_resume() {
     let o = get(&[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     drop(seeder);
+}
+
+/// A `sluice` child process whose stdout lines arrive on a channel;
+/// killed when dropped.
+struct Running {
+    _child: Seeder,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn spawn(args: &[&str], cwd: &Path) -> Running {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Running {
+        _child: Seeder(child),
+        lines,
+    }
+}
+
+/// Calls `probe` until it returns something, for at most a minute.
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn status_without_a_node_names_the_dir_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["status", "peers", "top"] {
+        let o = sluice(&[cmd, "--data-dir", "nothing-here"], dir.path());
+        assert_eq!(o.status.code(), Some(2), "{cmd}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("no running node") && err.contains("nothing-here"),
+            "{err}"
+        );
+    }
+    // A stale address (the node died): one line naming it.
+    std::fs::create_dir(dir.path().join("stale")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(dir.path().join("stale/api"), format!("{port}\n")).unwrap();
+    let o = sluice(&["status", "--data-dir", "stale"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no node answers"), "{}", stderr(&o));
+}
+
+/// `sluice status`, `peers` and `top` against real `seed` and `get`
+/// processes, mid-transfer.
+#[test]
+fn inspect_a_running_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(3_000_000)).unwrap();
+    let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let mut seed_args = vec![
+        "seed",
+        "share",
+        "--data-dir",
+        "seedd",
+        "--up-rate",
+        "200KiB/s",
+    ];
+    seed_args.extend_from_slice(&local);
+    let seeder = spawn(&seed_args, d);
+    let torrent = line_starting(&seeder.lines, "torrent:");
+    let peer = line_starting(&seeder.lines, "peer:");
+    let seeder_id = peer.rsplit('/').next().unwrap().to_owned();
+    let mut get_args = vec![
+        "get",
+        &torrent,
+        "-o",
+        "dl",
+        "--data-dir",
+        "getd",
+        "--peer",
+        &peer,
+    ];
+    get_args.extend_from_slice(&local);
+    let _leecher = spawn(&get_args, d);
+
+    // Both nodes see each other, and data flows.
+    let status = eventually("the leecher's first pieces", || {
+        let o = sluice(&["status", "--data-dir", "getd", "--json"], d);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        let t = v.get(0)?;
+        (t["peers"] == 1 && t["verified_pieces"].as_u64()? > 0).then(|| t.clone())
+    });
+    assert_eq!(
+        status["complete"], false,
+        "the transfer is still going: {status}"
+    );
+    let o = sluice(&["peers", "--data-dir", "getd", "--json"], d);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["info_hash"], status["info_hash"]);
+    assert_eq!(v[0]["peers"][0]["peer_id"], seeder_id.as_str());
+    assert_eq!(v[0]["peers"][0]["am_interested"], true);
+
+    let o = sluice(&["peers", "--data-dir", "getd"], d);
+    let table = stdout(&o);
+    assert!(
+        table.contains("PEER") && table.contains("REASON"),
+        "{table}"
+    );
+    assert!(table.contains(&seeder_id[seeder_id.len() - 8..]), "{table}");
+    let o = sluice(&["status", "--data-dir", "seedd"], d);
+    assert!(
+        stdout(&o).contains("share") && stdout(&o).contains("100.0%"),
+        "{}",
+        stdout(&o)
+    );
+
+    top_in_a_terminal(d, "seedd");
+}
+
+/// Drives `sluice top` in an 80×24 tmux pane: the leecher's row with the
+/// choker's reason appears, and `q` quits.
+fn top_in_a_terminal(d: &Path, data_dir: &str) {
+    let have_tmux = Command::new("tmux").arg("-V").output().is_ok();
+    if !have_tmux {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_TMUX").is_none(),
+            "SLUICE_REQUIRE_TMUX is set but tmux is not installed"
+        );
+        eprintln!("tmux not installed; skipping the sluice top check");
+        return;
+    }
+    let socket = format!("sluice-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let top = format!(
+        "{} top --data-dir {data_dir} --refresh 0.2",
+        env!("CARGO_BIN_EXE_sluice")
+    );
+    let o = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &top,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let screen = eventually("a peer row with its reason in sluice top", || {
+        let s = stdout(&tmux(&["capture-pane", "-p", "-t", "top"]));
+        s.lines()
+            .any(|l| l.contains("seeding slot") && l.contains('U'))
+            .then_some(s)
+    });
+    assert!(
+        screen.contains("REASON") && screen.contains("disk queue"),
+        "{screen}"
+    );
+    assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+    tmux(&["send-keys", "-t", "top", "q"]);
+    eventually("sluice top to quit on q", || {
+        (!tmux(&["has-session", "-t", "top"]).status.success()).then_some(())
+    });
+    tmux(&["kill-server"]);
 }

@@ -5,6 +5,8 @@
 //! Layout:
 //! - [`datadir`]: identity key (a stable peer id), the lock that keeps two
 //!   nodes out of one directory, resume-file paths.
+//! - [`api`]: the control API (HTTP/JSON and Prometheus `/metrics`) and
+//!   the client the CLI uses to read it.
 //! - this module: [`Node::start`], the swarm task (listening, dialing, mDNS,
 //!   routing incoming piece streams to torrents by info-hash) and shutdown.
 //!
@@ -12,11 +14,13 @@
 //! its sessions, lets its writer finish what is queued and flushes its
 //! resume file; then the swarm task ends and every spawned task is awaited.
 
+pub mod api;
 pub mod datadir;
 
 pub use libp2p::{Multiaddr, PeerId};
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::api::{ApiConfig, ApiState, PeerAddrs, SluiceCollector};
 use crate::datadir::DataDir;
 
 const MIB: u64 = 1024 * 1024;
@@ -62,6 +67,14 @@ pub enum NodeError {
     Stopped,
     #[error("cannot dial {addr}: {reason}")]
     Dial { addr: Multiaddr, reason: String },
+    #[error("the control API on {addr} is not on loopback, so it needs a token (--api-token)")]
+    ApiNeedsToken { addr: SocketAddr },
+    #[error("cannot serve the control API on {addr}")]
+    Api {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Node settings; `with_*` setters document units and defaults.
@@ -77,6 +90,7 @@ pub struct NodeConfig {
     torrent: TorrentConfig,
     bootstrap: Vec<Multiaddr>,
     discovery_interval: Duration,
+    api: Option<ApiConfig>,
 }
 
 impl NodeConfig {
@@ -93,7 +107,15 @@ impl NodeConfig {
             torrent: TorrentConfig::default(),
             bootstrap: Vec::new(),
             discovery_interval: Duration::from_secs(30),
+            api: Some(ApiConfig::default()),
         }
+    }
+
+    /// The control API's address and token; `None` serves no API. Default
+    /// `127.0.0.1:0` without a token.
+    pub fn with_api(mut self, api: Option<ApiConfig>) -> Self {
+        self.api = api;
+        self
     }
 
     /// DHT nodes to join, each ending in `/p2p/<peer id>`. Default none
@@ -180,6 +202,7 @@ pub struct NodeHandle {
     limits: SharedLimits,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    api_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -199,6 +222,26 @@ impl Node {
     /// and spawns the swarm task. Must run inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let data_dir = DataDir::open(&config.data_dir)?;
+        // Bind the API first: a bad address fails before anything runs.
+        let api = match &config.api {
+            None => None,
+            Some(api) => {
+                if !api.addr.ip().is_loopback() && api.token.is_none() {
+                    return Err(NodeError::ApiNeedsToken { addr: api.addr });
+                }
+                let listener = tokio::net::TcpListener::bind(api.addr)
+                    .await
+                    .map_err(|source| NodeError::Api {
+                        addr: api.addr,
+                        source,
+                    })?;
+                let addr = listener.local_addr().map_err(|source| NodeError::Api {
+                    addr: api.addr,
+                    source,
+                })?;
+                Some((listener, addr, api.token.clone()))
+            }
+        };
         let keypair = data_dir.identity()?;
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = build_swarm(keypair, &TransportConfig::default().with_mdns(config.mdns))?;
@@ -216,21 +259,45 @@ impl Node {
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let low = config.disk_queue / 4 * 3;
+        let queue = WriteQueue::new(config.disk_queue, low);
+        let peer_addrs: PeerAddrs = Arc::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = libp2p::metrics::Metrics::new(&mut registry);
+        registry.register_collector(Box::new(SluiceCollector {
+            torrents: Arc::clone(&torrents),
+            queue: queue.clone(),
+        }));
         let handle = NodeHandle {
             peer_id,
             data_dir: Arc::new(data_dir),
             commands: commands_tx,
             torrents: Arc::clone(&torrents),
             listen: listen_rx,
-            queue: WriteQueue::new(config.disk_queue, low),
+            queue,
             limits: SharedLimits {
                 up: config.up_rate.map(|r| Arc::new(RateLimiter::new(r))),
                 down: config.down_rate.map(|r| Arc::new(RateLimiter::new(r))),
             },
             cancel: cancel.clone(),
             tracker: tracker.clone(),
+            api_addr: api.as_ref().map(|(_, addr, _)| *addr),
             config: Arc::new(config),
         };
+        if let Some((listener, addr, token)) = api {
+            api::write_api_file(handle.data_dir.path(), addr)
+                .map_err(|source| NodeError::Api { addr, source })?;
+            let state = ApiState {
+                peer_id,
+                started: std::time::Instant::now(),
+                listen: handle.listen.clone(),
+                torrents: Arc::clone(&torrents),
+                peer_addrs: Arc::clone(&peer_addrs),
+                registry: Arc::new(registry),
+                token: token.map(Arc::from),
+            };
+            tracker.spawn(api::serve(listener, state, cancel.clone()));
+            info!(%addr, "control API listening");
+        }
         let incoming = swarm
             .behaviour()
             .stream
@@ -261,15 +328,17 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let interval = handle.config.discovery_interval;
-        tracker.spawn(swarm_task(
+        tracker.spawn(swarm_task(SwarmTask {
             swarm,
-            commands_rx,
-            listen_tx,
+            commands: commands_rx,
+            listen: listen_tx,
             torrents,
-            tracker.clone(),
+            tracker: tracker.clone(),
             cancel,
-            interval,
-        ));
+            discovery_interval: interval,
+            metrics,
+            peer_addrs,
+        }));
         info!(%peer_id, "node started");
         Ok(handle)
     }
@@ -278,6 +347,11 @@ impl Node {
 impl NodeHandle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Where the control API listens, if it runs.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// The node-wide disk write queue.
@@ -390,20 +464,41 @@ impl NodeHandle {
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        if self.api_addr.is_some() {
+            let _ = std::fs::remove_file(self.data_dir.path().join(api::API_FILE));
+        }
         info!("node stopped");
         result
     }
 }
 
-async fn swarm_task(
-    mut swarm: libp2p::Swarm<sluice_swarm::transport::Behaviour>,
-    mut commands: mpsc::Receiver<Command>,
+/// What the swarm task owns.
+struct SwarmTask {
+    swarm: libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+    commands: mpsc::Receiver<Command>,
     listen: watch::Sender<Vec<Multiaddr>>,
     torrents: Torrents,
     tracker: TaskTracker,
     cancel: CancellationToken,
     discovery_interval: Duration,
-) {
+    metrics: libp2p::metrics::Metrics,
+    peer_addrs: PeerAddrs,
+}
+
+async fn swarm_task(task: SwarmTask) {
+    use libp2p::metrics::Recorder;
+    let SwarmTask {
+        mut swarm,
+        mut commands,
+        listen,
+        torrents,
+        tracker,
+        cancel,
+        discovery_interval,
+        metrics,
+        peer_addrs,
+    } = task;
+
     let control = swarm.behaviour().stream.new_control();
     let mut discover = tokio::time::interval(discovery_interval);
     loop {
@@ -443,13 +538,22 @@ async fn swarm_task(
                     discover_torrent(&mut swarm, ih);
                 }
             },
-            event = swarm.select_next_some() => match event {
+            event = swarm.select_next_some() => {
+            metrics.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+                _ => {}
+            }
+            match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     info!(%address, "listening");
                     listen.send_modify(|a| a.push(address));
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                     debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    api::lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
                     // The dialer opens the piece streams, once per peer.
                     if endpoint.is_dialer() && num_established.get() == 1 {
                         let ihs: Vec<InfoHash> = torrents.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
@@ -458,8 +562,11 @@ async fn swarm_task(
                         }
                     }
                 }
-                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
                     debug!(%peer_id, ?cause, "connection closed");
+                    if num_established == 0 {
+                        api::lock(&peer_addrs).remove(&peer_id);
+                    }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     warn!(?peer_id, %error, "dial failed");
@@ -491,7 +598,7 @@ async fn swarm_task(
                     }
                 }
                 _ => {}
-            },
+            }},
         }
     }
 }

@@ -63,6 +63,9 @@ pub(crate) struct SessionStats {
     pub(crate) upload_queue: AtomicU64,
     /// Block bytes written to the stream.
     pub(crate) uploaded: AtomicU64,
+    /// Bytes in our write buffer, not yet taken by the stream (sampled
+    /// before each flush).
+    pub(crate) upload_buffered: AtomicU64,
 }
 
 pub(crate) struct Session<R, W> {
@@ -116,7 +119,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             self.stats
                 .upload_queue
                 .store(queue.len() as u64, Ordering::Relaxed);
-            if self.writer.pending() > 0 {
+            let pending = self.writer.pending();
+            self.stats
+                .upload_buffered
+                .store(pending as u64, Ordering::Relaxed);
+            if pending > 0 {
                 last_write = tokio::time::Instant::now();
             }
             self.flush().await?;

@@ -185,6 +185,10 @@ pub struct PeerStats {
     pub outstanding_requests: usize,
     pub request_window: u32,
     pub upload_queue: u64,
+    /// Most bytes read from disk for this peer ahead of its stream.
+    pub upload_window_bytes: u32,
+    /// Bytes read for this peer and not yet written to its stream.
+    pub upload_buffered_bytes: u64,
     pub pieces: usize,
     pub connected_seconds: f64,
 }
@@ -1095,6 +1099,8 @@ impl Torrent {
                 outstanding_requests: p.outstanding.len(),
                 request_window: p.window.size(p.down.rate(now)),
                 upload_queue: p.stats.upload_queue.load(Ordering::Relaxed),
+                upload_window_bytes: self.config.upload_window,
+                upload_buffered_bytes: p.stats.upload_buffered.load(Ordering::Relaxed),
                 pieces: self.picker.peer_has(*key).map_or(0, |b| b.count_ones()),
                 connected_seconds: now.saturating_duration_since(p.connected_at).as_secs_f64(),
             });

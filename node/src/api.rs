@@ -1,0 +1,752 @@
+//! The control API: HTTP/JSON under `/api/v1/…` and Prometheus text at
+//! `/metrics`, served with axum on 127.0.0.1 (port 0 unless given).
+//!
+//! The node writes the bound address to `<data-dir>/api`, so
+//! [`ApiClient::from_data_dir`] (what `sluice status`, `peers` and `top`
+//! use) finds a running node without flags. Binding to any address that is
+//! not loopback needs a token; every request must then carry
+//! `Authorization: Bearer <token>`, and nothing answers without it (401).
+//!
+//! Handlers only read snapshots: each torrent's latest [`TorrentStats`]
+//! (a `watch` value its task publishes every tick), the write queue's
+//! counters and the peer address map. Nothing here waits on the swarm.
+//! At most [`MAX_CONCURRENT_REQUESTS`] requests are served at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use libp2p::{Multiaddr, PeerId};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sluice_storage::{InfoHash, QueueStats, WriteQueue};
+use sluice_swarm::torrent::{PeerStats, TorrentStats};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::Torrents;
+
+/// The file in a node's data dir that holds its API address.
+pub const API_FILE: &str = "api";
+/// Requests served at once; more wait for a slot.
+pub const MAX_CONCURRENT_REQUESTS: usize = 32;
+/// How long a client waits for a node to answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response body a client accepts.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where the API listens and who may use it.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Default `127.0.0.1:0`.
+    pub addr: SocketAddr,
+    /// Required when `addr` is not loopback.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+        }
+    }
+}
+
+/// `GET /api/v1/node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub uptime_seconds: f64,
+    pub version: String,
+    pub torrents: usize,
+    pub connected_peers: usize,
+}
+
+/// The write queue as the API shows it (node-wide: torrents share it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// Bytes received and waiting for the writer.
+    pub queued_bytes: u64,
+    /// Bytes requested from peers and not yet arrived.
+    pub outstanding_bytes: u64,
+    /// `--disk-queue`.
+    pub capacity_bytes: u64,
+    /// `capacity − queued − outstanding`: what may still be requested.
+    pub headroom_bytes: u64,
+    /// Requesting resumes when queued + outstanding drains to this.
+    pub low_watermark_bytes: u64,
+    /// Requesting is held back right now.
+    pub throttled: bool,
+    /// Total time requesting was held back by the write queue.
+    pub throttled_seconds: f64,
+}
+
+impl From<&QueueStats> for DiskInfo {
+    fn from(q: &QueueStats) -> Self {
+        Self {
+            queued_bytes: q.queued_bytes,
+            outstanding_bytes: q.reserved_bytes,
+            capacity_bytes: q.capacity_bytes,
+            headroom_bytes: q.headroom_bytes,
+            low_watermark_bytes: q.low_watermark_bytes,
+            throttled: q.throttled,
+            throttled_seconds: q.throttled_total.as_secs_f64(),
+        }
+    }
+}
+
+/// One entry of `GET /api/v1/torrents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TorrentInfo {
+    pub info_hash: String,
+    pub name: String,
+    pub size: u64,
+    pub verified_pieces: u32,
+    pub total_pieces: u32,
+    /// Verified pieces / total pieces, 0 to 1.
+    pub progress: f64,
+    /// Every piece verified and flushed.
+    pub complete: bool,
+    /// Bytes per second over the rate window.
+    pub down_rate: f64,
+    pub up_rate: f64,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub peers: usize,
+    pub hash_failures: u64,
+    pub requests_rejected: u64,
+    pub banned_peers: usize,
+    pub disk: DiskInfo,
+    pub disk_error: Option<String>,
+}
+
+impl From<&TorrentStats> for TorrentInfo {
+    fn from(s: &TorrentStats) -> Self {
+        Self {
+            info_hash: s.info_hash.to_string(),
+            name: s.name.clone(),
+            size: s.size,
+            verified_pieces: s.verified_pieces,
+            total_pieces: s.total_pieces,
+            progress: if s.total_pieces == 0 {
+                1.0
+            } else {
+                f64::from(s.verified_pieces) / f64::from(s.total_pieces)
+            },
+            complete: s.complete,
+            down_rate: s.down_rate,
+            up_rate: s.up_rate,
+            downloaded: s.downloaded,
+            uploaded: s.uploaded,
+            peers: s.peers.len(),
+            hash_failures: s.hash_failures,
+            requests_rejected: s.requests_rejected,
+            banned_peers: s.banned_peers,
+            disk: DiskInfo::from(&s.disk),
+            disk_error: s.disk_error.clone(),
+        }
+    }
+}
+
+/// One entry of `GET /api/v1/torrents/{info_hash}/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    /// The connection's remote address, when the connection is known.
+    pub addr: Option<String>,
+    /// We refuse to upload to it.
+    pub am_choking: bool,
+    /// It has pieces we lack.
+    pub am_interested: bool,
+    /// It refuses to upload to us.
+    pub peer_choking: bool,
+    /// We have pieces it lacks.
+    pub peer_interested: bool,
+    /// It holds our optimistic slot.
+    pub optimistic: bool,
+    /// It sent us nothing for the snub timeout while unchoked.
+    pub snubbed: bool,
+    /// The choker's last reason, for people (`rank 2, 1.2 MB/s`).
+    pub choke_reason: String,
+    /// The same as a stable name (`regular_slot`, `slots_full`, …).
+    pub choke_reason_code: String,
+    pub down_rate: f64,
+    pub up_rate: f64,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    /// Our requests to it not yet answered.
+    pub outstanding_requests: usize,
+    /// How many requests we may have outstanding to it now.
+    pub request_window: u32,
+    /// Its requests waiting to be served.
+    pub upload_queue: u64,
+    /// Most bytes read for it ahead of its stream.
+    pub upload_window_bytes: u32,
+    /// Bytes read for it and not yet taken by its stream.
+    pub upload_buffered_bytes: u64,
+    /// Pieces it has.
+    pub pieces: usize,
+    pub connected_seconds: f64,
+}
+
+impl PeerInfo {
+    fn new(p: &PeerStats, addr: Option<String>) -> Self {
+        Self {
+            peer_id: p.peer_id.clone(),
+            addr,
+            am_choking: p.am_choking,
+            am_interested: p.am_interested,
+            peer_choking: p.peer_choking,
+            peer_interested: p.peer_interested,
+            optimistic: p.optimistic,
+            snubbed: p.snubbed,
+            choke_reason: p.choke_reason.clone(),
+            choke_reason_code: p.choke_reason_code.clone(),
+            down_rate: p.down_rate,
+            up_rate: p.up_rate,
+            downloaded: p.downloaded,
+            uploaded: p.uploaded,
+            outstanding_requests: p.outstanding_requests,
+            request_window: p.request_window,
+            upload_queue: p.upload_queue,
+            upload_window_bytes: p.upload_window_bytes,
+            upload_buffered_bytes: p.upload_buffered_bytes,
+            pieces: p.pieces,
+            connected_seconds: p.connected_seconds,
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+}
+
+/// Remote address of each connected peer, kept by the swarm task.
+pub(crate) type PeerAddrs = Arc<Mutex<HashMap<PeerId, Multiaddr>>>;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub(crate) peer_id: PeerId,
+    pub(crate) started: Instant,
+    pub(crate) listen: watch::Receiver<Vec<Multiaddr>>,
+    pub(crate) torrents: Torrents,
+    pub(crate) peer_addrs: PeerAddrs,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) token: Option<Arc<str>>,
+}
+
+/// Serves the API on `listener` until `cancel` fires.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    cancel: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/api/v1/node", get(node_info))
+        .route("/api/v1/torrents", get(torrents))
+        .route("/api/v1/torrents/{info_hash}", get(torrent))
+        .route("/api/v1/torrents/{info_hash}/peers", get(peers))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .with_state(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "control API stopped");
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ApiErrorBody {
+        error: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn authorize(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn node_info(State(state): State<ApiState>) -> axum::Json<NodeInfo> {
+    let listen = state
+        .listen
+        .borrow()
+        .iter()
+        .map(|a| {
+            a.clone()
+                .with(libp2p::multiaddr::Protocol::P2p(state.peer_id))
+                .to_string()
+        })
+        .collect();
+    let torrents = lock(&state.torrents).len();
+    let connected_peers = lock(&state.peer_addrs).len();
+    axum::Json(NodeInfo {
+        peer_id: state.peer_id.to_string(),
+        listen_addrs: listen,
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        torrents,
+        connected_peers,
+    })
+}
+
+fn snapshots(torrents: &Torrents) -> Vec<TorrentStats> {
+    let mut all: Vec<TorrentStats> = lock(torrents).values().map(|t| t.stats()).collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.0.cmp(&b.info_hash.0)));
+    all
+}
+
+async fn torrents(State(state): State<ApiState>) -> axum::Json<Vec<TorrentInfo>> {
+    axum::Json(
+        snapshots(&state.torrents)
+            .iter()
+            .map(TorrentInfo::from)
+            .collect(),
+    )
+}
+
+fn find(state: &ApiState, info_hash: &str) -> Result<TorrentStats, (StatusCode, String)> {
+    let ih: InfoHash = info_hash.parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("{info_hash:?} is not an info-hash (64 hex digits)"),
+        )
+    })?;
+    let stats = lock(&state.torrents).get(&ih).map(|t| t.stats());
+    stats.ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no torrent {ih} on this node"),
+        )
+    })
+}
+
+async fn torrent(State(state): State<ApiState>, UrlPath(ih): UrlPath<String>) -> Response {
+    match find(&state, &ih) {
+        Ok(s) => axum::Json(TorrentInfo::from(&s)).into_response(),
+        Err((status, message)) => error(status, message),
+    }
+}
+
+async fn peers(State(state): State<ApiState>, UrlPath(ih): UrlPath<String>) -> Response {
+    let s = match find(&state, &ih) {
+        Ok(s) => s,
+        Err((status, message)) => return error(status, message),
+    };
+    let addrs = lock(&state.peer_addrs);
+    let peers: Vec<PeerInfo> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let addr = p
+                .peer_id
+                .parse::<PeerId>()
+                .ok()
+                .and_then(|id| addrs.get(&id))
+                .map(ToString::to_string);
+            PeerInfo::new(p, addr)
+        })
+        .collect();
+    drop(addrs);
+    axum::Json(peers).into_response()
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// sluice's own metrics, read from the snapshots at each scrape.
+#[derive(Debug)]
+pub(crate) struct SluiceCollector {
+    pub(crate) torrents: Torrents,
+    pub(crate) queue: WriteQueue,
+}
+
+impl Collector for SluiceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let q = self.queue.stats();
+        let node_gauges: [(&str, &str, u64); 4] = [
+            (
+                "sluice_disk_queue_bytes",
+                "Bytes received and waiting for the disk writer",
+                q.queued_bytes,
+            ),
+            (
+                "sluice_disk_outstanding_bytes",
+                "Bytes requested from peers and not yet arrived (credits out)",
+                q.reserved_bytes,
+            ),
+            (
+                "sluice_disk_queue_capacity_bytes",
+                "Capacity of the disk write queue (--disk-queue)",
+                q.capacity_bytes,
+            ),
+            (
+                "sluice_disk_headroom_bytes",
+                "Bytes that may still be requested before backpressure holds requests",
+                q.headroom_bytes,
+            ),
+        ];
+        for (name, help, v) in node_gauges {
+            let g = ConstGauge::new(v as i64);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let throttled = ConstCounter::new(q.throttled_total.as_secs_f64());
+        throttled.encode(encoder.encode_descriptor(
+            "sluice_backpressure_throttled_seconds",
+            "Time requesting was held back because the disk write queue was full",
+            None,
+            throttled.metric_type(),
+        )?)?;
+
+        let all = snapshots(&self.torrents);
+        type Field = fn(&TorrentStats) -> u64;
+        let counters: [(&str, &str, Field); 4] = [
+            (
+                "sluice_downloaded_bytes",
+                "Verified block bytes received",
+                |s| s.downloaded,
+            ),
+            ("sluice_uploaded_bytes", "Block bytes sent", |s| s.uploaded),
+            (
+                "sluice_hash_failures",
+                "Pieces that failed their hash check",
+                |s| s.hash_failures,
+            ),
+            (
+                "sluice_requests_rejected",
+                "Requests from peers answered with a reject",
+                |s| s.requests_rejected,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for s in &all {
+                let labels = [("info_hash", s.info_hash.to_string())];
+                ConstCounter::new(field(s)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        type Gauge = fn(&TorrentStats) -> f64;
+        let gauges: [(&str, &str, Gauge); 4] = [
+            (
+                "sluice_verified_pieces",
+                "Pieces verified and on disk",
+                |s| f64::from(s.verified_pieces),
+            ),
+            ("sluice_pieces", "Pieces in the torrent", |s| {
+                f64::from(s.total_pieces)
+            }),
+            (
+                "sluice_download_rate_bytes",
+                "Download rate over the rate window, bytes per second",
+                |s| s.down_rate,
+            ),
+            (
+                "sluice_upload_rate_bytes",
+                "Upload rate over the rate window, bytes per second",
+                |s| s.up_rate,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0).metric_type())?;
+            for s in &all {
+                let labels = [("info_hash", s.info_hash.to_string())];
+                ConstGauge::new(field(s)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "sluice_peers",
+            "Peers by our choke state: unchoked (regular slot), optimistic, choked, snubbed",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for s in &all {
+            let mut counts = [0i64; 4];
+            for p in &s.peers {
+                counts[choke_state(p) as usize] += 1;
+            }
+            for (state, n) in ChokeState::ALL.iter().zip(counts) {
+                let labels = [
+                    ("info_hash", s.info_hash.to_string()),
+                    ("state", state.name().to_owned()),
+                ];
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a peer stands with our choker; disjoint, so the four add up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChokeState {
+    Unchoked,
+    Optimistic,
+    Choked,
+    Snubbed,
+}
+
+impl ChokeState {
+    pub const ALL: [ChokeState; 4] = [
+        ChokeState::Unchoked,
+        ChokeState::Optimistic,
+        ChokeState::Choked,
+        ChokeState::Snubbed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChokeState::Unchoked => "unchoked",
+            ChokeState::Optimistic => "optimistic",
+            ChokeState::Choked => "choked",
+            ChokeState::Snubbed => "snubbed",
+        }
+    }
+}
+
+fn choke_state(p: &PeerStats) -> ChokeState {
+    match (p.am_choking, p.optimistic, p.snubbed) {
+        (_, _, true) => ChokeState::Snubbed,
+        (false, true, _) => ChokeState::Optimistic,
+        (false, false, _) => ChokeState::Unchoked,
+        (true, _, _) => ChokeState::Choked,
+    }
+}
+
+/// Writes the API address into the data dir (temp file + rename).
+pub(crate) fn write_api_file(data_dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let path = data_dir.join(API_FILE);
+    let tmp = data_dir.join(format!("{API_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Why a client could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no running node found in {dir} (no {API_FILE} file there; start one with `sluice seed` or `sluice get`, or pass --data-dir or --api)"
+    )]
+    NoApiFile { dir: PathBuf },
+    #[error("{path} does not hold an address: {content:?}")]
+    BadApiFile { path: PathBuf, content: String },
+    #[error("no node answers at {addr}{hint}")]
+    Connect {
+        addr: SocketAddr,
+        hint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the node at {addr} did not answer within {CLIENT_TIMEOUT:?}")]
+    Timeout { addr: SocketAddr },
+    #[error("talking to the node at {addr}: {reason}")]
+    Http { addr: SocketAddr, reason: String },
+    #[error("the node at {addr} says {status}: {message}")]
+    Status {
+        addr: SocketAddr,
+        status: u16,
+        message: String,
+    },
+    #[error("the node at {addr} sent an answer that does not parse: {reason}")]
+    Decode { addr: SocketAddr, reason: String },
+}
+
+/// A client for a node's control API (HTTP/1.1, one connection per call).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    addr: SocketAddr,
+    token: Option<String>,
+    /// Said when the address does not answer (a stale `api` file).
+    hint: String,
+}
+
+impl ApiClient {
+    /// A client for the API at `addr`.
+    pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
+        Self {
+            addr,
+            token,
+            hint: String::new(),
+        }
+    }
+
+    /// A client for the node whose data dir is `dir`, from its `api` file.
+    pub fn from_data_dir(dir: &Path, token: Option<String>) -> Result<Self, ClientError> {
+        let path = dir.join(API_FILE);
+        let content = match std::fs::read_to_string(&path) {
+            Ok(c) => c,
+            Err(_) => {
+                return Err(ClientError::NoApiFile {
+                    dir: dir.to_owned(),
+                });
+            }
+        };
+        let addr = content
+            .trim()
+            .parse()
+            .map_err(|_| ClientError::BadApiFile {
+                path: path.clone(),
+                content: content.chars().take(80).collect(),
+            })?;
+        Ok(Self {
+            addr,
+            token,
+            hint: format!(" (from {}; the node there has stopped?)", path.display()),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `GET path`, parsed as JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.get(path).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            addr: self.addr,
+            reason: e.to_string(),
+        })
+    }
+
+    /// `GET path`: the body of a 200 answer; any other status is an error
+    /// carrying the node's message.
+    pub async fn get(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        tokio::time::timeout(CLIENT_TIMEOUT, self.get_inner(path))
+            .await
+            .map_err(|_| ClientError::Timeout { addr: self.addr })?
+    }
+
+    async fn get_inner(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        use http_body_util::{BodyExt, Empty, Limited};
+
+        let addr = self.addr;
+        let http = |e: &dyn std::fmt::Display| ClientError::Http {
+            addr,
+            reason: e.to_string(),
+        };
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr,
+                hint: self.hint.clone(),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| http(&e))?;
+        let conn = tokio::spawn(conn);
+        let mut request = hyper::Request::get(path).header(header::HOST, addr.to_string());
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| http(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| http(&e))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| http(&e))?
+            .to_bytes();
+        conn.abort();
+        if status != StatusCode::OK {
+            let message = serde_json::from_slice::<ApiErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Status {
+                addr,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+}
