@@ -389,3 +389,54 @@ async fn seed_to_get_over_quic() -> Result<()> {
     stop([leecher, seeder]).await?;
     Ok(())
 }
+
+/// Two nodes each hold half of the pieces and upload to each other at
+/// once through a rate limit: both streams carry data both ways. A
+/// session that stopped reading while its own write waited would stall
+/// with its peer doing the same (both muxer windows full) until the idle
+/// timeout; both must finish instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_halves_trade_both_ways_under_rate_limits() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let piece = 64 * 1024;
+    let file = dir.path().join("whole.bin");
+    let data = content(8 * 1024 * 1024, 7);
+    std::fs::write(&file, &data)?;
+    let opts = CreateOptions::default().with_piece_length(Some(piece as u32));
+    let meta = Arc::new(create(&file, &opts, &AtomicU64::new(0))?);
+    let mut nodes = Vec::new();
+    let mut handles = Vec::new();
+    for half in 0..2 {
+        // Every other piece zeroed: this node holds the other half.
+        let mut mine = data.clone();
+        for (i, chunk) in mine.chunks_mut(piece).enumerate() {
+            if i % 2 == half {
+                chunk.fill(0);
+            }
+        }
+        let path = dir.path().join(format!("half{half}/whole.bin"));
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, &mine)?;
+        let n = node(dir.path(), &format!("node{half}"), |c| {
+            c.with_up_rate(Some(1024 * 1024))
+        })
+        .await;
+        let t = n.add_torrent(Arc::clone(&meta), path).await?;
+        let s = t.stats();
+        assert_eq!(s.verified_pieces * 2, s.total_pieces, "half the pieces");
+        nodes.push(n);
+        handles.push(t);
+    }
+    nodes[0]
+        .dial(nodes[1].listen_addrs().await.remove(0))
+        .await?;
+    for (i, t) in handles.iter().enumerate() {
+        let done = until(t, "completion", |s| s.complete).await?;
+        assert!(done.uploaded > 0, "node {i} uploaded nothing");
+        let got = std::fs::read(dir.path().join(format!("half{i}/whole.bin")))?;
+        assert!(got == data, "node {i}'s copy differs");
+    }
+    stop(nodes).await?;
+    Ok(())
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::wire::{MAX_FRAME, Message, WireError};
@@ -88,17 +88,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes everything queued.
     ///
-    /// Not cancel-safe: a cancelled flush may have written part of the
-    /// buffer; the stream must then be dropped.
+    /// Cancel-safe: what was written is dropped from the buffer as it goes,
+    /// so a cancelled flush loses nothing and the next one continues; the
+    /// session relies on this to keep reading while a write waits.
     pub async fn flush(&mut self) -> Result<(), StreamError> {
-        if !self.buf.is_empty() {
-            self.io.write_all(&self.buf).await?;
-            self.buf.clear();
+        while !self.buf.is_empty() {
+            let n = self.io.write(&self.buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            self.buf.advance(n);
             self.unflushed = true;
         }
         // Nothing new: do not poke the muxer (a flush wakes its task).
-        if std::mem::take(&mut self.unflushed) {
+        if self.unflushed {
             self.io.flush().await?;
+            self.unflushed = false;
         }
         Ok(())
     }

@@ -126,7 +126,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             if pending > 0 {
                 last_write = tokio::time::Instant::now();
             }
-            self.flush().await?;
+            self.flush(choked, &mut queue).await?;
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => {
@@ -160,13 +160,27 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         }
     }
 
-    /// Writes what is queued; a peer that does not read for the idle
-    /// timeout is cut off rather than pinning this session.
-    async fn flush(&mut self) -> Result<(), StreamError> {
+    /// Writes what is queued, reading the peer's messages meanwhile: both
+    /// sides may be writing at once (each uploading to the other), and a
+    /// side that stopped reading until its own write finished would wait
+    /// for the other forever once both muxer windows are full. A peer that
+    /// takes nothing for the idle timeout is cut off.
+    async fn flush(
+        &mut self,
+        choked: bool,
+        queue: &mut VecDeque<BlockSpec>,
+    ) -> Result<(), StreamError> {
         let limit = self.limits.idle_timeout;
-        tokio::time::timeout(limit, self.writer.flush())
-            .await
-            .map_err(|_| StreamError::Timeout(limit))?
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::select! {
+                biased;
+                // Cancel-safe: a write cut short resumes on the next turn.
+                done = self.writer.flush() => return done,
+                msg = self.reader.next() => self.on_message(msg?, choked, queue).await?,
+                () = tokio::time::sleep_until(deadline) => return Err(StreamError::Timeout(limit)),
+            }
+        }
     }
 
     /// Applies a command; `Some(reason)` when the session must end.
@@ -306,7 +320,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             }
             // Bound what sits in our buffer to the upload window.
             if self.writer.pending() >= self.limits.upload_window as usize {
-                self.flush().await?;
+                self.flush(false, queue).await?;
             }
         }
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
