@@ -95,11 +95,11 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
 /// One line per torrent: progress, rates, peers, disk-queue fill.
 pub(crate) fn status_line(t: &TorrentInfo) -> String {
     let d = &t.disk;
-    let used = d.queued_bytes + d.outstanding_bytes;
+    let used = d.queued_bytes.saturating_add(d.outstanding_bytes);
     let fill = 100.0 * used as f64 / d.capacity_bytes.max(1) as f64;
     format!(
         "{}  {}  {:5.1}% {}/{}  down {}  up {}  {} peers  disk {}/{} ({fill:.0}%){}{}",
-        &t.info_hash[..8],
+        prefix(&t.info_hash, 8),
         t.name,
         100.0 * t.progress,
         t.verified_pieces,
@@ -152,6 +152,8 @@ pub(crate) fn peers(args: PeersArgs) -> Result<ExitCode> {
     }
     let client = args.api.client()?;
     runtime()?.block_on(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
         loop {
             let all = fetch_peers(&client, args.info_hash.as_deref()).await?;
             if args.json {
@@ -166,7 +168,7 @@ pub(crate) fn peers(args: PeersArgs) -> Result<ExitCode> {
             for t in &all {
                 out.push_str(&format!(
                     "{} {} ({} peers)\n",
-                    &t.info_hash[..8],
+                    prefix(&t.info_hash, 8),
                     t.name,
                     t.peers.len()
                 ));
@@ -177,7 +179,7 @@ pub(crate) fn peers(args: PeersArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -186,7 +188,13 @@ pub(crate) fn peers(args: PeersArgs) -> Result<ExitCode> {
 
 /// The last 8 characters of a peer id: enough to tell peers apart.
 pub(crate) fn short_id(id: &str) -> &str {
-    &id[id.len().saturating_sub(8)..]
+    let skip = id.chars().count().saturating_sub(8);
+    id.char_indices().nth(skip).map_or(id, |(i, _)| &id[i..])
+}
+
+/// The first `n` characters of `s` (all of it when shorter).
+pub(crate) fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 /// Choke and interest as letters, as uTorrent and qBittorrent show them:
@@ -291,5 +299,10 @@ mod tests {
         assert_eq!(short_addr("/memory/5"), "/memory/5");
         assert_eq!(clip("abcdef", 4), "abc…");
         assert_eq!(clip("abc", 4), "abc");
+        assert_eq!(short_id("12D3KooWabcdefgh"), "abcdefgh");
+        assert_eq!(short_id("ab"), "ab");
+        assert_eq!(short_id("ééééééééé"), "éééééééé");
+        assert_eq!(prefix("abcdef", 3), "abc");
+        assert_eq!(prefix("ab", 3), "ab");
     }
 }

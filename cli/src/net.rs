@@ -73,6 +73,9 @@ pub(crate) struct NetArgs {
 /// Reads `--api-token` or `--api-token-file`.
 pub(crate) fn api_token(token: Option<&str>, file: Option<&Path>) -> Result<Option<String>> {
     if let Some(t) = token {
+        if t.trim().is_empty() {
+            anyhow::bail!("--api-token is empty");
+        }
         return Ok(Some(t.to_owned()));
     }
     let Some(file) = file else { return Ok(None) };

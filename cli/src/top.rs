@@ -90,7 +90,8 @@ impl App {
         };
         let path = format!("/api/v1/torrents/{}/peers", t.info_hash);
         let d = &t.disk;
-        let fill = 100 * (d.queued_bytes + d.outstanding_bytes) / d.capacity_bytes.max(1);
+        let used = d.queued_bytes.saturating_add(d.outstanding_bytes);
+        let fill = (used as f64 * 100.0 / d.capacity_bytes.max(1) as f64) as u64;
         push(&mut self.disk_fill, fill);
         push(&mut self.down, t.down_rate as u64);
         self.peers = self.client.get_json(&path).await?;
@@ -144,6 +145,9 @@ pub(crate) fn top(args: TopArgs) -> Result<ExitCode> {
     };
     // Fail before taking over the terminal when no node answers.
     rt.block_on(app.fetch())?;
+    if !args.refresh.is_finite() {
+        anyhow::bail!("--refresh {} is not a number of seconds", args.refresh);
+    }
     let refresh = Duration::from_secs_f64(args.refresh.clamp(0.1, 60.0));
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let result = run(&mut terminal, &rt, &mut app, refresh);
@@ -244,7 +248,7 @@ fn format_uptime(s: f64) -> String {
 fn draw_torrents(f: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.torrents.iter().map(|t| {
         let d = &t.disk;
-        let used = d.queued_bytes + d.outstanding_bytes;
+        let used = d.queued_bytes.saturating_add(d.outstanding_bytes);
         Row::new([
             Cell::from(t.name.clone()),
             Cell::from(format!("{:5.1}%", 100.0 * t.progress)),

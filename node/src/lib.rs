@@ -226,7 +226,7 @@ impl Node {
         let api = match &config.api {
             None => None,
             Some(api) => {
-                if !api.addr.ip().is_loopback() && api.token.is_none() {
+                if !api.addr.ip().is_loopback() && api.token.as_deref().unwrap_or("").is_empty() {
                     return Err(NodeError::ApiNeedsToken { addr: api.addr });
                 }
                 let listener = tokio::net::TcpListener::bind(api.addr)
@@ -239,12 +239,29 @@ impl Node {
                     addr: api.addr,
                     source,
                 })?;
-                Some((listener, addr, api.token.clone()))
+                // An empty token would let in requests without one.
+                let token = api.token.clone().filter(|t| !t.is_empty());
+                Some((listener, addr, token))
             }
         };
         let keypair = data_dir.identity()?;
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = build_swarm(keypair, &TransportConfig::default().with_mdns(config.mdns))?;
+        // Every check that can fail comes before anything is spawned or
+        // written, so a refused start leaves nothing behind.
+        for addr in &config.bootstrap {
+            match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
+                _ => {
+                    return Err(NodeError::Dial {
+                        addr: addr.clone(),
+                        reason: "a bootstrap address must end in /p2p/<peer id>".into(),
+                    });
+                }
+            }
+        }
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -310,19 +327,6 @@ impl Node {
             tracker.clone(),
             cancel.clone(),
         ));
-        for addr in &handle.config.bootstrap {
-            match addr.iter().last() {
-                Some(Protocol::P2p(peer)) => {
-                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                }
-                _ => {
-                    return Err(NodeError::Dial {
-                        addr: addr.clone(),
-                        reason: "a bootstrap address must end in /p2p/<peer id>".into(),
-                    });
-                }
-            }
-        }
         if !handle.config.bootstrap.is_empty() {
             // Joins the DHT; failures are retried by discovery rounds.
             let _ = swarm.behaviour_mut().kad.bootstrap();

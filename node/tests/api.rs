@@ -263,16 +263,19 @@ async fn a_token_guards_every_endpoint() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_off_loopback_needs_a_token() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = NodeConfig::new(dir.path().join("n"))
-        .with_mdns(false)
-        .with_api(Some(ApiConfig {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            token: None,
-        }));
-    let err = tokio::time::timeout(WAIT, Node::start(config))
-        .await?
-        .unwrap_err();
-    assert!(matches!(err, NodeError::ApiNeedsToken { .. }), "{err}");
-    assert!(!dir.path().join("n/api").exists());
+    // No token, or an empty one (which would let in requests without any).
+    for token in [None, Some(String::new())] {
+        let config = NodeConfig::new(dir.path().join("n"))
+            .with_mdns(false)
+            .with_api(Some(ApiConfig {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                token,
+            }));
+        let err = tokio::time::timeout(WAIT, Node::start(config))
+            .await?
+            .unwrap_err();
+        assert!(matches!(err, NodeError::ApiNeedsToken { .. }), "{err}");
+        assert!(!dir.path().join("n/api").exists());
+    }
     Ok(())
 }

@@ -45,6 +45,9 @@ pub(crate) enum ToSession {
     Close(String),
 }
 
+/// How long a closing session tries to hand its last bytes to the peer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Limits of one session.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionLimits {
@@ -79,6 +82,9 @@ pub(crate) struct Session<R, W> {
     pub(crate) stats: Arc<SessionStats>,
     pub(crate) up_limit: Option<Arc<RateLimiter>>,
     pub(crate) down_limit: Option<Arc<RateLimiter>>,
+    /// When the peer last sent anything; silent for the idle timeout, it
+    /// is cut off.
+    pub(crate) last_read: tokio::time::Instant,
 }
 
 impl<R, W> std::fmt::Debug for Session<R, W> {
@@ -99,7 +105,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             Ok(reason) => reason,
             Err(e) => e.to_string(),
         };
-        let _ = self.writer.close().await;
+        // A peer that stopped reading would hold the close forever.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.writer.close()).await;
         debug!(peer = key.0, %reason, "session ended");
         let _ = to_torrent.send(FromSession::Closed(key, reason)).await;
     }
@@ -141,9 +148,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                         }
                     }
                 }
-                msg = tokio::time::timeout(self.limits.idle_timeout, self.reader.next()) => {
-                    let msg = msg.map_err(|_| StreamError::Timeout(self.limits.idle_timeout))??;
-                    self.on_message(msg, choked, &mut queue).await?;
+                msg = self.reader.next() => {
+                    self.on_message(msg?, choked, &mut queue).await?;
                     // Take every message already read before serving, so
                     // requests queue up and go out in full batches.
                     while let Some(msg) = self.reader.try_next()? {
@@ -155,6 +161,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 () = std::future::ready(()), if !choked && !queue.is_empty() => {}
                 () = tokio::time::sleep_until(last_write + keepalive) => {
                     self.writer.push(&Message::KeepAlive);
+                }
+                () = tokio::time::sleep_until(self.last_read + self.limits.idle_timeout) => {
+                    return Err(StreamError::Timeout(self.limits.idle_timeout));
                 }
             }
         }
@@ -171,13 +180,22 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         queue: &mut VecDeque<BlockSpec>,
     ) -> Result<(), StreamError> {
         let limit = self.limits.idle_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
+        let mut deadline = tokio::time::Instant::now() + limit;
+        let mut left = self.writer.pending();
+        let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 // Cancel-safe: a write cut short resumes on the next turn.
                 done = self.writer.flush() => return done,
                 msg = self.reader.next() => self.on_message(msg?, choked, queue).await?,
+                _ = check.tick() => {
+                    // A slow peer that still takes bytes is not idle.
+                    if self.writer.pending() < left {
+                        left = self.writer.pending();
+                        deadline = tokio::time::Instant::now() + limit;
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => return Err(StreamError::Timeout(limit)),
             }
         }
@@ -214,6 +232,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         choked: bool,
         queue: &mut VecDeque<BlockSpec>,
     ) -> Result<(), StreamError> {
+        self.last_read = tokio::time::Instant::now();
         match msg {
             Message::KeepAlive => {}
             Message::Request(spec) => {
@@ -367,20 +386,30 @@ mod tests {
             .expect("stream open")
     }
 
-    #[tokio::test]
-    async fn requests_are_rejected_while_choked_beyond_the_queue_or_for_missing_pieces() {
+    struct Running {
+        task: tokio::task::JoinHandle<()>,
+        peer_r: FrameReader<ReadHalf<DuplexStream>>,
+        peer_w: FrameWriter<WriteHalf<DuplexStream>>,
+        commands_tx: mpsc::Sender<ToSession>,
+        from_session: mpsc::Receiver<FromSession>,
+        _events: tokio::sync::mpsc::Receiver<sluice_storage::StorageEvent>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A session over an in-memory stream, serving a 4-block file.
+    fn start(idle_timeout: Duration) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f.bin");
         std::fs::write(&file, vec![7u8; 4 * BLOCK_SIZE as usize]).unwrap();
         let opts = CreateOptions::default().with_piece_length(Some(2 * BLOCK_SIZE));
         let meta = Arc::new(create(&file, &opts, &AtomicU64::new(0)).unwrap());
-        let (storage, _events) = Storage::open(meta, &file, StorageConfig::default()).unwrap();
+        let (storage, events) = Storage::open(meta, &file, StorageConfig::default()).unwrap();
         let storage = Arc::new(storage);
 
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let (reader, writer) = split(ours);
-        let (mut peer_r, mut peer_w) = split(theirs);
-        let (to_torrent, _from_session) = mpsc::channel(16);
+        let (peer_r, peer_w) = split(theirs);
+        let (to_torrent, from_session) = mpsc::channel(16);
         let (commands_tx, commands) = mpsc::channel(16);
         let session = Session {
             key: PeerKey(1),
@@ -392,13 +421,71 @@ mod tests {
             limits: SessionLimits {
                 max_requests: 2,
                 upload_window: BLOCK_SIZE,
-                idle_timeout: WAIT,
+                idle_timeout,
             },
             stats: Arc::default(),
             up_limit: None,
             down_limit: None,
+            last_read: tokio::time::Instant::now(),
         };
-        let task = tokio::spawn(session.run());
+        Running {
+            task: tokio::spawn(session.run()),
+            peer_r,
+            peer_w,
+            commands_tx,
+            from_session,
+            _events: events,
+            _dir: dir,
+        }
+    }
+
+    /// A peer that reads what we send (our keep-alives included) but never
+    /// says anything is cut off after the idle timeout: our own
+    /// keep-alives do not count as hearing from it. (Paused clock.)
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_cut_off_after_the_idle_timeout() {
+        let idle = Duration::from_secs(120);
+        let Running {
+            task,
+            mut peer_r,
+            peer_w,
+            mut from_session,
+            commands_tx: _commands,
+            _events,
+            _dir,
+        } = start(idle);
+        let started = tokio::time::Instant::now();
+        let drain = tokio::spawn(async move { while peer_r.next().await.is_ok() {} });
+        let closed = tokio::time::timeout(idle * 2, from_session.recv())
+            .await
+            .expect("the session ends within twice the idle timeout");
+        match closed {
+            Some(FromSession::Closed(_, reason)) => {
+                assert!(reason.contains("sent nothing for 120s"), "{reason}");
+            }
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() >= idle,
+            "cut off early: {:?}",
+            started.elapsed()
+        );
+        task.await.unwrap();
+        drop(peer_w);
+        drain.abort();
+    }
+
+    #[tokio::test]
+    async fn requests_are_rejected_while_choked_beyond_the_queue_or_for_missing_pieces() {
+        let Running {
+            task,
+            mut peer_r,
+            mut peer_w,
+            commands_tx,
+            from_session: _from_session,
+            _events,
+            _dir,
+        } = start(WAIT);
         let req = |piece, block: u32| BlockSpec {
             piece,
             offset: block * BLOCK_SIZE,

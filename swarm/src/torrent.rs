@@ -607,6 +607,7 @@ impl Torrent {
             stats: Arc::clone(&stats),
             up_limit: self.limits.up.clone(),
             down_limit: self.limits.down.clone(),
+            last_read: tokio::time::Instant::now(),
         };
         self.tracker.spawn(session.run());
         let now = Instant::now();
