@@ -112,6 +112,10 @@ pub enum Reason {
     ProportionalShare { share: f64, rate: f64 },
     /// PropShare: it gave nothing in the last round.
     NoContribution,
+    /// Tit-for-tat: it had an optimistic turn and sent us nothing since,
+    /// though it has pieces we want; it waits until every other choked
+    /// peer had a turn (free-riders end up here).
+    NoReciprocation,
 }
 
 impl Reason {
@@ -128,6 +132,7 @@ impl Reason {
             Reason::SeedingTurnUsed { .. } => "seeding_turn_used",
             Reason::ProportionalShare { .. } => "proportional_share",
             Reason::NoContribution => "no_contribution",
+            Reason::NoReciprocation => "no_reciprocation",
         }
     }
 }
@@ -165,6 +170,7 @@ impl fmt::Display for Reason {
                 fmt_rate(f, *rate)
             }
             Reason::NoContribution => f.write_str("gave nothing last round"),
+            Reason::NoReciprocation => f.write_str("gave nothing back after its turn"),
         }
     }
 }

@@ -331,6 +331,11 @@ fn reasons_read_well_and_have_stable_codes() {
             "gave nothing last round",
             "no_contribution",
         ),
+        (
+            Reason::NoReciprocation,
+            "gave nothing back after its turn",
+            "no_reciprocation",
+        ),
     ];
     for (r, text, code) in cases {
         assert_eq!(r.to_string(), text);

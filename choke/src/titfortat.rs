@@ -126,6 +126,10 @@ pub struct TitForTat {
     snubbed: HashMap<PeerKey, Instant>,
     /// When each peer last lost its slot (round-robin seeding order).
     last_turn: HashMap<PeerKey, Instant>,
+    /// When each peer's first optimistic turn began (leeching): one that
+    /// sent us nothing since, though it has what we want, did not
+    /// reciprocate.
+    optimistic_turn: HashMap<PeerKey, Instant>,
     last: HashMap<PeerKey, Decision>,
     rechokes: u64,
     next_due: Option<Instant>,
@@ -139,6 +143,7 @@ impl TitForTat {
             optimistic: None,
             snubbed: HashMap::new(),
             last_turn: HashMap::new(),
+            optimistic_turn: HashMap::new(),
             last: HashMap::new(),
             rechokes: 0,
             next_due: None,
@@ -153,12 +158,47 @@ impl TitForTat {
         self.config.slots.saturating_sub(1)
     }
 
+    /// Leeching: it had an optimistic turn at least one rotation ago, has
+    /// pieces we want, and sent us nothing since the turn began.
+    fn ungrateful(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
+        let period = self.config.rechoke_interval * self.config.optimistic_every;
+        mode == Mode::Leeching
+            && p.we_are_interested
+            && self.optimistic_turn.get(&p.key).is_some_and(|&turn| {
+                now.saturating_duration_since(turn) >= period
+                    && p.last_block_at.is_none_or(|b| b < turn)
+            })
+    }
+
+    /// The optimistic pick among `candidates`: peers that did not
+    /// reciprocate an earlier turn only when nobody else is left.
+    fn pick_optimistic<'a>(
+        &self,
+        now: Instant,
+        mode: Mode,
+        candidates: impl Iterator<Item = &'a PeerSnapshot>,
+        rng: &mut dyn RngCore,
+    ) -> Option<PeerKey> {
+        let (fair, ungrateful): (Vec<&PeerSnapshot>, Vec<&PeerSnapshot>) =
+            candidates.partition(|p| !self.ungrateful(now, mode, p));
+        let pool = if fair.is_empty() { ungrateful } else { fair };
+        let cfg = &self.config;
+        weighted_pick(
+            pool.into_iter(),
+            now,
+            cfg.new_peer_window,
+            cfg.new_peer_weight,
+            rng,
+        )
+    }
+
     /// Drops state of peers that are gone; updates snub flags.
     fn observe(&mut self, now: Instant, mode: Mode, peers: &[PeerSnapshot]) {
         let present: HashMap<PeerKey, &PeerSnapshot> = peers.iter().map(|p| (p.key, p)).collect();
         self.held.retain(|k, _| present.contains_key(k));
         self.snubbed.retain(|k, _| present.contains_key(k));
         self.last_turn.retain(|k, _| present.contains_key(k));
+        self.optimistic_turn.retain(|k, _| present.contains_key(k));
         self.last.retain(|k, _| present.contains_key(k));
         if self.optimistic.is_some_and(|k| !present.contains_key(&k)) {
             self.optimistic = None;
@@ -194,7 +234,9 @@ impl TitForTat {
     ) -> Vec<&'a PeerSnapshot> {
         let mut ranked: Vec<&PeerSnapshot> = peers
             .iter()
-            .filter(|p| p.interested && !self.snubbed.contains_key(&p.key))
+            .filter(|p| {
+                p.interested && !self.snubbed.contains_key(&p.key) && !self.ungrateful(now, mode, p)
+            })
             .collect();
         // Shuffle first so the stable sorts below break ties at random.
         ranked.shuffle(rng);
@@ -259,6 +301,8 @@ impl TitForTat {
     ) -> Reason {
         if !p.interested {
             Reason::NotInterested
+        } else if self.ungrateful(now, mode, p) {
+            Reason::NoReciprocation
         } else if self.snubbed.contains_key(&p.key) {
             Reason::Snubbed
         } else if mode == Mode::Seeding && self.turn_used(now, p) {
@@ -285,6 +329,9 @@ impl TitForTat {
             let d = decided[&p.key].clone();
             if d.unchoke {
                 let regular = !d.is_optimistic();
+                if !regular {
+                    self.optimistic_turn.entry(p.key).or_insert(now);
+                }
                 let held = self.held.entry(p.key).or_insert(Held {
                     since: now,
                     uploaded_at_start: p.uploaded,
@@ -347,9 +394,7 @@ impl Choker for TitForTat {
                 let others = peers.iter().filter(|p| {
                     p.interested && !regular.contains(&p.key) && Some(p.key) != current
                 });
-                let cfg = &self.config;
-                weighted_pick(others, now, cfg.new_peer_window, cfg.new_peer_weight, rng)
-                    .or(current)
+                self.pick_optimistic(now, mode, others, rng).or(current)
             }
         };
 
@@ -431,9 +476,7 @@ impl Choker for TitForTat {
             let choked = peers
                 .iter()
                 .filter(|p| p.interested && !decided[&p.key].unchoke);
-            let cfg = &self.config;
-            self.optimistic =
-                weighted_pick(choked, now, cfg.new_peer_window, cfg.new_peer_weight, rng);
+            self.optimistic = self.pick_optimistic(now, mode, choked, rng);
             if let Some(k) = self.optimistic {
                 decided.insert(k, Decision::unchoke(k, Reason::Optimistic));
             }

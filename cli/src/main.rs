@@ -7,6 +7,7 @@
 
 mod inspect;
 mod net;
+mod testnet;
 mod top;
 mod units;
 
@@ -95,6 +96,10 @@ enum Command {
     Peers(inspect::PeersArgs),
     /// A live view of a running node (q quits).
     Top(top::TopArgs),
+    /// A whole local swarm in one command: many real nodes on 127.0.0.1
+    /// with capped links, free-riders and slow disks; a live view, then a
+    /// report with plots.
+    Testnet(testnet::TestnetArgs),
     /// Check data on disk against a .torrent; exit 0 only when complete.
     Verify {
         torrent: PathBuf,
@@ -192,6 +197,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Status(args) => inspect::status(args),
         Command::Peers(args) => inspect::peers(args),
         Command::Top(args) => top::top(args),
+        Command::Testnet(args) => testnet::testnet(args),
         Command::Verify {
             torrent,
             path,

@@ -466,3 +466,50 @@ fn top_in_a_terminal(d: &Path, data_dir: &str) {
     });
     tmux(&["kill-server"]);
 }
+
+#[test]
+fn testnet_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = sluice(
+        &[
+            "testnet",
+            "--nodes",
+            "5",
+            "--size",
+            "1MiB",
+            "--piece-size",
+            "64KiB",
+            "--rechoke",
+            "0.5",
+            "--slow-disk",
+            "1:2MB/s",
+            "--report",
+            "rep",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("leecher") && out.contains("lower bound"),
+        "{out}"
+    );
+    assert!(out.contains("report: "), "{out}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("rep/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 5);
+    assert_eq!(report["timed_out"], false);
+    // Bad input: one line naming it, exit 2, and the used directory is
+    // refused rather than mixed into.
+    for (args, names) in [
+        (&["testnet", "--slow-disk", "3"][..], "--slow-disk"),
+        (&["testnet", "--nodes", "1"][..], "--nodes 1"),
+        (&["testnet", "--report", "rep"][..], "not empty"),
+    ] {
+        let o = sluice(args, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let first = stderr(&o).lines().next().unwrap_or("").to_owned();
+        assert!(first.contains(names), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -358,6 +358,24 @@ impl NodeHandle {
         self.api_addr
     }
 
+    /// Changes the node's upload limit while it runs. Only a node started
+    /// with one (`with_up_rate`) has a limiter to change; returns whether
+    /// it did.
+    pub fn set_up_rate(&self, bytes_per_sec: u64) -> bool {
+        match &self.limits.up {
+            Some(limit) => {
+                limit.set_rate(bytes_per_sec);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
     /// The node-wide disk write queue.
     pub fn queue(&self) -> &WriteQueue {
         &self.queue

@@ -76,9 +76,8 @@ fn unchoked_by(code: &str) -> Option<bool> {
         "regular_slot" | "optimistic" | "seeding_slot" | "seeding_turn" | "proportional_share" => {
             Some(true)
         }
-        "snubbed" | "not_interested" | "slots_full" | "seeding_turn_used" | "no_contribution" => {
-            Some(false)
-        }
+        "snubbed" | "not_interested" | "slots_full" | "seeding_turn_used" | "no_contribution"
+        | "no_reciprocation" => Some(false),
         "undecided" => None,
         other => panic!("unknown choke reason code {other}"),
     }

@@ -3,42 +3,50 @@
 //! default), because the testnet runs on loopback.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bytes per second with a one-second burst.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: f64,
+    /// Bytes per second (changeable while running: the testnet's rate
+    /// events).
+    rate: AtomicU64,
     state: Mutex<(f64, Instant)>,
 }
 
 impl RateLimiter {
     /// `bytes_per_sec` must be positive.
     pub fn new(bytes_per_sec: u64) -> Self {
-        let rate = bytes_per_sec.max(1) as f64;
+        let rate = bytes_per_sec.max(1);
         Self {
-            rate,
-            state: Mutex::new((rate, Instant::now())),
+            rate: AtomicU64::new(rate),
+            state: Mutex::new((rate as f64, Instant::now())),
         }
     }
 
     pub fn rate(&self) -> u64 {
-        self.rate as u64
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// Changes the rate from now on.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec.max(1), Ordering::Relaxed);
     }
 
     /// Takes `bytes` tokens, going into debt if need be, and returns how
     /// long the caller must wait for the debt to clear.
     fn take(&self, bytes: u64, now: Instant) -> Duration {
+        let rate = self.rate() as f64;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = &mut *state;
-        *tokens =
-            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(rate);
         *at = now;
         *tokens -= bytes as f64;
         if *tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-*tokens / self.rate)
+            Duration::from_secs_f64(-*tokens / rate)
         }
     }
 
@@ -62,7 +70,7 @@ mod tests {
     fn debt_turns_into_waiting_time() {
         let t0 = Instant::now();
         let r = RateLimiter {
-            rate: 1000.0,
+            rate: AtomicU64::new(1000),
             state: Mutex::new((1000.0, t0)),
         };
         assert_eq!(r.take(1000, t0), Duration::ZERO, "a one-second burst");

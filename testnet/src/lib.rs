@@ -1,4 +1,27 @@
-//! `sluice-testnet`: many real sluice nodes on one machine, scenarios,
-//! measurements, reports and plots.
+//! `sluice-testnet`: many real sluice nodes on one machine — the engine
+//! behind `sluice testnet`.
 //!
-//! Lands with issue 6; nothing here yet.
+//! Every node is a real [`sluice_node`] node, the same code `sluice seed`
+//! and `sluice get` run, with its own identity, data dir, control API and
+//! 127.0.0.1 sockets; they share this process (and its tokio runtime), so
+//! a hundred of them fit on two cores. Links are the nodes' upload and
+//! download limits, disks the storage writer's emulated rate, behaviour
+//! the choker (free-riders never unchoke anyone).
+//!
+//! - [`config`]: the scenario (flags or a TOML file) and the node plan;
+//! - [`run`]: starting, connecting, events, sampling;
+//! - [`report`]: report.json, report.md and the terminal summary;
+//! - [`plot`]: the SVG plots;
+//! - [`bound`]: Kumar & Ross's lower bound on distribution time;
+//! - [`units`]: sizes and rates with units (shared with the CLI).
+
+pub mod bound;
+pub mod config;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod units;
+
+pub use config::{Action, ChokerKind, Config, Event, Role, Transport};
+pub use report::Report;
+pub use run::{NodeView, Testnet};

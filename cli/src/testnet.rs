@@ -1,0 +1,329 @@
+//! `sluice testnet`: a whole local swarm in one command, with a live view,
+//! a report and plots.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sluice_testnet::{ChokerKind, Config, NodeView, Role, Testnet, Transport};
+
+use crate::units::{format_rate, parse_rate, parse_size};
+
+/// Above this many nodes the live view is a compact grid.
+const GRID_ABOVE: usize = 20;
+/// How often the live view redraws.
+const REDRAW: Duration = Duration::from_secs(1);
+
+fn parse_slow_disk(s: &str) -> Result<(usize, u64), String> {
+    let (k, rate) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not K:RATE (e.g. 1:8MB/s)"))?;
+    let k = k
+        .parse()
+        .map_err(|_| format!("{k:?} in {s:?} is not a node count"))?;
+    Ok((k, parse_rate(rate)?))
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TestnetArgs {
+    /// Nodes in all, seeders included [default: 8].
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// [default: 1]
+    #[arg(long)]
+    seeders: Option<usize>,
+    /// Size of the generated file [default: 64MiB].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Piece size [default: from the size].
+    #[arg(long, value_parser = parse_size)]
+    piece_size: Option<u64>,
+    /// Upload limit of each downloading node [default: 5MB/s].
+    #[arg(long, value_parser = parse_rate)]
+    up_rate: Option<u64>,
+    /// Upload limit of each seeder [default: 20MB/s].
+    #[arg(long, value_parser = parse_rate)]
+    seeder_up_rate: Option<u64>,
+    /// Download limit of each downloading node [default: none].
+    #[arg(long, value_parser = parse_rate)]
+    down_rate: Option<u64>,
+    /// Downloading nodes that never unchoke anyone [default: 1].
+    #[arg(long)]
+    free_riders: Option<usize>,
+    /// K nodes with a disk that writes at RATE, e.g. 1:8MB/s [default: 1:8MB/s].
+    #[arg(long, value_parser = parse_slow_disk)]
+    slow_disk: Option<(usize, u64)>,
+    /// Each node's disk queue [default: 16MiB].
+    #[arg(long, value_parser = parse_size)]
+    disk_queue: Option<u64>,
+    /// Choking strategy of every contributing node [default: tit-for-tat].
+    #[arg(long, value_enum)]
+    choker: Option<ChokerArg>,
+    /// Upload slots per node, one optimistic [default: 4].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Seconds between rechokes [default: 2].
+    #[arg(long)]
+    rechoke: Option<f64>,
+    /// [default: tcp]
+    #[arg(long, value_enum)]
+    transport: Option<TransportArg>,
+    /// Fixes the content, node order, dialing and choker RNG [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Earlier nodes each downloading node dials, besides the seeders [default: 8].
+    #[arg(long)]
+    peers_per_node: Option<usize>,
+    /// Give up after this many seconds [default: 600].
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// A TOML scenario (the keys above, plus `[[event]]` tables); flags override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Where the report goes [default: a fresh directory under the temp dir].
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Keep the nodes up after the run (inspect them with `sluice peers
+    /// --data-dir …` or `sluice top --data-dir …`) until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ChokerArg {
+    TitForTat,
+    Propshare,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    Tcp,
+    Quic,
+}
+
+impl TestnetArgs {
+    /// The scenario (or the defaults) with the given flags on top.
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.scenario {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {
+                $(if let Some(v) = self.$field { c.$field = v; })*
+            };
+        }
+        set!(
+            nodes,
+            seeders,
+            size,
+            free_riders,
+            disk_queue,
+            slots,
+            rechoke,
+            seed,
+            peers_per_node,
+            timeout
+        );
+        if self.piece_size.is_some() {
+            c.piece_size = self.piece_size;
+        }
+        if self.up_rate.is_some() {
+            c.up_rate = self.up_rate;
+        }
+        if self.seeder_up_rate.is_some() {
+            c.seeder_up_rate = self.seeder_up_rate;
+        }
+        if self.down_rate.is_some() {
+            c.down_rate = self.down_rate;
+        }
+        if let Some((k, rate)) = self.slow_disk {
+            c.slow_disks = k;
+            c.slow_disk_rate = rate;
+        }
+        if let Some(choker) = self.choker {
+            c.choker = match choker {
+                ChokerArg::TitForTat => ChokerKind::TitForTat,
+                ChokerArg::Propshare => ChokerKind::Propshare,
+            };
+        }
+        if let Some(t) = self.transport {
+            c.transport = match t {
+                TransportArg::Tcp => Transport::Tcp,
+                TransportArg::Quic => Transport::Quic,
+            };
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn default_report_dir() -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    std::env::temp_dir().join(format!("sluice-testnet-{stamp}-{}", std::process::id()))
+}
+
+pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
+    let config = args.config()?;
+    let dir = args.report.clone().unwrap_or_else(default_report_dir);
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("--report {} is a file; give a directory", dir.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    println!(
+        "testnet: {} nodes ({} seeders, {} free-riders, {} slow disks), {}; report in {}",
+        config.nodes,
+        config.seeders,
+        config.free_riders,
+        config.slow_disks,
+        crate::units::format_size(config.size),
+        dir.display()
+    );
+    let mut testnet = Testnet::prepare(config, &dir)?;
+    runtime.block_on(async move {
+        let mut view = LiveView::new();
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let outcome = tokio::select! {
+            r = testnet.run(|t, nodes| view.draw(t, nodes)) => Some(r),
+            _ = &mut ctrl_c => None,
+        };
+        let Some(report) = outcome else {
+            eprintln!("interrupted; stopping the nodes");
+            testnet.shutdown().await?;
+            return Ok(ExitCode::from(130));
+        };
+        let report = report?;
+        report.write(&dir)?;
+        println!();
+        print!("{}", report.summary());
+        println!("report: {}", dir.join("report.md").display());
+        let code = if report.timed_out {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
+        if args.keep_running {
+            println!("nodes keep running; Ctrl-C to stop");
+            for (name, data_dir, _, api) in testnet.endpoints() {
+                if let Some(api) = api {
+                    println!(
+                        "  {name:<10} --data-dir {}  api http://{api}",
+                        data_dir.display()
+                    );
+                }
+            }
+            let _ = (&mut ctrl_c).await;
+        }
+        testnet.shutdown().await?;
+        Ok(code)
+    })
+}
+
+/// The live view: one line per node, or a grid above [`GRID_ABOVE`]
+/// nodes; redrawn in place on a terminal, printed every few seconds
+/// otherwise.
+struct LiveView {
+    tty: bool,
+    last: Option<Instant>,
+    lines: usize,
+}
+
+impl LiveView {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stdout().is_terminal(),
+            last: None,
+            lines: 0,
+        }
+    }
+
+    fn draw(&mut self, t: f64, nodes: &[NodeView]) {
+        let every = if self.tty { REDRAW } else { REDRAW * 5 };
+        if self.last.is_some_and(|l| l.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mut out = String::new();
+        if self.tty && self.lines > 0 {
+            // Up to the first line we drew, then clear downwards.
+            out.push_str(&format!("\x1b[{}A\x1b[J", self.lines));
+        }
+        let body = if nodes.len() > GRID_ABOVE {
+            grid(t, nodes)
+        } else {
+            lines(t, nodes)
+        };
+        self.lines = body.lines().count();
+        out.push_str(&body);
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+}
+
+fn role_tag(n: &NodeView) -> &'static str {
+    match (n.role, n.slow_disk) {
+        (Role::Seeder, _) => "seeder",
+        (Role::FreeRider, _) => "free-rider",
+        (Role::Leecher, true) => "slow disk",
+        (Role::Leecher, false) => "leecher",
+    }
+}
+
+fn state(n: &NodeView) -> String {
+    if n.left {
+        "left".into()
+    } else if !n.running {
+        "waiting".into()
+    } else if n.complete {
+        "done".into()
+    } else {
+        format!("{:5.1}%", 100.0 * n.progress)
+    }
+}
+
+fn lines(t: f64, nodes: &[NodeView]) -> String {
+    let mut s = format!("t = {t:5.1} s\n");
+    for n in nodes {
+        s.push_str(&format!(
+            "  {:<8} {:<10} {:>6}  down {:>10}  up {:>10}  peers {:>2} (unchoked {}, choked {})  disk {:>3}%\n",
+            n.name,
+            role_tag(n),
+            state(n),
+            format_rate(n.down_rate),
+            format_rate(n.up_rate),
+            n.peers,
+            n.unchoked,
+            n.choked,
+            100 * n.disk_used / n.disk_capacity.max(1),
+        ));
+    }
+    s
+}
+
+fn grid(t: f64, nodes: &[NodeView]) -> String {
+    let done = nodes.iter().filter(|n| n.complete).count();
+    let mut s = format!("t = {t:5.1} s   {done}/{} complete\n", nodes.len());
+    for row in nodes.chunks(6) {
+        for n in row {
+            let mark = match n.role {
+                Role::Seeder => 'S',
+                Role::FreeRider => 'F',
+                Role::Leecher if n.slow_disk => 'D',
+                Role::Leecher => ' ',
+            };
+            s.push_str(&format!(" {:<8}{mark}{:>6} ", n.name, state(n)));
+        }
+        s.push('\n');
+    }
+    s.push_str(" S seeder, F free-rider, D slow disk\n");
+    s
+}

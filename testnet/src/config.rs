@@ -1,0 +1,475 @@
+//! What a testnet run is: the flags of `sluice testnet`, or the same keys in
+//! a scenario file (TOML), plus timed events.
+//!
+//! ```toml
+//! nodes = 16
+//! seeders = 1
+//! size = "64MiB"
+//! up_rate = "5MB/s"
+//! seeder_up_rate = "20MB/s"
+//! free_riders = 2
+//! slow_disks = 1
+//! slow_disk_rate = "8MB/s"
+//! choker = "propshare"
+//! rechoke = 2.0
+//!
+//! [[event]]
+//! at = 5.0
+//! node = "peer-03"
+//! action = "leave"
+//!
+//! [[event]]
+//! at = 3.0
+//! node = "peer-05"
+//! action = "up-rate"
+//! rate = "1MB/s"
+//!
+//! [[event]]
+//! node = "seed-1"
+//! action = "leave-after-copies"
+//! copies = 3
+//!
+//! [[event]]
+//! at = 4.0
+//! node = "peer-07"
+//! action = "join"
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::units::serde_units;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The choking strategy every contributing node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChokerKind {
+    TitForTat,
+    Propshare,
+}
+
+/// The transport between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    Tcp,
+    Quic,
+}
+
+/// A testnet: nodes, content, links, disks, behaviour and events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Nodes in all, seeders included.
+    pub nodes: usize,
+    pub seeders: usize,
+    /// Bytes of generated content (one file).
+    #[serde(deserialize_with = "serde_units::size")]
+    pub size: u64,
+    /// Piece size (default: chosen from the size).
+    #[serde(deserialize_with = "serde_units::opt_size")]
+    pub piece_size: Option<u64>,
+    /// Upload limit of every downloading node, bytes/s.
+    #[serde(deserialize_with = "serde_units::opt_rate")]
+    pub up_rate: Option<u64>,
+    /// Upload limit of every seeder, bytes/s.
+    #[serde(deserialize_with = "serde_units::opt_rate")]
+    pub seeder_up_rate: Option<u64>,
+    /// Download limit of every downloading node, bytes/s.
+    #[serde(deserialize_with = "serde_units::opt_rate")]
+    pub down_rate: Option<u64>,
+    /// Downloading nodes that never unchoke anyone.
+    pub free_riders: usize,
+    /// Downloading nodes whose disk writes at `slow_disk_rate`.
+    pub slow_disks: usize,
+    #[serde(deserialize_with = "serde_units::rate")]
+    pub slow_disk_rate: u64,
+    /// Each node's disk queue (requested + unwritten bytes).
+    #[serde(deserialize_with = "serde_units::size")]
+    pub disk_queue: u64,
+    pub choker: ChokerKind,
+    /// Upload slots per node, one of them optimistic.
+    pub slots: u32,
+    /// Seconds between rechokes.
+    pub rechoke: f64,
+    pub transport: Transport,
+    /// Fixes the content, node order, who dials whom and the chokers' RNG.
+    pub seed: u64,
+    /// How many earlier nodes each downloading node dials (besides every
+    /// seeder).
+    pub peers_per_node: usize,
+    /// Give up after this many seconds.
+    pub timeout: f64,
+    #[serde(rename = "event")]
+    pub events: Vec<Event>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nodes: 8,
+            seeders: 1,
+            size: 64 * MIB,
+            piece_size: None,
+            up_rate: Some(5_000_000),
+            seeder_up_rate: Some(20_000_000),
+            down_rate: None,
+            free_riders: 1,
+            slow_disks: 1,
+            slow_disk_rate: 8_000_000,
+            disk_queue: 16 * MIB,
+            choker: ChokerKind::TitForTat,
+            slots: 4,
+            rechoke: 2.0,
+            transport: Transport::Tcp,
+            seed: 1,
+            peers_per_node: 8,
+            timeout: 600.0,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Something that happens to one node during the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawEvent")]
+pub struct Event {
+    /// Seconds from the start (not used by `leave-after-copies`).
+    pub at: f64,
+    /// The node's name (`seed-1`, `peer-03`, …).
+    pub node: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// The node starts at `at` instead of at once.
+    Join,
+    /// The node shuts down at `at`.
+    Leave,
+    /// The node's upload limit becomes `rate` at `at`.
+    UpRate { rate: u64 },
+    /// The node (a seeder) leaves once `copies` other nodes hold the
+    /// whole file.
+    LeaveAfterCopies { copies: usize },
+}
+
+/// An event as written in a scenario file (every key checked).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    #[serde(default)]
+    at: f64,
+    node: String,
+    action: String,
+    #[serde(default, deserialize_with = "serde_units::opt_rate")]
+    rate: Option<u64>,
+    copies: Option<usize>,
+}
+
+impl TryFrom<RawEvent> for Event {
+    type Error = String;
+
+    fn try_from(r: RawEvent) -> Result<Self, String> {
+        let action = match (r.action.as_str(), r.rate, r.copies) {
+            ("join", None, None) => Action::Join,
+            ("leave", None, None) => Action::Leave,
+            ("up-rate", Some(rate), None) => Action::UpRate { rate },
+            ("leave-after-copies", None, Some(copies)) => Action::LeaveAfterCopies { copies },
+            ("up-rate", None, _) => return Err("an up-rate event needs `rate`".into()),
+            ("leave-after-copies", _, None) => {
+                return Err("a leave-after-copies event needs `copies`".into());
+            }
+            ("join" | "leave" | "up-rate" | "leave-after-copies", _, _) => {
+                return Err(format!("event {:?} has a key it does not use", r.action));
+            }
+            (other, _, _) => {
+                return Err(format!(
+                    "unknown action {other:?} (join, leave, up-rate, leave-after-copies)"
+                ));
+            }
+        };
+        Ok(Event {
+            at: r.at,
+            node: r.node,
+            action,
+        })
+    }
+}
+
+/// A node's part in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Seeder,
+    Leecher,
+    FreeRider,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Seeder => "seeder",
+            Role::Leecher => "leecher",
+            Role::FreeRider => "free-rider",
+        }
+    }
+}
+
+/// One node as the run will start it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub role: Role,
+    pub up_rate: Option<u64>,
+    pub down_rate: Option<u64>,
+    /// Emulated disk speed (slow-disk nodes).
+    pub disk_rate: Option<u64>,
+    /// Seconds after the start that the node joins.
+    pub join_at: f64,
+}
+
+impl Config {
+    /// Reads a scenario file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the scenario {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid scenario", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn rechoke_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.rechoke)
+    }
+
+    /// Refuses what cannot run, naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.seeders == 0 {
+            bail!("a testnet needs at least one seeder");
+        }
+        if self.nodes <= self.seeders {
+            bail!(
+                "--nodes {} leaves no downloading node beside {} seeders",
+                self.nodes,
+                self.seeders
+            );
+        }
+        let leechers = self.nodes - self.seeders;
+        if self.free_riders + self.slow_disks > leechers {
+            bail!(
+                "{} free-riders and {} slow disks do not fit in {leechers} downloading nodes",
+                self.free_riders,
+                self.slow_disks
+            );
+        }
+        if self.size == 0 {
+            bail!("--size must be at least one byte");
+        }
+        if !(self.rechoke.is_finite() && self.rechoke > 0.0) {
+            bail!("--rechoke must be a positive number of seconds");
+        }
+        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+            bail!("the timeout must be a positive number of seconds");
+        }
+        if self.slots < 2 {
+            bail!("--slots must be at least 2 (one of them is optimistic)");
+        }
+        if self.slow_disk_rate == 0 {
+            bail!("the slow disk rate must be positive");
+        }
+        let names: Vec<String> = self.plan().into_iter().map(|n| n.name).collect();
+        for e in &self.events {
+            if !names.contains(&e.node) {
+                bail!(
+                    "event for {:?}: no such node (nodes are {} … {})",
+                    e.node,
+                    names[0],
+                    names[names.len() - 1]
+                );
+            }
+            if !(e.at.is_finite() && e.at >= 0.0) {
+                bail!("event for {}: `at` must be seconds ≥ 0", e.node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node, in start order: seeders, then the downloading nodes.
+    /// Which downloading nodes free-ride or have slow disks is fixed by
+    /// `seed`.
+    pub fn plan(&self) -> Vec<NodePlan> {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+
+        let leechers = self.nodes.saturating_sub(self.seeders);
+        let mut kinds: Vec<(Role, bool)> = (0..leechers)
+            .map(|i| {
+                if i < self.free_riders {
+                    (Role::FreeRider, false)
+                } else if i < self.free_riders + self.slow_disks {
+                    (Role::Leecher, true)
+                } else {
+                    (Role::Leecher, false)
+                }
+            })
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        kinds.shuffle(&mut rng);
+        let mut plan: Vec<NodePlan> = (1..=self.seeders)
+            .map(|i| NodePlan {
+                name: format!("seed-{i}"),
+                role: Role::Seeder,
+                up_rate: self.seeder_up_rate,
+                down_rate: None,
+                disk_rate: None,
+                join_at: 0.0,
+            })
+            .collect();
+        let width = leechers.to_string().len().max(2);
+        for (i, (role, slow)) in kinds.into_iter().enumerate() {
+            plan.push(NodePlan {
+                name: format!("peer-{:0width$}", i + 1),
+                role,
+                up_rate: self.up_rate,
+                down_rate: self.down_rate,
+                disk_rate: slow.then_some(self.slow_disk_rate),
+                join_at: 0.0,
+            });
+        }
+        for e in &self.events {
+            if e.action == Action::Join
+                && let Some(n) = plan.iter_mut().find(|n| n.name == e.node)
+            {
+                n.join_at = e.at;
+            }
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_file_says_what_the_flags_say() {
+        let text = r#"
+            nodes = 6
+            size = "2MiB"
+            up_rate = "1MB/s"
+            seeder_up_rate = 3000000
+            free_riders = 2
+            slow_disks = 1
+            slow_disk_rate = "512KiB/s"
+            choker = "propshare"
+            rechoke = 0.5
+
+            [[event]]
+            at = 1.5
+            node = "peer-02"
+            action = "leave"
+
+            [[event]]
+            node = "seed-1"
+            action = "leave-after-copies"
+            copies = 2
+
+            [[event]]
+            at = 2.0
+            node = "peer-03"
+            action = "up-rate"
+            rate = "2MB/s"
+        "#;
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.size, 2 * MIB);
+        assert_eq!(c.up_rate, Some(1_000_000));
+        assert_eq!(c.seeder_up_rate, Some(3_000_000));
+        assert_eq!(c.slow_disk_rate, 512 * 1024);
+        assert_eq!(c.choker, ChokerKind::Propshare);
+        assert_eq!(c.events.len(), 3);
+        assert_eq!(c.events[1].action, Action::LeaveAfterCopies { copies: 2 });
+        assert_eq!(c.events[2].action, Action::UpRate { rate: 2_000_000 });
+        let plan = c.plan();
+        assert_eq!(plan.len(), 6);
+        assert_eq!(plan.iter().filter(|n| n.role == Role::FreeRider).count(), 2);
+        assert_eq!(plan.iter().filter(|n| n.disk_rate.is_some()).count(), 1);
+        assert_eq!(c.plan()[1].name, "peer-01");
+    }
+
+    #[test]
+    fn bad_scenarios_name_the_problem() {
+        let err = toml::from_str::<Config>("nodes = 3\nbogus = 1").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = toml::from_str::<Config>("size = \"12XB\"").unwrap_err();
+        assert!(err.to_string().contains("12XB"), "{err}");
+        let c: Config = toml::from_str(
+            "nodes = 3\n[[event]]\nat = 1.0\nnode = \"peer-09\"\naction = \"leave\"",
+        )
+        .unwrap();
+        let err = toml::from_str::<Config>("[[event]]\nnode = \"peer-01\"\naction = \"explode\"")
+            .unwrap_err();
+        assert!(err.to_string().contains("explode"), "{err}");
+        let err = toml::from_str::<Config>("[[event]]\nnode = \"peer-01\"\naction = \"up-rate\"")
+            .unwrap_err();
+        assert!(err.to_string().contains("rate"), "{err}");
+        assert!(c.validate().unwrap_err().to_string().contains("peer-09"));
+        let c = Config {
+            nodes: 2,
+            free_riders: 1,
+            slow_disks: 1,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    /// The scenario the README shows parses and validates.
+    #[test]
+    fn the_readme_scenario_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
+        let len = readme[start..].find("```").unwrap();
+        let c: Config = toml::from_str(&readme[start..start + len]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.events.len(), 3);
+    }
+
+    #[test]
+    fn the_seed_fixes_who_is_who() {
+        let c = Config {
+            nodes: 20,
+            free_riders: 3,
+            slow_disks: 2,
+            ..Config::default()
+        };
+        let a: Vec<_> = c
+            .plan()
+            .into_iter()
+            .map(|n| (n.role, n.disk_rate))
+            .collect();
+        let b: Vec<_> = c
+            .plan()
+            .into_iter()
+            .map(|n| (n.role, n.disk_rate))
+            .collect();
+        assert_eq!(a, b);
+        let other = Config { seed: 2, ..c };
+        let d: Vec<_> = other
+            .plan()
+            .into_iter()
+            .map(|n| (n.role, n.disk_rate))
+            .collect();
+        assert_ne!(a, d, "another seed, another order");
+    }
+}

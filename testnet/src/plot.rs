@@ -1,0 +1,250 @@
+//! SVG plots of a run (plotters): progress of every node, completion-time
+//! CDF by role, disk-queue fill of the slow-disk nodes, and what each node
+//! gave against what it received.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::config::Role;
+use crate::report::Report;
+
+const SIZE: (u32, u32) = (900, 520);
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn color(role: Role) -> RGBColor {
+    match role {
+        Role::Seeder => RGBColor(90, 90, 90),
+        Role::Leecher => RGBColor(31, 119, 180),
+        Role::FreeRider => RGBColor(214, 39, 40),
+    }
+}
+
+fn plot_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("drawing {what}: {e}")
+}
+
+/// Writes every plot into `dir`.
+pub fn write_all(report: &Report, dir: &Path) -> Result<()> {
+    progress(report, &dir.join("progress.svg"))?;
+    completion_cdf(report, &dir.join("completion_cdf.svg"))?;
+    disk_queue(report, &dir.join("disk_queue.svg"))?;
+    given_vs_received(report, &dir.join("upload_vs_download.svg"))?;
+    Ok(())
+}
+
+fn x_max(report: &Report) -> f64 {
+    report.wall_seconds.max(1.0)
+}
+
+fn progress(report: &Report, path: &Path) -> Result<()> {
+    let err = plot_err("progress.svg");
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Progress of every node (blue: contributors, red: free-riders)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..x_max(report), 0.0..100.0)
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("% verified")
+        .draw()
+        .map_err(&err)?;
+    for n in report.nodes.iter().filter(|n| n.role != Role::Seeder) {
+        let c = color(n.role);
+        chart
+            .draw_series(LineSeries::new(
+                n.samples.iter().map(|s| (s.t, 100.0 * s.progress)),
+                c.stroke_width(if n.slow_disk_rate.is_some() { 3 } else { 1 }),
+            ))
+            .map_err(&err)?;
+    }
+    root.present().map_err(&err)?;
+    Ok(())
+}
+
+fn completion_cdf(report: &Report, path: &Path) -> Result<()> {
+    let err = plot_err("completion_cdf.svg");
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Completion times by role (share of the role's nodes done)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..x_max(report), 0.0..1.0)
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds after joining")
+        .y_desc("fraction complete")
+        .draw()
+        .map_err(&err)?;
+    for role in [Role::Leecher, Role::FreeRider] {
+        let of_role: Vec<_> = report.nodes.iter().filter(|n| n.role == role).collect();
+        if of_role.is_empty() {
+            continue;
+        }
+        let mut times: Vec<f64> = of_role
+            .iter()
+            .filter_map(|n| n.completion_seconds)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let total = of_role.len() as f64;
+        let mut points = vec![(0.0, 0.0)];
+        for (i, t) in times.iter().enumerate() {
+            points.push((*t, i as f64 / total));
+            points.push((*t, (i + 1) as f64 / total));
+        }
+        points.push((x_max(report), times.len() as f64 / total));
+        let c = color(role);
+        chart
+            .draw_series(LineSeries::new(points, c.stroke_width(2)))
+            .map_err(&err)?
+            .label(role.name())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .map_err(&err)?;
+    root.present().map_err(&err)?;
+    Ok(())
+}
+
+fn disk_queue(report: &Report, path: &Path) -> Result<()> {
+    let err = plot_err("disk_queue.svg");
+    // The slow-disk nodes, or every downloading node when none is slow.
+    let slow: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|n| n.slow_disk_rate.is_some())
+        .collect();
+    let shown: Vec<_> = if slow.is_empty() {
+        report
+            .nodes
+            .iter()
+            .filter(|n| n.role != Role::Seeder)
+            .collect()
+    } else {
+        slow
+    };
+    let cap = shown
+        .iter()
+        .map(|n| n.disk_capacity_bytes)
+        .max()
+        .unwrap_or(1) as f64
+        / MIB;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Disk queue: queued + outstanding bytes (dashed: capacity)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..x_max(report), 0.0..cap * 1.1)
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MiB")
+        .draw()
+        .map_err(&err)?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, cap), (x_max(report), cap)],
+            6,
+            4,
+            BLACK.stroke_width(1),
+        ))
+        .map_err(&err)?;
+    for (i, n) in shown.iter().enumerate() {
+        let c = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                n.samples.iter().map(|s| (s.t, s.disk_used as f64 / MIB)),
+                c.stroke_width(2),
+            ))
+            .map_err(&err)?
+            .label(n.name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    if shown.len() <= 8 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .map_err(&err)?;
+    }
+    root.present().map_err(&err)?;
+    Ok(())
+}
+
+fn given_vs_received(report: &Report, path: &Path) -> Result<()> {
+    let err = plot_err("upload_vs_download.svg");
+    let nodes: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|n| n.role != Role::Seeder)
+        .collect();
+    let max = nodes
+        .iter()
+        .map(|n| n.downloaded.max(n.uploaded))
+        .max()
+        .unwrap_or(1) as f64
+        / MIB;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Given vs received per node (tit-for-tat: givers receive)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..max * 1.05, 0.0..max * 1.05)
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .x_desc("received MiB")
+        .y_desc("uploaded MiB")
+        .draw()
+        .map_err(&err)?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.0, 0.0), (max, max)],
+            6,
+            4,
+            RGBColor(160, 160, 160).stroke_width(1),
+        ))
+        .map_err(&err)?;
+    chart
+        .draw_series(nodes.iter().map(|n| {
+            Circle::new(
+                (n.downloaded as f64 / MIB, n.uploaded as f64 / MIB),
+                5,
+                color(n.role).filled(),
+            )
+        }))
+        .map_err(&err)?;
+    root.present().map_err(&err)?;
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! What a run measured: `report.json` for programs, `report.md` for
+//! people, and the numbers the terminal summary prints.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::bound::{BoundInput, kumar_ross};
+use crate::config::{Config, Role};
+use crate::units::{format_rate, format_size};
+
+/// One sample of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds from the start of the run.
+    pub t: f64,
+    /// Verified pieces / all pieces.
+    pub progress: f64,
+    /// Queued + outstanding disk-queue bytes.
+    pub disk_used: u64,
+    pub downloaded: u64,
+    pub uploaded: u64,
+}
+
+/// One node's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub role: Role,
+    pub up_rate: Option<u64>,
+    pub down_rate: Option<u64>,
+    pub slow_disk_rate: Option<u64>,
+    /// Seconds from the start.
+    pub joined_at: Option<f64>,
+    pub left_at: Option<f64>,
+    pub completed_at: Option<f64>,
+    /// From joining to holding every piece, verified and flushed.
+    pub completion_seconds: Option<f64>,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub hash_failures: u64,
+    /// Highest sampled queued + outstanding bytes.
+    pub peak_disk_bytes: u64,
+    pub disk_capacity_bytes: u64,
+    /// Time requesting was held back by a full disk queue.
+    pub throttled_seconds: f64,
+    /// The time series behind the plots (not in report.json).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+/// Completion times of one role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleSummary {
+    pub role: Role,
+    pub nodes: usize,
+    pub completed: usize,
+    pub min_seconds: Option<f64>,
+    pub median_seconds: Option<f64>,
+    pub max_seconds: Option<f64>,
+}
+
+/// The run against Kumar & Ross's lower bound.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoundReport {
+    /// T_min in seconds (`None` when no rate is limited).
+    pub bound_seconds: Option<f64>,
+    /// Until the last downloading node that was there from the start and
+    /// stayed was complete.
+    pub measured_seconds: Option<f64>,
+    /// measured / bound.
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Totals {
+    pub downloaded: u64,
+    pub uploaded: u64,
+    /// Bytes downloading nodes uploaded to each other (not from seeders).
+    pub uploaded_by_peers: u64,
+    pub hash_failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: Config,
+    pub info_hash: String,
+    pub file_size: u64,
+    pub piece_size: u32,
+    pub wall_seconds: f64,
+    pub timed_out: bool,
+    pub by_role: Vec<RoleSummary>,
+    pub bound: BoundReport,
+    /// Free-riders' median completion / contributors' median (`None`
+    /// without both).
+    pub free_rider_slowdown: Option<f64>,
+    /// Every free-rider finished after every contributor.
+    pub free_riders_finished_last: Option<bool>,
+    pub totals: Totals,
+    /// This process's peak resident memory (all nodes together).
+    pub peak_rss_bytes: Option<u64>,
+    pub nodes: Vec<NodeReport>,
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[n / 2]),
+        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// `VmHWM` of this process, from /proc (Linux); `None` elsewhere.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl Report {
+    pub fn new(
+        scenario: Config,
+        info_hash: String,
+        file_size: u64,
+        piece_size: u32,
+        wall_seconds: f64,
+        timed_out: bool,
+        nodes: Vec<NodeReport>,
+    ) -> Self {
+        let by_role: Vec<RoleSummary> = [Role::Seeder, Role::Leecher, Role::FreeRider]
+            .into_iter()
+            .filter(|r| nodes.iter().any(|n| n.role == *r))
+            .map(|role| {
+                let of_role: Vec<&NodeReport> = nodes.iter().filter(|n| n.role == role).collect();
+                let mut times: Vec<f64> = of_role
+                    .iter()
+                    .filter_map(|n| n.completion_seconds)
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                RoleSummary {
+                    role,
+                    nodes: of_role.len(),
+                    completed: times.len(),
+                    min_seconds: times.first().copied(),
+                    median_seconds: median(&times),
+                    max_seconds: times.last().copied(),
+                }
+            })
+            .collect();
+
+        // The bound covers the nodes there from the start to the end.
+        let stayed: Vec<&NodeReport> = nodes
+            .iter()
+            .filter(|n| n.role != Role::Seeder && n.joined_at == Some(0.0) && n.left_at.is_none())
+            .collect();
+        let seeders: Vec<&NodeReport> = nodes.iter().filter(|n| n.role == Role::Seeder).collect();
+        let seeders_up: Option<f64> = seeders.iter().map(|n| n.up_rate.map(|r| r as f64)).sum();
+        let input = BoundInput {
+            file_size,
+            seeders_up,
+            peers_up: stayed
+                .iter()
+                .map(|n| match n.role {
+                    Role::FreeRider => Some(0.0),
+                    _ => n.up_rate.map(|r| r as f64),
+                })
+                .collect(),
+            peers_down: stayed
+                .iter()
+                .map(|n| match (n.down_rate, n.slow_disk_rate) {
+                    (Some(a), Some(b)) => Some(a.min(b) as f64),
+                    (a, b) => a.or(b).map(|r| r as f64),
+                })
+                .collect(),
+        };
+        let bound_seconds = kumar_ross(&input);
+        let measured_seconds = stayed
+            .iter()
+            .map(|n| n.completed_at)
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|t| t.into_iter().max_by(f64::total_cmp));
+        let ratio = match (measured_seconds, bound_seconds) {
+            (Some(m), Some(b)) if b > 0.0 => Some(m / b),
+            _ => None,
+        };
+
+        let med = |role| {
+            by_role
+                .iter()
+                .find(|r| r.role == role)
+                .and_then(|r| r.median_seconds)
+        };
+        let free_rider_slowdown = match (med(Role::FreeRider), med(Role::Leecher)) {
+            (Some(f), Some(c)) if c > 0.0 => Some(f / c),
+            _ => None,
+        };
+        let slowest_contributor = by_role
+            .iter()
+            .find(|r| r.role == Role::Leecher)
+            .and_then(|r| r.max_seconds);
+        let free = by_role.iter().find(|r| r.role == Role::FreeRider);
+        let free_riders_finished_last = match (free, slowest_contributor) {
+            (Some(f), Some(slowest)) => {
+                Some(f.completed < f.nodes || f.min_seconds.is_some_and(|m| m >= slowest))
+            }
+            _ => None,
+        };
+        let totals = Totals {
+            downloaded: nodes.iter().map(|n| n.downloaded).sum(),
+            uploaded: nodes.iter().map(|n| n.uploaded).sum(),
+            uploaded_by_peers: nodes
+                .iter()
+                .filter(|n| n.role != Role::Seeder)
+                .map(|n| n.uploaded)
+                .sum(),
+            hash_failures: nodes.iter().map(|n| n.hash_failures).sum(),
+        };
+        Self {
+            scenario,
+            info_hash,
+            file_size,
+            piece_size,
+            wall_seconds,
+            timed_out,
+            by_role,
+            bound: BoundReport {
+                bound_seconds,
+                measured_seconds,
+                ratio,
+            },
+            free_rider_slowdown,
+            free_riders_finished_last,
+            totals,
+            peak_rss_bytes: peak_rss(),
+            nodes,
+        }
+    }
+
+    /// Writes report.json, report.md and the plots into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).context("encoding report.json")?;
+        std::fs::write(dir.join("report.json"), json).context("writing report.json")?;
+        std::fs::write(dir.join("report.md"), self.markdown()).context("writing report.md")?;
+        crate::plot::write_all(self, dir)?;
+        Ok(())
+    }
+
+    /// The closing summary, a few lines.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for r in &self.by_role {
+            if r.role == Role::Seeder {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "{:<11} {}/{} complete   median {}   slowest {}",
+                r.role.name(),
+                r.completed,
+                r.nodes,
+                secs(r.median_seconds),
+                secs(r.max_seconds)
+            );
+        }
+        match (self.bound.measured_seconds, self.bound.bound_seconds) {
+            (Some(m), Some(b)) => {
+                let _ = writeln!(
+                    s,
+                    "distribution {m:.1} s vs lower bound {b:.1} s (Kumar & Ross): {:.2}x",
+                    m / b
+                );
+            }
+            (None, _) => {
+                let _ = writeln!(s, "not every downloading node completed");
+            }
+            (_, None) => {
+                let _ = writeln!(s, "no lower bound: no rate is limited");
+            }
+        }
+        if let (Some(slow), Some(last)) = (self.free_rider_slowdown, self.free_riders_finished_last)
+        {
+            let _ = writeln!(
+                s,
+                "free-riders took {slow:.2}x the contributors' median; {}",
+                if last {
+                    "held back: they finished last"
+                } else {
+                    "not held back: some finished before a contributor"
+                }
+            );
+        }
+        if self.timed_out {
+            let _ = writeln!(s, "timed out after {:.0} s", self.wall_seconds);
+        }
+        s
+    }
+
+    pub fn markdown(&self) -> String {
+        let c = &self.scenario;
+        let mut s = String::new();
+        let _ = writeln!(s, "# sluice testnet report\n");
+        let _ = writeln!(
+            s,
+            "{} nodes ({} seeders, {} free-riders, {} slow disks), {} in pieces of {}, {} choker, rechoke {} s, seed {}; wall time {:.1} s{}.\n",
+            c.nodes,
+            c.seeders,
+            c.free_riders,
+            c.slow_disks,
+            format_size(self.file_size),
+            format_size(u64::from(self.piece_size)),
+            match c.choker {
+                crate::config::ChokerKind::TitForTat => "tit-for-tat",
+                crate::config::ChokerKind::Propshare => "PropShare",
+            },
+            c.rechoke,
+            c.seed,
+            self.wall_seconds,
+            if self.timed_out { " (timed out)" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "| role | nodes | complete | fastest | median | slowest |\n|---|---|---|---|---|---|"
+        );
+        for r in &self.by_role {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.role.name(),
+                r.nodes,
+                r.completed,
+                secs(r.min_seconds),
+                secs(r.median_seconds),
+                secs(r.max_seconds)
+            );
+        }
+        let _ = writeln!(s);
+        match (self.bound.measured_seconds, self.bound.bound_seconds) {
+            (Some(m), Some(b)) => {
+                let _ = writeln!(
+                    s,
+                    "Distribution time **{m:.1} s** against the lower bound T_min = max(F/u_s, F/d_min, N·F/(u_s+Σu_i)) = **{b:.1} s**: **{:.2}×**.\n",
+                    m / b
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "No measured/bound ratio (incomplete run or unlimited rates).\n"
+                );
+            }
+        }
+        if let Some(slow) = self.free_rider_slowdown {
+            let _ = writeln!(
+                s,
+                "Free-riders' median completion is {slow:.2}× the contributors'{}.\n",
+                if self.free_riders_finished_last == Some(true) {
+                    "; every free-rider finished after every contributor"
+                } else {
+                    ""
+                }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "Totals: {} downloaded, {} uploaded ({} of it by downloading nodes to each other), {} hash failures.{}\n",
+            format_size(self.totals.downloaded),
+            format_size(self.totals.uploaded),
+            format_size(self.totals.uploaded_by_peers),
+            self.totals.hash_failures,
+            self.peak_rss_bytes
+                .map(|b| format!(
+                    " Peak memory of the whole testnet process: {}.",
+                    format_size(b)
+                ))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "| node | role | up limit | disk | joined | left | complete after | downloaded | uploaded | peak disk queue | throttled |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for n in &self.nodes {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.1} s |",
+                n.name,
+                n.role.name(),
+                n.up_rate.map_or("-".into(), |r| format_rate(r as f64)),
+                n.slow_disk_rate
+                    .map_or("fast".into(), |r| format_rate(r as f64)),
+                secs(n.joined_at),
+                secs(n.left_at),
+                secs(n.completion_seconds),
+                format_size(n.downloaded),
+                format_size(n.uploaded),
+                format_size(n.peak_disk_bytes),
+                format_size(n.disk_capacity_bytes),
+                n.throttled_seconds
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n![progress](progress.svg)\n![completion](completion_cdf.svg)\n![disk queue](disk_queue.svg)\n![given vs received](upload_vs_download.svg)"
+        );
+        s
+    }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1} s"))
+}

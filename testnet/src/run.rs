@@ -1,0 +1,500 @@
+//! Running a testnet: generate the content, start real nodes in this
+//! process (each with its own identity, data dir, control API and
+//! 127.0.0.1 sockets), connect them, apply the events, sample every node
+//! and stop when every downloading node is done.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
+use sluice_choke::{PropShareConfig, TitForTatConfig};
+use sluice_node::api::ApiConfig;
+use sluice_node::{Multiaddr, Node, NodeConfig, NodeHandle};
+use sluice_storage::{CreateOptions, Metainfo};
+use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle};
+use tracing::{info, warn};
+
+use crate::config::{Action, ChokerKind, Config, NodePlan, Role, Transport};
+use crate::report::{NodeReport, Report, Sample};
+
+/// How often every node is sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+/// Samples kept per node (about 80 minutes at the interval above); later
+/// samples are not recorded.
+pub const MAX_SAMPLES: usize = 20_000;
+
+/// One node as the live view shows it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub name: String,
+    pub role: Role,
+    pub slow_disk: bool,
+    /// Started and not left.
+    pub running: bool,
+    pub left: bool,
+    pub progress: f64,
+    pub complete: bool,
+    pub down_rate: f64,
+    pub up_rate: f64,
+    pub peers: usize,
+    /// Peers we upload to (unchoked) and peers we refuse (choked).
+    pub unchoked: usize,
+    pub choked: usize,
+    pub disk_used: u64,
+    pub disk_capacity: u64,
+}
+
+struct Live {
+    plan: NodePlan,
+    handle: Option<NodeHandle>,
+    torrent: Option<TorrentHandle>,
+    data_dir: PathBuf,
+    content: PathBuf,
+    joined_at: Option<f64>,
+    completed_at: Option<f64>,
+    left_at: Option<f64>,
+    samples: Vec<Sample>,
+    peak_disk: u64,
+    disk_capacity: u64,
+    downloaded: u64,
+    uploaded: u64,
+    hash_failures: u64,
+    throttled_seconds: f64,
+    view: NodeView,
+}
+
+/// A prepared (and then running) testnet.
+pub struct Testnet {
+    config: Config,
+    dir: PathBuf,
+    meta: Arc<Metainfo>,
+    content: PathBuf,
+    nodes: Vec<Live>,
+    rng: rand::rngs::StdRng,
+}
+
+impl std::fmt::Debug for Testnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Testnet")
+            .field("dir", &self.dir)
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Testnet {
+    /// Generates the content (fixed by the seed) and its torrent in `dir`,
+    /// and plans the nodes. Nothing runs yet.
+    pub fn prepare(config: Config, dir: &Path) -> Result<Self> {
+        config.validate()?;
+        // Old downloads, identities and resume files would skew every
+        // figure; never delete them either.
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            anyhow::bail!(
+                "the report directory {} is not empty; remove it or give another --report",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let content = dir.join("content.bin");
+        write_content(&content, config.size, config.seed)?;
+        let piece_length = config
+            .piece_size
+            .map(|p| u32::try_from(p).context("--piece-size is too large"))
+            .transpose()?;
+        let options = CreateOptions::default()
+            .with_piece_length(piece_length)
+            .with_creation_date(None);
+        let meta = sluice_storage::create(&content, &options, &AtomicU64::new(0))
+            .context("making the testnet's torrent")?;
+        sluice_storage::resume::write_atomically(&dir.join("testnet.torrent"), meta.to_bytes())
+            .context("writing testnet.torrent")?;
+        let nodes = config
+            .plan()
+            .into_iter()
+            .map(|plan| {
+                let node_dir = dir.join("nodes").join(&plan.name);
+                let content_path = match plan.role {
+                    Role::Seeder => content.clone(),
+                    _ => node_dir.join("download").join("content.bin"),
+                };
+                let view = NodeView {
+                    name: plan.name.clone(),
+                    role: plan.role,
+                    slow_disk: plan.disk_rate.is_some(),
+                    running: false,
+                    left: false,
+                    progress: 0.0,
+                    complete: false,
+                    down_rate: 0.0,
+                    up_rate: 0.0,
+                    peers: 0,
+                    unchoked: 0,
+                    choked: 0,
+                    disk_used: 0,
+                    disk_capacity: config.disk_queue,
+                };
+                Live {
+                    plan,
+                    handle: None,
+                    torrent: None,
+                    data_dir: node_dir.join("data"),
+                    content: content_path,
+                    joined_at: None,
+                    completed_at: None,
+                    left_at: None,
+                    samples: Vec::new(),
+                    peak_disk: 0,
+                    disk_capacity: config.disk_queue,
+                    downloaded: 0,
+                    uploaded: 0,
+                    hash_failures: 0,
+                    throttled_seconds: 0.0,
+                    view,
+                }
+            })
+            .collect();
+        let rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5eed);
+        Ok(Self {
+            config,
+            dir: dir.to_owned(),
+            meta: Arc::new(meta),
+            content,
+            nodes,
+            rng,
+        })
+    }
+
+    /// The generated content every node ends up with.
+    pub fn content(&self) -> &Path {
+        &self.content
+    }
+
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.meta
+    }
+
+    /// Each node: name, data dir (for `sluice peers --data-dir`), where
+    /// its copy of the content is, and its control API address while it runs.
+    pub fn endpoints(&self) -> Vec<(String, PathBuf, PathBuf, Option<SocketAddr>)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.plan.name.clone(),
+                    n.data_dir.clone(),
+                    n.content.clone(),
+                    n.handle.as_ref().and_then(NodeHandle::api_addr),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts the nodes, applies the events and samples every node until
+    /// every downloading node that stayed is complete (or the timeout);
+    /// `on_sample` sees each round (for a live view). The nodes keep
+    /// running afterwards until [`Testnet::shutdown`].
+    pub async fn run(&mut self, mut on_sample: impl FnMut(f64, &[NodeView])) -> Result<Report> {
+        let start = Instant::now();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].plan.join_at == 0.0 {
+                self.start_node(i, 0.0).await?;
+            }
+        }
+        let mut done_events = vec![false; self.config.events.len()];
+        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        let mut timed_out = false;
+        loop {
+            tick.tick().await;
+            let t = start.elapsed().as_secs_f64();
+            self.apply_events(t, &mut done_events).await?;
+            self.sample(t);
+            let views: Vec<NodeView> = self.nodes.iter().map(|n| n.view.clone()).collect();
+            on_sample(t, &views);
+            let waiting_to_join = self
+                .nodes
+                .iter()
+                .any(|n| n.joined_at.is_none() && n.left_at.is_none());
+            let downloading_done = self
+                .nodes
+                .iter()
+                .filter(|n| n.plan.role != Role::Seeder && n.left_at.is_none())
+                .all(|n| n.completed_at.is_some());
+            if downloading_done && !waiting_to_join {
+                break;
+            }
+            if t > self.config.timeout {
+                warn!(seconds = t, "testnet timed out");
+                timed_out = true;
+                break;
+            }
+        }
+        let wall = start.elapsed().as_secs_f64();
+        Ok(self.report(wall, timed_out))
+    }
+
+    async fn start_node(&mut self, i: usize, t: f64) -> Result<()> {
+        let listen: Multiaddr = match self.config.transport {
+            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+        .parse()
+        .expect("a valid multiaddr");
+        let plan = self.nodes[i].plan.clone();
+        let tft = TitForTatConfig::default()
+            .with_slots(self.config.slots)
+            .with_rechoke_interval(self.config.rechoke_interval())
+            .with_seed_mode(sluice_choke::SeedMode::RoundRobin {
+                quota: u64::from(self.meta.info().piece_length()) * 4,
+                max_time: self.config.rechoke_interval() * 3,
+            });
+        let choker = match (plan.role, self.config.choker) {
+            (Role::FreeRider, _) => ChokerChoice::FreeRider,
+            (_, ChokerKind::TitForTat) => ChokerChoice::TitForTat(tft),
+            (_, ChokerKind::Propshare) => {
+                ChokerChoice::PropShare(PropShareConfig::default().with_tit_for_tat(tft))
+            }
+        };
+        let torrent_config = TorrentConfig::default()
+            .with_choker(choker)
+            .with_seed(self.config.seed.wrapping_mul(1000).wrapping_add(i as u64));
+        let config = NodeConfig::new(&self.nodes[i].data_dir)
+            .with_listen(vec![listen])
+            .with_mdns(false)
+            .with_up_rate(plan.up_rate)
+            .with_down_rate(plan.down_rate)
+            .with_disk_queue(self.config.disk_queue)
+            .with_disk_rate(plan.disk_rate)
+            .with_torrent(torrent_config)
+            .with_api(Some(ApiConfig::default()));
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("starting {}", plan.name))?;
+        let content = self.nodes[i].content.clone();
+        if let Some(parent) = content.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let torrent = node
+            .add_torrent(Arc::clone(&self.meta), content)
+            .await
+            .with_context(|| format!("adding the torrent to {}", plan.name))?;
+        // Whom to dial: every running seeder, and some earlier nodes.
+        let mut seeders = Vec::new();
+        let mut others = Vec::new();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            if let Some(h) = &n.handle {
+                if n.plan.role == Role::Seeder {
+                    seeders.push(h.clone());
+                } else {
+                    others.push(h.clone());
+                }
+            }
+        }
+        others.shuffle(&mut self.rng);
+        others.truncate(self.config.peers_per_node);
+        for peer in seeders.iter().chain(&others) {
+            let addr = peer.listen_addrs().await.remove(0);
+            if let Err(e) = node.dial(addr).await {
+                warn!(node = %plan.name, error = %e, "dial failed");
+            }
+        }
+        info!(node = %plan.name, role = plan.role.name(), t, "joined");
+        let live = &mut self.nodes[i];
+        live.handle = Some(node);
+        live.torrent = Some(torrent);
+        live.joined_at = Some(t);
+        live.view.running = true;
+        Ok(())
+    }
+
+    async fn stop_node(&mut self, i: usize, t: f64) -> Result<()> {
+        let live = &mut self.nodes[i];
+        live.torrent = None;
+        live.view.running = false;
+        live.view.left = true;
+        live.left_at = Some(t);
+        if let Some(h) = live.handle.take() {
+            h.shutdown()
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("stopping {}", live.plan.name))?;
+        }
+        info!(node = %live.plan.name, t, "left");
+        Ok(())
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.plan.name == name)
+    }
+
+    async fn apply_events(&mut self, t: f64, done: &mut [bool]) -> Result<()> {
+        let copies = self
+            .nodes
+            .iter()
+            .filter(|n| n.plan.role != Role::Seeder && n.completed_at.is_some())
+            .count();
+        let events = self.config.events.clone();
+        for (e, done) in events.into_iter().zip(done.iter_mut()) {
+            if *done {
+                continue;
+            }
+            let Some(i) = self.index(&e.node) else {
+                *done = true;
+                continue;
+            };
+            let due = match &e.action {
+                Action::LeaveAfterCopies { copies: want } => copies >= *want,
+                _ => t >= e.at,
+            };
+            if !due {
+                continue;
+            }
+            *done = true;
+            match e.action {
+                Action::Join => {
+                    if self.nodes[i].joined_at.is_none() {
+                        self.start_node(i, t).await?;
+                    }
+                }
+                Action::Leave | Action::LeaveAfterCopies { .. } => {
+                    if self.nodes[i].handle.is_some() {
+                        self.stop_node(i, t).await?;
+                    }
+                }
+                Action::UpRate { rate } => {
+                    let changed = self.nodes[i]
+                        .handle
+                        .as_ref()
+                        .is_some_and(|h| h.set_up_rate(rate));
+                    if !changed {
+                        warn!(node = %e.node, "up-rate event for a node without an upload limit");
+                    }
+                    self.nodes[i].plan.up_rate = Some(rate);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, t: f64) {
+        for n in &mut self.nodes {
+            let Some(torrent) = &n.torrent else { continue };
+            let s = torrent.stats();
+            let used = s.disk.queued_bytes.saturating_add(s.disk.reserved_bytes);
+            let progress = f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1));
+            n.peak_disk = n.peak_disk.max(used);
+            n.disk_capacity = s.disk.capacity_bytes;
+            n.downloaded = s.downloaded;
+            n.uploaded = s.uploaded;
+            n.hash_failures = s.hash_failures;
+            n.throttled_seconds = s.disk.throttled_total.as_secs_f64();
+            if s.complete && n.completed_at.is_none() && n.plan.role != Role::Seeder {
+                n.completed_at = Some(t);
+            }
+            if n.samples.len() < MAX_SAMPLES {
+                n.samples.push(Sample {
+                    t,
+                    progress,
+                    disk_used: used,
+                    downloaded: s.downloaded,
+                    uploaded: s.uploaded,
+                });
+            }
+            let unchoked = s.peers.iter().filter(|p| !p.am_choking).count();
+            n.view = NodeView {
+                progress,
+                complete: s.complete,
+                down_rate: s.down_rate,
+                up_rate: s.up_rate,
+                peers: s.peers.len(),
+                unchoked,
+                choked: s.peers.len() - unchoked,
+                disk_used: used,
+                disk_capacity: s.disk.capacity_bytes,
+                ..n.view.clone()
+            };
+        }
+    }
+
+    fn report(&self, wall: f64, timed_out: bool) -> Report {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeReport {
+                name: n.plan.name.clone(),
+                role: n.plan.role,
+                up_rate: n.plan.up_rate,
+                down_rate: n.plan.down_rate,
+                slow_disk_rate: n.plan.disk_rate,
+                joined_at: n.joined_at,
+                left_at: n.left_at,
+                completed_at: n.completed_at,
+                completion_seconds: match (n.completed_at, n.joined_at) {
+                    (Some(c), Some(j)) => Some(c - j),
+                    _ => None,
+                },
+                downloaded: n.downloaded,
+                uploaded: n.uploaded,
+                hash_failures: n.hash_failures,
+                peak_disk_bytes: n.peak_disk,
+                disk_capacity_bytes: n.disk_capacity,
+                throttled_seconds: n.throttled_seconds,
+                samples: n.samples.clone(),
+            })
+            .collect();
+        let info = self.meta.info();
+        Report::new(
+            self.config.clone(),
+            info.info_hash().to_string(),
+            info.total_size(),
+            info.piece_length(),
+            wall,
+            timed_out,
+            nodes,
+        )
+    }
+
+    /// Stops every node that still runs.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let mut first_error = None;
+        for n in &mut self.nodes {
+            n.torrent = None;
+            if let Some(h) = n.handle.take()
+                && let Err(e) = h.shutdown().await
+            {
+                first_error.get_or_insert(anyhow::anyhow!("stopping {}: {e}", n.plan.name));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Writes `size` pseudo-random bytes fixed by `seed`.
+fn write_content(path: &Path, size: u64, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("writing {}", path.display()))?;
+        left -= n as u64;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
