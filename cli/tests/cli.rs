@@ -500,6 +500,11 @@ fn testnet_runs_and_reports() {
             .unwrap();
     assert_eq!(report["nodes"].as_array().unwrap().len(), 5);
     assert_eq!(report["timed_out"], false);
+    // Only the reports stay behind.
+    assert!(dir.path().join("rep/report.md").is_file());
+    assert!(dir.path().join("rep/progress.svg").is_file());
+    assert!(!dir.path().join("rep/nodes").exists());
+    assert!(!dir.path().join("rep/content.bin").exists());
     // Bad input: one line naming it, exit 2, and the used directory is
     // refused rather than mixed into.
     for (args, names) in [
