@@ -523,6 +523,9 @@ async fn swarm_task(task: SwarmTask) {
 
     let control = swarm.behaviour().stream.new_control();
     let mut discover = tokio::time::interval(discovery_interval);
+    // Dials asked for through the handle, until they connect or fail.
+    let mut explicit_dials: std::collections::HashSet<libp2p::swarm::ConnectionId> =
+        std::collections::HashSet::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -547,9 +550,14 @@ async fn swarm_task(task: SwarmTask) {
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(Command::Dial(addr, reply)) => {
+                    let opts = fresh_port(addr.clone());
+                    let id = opts.connection_id();
                     let result = swarm
-                        .dial(fresh_port(addr.clone()))
+                        .dial(opts)
                         .map_err(|e| NodeError::Dial { addr, reason: e.to_string() });
+                    if result.is_ok() && explicit_dials.len() < MAX_PENDING_EXPLICIT_DIALS {
+                        explicit_dials.insert(id);
+                    }
                     let _ = reply.send(result);
                 }
                 Some(Command::Announce(ih)) => {
@@ -573,7 +581,8 @@ async fn swarm_task(task: SwarmTask) {
                     info!(%address, "listening");
                     listen.send_modify(|a| a.push(address));
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, connection_id, .. } => {
+                    explicit_dials.remove(&connection_id);
                     debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                     api::lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
                     // The dialer opens the piece streams, once per peer.
@@ -590,8 +599,14 @@ async fn swarm_task(task: SwarmTask) {
                         api::lock(&peer_addrs).remove(&peer_id);
                     }
                 }
-                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                    warn!(?peer_id, %error, "dial failed");
+                SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
+                    // A dial someone asked for is worth a warning; the
+                    // DHT's and mDNS's own redials of departed peers are not.
+                    if explicit_dials.remove(&connection_id) {
+                        warn!(?peer_id, %error, "dial failed");
+                    } else {
+                        debug!(?peer_id, %error, "dial failed");
+                    }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     // What a peer says it listens on is how the DHT reaches it.
@@ -624,6 +639,10 @@ async fn swarm_task(task: SwarmTask) {
         }
     }
 }
+
+/// Explicit dials remembered for their failure warning; beyond this many
+/// in flight, failures are logged at debug level.
+const MAX_PENDING_EXPLICIT_DIALS: usize = 1024;
 
 /// Dial options for `addr` from a fresh local port. libp2p reuses the
 /// listening port by default; two nodes dialing each other at the same
