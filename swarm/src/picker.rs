@@ -267,6 +267,37 @@ impl Picker {
         }
     }
 
+    /// A block arrived from `peer` after its request ended (it timed out
+    /// or was cancelled while the data was on the way). Still wanted — its
+    /// piece in progress and the block not yet received — it is taken
+    /// like any block: bandwidth already spent is not thrown away. Other
+    /// peers it is requested from are returned to be cancelled.
+    pub fn late_block(&mut self, peer: PeerKey, block: BlockRef) -> Received {
+        if self.have[block.piece().as_usize()] {
+            return Received::Unrequested;
+        }
+        let Some(progress) = self.progress.get_mut(&block.piece()) else {
+            return Received::Unrequested;
+        };
+        let state = &mut progress.blocks[block.index() as usize];
+        let cancel = match state {
+            BlockState::Received(_) => return Received::Unrequested,
+            BlockState::Missing => {
+                progress.missing -= 1;
+                self.missing_blocks -= 1;
+                Vec::new()
+            }
+            BlockState::Requested(peers) => std::mem::take(peers),
+        };
+        *state = BlockState::Received(peer);
+        for p in &cancel {
+            if let Some(s) = self.by_peer.get_mut(p) {
+                s.remove(&block);
+            }
+        }
+        Received::Accepted { cancel }
+    }
+
     /// A block arrived from `peer`.
     pub fn block_received(&mut self, peer: PeerKey, block: BlockRef) -> Received {
         if !self

@@ -827,10 +827,7 @@ impl Torrent {
         let len = data.len() as u64;
         let peer = self.peers.get_mut(&key).expect("checked");
         let Some((credit, requested_at)) = peer.outstanding.remove(&block) else {
-            // Not requested, cancelled or timed out: it holds no credit, so
-            // it cannot be queued; drop it.
-            debug!(peer = key.0, ?block, "unrequested block dropped");
-            return Ok(());
+            return self.on_late_block(key, block, data);
         };
         peer.down.record(now, len);
         peer.downloaded += len;
@@ -856,6 +853,49 @@ impl Torrent {
             Received::Unrequested => drop(credit),
         }
         self.want_fill = true;
+        Ok(())
+    }
+
+    /// A block whose request had ended (timed out, cancelled). Taken if
+    /// still wanted and a credit is free at once; dropped otherwise.
+    fn on_late_block(
+        &mut self,
+        key: PeerKey,
+        block: BlockRef,
+        data: bytes::Bytes,
+    ) -> Result<(), String> {
+        let len = data.len() as u64;
+        let Ok(Some(credit)) = self.storage.queue().try_reserve(len as u32) else {
+            debug!(peer = key.0, ?block, "late block dropped: no credit");
+            return Ok(());
+        };
+        match self.picker.late_block(key, block) {
+            Received::Accepted { cancel } => {
+                let now = Instant::now();
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.down.record(now, len);
+                    peer.downloaded += len;
+                    peer.last_block_at = Some(now);
+                }
+                self.down.record(now, len);
+                self.downloaded += len;
+                if let Err(e) = self.storage.submit(credit, block, data) {
+                    warn!(?block, error = %e, "block not queued");
+                }
+                let spec = self.spec(block);
+                for other in cancel {
+                    if let Some(p) = self.peers.get_mut(&other) {
+                        p.outstanding.remove(&block);
+                    }
+                    self.send(other, Message::Cancel(spec));
+                }
+                self.want_fill = true;
+            }
+            Received::Unrequested => {
+                debug!(peer = key.0, ?block, "unrequested block dropped");
+                drop(credit);
+            }
+        }
         Ok(())
     }
 

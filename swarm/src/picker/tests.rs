@@ -255,6 +255,32 @@ fn a_rejected_request_is_missing_again() {
     );
 }
 
+#[test]
+fn a_late_block_is_taken_while_still_wanted() {
+    let mut p = picker(2, 0);
+    p.peer_bitfield(P1, all(2)).unwrap();
+    p.peer_bitfield(P2, all(2)).unwrap();
+    let mut r = rng();
+    // Timed out at P1, nobody else asked: taken, nothing to cancel.
+    let a = p.next_request(P1, &mut r).unwrap();
+    p.request_failed(P1, a);
+    assert_eq!(p.late_block(P1, a), Received::Accepted { cancel: vec![] });
+    p.check_invariants().unwrap();
+    // Timed out at P1 and asked of P2 since: taken, P2 cancelled.
+    let b = p.next_request(P1, &mut r).unwrap();
+    p.request_failed(P1, b);
+    assert_eq!(p.next_request(P2, &mut r), Some(b));
+    assert_eq!(p.late_block(P1, b), Received::Accepted { cancel: vec![P2] });
+    assert_eq!(p.outstanding(P2), 0);
+    p.check_invariants().unwrap();
+    // Already received: dropped.
+    assert_eq!(p.late_block(P2, b), Received::Unrequested);
+    // A piece we hold, or one not started: dropped.
+    p.piece_verified(a.piece());
+    assert_eq!(p.late_block(P2, a), Received::Unrequested);
+    p.check_invariants().unwrap();
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Join(u8, Vec<bool>),
