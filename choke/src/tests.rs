@@ -445,3 +445,65 @@ proptest! {
         prop_assert_eq!(first, second);
     }
 }
+
+/// A peer that takes an optimistic turn and sends nothing back loses the
+/// rest of the turn two rechokes in, gets no regular slot, and waits
+/// while anyone else is choked; one block from it is forgiveness.
+#[test]
+fn a_peer_that_gives_nothing_back_loses_its_optimistic_turn() {
+    let t0 = Instant::now();
+    let ten = 10 * S;
+    // Three fast contributors hold the regular slots; 4 and 5 are choked
+    // and interested. 5 has never sent anything.
+    let mut peers: Vec<PeerSnapshot> = (1..=4).map(|k| peer(k, t0, 1000.0 * k as f64)).collect();
+    let mut free = peer(5, t0, 0.0);
+    free.last_block_at = None;
+    peers.push(free);
+    // 4 is slower than 1..3 but not slow enough to matter here.
+    peers[3].down_rate = 500.0;
+    let mut c = TitForTat::new(TitForTatConfig::default());
+    // Rechoke until 5 holds the optimistic slot.
+    let mut t = t0;
+    let mut guard = 0;
+    loop {
+        let ds = c.rechoke(t, Mode::Leeching, &peers, &mut rng());
+        if optimistic(&ds) == Some(5) {
+            break;
+        }
+        t += ten;
+        guard += 1;
+        assert!(guard < 50, "5 never got an optimistic turn");
+    }
+    let turn = t;
+    // One rechoke later it keeps the turn (not yet two rechokes).
+    t += ten;
+    let ds = c.rechoke(t, Mode::Leeching, &peers, &mut rng());
+    assert_eq!(optimistic(&ds), Some(5), "a turn is not cut short at once");
+    // Two rechokes after the turn began, still nothing from 5: its turn
+    // ends early, 4 gets the slot, and 5's reason says why.
+    t = turn + 2 * ten;
+    peers[3].last_block_at = Some(t);
+    let ds = c.rechoke(t, Mode::Leeching, &peers, &mut rng());
+    assert_eq!(optimistic(&ds), Some(4));
+    let five = ds.iter().find(|d| d.peer == PeerKey(5)).unwrap();
+    assert!(!five.unchoke);
+    assert_eq!(five.reason, Reason::NoReciprocation);
+    // Later rotations prefer anyone else while 5 stays silent...
+    for _ in 0..6 {
+        t += ten;
+        // 4 keeps sending: it stays a fair pick.
+        peers[3].last_block_at = Some(t);
+        let ds = c.rechoke(t, Mode::Leeching, &peers, &mut rng());
+        assert_ne!(optimistic(&ds), Some(5));
+    }
+    // ...and a block from it forgives it.
+    peers[4].last_block_at = Some(t);
+    peers[4].down_rate = 5000.0;
+    t += ten;
+    let ds = c.rechoke(t, Mode::Leeching, &peers, &mut rng());
+    assert!(
+        regular(&ds).contains(&5),
+        "now the fastest: {:?}",
+        regular(&ds)
+    );
+}

@@ -158,10 +158,11 @@ impl TitForTat {
         self.config.slots.saturating_sub(1)
     }
 
-    /// Leeching: it had an optimistic turn at least one rotation ago, has
-    /// pieces we want, and sent us nothing since the turn began.
+    /// Leeching: it had an optimistic turn that began at least two
+    /// rechokes ago (time to see our upload and rank us), has pieces we
+    /// want, and sent us nothing since the turn began.
     fn ungrateful(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
-        let period = self.config.rechoke_interval * self.config.optimistic_every;
+        let period = self.config.rechoke_interval * 2;
         mode == Mode::Leeching
             && p.we_are_interested
             && self.optimistic_turn.get(&p.key).is_some_and(|&turn| {
@@ -387,7 +388,13 @@ impl Choker for TitForTat {
             .is_multiple_of(u64::from(self.config.optimistic_every));
         let valid =
             |k: PeerKey| peers.iter().any(|p| p.key == k && p.interested) && !regular.contains(&k);
-        let current = self.optimistic.filter(|&k| valid(k));
+        // A holder that has not reciprocated loses the rest of its turn.
+        let current = self.optimistic.filter(|&k| {
+            valid(k)
+                && !peers
+                    .iter()
+                    .any(|p| p.key == k && self.ungrateful(now, mode, p))
+        });
         self.optimistic = match current {
             Some(k) if !rotate => Some(k),
             _ => {
