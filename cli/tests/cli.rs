@@ -202,14 +202,13 @@ fn line_starting(lines: &std::sync::mpsc::Receiver<String>, prefix: &str) -> Str
 
 #[test]
 fn seed_then_get_then_resume() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("share")).unwrap();
     std::fs::write(d.join("share/a.bin"), content(700_000)).unwrap();
     std::fs::write(d.join("share/b.bin"), content(5)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
+    let seeder = spawn(
+        &[
             "seed",
             "share",
             "--data-dir",
@@ -217,27 +216,12 @@ fn seed_then_get_then_resume() {
             "--no-mdns",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
-        ])
-        .current_dir(d)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut seeder = Seeder(child);
-    let stdout = seeder.0.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::sync_channel(64);
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let torrent = line_starting(&lines, "torrent:");
-    let peer = line_starting(&lines, "peer:");
+        ],
+        d,
+    );
+    let lines = &seeder.lines;
+    let torrent = line_starting(lines, "torrent:");
+    let peer = line_starting(lines, "peer:");
     assert!(peer.contains("/p2p/12D3KooW"), "{peer}");
 
     let get = |args: &[&str]| {

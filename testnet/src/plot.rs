@@ -34,6 +34,35 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A white SVG chart with a caption, axes and their labels.
+fn chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    (x_desc, y_desc): (&str, &str),
+) -> Result<Chart<'a, 'b>, DrawingAreaErrorKind<std::io::Error>> {
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
 fn x_max(report: &Report) -> f64 {
     report.wall_seconds.max(1.0)
 }
@@ -41,23 +70,14 @@ fn x_max(report: &Report) -> f64 {
 fn progress(report: &Report, path: &Path) -> Result<()> {
     let err = plot_err("progress.svg");
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(&err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Progress of every node (blue: contributors, red: free-riders)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0.0..x_max(report), 0.0..100.0)
-        .map_err(&err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("% verified")
-        .draw()
-        .map_err(&err)?;
+    let mut chart = chart(
+        &root,
+        "Progress of every node (blue: contributors, red: free-riders)",
+        0.0..x_max(report),
+        0.0..100.0,
+        ("seconds", "% verified"),
+    )
+    .map_err(&err)?;
     for n in report.nodes.iter().filter(|n| n.role != Role::Seeder) {
         let c = color(n.role);
         chart
@@ -74,23 +94,14 @@ fn progress(report: &Report, path: &Path) -> Result<()> {
 fn completion_cdf(report: &Report, path: &Path) -> Result<()> {
     let err = plot_err("completion_cdf.svg");
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(&err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Completion times by role (share of the role's nodes done)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0.0..x_max(report), 0.0..1.0)
-        .map_err(&err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds after joining")
-        .y_desc("fraction complete")
-        .draw()
-        .map_err(&err)?;
+    let mut chart = chart(
+        &root,
+        "Completion times by role (share of the role's nodes done)",
+        0.0..x_max(report),
+        0.0..1.0,
+        ("seconds after joining", "fraction complete"),
+    )
+    .map_err(&err)?;
     for role in [Role::Leecher, Role::FreeRider] {
         let of_role: Vec<_> = report.nodes.iter().filter(|n| n.role == role).collect();
         if of_role.is_empty() {
@@ -149,23 +160,14 @@ fn disk_queue(report: &Report, path: &Path) -> Result<()> {
         .unwrap_or(1) as f64
         / MIB;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(&err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Disk queue: queued + outstanding bytes (dashed: capacity)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0.0..x_max(report), 0.0..cap * 1.1)
-        .map_err(&err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("MiB")
-        .draw()
-        .map_err(&err)?;
+    let mut chart = chart(
+        &root,
+        "Disk queue: queued + outstanding bytes (dashed: capacity)",
+        0.0..x_max(report),
+        0.0..cap * 1.1,
+        ("seconds", "MiB"),
+    )
+    .map_err(&err)?;
     chart
         .draw_series(DashedLineSeries::new(
             [(0.0, cap), (x_max(report), cap)],
@@ -211,23 +213,14 @@ fn given_vs_received(report: &Report, path: &Path) -> Result<()> {
         .unwrap_or(1) as f64
         / MIB;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(&err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Given vs received per node (tit-for-tat: givers receive)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0.0..max * 1.05, 0.0..max * 1.05)
-        .map_err(&err)?;
-    chart
-        .configure_mesh()
-        .x_desc("received MiB")
-        .y_desc("uploaded MiB")
-        .draw()
-        .map_err(&err)?;
+    let mut chart = chart(
+        &root,
+        "Given vs received per node (tit-for-tat: givers receive)",
+        0.0..max * 1.05,
+        0.0..max * 1.05,
+        ("received MiB", "uploaded MiB"),
+    )
+    .map_err(&err)?;
     chart
         .draw_series(DashedLineSeries::new(
             [(0.0, 0.0), (max, max)],
