@@ -180,10 +180,16 @@ async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
     let node = Node::start(config)
         .await
         .with_context(|| format!("starting a node in {}", dir.display()))?;
-    for p in peers {
-        node.dial(p.clone())
-            .await
-            .with_context(|| format!("connecting to {p}"))?;
+    // All at once; one unreachable peer must not keep us from the others
+    // (or from peers that mDNS and the DHT find later).
+    let dials = peers.iter().map(|p| {
+        let node = node.clone();
+        async move { (p, node.dial(p.clone()).await) }
+    });
+    for (p, result) in futures::future::join_all(dials).await {
+        if let Err(e) = result {
+            eprintln!("warning: cannot connect to {p}: {e}");
+        }
     }
     Ok(node)
 }

@@ -91,6 +91,8 @@ pub struct NodeConfig {
     bootstrap: Vec<Multiaddr>,
     discovery_interval: Duration,
     api: Option<ApiConfig>,
+    max_connections: u32,
+    max_pending_handshakes: usize,
 }
 
 impl NodeConfig {
@@ -108,7 +110,23 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             discovery_interval: Duration::from_secs(30),
             api: Some(ApiConfig::default()),
+            max_connections: 256,
+            max_pending_handshakes: 64,
         }
+    }
+
+    /// Established libp2p connections (in and out) beyond which new ones
+    /// are refused. Default 256.
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Incoming piece streams still in their handshake at once; more are
+    /// refused (closed) until one finishes. Default 64.
+    pub fn with_max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending_handshakes = n.max(1);
+        self
     }
 
     /// The control API's address and token; `None` serves no API. Default
@@ -183,8 +201,11 @@ impl NodeConfig {
 
 type Torrents = Arc<Mutex<HashMap<InfoHash, TorrentHandle>>>;
 
+/// Where a dial's outcome goes: the address and the caller waiting.
+type DialReply = (Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>);
+
 enum Command {
-    Dial(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
+    Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     /// A torrent was added: open streams for it to every connected peer.
     Announce(InfoHash),
 }
@@ -246,7 +267,11 @@ impl Node {
         };
         let keypair = data_dir.identity()?;
         let peer_id = keypair.public().to_peer_id();
-        let mut swarm = build_swarm(keypair, &TransportConfig::default().with_mdns(config.mdns))?;
+        let transport = TransportConfig::default()
+            .with_mdns(config.mdns)
+            .with_max_connections(config.max_connections)
+            .with_max_pending_incoming(config.max_pending_handshakes as u32);
+        let mut swarm = build_swarm(keypair, &transport)?;
         // Every check that can fail comes before anything is spawned or
         // written, so a refused start leaves nothing behind.
         for addr in &config.bootstrap {
@@ -326,6 +351,9 @@ impl Node {
             Arc::clone(&torrents),
             tracker.clone(),
             cancel.clone(),
+            Arc::new(tokio::sync::Semaphore::new(
+                handle.config.max_pending_handshakes,
+            )),
         ));
         if !handle.config.bootstrap.is_empty() {
             // Joins the DHT; failures are retried by discovery rounds.
@@ -398,10 +426,11 @@ impl NodeHandle {
             .collect()
     }
 
-    /// Dials a peer (a multiaddr, ideally ending in `/p2p/<peer id>`).
+    /// Dials a peer (a multiaddr, ideally ending in `/p2p/<peer id>`) and
+    /// waits until the connection is up (its peer id) or failed (why).
     ///
     /// Cancel-safe.
-    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Dial(addr, tx))
@@ -524,8 +553,7 @@ async fn swarm_task(task: SwarmTask) {
     let control = swarm.behaviour().stream.new_control();
     let mut discover = tokio::time::interval(discovery_interval);
     // Dials asked for through the handle, until they connect or fail.
-    let mut explicit_dials: std::collections::HashSet<libp2p::swarm::ConnectionId> =
-        std::collections::HashSet::new();
+    let mut explicit_dials: HashMap<libp2p::swarm::ConnectionId, DialReply> = HashMap::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -550,15 +578,21 @@ async fn swarm_task(task: SwarmTask) {
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(Command::Dial(addr, reply)) => {
+                    if explicit_dials.len() >= MAX_PENDING_EXPLICIT_DIALS {
+                        let reason = format!("{MAX_PENDING_EXPLICIT_DIALS} dials are already in flight");
+                        let _ = reply.send(Err(NodeError::Dial { addr, reason }));
+                        continue;
+                    }
                     let opts = fresh_port(addr.clone());
                     let id = opts.connection_id();
-                    let result = swarm
-                        .dial(opts)
-                        .map_err(|e| NodeError::Dial { addr, reason: e.to_string() });
-                    if result.is_ok() && explicit_dials.len() < MAX_PENDING_EXPLICIT_DIALS {
-                        explicit_dials.insert(id);
+                    match swarm.dial(opts) {
+                        Ok(()) => {
+                            explicit_dials.insert(id, (addr, reply));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(NodeError::Dial { addr, reason: chain(&e) }));
+                        }
                     }
-                    let _ = reply.send(result);
                 }
                 Some(Command::Announce(ih)) => {
                     let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
@@ -582,7 +616,9 @@ async fn swarm_task(task: SwarmTask) {
                     listen.send_modify(|a| a.push(address));
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, connection_id, .. } => {
-                    explicit_dials.remove(&connection_id);
+                    if let Some((_, reply)) = explicit_dials.remove(&connection_id) {
+                        let _ = reply.send(Ok(peer_id));
+                    }
                     debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                     api::lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
                     // The dialer opens the piece streams, once per peer.
@@ -600,10 +636,12 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
-                    // A dial someone asked for is worth a warning; the
-                    // DHT's and mDNS's own redials of departed peers are not.
-                    if explicit_dials.remove(&connection_id) {
+                    // A dial someone asked for is answered (and worth a
+                    // warning); the DHT's and mDNS's own redials of
+                    // departed peers are not.
+                    if let Some((addr, reply)) = explicit_dials.remove(&connection_id) {
                         warn!(?peer_id, %error, "dial failed");
+                        let _ = reply.send(Err(NodeError::Dial { addr, reason: chain(&error) }));
                     } else {
                         debug!(?peer_id, %error, "dial failed");
                     }
@@ -640,8 +678,24 @@ async fn swarm_task(task: SwarmTask) {
     }
 }
 
-/// Explicit dials remembered for their failure warning; beyond this many
-/// in flight, failures are logged at debug level.
+/// An error with its causes, `outer: inner: innermost` (libp2p's dial
+/// errors say little at the top level: "Dial error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Dials through the handle waiting for their outcome at once; more are
+/// refused until some finish.
 const MAX_PENDING_EXPLICIT_DIALS: usize = 1024;
 
 /// Dial options for `addr` from a fresh local port. libp2p reuses the
@@ -714,6 +768,7 @@ async fn accept_loop(
     torrents: Torrents,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    pending: Arc<tokio::sync::Semaphore>,
 ) {
     loop {
         let next = tokio::select! {
@@ -721,8 +776,15 @@ async fn accept_loop(
             next = incoming.next() => next,
         };
         let Some((peer, stream)) = next else { break };
+        // Each stream in its handshake holds a permit; beyond the bound
+        // new streams are dropped (the peer sees the stream close).
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            debug!(%peer, "incoming stream refused: too many pending handshakes");
+            continue;
+        };
         let torrents = Arc::clone(&torrents);
         tracker.spawn(async move {
+            let _permit = permit;
             let (reader, mut writer, theirs) = match handshake::accept(stream).await {
                 Ok(x) => x,
                 Err(e) => return debug!(%peer, error = %e, "incoming handshake failed"),

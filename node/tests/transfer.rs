@@ -440,3 +440,46 @@ async fn two_halves_trade_both_ways_under_rate_limits() -> Result<()> {
     stop(nodes).await?;
     Ok(())
 }
+
+/// `dial` answers with the peer's id once connected, or why not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_reports_its_outcome() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let a = node(dir.path(), "a", |c| c).await;
+    let b = node(dir.path(), "b", |c| c).await;
+    let got = tokio::time::timeout(WAIT, a.dial(b.listen_addrs().await.remove(0))).await??;
+    assert_eq!(got, b.peer_id());
+    // Nothing listens on a port we just let go of.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let nowhere = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+    let err = tokio::time::timeout(WAIT, a.dial(nowhere))
+        .await?
+        .unwrap_err();
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    stop([a, b]).await?;
+    Ok(())
+}
+
+/// A node at its connection limit refuses more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let a = node(dir.path(), "a", |c| c.with_max_connections(1)).await;
+    let b = node(dir.path(), "b", |c| c).await;
+    let c = node(dir.path(), "c", |c| c).await;
+    tokio::time::timeout(WAIT, a.dial(b.listen_addrs().await.remove(0))).await??;
+    let err = tokio::time::timeout(WAIT, a.dial(c.listen_addrs().await.remove(0)))
+        .await?
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("limit")
+            || err.to_string().to_lowercase().contains("denied"),
+        "{err}"
+    );
+    stop([a, b, c]).await?;
+    Ok(())
+}

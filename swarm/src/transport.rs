@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -29,6 +30,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/kad/1");
 pub struct TransportConfig {
     mdns: bool,
     idle_timeout: Duration,
+    max_connections: u32,
+    max_pending_incoming: u32,
 }
 
 impl Default for TransportConfig {
@@ -36,6 +39,8 @@ impl Default for TransportConfig {
         Self {
             mdns: true,
             idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            max_pending_incoming: 64,
         }
     }
 }
@@ -52,6 +57,20 @@ impl TransportConfig {
         self.idle_timeout = d;
         self
     }
+
+    /// Established connections, in and out, beyond which new ones are
+    /// refused. Default 256.
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Incoming connections still in their Noise handshake at once.
+    /// Default 64.
+    pub fn with_max_pending_incoming(mut self, n: u32) -> Self {
+        self.max_pending_incoming = n.max(1);
+        self
+    }
 }
 
 /// Everything a sluice node speaks besides its own streams.
@@ -62,6 +81,8 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Refuses connections beyond the configured counts.
+    pub limits: connection_limits::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -119,6 +140,14 @@ pub fn build_swarm(
                 k.set_mode(Some(kad::Mode::Server));
                 k
             },
+            limits: connection_limits::Behaviour::new(
+                ConnectionLimits::default()
+                    .with_max_established(Some(config.max_connections))
+                    .with_max_pending_incoming(Some(config.max_pending_incoming))
+                    // Two: both sides dialing at once is allowed; the
+                    // piece protocol keeps one stream either way.
+                    .with_max_established_per_peer(Some(2)),
+            ),
         })
         .map_err(|e| TransportError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
