@@ -640,7 +640,7 @@ async fn swarm_task(task: SwarmTask) {
                     // warning); the DHT's and mDNS's own redials of
                     // departed peers are not.
                     if let Some((addr, reply)) = explicit_dials.remove(&connection_id) {
-                        warn!(?peer_id, %error, "dial failed");
+                        warn!(?peer_id, error = %chain(&error), "dial failed");
                         let _ = reply.send(Err(NodeError::Dial { addr, reason: chain(&error) }));
                     } else {
                         debug!(?peer_id, %error, "dial failed");
