@@ -502,3 +502,69 @@ fn testnet_runs_and_reports() {
         assert!(first.contains(names), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// `kill -9` a downloading `sluice get` three times at different points and
+/// start it again with the same command: it completes with identical
+/// content, and the run that finishes downloads no more than what was not
+/// yet verified when it started, plus one piece (one peer).
+#[test]
+fn a_leecher_killed_and_restarted_loses_nothing_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(6_000_000)).unwrap();
+    let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let mut seed_args = vec!["seed", "share", "--data-dir", "seedd", "--up-rate", "1MB/s"];
+    seed_args.extend_from_slice(&local);
+    let seeder = spawn(&seed_args, d);
+    let torrent = line_starting(&seeder.lines, "torrent:");
+    let peer = line_starting(&seeder.lines, "peer:");
+    let mut get_args = vec![
+        "get",
+        &torrent,
+        "-o",
+        "dl",
+        "--data-dir",
+        "getd",
+        "--peer",
+        &peer,
+        "--seed-after",
+    ];
+    get_args.extend_from_slice(&local);
+    let status = || -> Option<Value> {
+        let o = sluice(&["status", "--data-dir", "getd", "--json"], d);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.get(0).cloned()
+    };
+    let mut last_start = 0;
+    for round in 1..=3u64 {
+        let leecher = spawn(&get_args, d);
+        let s = eventually("progress before the kill", || {
+            let t = status()?;
+            let total = t["total_pieces"].as_u64()?;
+            (t["verified_pieces"].as_u64()? >= total * round / 4).then_some(t)
+        });
+        let start = s["pieces_at_start"].as_u64().unwrap();
+        assert!(start >= last_start, "round {round}: {start} < {last_start}");
+        last_start = start;
+        drop(leecher); // SIGKILL, then reaped
+    }
+    let _leecher = spawn(&get_args, d);
+    let done = eventually("completion after the restarts", || {
+        status().filter(|t| t["complete"] == true)
+    });
+    let total = done["total_pieces"].as_u64().unwrap();
+    let start = done["pieces_at_start"].as_u64().unwrap();
+    let piece = done["piece_length"].as_u64().unwrap();
+    let downloaded = done["downloaded"].as_u64().unwrap();
+    assert!(start > 0, "the last restart found nothing it had");
+    assert!(
+        downloaded <= (total - start) * piece + piece,
+        "downloaded {downloaded} bytes, but only {} pieces of {piece} were missing",
+        total - start
+    );
+    assert_eq!(
+        std::fs::read(d.join("dl/a.bin")).unwrap(),
+        std::fs::read(d.join("share/a.bin")).unwrap()
+    );
+}

@@ -119,6 +119,10 @@ pub struct TorrentInfo {
     pub size: u64,
     pub verified_pieces: u32,
     pub total_pieces: u32,
+    /// Pieces already verified when the torrent started (resume).
+    pub pieces_at_start: u32,
+    /// Piece size in bytes.
+    pub piece_length: u32,
     /// Verified pieces / total pieces, 0 to 1.
     pub progress: f64,
     /// Every piece verified and flushed.
@@ -144,6 +148,8 @@ impl From<&TorrentStats> for TorrentInfo {
             size: s.size,
             verified_pieces: s.verified_pieces,
             total_pieces: s.total_pieces,
+            pieces_at_start: s.pieces_at_start,
+            piece_length: s.piece_length,
             progress: if s.total_pieces == 0 {
                 1.0
             } else {

@@ -201,6 +201,10 @@ pub struct TorrentStats {
     pub size: u64,
     pub verified_pieces: u32,
     pub total_pieces: u32,
+    /// Pieces verified when the torrent started (from the resume file or
+    /// a recheck): what a restart did not have to download again.
+    pub pieces_at_start: u32,
+    pub piece_length: u32,
     /// Every piece verified and flushed to disk (resume file written).
     pub complete: bool,
     pub down_rate: f64,
@@ -394,6 +398,8 @@ pub fn spawn_torrent(
         size: info.total_size(),
         verified_pieces: storage.verified_count(),
         total_pieces: storage.layout().num_pieces(),
+        pieces_at_start: storage.verified_count(),
+        piece_length: info.piece_length(),
         complete: false,
         down_rate: 0.0,
         up_rate: 0.0,
@@ -551,6 +557,9 @@ impl Torrent {
     ) {
         // Both sides may open a stream; both keep the one opened by the
         // lower peer id, so they always agree on which session survives.
+        // A second stream from the same opener means the opener gave the
+        // first one up (it restarted, or its end failed before ours
+        // noticed): the new one replaces it.
         let local_id = self.local_id;
         let opener = |by_us: bool| if by_us { local_id } else { peer_id };
         let existing = self
@@ -562,7 +571,7 @@ impl Torrent {
         let refuse = if self.banned.contains(&peer_id) {
             Some("banned")
         } else if let Some((key, old_by_us)) = existing {
-            if opener(opened_by_us) < opener(old_by_us) {
+            if opened_by_us == old_by_us || opener(opened_by_us) < opener(old_by_us) {
                 replace = Some(key);
                 None
             } else {
