@@ -1,0 +1,205 @@
+//! Misbehaving peers on real 127.0.0.1 sockets: a raw libp2p client that
+//! opens a piece stream to a seeder and breaks the protocol in one way
+//! each. Every case ends with the seeder closing that stream (or
+//! rejecting), and an honest leecher downloading everything afterwards.
+
+#![allow(clippy::unwrap_used, reason = "test helpers")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::{BufMut, BytesMut};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use sluice_swarm::torrent::TorrentConfig;
+use sluice_swarm::transport::{PIECES_PROTOCOL, TransportConfig, build_swarm};
+use sluice_swarm::wire::{MAX_FRAME, VERSION};
+use sluice_swarm::{BlockSpec, Message};
+
+use common::*;
+
+/// A raw client: its own swarm, driven in the background.
+struct Raw {
+    control: libp2p_stream::Control,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Raw {
+    async fn connect(addr: Multiaddr) -> Self {
+        let mut swarm = build_swarm(
+            Keypair::generate_ed25519(),
+            &TransportConfig::default().with_mdns(false),
+        )
+        .unwrap();
+        let control = swarm.behaviour().stream.new_control();
+        swarm.dial(addr).unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        Self { control, task }
+    }
+
+    async fn stream(&mut self, peer: PeerId) -> libp2p::Stream {
+        tokio::time::timeout(WAIT, self.control.open_stream(peer, PIECES_PROTOCOL))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn encode(msgs: &[Message]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    for m in msgs {
+        m.encode(&mut b);
+    }
+    b.to_vec()
+}
+
+/// Reads until the other side closes the stream; fails if it does not
+/// within the wait. Returns what was read.
+async fn until_closed(stream: &mut libp2p::Stream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the node closes the stream");
+    all
+}
+
+/// Decodes whole frames from `bytes` (what the node sent us).
+fn decode_all(bytes: &[u8]) -> Vec<Message> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = Message::decode(&mut buf) {
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_cut_off_and_honest_ones_still_download() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let idle = Duration::from_secs(2);
+    let seeder = node(dir.path(), "seeder", |c| {
+        c.with_torrent(TorrentConfig::default().with_idle_timeout(idle))
+    })
+    .await;
+    let ts = seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let addr = seeder.listen_addrs().await.remove(0);
+    let hello = Message::Handshake {
+        version: VERSION,
+        info_hash: meta.info().info_hash().0,
+        pieces: ts.stats().total_pieces,
+        max_requests: 8,
+    };
+    let pieces = ts.stats().total_pieces;
+
+    // Each case: what we send after our handshake, and whether the node
+    // must close the stream (else: it must answer with a reject).
+    let oversized = {
+        let mut b = BytesMut::new();
+        b.put_u32(u32::try_from(MAX_FRAME).unwrap() + 1);
+        b.put_bytes(7, 64);
+        b.to_vec()
+    };
+    let unknown_type = vec![0, 0, 0, 1, 200];
+    let wrong_bitfield = encode(&[Message::Bitfield {
+        first_piece: 0,
+        bits: vec![0xff; (pieces as usize).div_ceil(8) + 16].into(),
+    }]);
+    let second_handshake = encode(std::slice::from_ref(&hello));
+    let unrequested_block = encode(&[Message::Piece {
+        piece: 0,
+        offset: 0,
+        data: vec![0u8; 16 * 1024].into(),
+    }]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("an oversized frame", oversized),
+        ("an unknown message type", unknown_type),
+        ("a bitfield of the wrong length", wrong_bitfield),
+        ("a second handshake", second_handshake),
+        ("a block nobody asked for, then silence", unrequested_block),
+        ("nothing after the handshake", Vec::new()),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = Raw::connect(addr.clone()).await;
+        let mut stream = raw.stream(seeder.peer_id()).await;
+        stream
+            .write_all(&encode(std::slice::from_ref(&hello)))
+            .await?;
+        stream.write_all(&bytes).await?;
+        stream.flush().await?;
+        let started = tokio::time::Instant::now();
+        let got = until_closed(&mut stream).await;
+        assert!(
+            matches!(decode_all(&got).first(), Some(Message::Handshake { .. })),
+            "{what}: the node answered the handshake first"
+        );
+        if bytes.is_empty() {
+            assert!(
+                started.elapsed() >= idle,
+                "{what}: cut off before the idle timeout"
+            );
+        }
+        drop(raw);
+    }
+
+    // A request beyond the piece range, and requests while choked, get
+    // explicit rejects (the stream stays open).
+    let mut raw = Raw::connect(addr.clone()).await;
+    let mut stream = raw.stream(seeder.peer_id()).await;
+    let far = BlockSpec {
+        piece: pieces + 10,
+        offset: 0,
+        len: 16 * 1024,
+    };
+    let first = BlockSpec {
+        piece: 0,
+        offset: 0,
+        len: 16 * 1024,
+    };
+    stream
+        .write_all(&encode(&[
+            hello.clone(),
+            Message::Request(far),
+            Message::Request(first),
+        ]))
+        .await?;
+    stream.flush().await?;
+    let got = until_closed(&mut stream).await; // the idle timeout ends it
+    let msgs = decode_all(&got);
+    assert!(msgs.contains(&Message::Reject(far)), "{msgs:?}");
+    assert!(msgs.contains(&Message::Reject(first)), "choked: {msgs:?}");
+    drop(raw);
+
+    // Through all of that, the seeder still serves an honest leecher.
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let tl = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    leecher.dial(addr).await?;
+    until(&tl, "the honest download", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    stop([leecher, seeder]).await?;
+    Ok(())
+}
