@@ -17,6 +17,10 @@ pub enum SeedMode {
     /// or held it for `max_time`, then the peers that waited longest go
     /// first.
     RoundRobin { quota: u64, max_time: Duration },
+    /// To the peers we have uploaded the least to so far: every
+    /// interested peer ends up with the same bytes from us, however fast
+    /// it can take them (a fast free-rider gets no more than its share).
+    LeastServed,
 }
 
 /// Tit-for-tat settings. Defaults follow BitTorrent.
@@ -126,9 +130,9 @@ pub struct TitForTat {
     snubbed: HashMap<PeerKey, Instant>,
     /// When each peer last lost its slot (round-robin seeding order).
     last_turn: HashMap<PeerKey, Instant>,
-    /// When each peer's first optimistic turn began (leeching): one that
-    /// sent us nothing since, though it has what we want, did not
-    /// reciprocate.
+    /// When we first unchoked each peer (any slot) while leeching: one
+    /// that sent us nothing since did not reciprocate. Kept after we
+    /// complete, so our seeding favours the peers that gave.
     optimistic_turn: HashMap<PeerKey, Instant>,
     last: HashMap<PeerKey, Decision>,
     rechokes: u64,
@@ -158,17 +162,16 @@ impl TitForTat {
         self.config.slots.saturating_sub(1)
     }
 
-    /// Leeching: it had an optimistic turn that began at least two
-    /// rechokes ago (time to see our upload and rank us), has pieces we
-    /// want, and sent us nothing since the turn began.
-    fn ungrateful(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
+    /// We first unchoked it while leeching at least two rechokes ago (time
+    /// to see our upload and rank us) and it has sent us nothing since.
+    /// Still true once we seed: a seeder that never leeched has no such
+    /// record of anyone.
+    fn ungrateful(&self, now: Instant, _mode: Mode, p: &PeerSnapshot) -> bool {
         let period = self.config.rechoke_interval * 2;
-        mode == Mode::Leeching
-            && p.we_are_interested
-            && self.optimistic_turn.get(&p.key).is_some_and(|&turn| {
-                now.saturating_duration_since(turn) >= period
-                    && p.last_block_at.is_none_or(|b| b < turn)
-            })
+        self.optimistic_turn.get(&p.key).is_some_and(|&turn| {
+            now.saturating_duration_since(turn) >= period
+                && p.last_block_at.is_none_or(|b| b < turn)
+        })
     }
 
     /// The optimistic pick among `candidates`: peers that did not
@@ -246,6 +249,7 @@ impl TitForTat {
             (Mode::Seeding, SeedMode::FastestUpload) => {
                 ranked.sort_by(|a, b| b.up_rate.total_cmp(&a.up_rate));
             }
+            (Mode::Seeding, SeedMode::LeastServed) => ranked.sort_by_key(|p| p.uploaded),
             (Mode::Seeding, SeedMode::RoundRobin { quota, max_time }) => {
                 let key = |p: &PeerSnapshot| match self.held.get(&p.key) {
                     Some(h)
@@ -284,11 +288,13 @@ impl TitForTat {
                 slots,
                 rate: p.down_rate,
             },
-            (Mode::Seeding, SeedMode::FastestUpload) => Reason::SeedingSlot {
-                rank,
-                slots,
-                rate: p.up_rate,
-            },
+            (Mode::Seeding, SeedMode::FastestUpload | SeedMode::LeastServed) => {
+                Reason::SeedingSlot {
+                    rank,
+                    slots,
+                    rate: p.up_rate,
+                }
+            }
             (Mode::Seeding, SeedMode::RoundRobin { .. }) => Reason::SeedingTurn { rank, slots },
         }
     }
@@ -322,6 +328,7 @@ impl TitForTat {
     fn commit(
         &mut self,
         now: Instant,
+        mode: Mode,
         peers: &[PeerSnapshot],
         decided: HashMap<PeerKey, Decision>,
     ) -> Vec<Decision> {
@@ -330,7 +337,7 @@ impl TitForTat {
             let d = decided[&p.key].clone();
             if d.unchoke {
                 let regular = !d.is_optimistic();
-                if !regular {
+                if mode == Mode::Leeching {
                     self.optimistic_turn.entry(p.key).or_insert(now);
                 }
                 let held = self.held.entry(p.key).or_insert(Held {
@@ -430,7 +437,7 @@ impl Choker for TitForTat {
         }
         self.rechokes += 1;
         self.next_due = Some(now + self.config.rechoke_interval);
-        self.commit(now, peers, decided)
+        self.commit(now, mode, peers, decided)
     }
 
     fn on_peers_changed(
@@ -488,6 +495,6 @@ impl Choker for TitForTat {
                 decided.insert(k, Decision::unchoke(k, Reason::Optimistic));
             }
         }
-        self.commit(now, peers, decided)
+        self.commit(now, mode, peers, decided)
     }
 }

@@ -50,6 +50,9 @@ use crate::session::{FromSession, Session, SessionLimits, SessionStats, ToSessio
 use crate::window::{RequestWindow, WindowConfig};
 use crate::wire::{BlockSpec, MAX_BITFIELD_CHUNK, Message};
 
+/// The rate that sizes request windows is measured over this long.
+const RECENT_RATE_WINDOW: Duration = Duration::from_secs(3);
+
 /// Session events handled per loop turn before requests are topped up.
 const EVENT_BATCH: usize = 64;
 
@@ -326,6 +329,10 @@ struct Peer {
     /// Bitfield chunks received so far (until complete).
     partial_bits: Option<Bitfield>,
     down: RateMeter,
+    /// The last few seconds only: sizes the request window, which must
+    /// follow a peer that just unchoked us faster than the choker's
+    /// 20-second average does.
+    recent: RateMeter,
     up: RateMeter,
     downloaded: u64,
     uploaded_seen: u64,
@@ -636,6 +643,7 @@ impl Torrent {
                 has_bitfield: false,
                 partial_bits: None,
                 down: RateMeter::new(Duration::from_secs(20)),
+                recent: RateMeter::new(RECENT_RATE_WINDOW),
                 up: RateMeter::new(Duration::from_secs(20)),
                 downloaded: 0,
                 uploaded_seen: 0,
@@ -839,6 +847,7 @@ impl Torrent {
             return self.on_late_block(key, block, data);
         };
         peer.down.record(now, len);
+        peer.recent.record(now, len);
         peer.downloaded += len;
         peer.last_block_at = Some(now);
         peer.window
@@ -883,6 +892,7 @@ impl Torrent {
                 let now = Instant::now();
                 if let Some(peer) = self.peers.get_mut(&key) {
                     peer.down.record(now, len);
+                    peer.recent.record(now, len);
                     peer.downloaded += len;
                     peer.last_block_at = Some(now);
                 }
@@ -936,7 +946,7 @@ impl Torrent {
             let mut still = Vec::with_capacity(keys.len());
             for key in keys {
                 let peer = self.peers.get_mut(&key).expect("listed");
-                let window = peer.window.size(peer.down.rate(now)) as usize;
+                let window = peer.window.size(peer.recent.rate(now)) as usize;
                 if peer.outstanding.len() >= window {
                     continue;
                 }
@@ -1147,7 +1157,7 @@ impl Torrent {
                 downloaded: p.downloaded,
                 uploaded: p.uploaded_seen,
                 outstanding_requests: p.outstanding.len(),
-                request_window: p.window.size(p.down.rate(now)),
+                request_window: p.window.size(p.recent.rate(now)),
                 upload_queue: p.stats.upload_queue.load(Ordering::Relaxed),
                 upload_window_bytes: self.config.upload_window,
                 upload_buffered_bytes: p.stats.upload_buffered.load(Ordering::Relaxed),

@@ -249,10 +249,9 @@ impl Testnet {
         let tft = TitForTatConfig::default()
             .with_slots(self.config.slots)
             .with_rechoke_interval(self.config.rechoke_interval())
-            .with_seed_mode(sluice_choke::SeedMode::RoundRobin {
-                quota: u64::from(self.meta.info().piece_length()) * 4,
-                max_time: self.config.rechoke_interval() * 3,
-            });
+            // Seeders share out evenly by bytes, so a fast downloader
+            // (a free-rider takes all it can) gets no more than its share.
+            .with_seed_mode(sluice_choke::SeedMode::LeastServed);
         let choker = match (plan.role, self.config.choker) {
             (Role::FreeRider, _) => ChokerChoice::FreeRider,
             (_, ChokerKind::TitForTat) => ChokerChoice::TitForTat(tft),
