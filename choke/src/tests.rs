@@ -507,3 +507,19 @@ fn a_peer_that_gives_nothing_back_loses_its_optimistic_turn() {
         regular(&ds)
     );
 }
+
+/// Least-served seeding: slots go to the peers we have sent the least,
+/// whatever their speed.
+#[test]
+fn least_served_seeding_evens_out_bytes() {
+    let t0 = Instant::now();
+    let mut peers: Vec<PeerSnapshot> = (1..=5).map(|k| peer(k, t0, 0.0)).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        // Peer 1 took the most and is the fastest taker now.
+        p.uploaded = 1_000_000 - 100_000 * i as u64;
+        p.up_rate = 1e6 / (i + 1) as f64;
+    }
+    let mut c = TitForTat::new(TitForTatConfig::default().with_seed_mode(SeedMode::LeastServed));
+    let ds = c.rechoke(t0, Mode::Seeding, &peers, &mut rng());
+    assert_eq!(regular(&ds), vec![3, 4, 5], "the three least served");
+}
