@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_choke::TitForTatConfig;
+use sluice_choke::{SeedMode, TitForTatConfig};
 use sluice_node::api::ApiConfig;
 use sluice_node::{Multiaddr, Node, NodeConfig, NodeHandle};
 use sluice_storage::{CreateOptions, Metainfo};
@@ -55,6 +55,10 @@ pub(crate) struct NetArgs {
     /// Upload slots, one of them optimistic.
     #[arg(long, default_value_t = 4)]
     slots: u32,
+    /// Whom a seeder's slots go to: the peers it uploads to fastest, each
+    /// in turn (a quota of 4 MiB or 60 s), or those it has sent the least.
+    #[arg(long, value_enum, default_value_t = SeedModeArg::FastestUpload)]
+    seed_mode: SeedModeArg,
     /// Control API address (`sluice status`, `peers`, `top` and /metrics
     /// read it). Any address but loopback needs --api-token.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -68,6 +72,13 @@ pub(crate) struct NetArgs {
     /// Serve no control API.
     #[arg(long, conflicts_with_all = ["api", "api_token", "api_token_file"])]
     no_api: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SeedModeArg {
+    FastestUpload,
+    RoundRobin,
+    LeastServed,
 }
 
 /// Reads `--api-token` or `--api-token-file`.
@@ -136,7 +147,17 @@ fn node_config(
     disk_queue: Option<u64>,
     disk_rate: Option<u64>,
 ) -> Result<NodeConfig> {
-    let choker = TitForTatConfig::default().with_slots(net.slots);
+    let seed_mode = match net.seed_mode {
+        SeedModeArg::FastestUpload => SeedMode::FastestUpload,
+        SeedModeArg::RoundRobin => SeedMode::RoundRobin {
+            quota: 4 * 1024 * 1024,
+            max_time: Duration::from_secs(60),
+        },
+        SeedModeArg::LeastServed => SeedMode::LeastServed,
+    };
+    let choker = TitForTatConfig::default()
+        .with_slots(net.slots)
+        .with_seed_mode(seed_mode);
     let listen = if net.listen.is_empty() {
         ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
             .iter()

@@ -207,10 +207,13 @@ fn seed_then_get_then_resume() {
     std::fs::create_dir(d.join("share")).unwrap();
     std::fs::write(d.join("share/a.bin"), content(700_000)).unwrap();
     std::fs::write(d.join("share/b.bin"), content(5)).unwrap();
+    // Round-robin seeding here; the other tests use the default.
     let seeder = spawn(
         &[
             "seed",
             "share",
+            "--seed-mode",
+            "round-robin",
             "--data-dir",
             "seedd",
             "--no-mdns",
