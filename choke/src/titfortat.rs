@@ -166,12 +166,14 @@ impl TitForTat {
     /// to see our upload and rank us) and it has sent us nothing since.
     /// Still true once we seed: a seeder that never leeched has no such
     /// record of anyone.
-    fn ungrateful(&self, now: Instant, _mode: Mode, p: &PeerSnapshot) -> bool {
+    fn ungrateful(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
         let period = self.config.rechoke_interval * 2;
-        self.optimistic_turn.get(&p.key).is_some_and(|&turn| {
-            now.saturating_duration_since(turn) >= period
-                && p.last_block_at.is_none_or(|b| b < turn)
-        })
+        // While leeching, a peer with nothing we want cannot give back.
+        (mode == Mode::Seeding || p.we_are_interested)
+            && self.optimistic_turn.get(&p.key).is_some_and(|&turn| {
+                now.saturating_duration_since(turn) >= period
+                    && p.last_block_at.is_none_or(|b| b < turn)
+            })
     }
 
     /// The optimistic pick among `candidates`: peers that did not
@@ -238,9 +240,7 @@ impl TitForTat {
     ) -> Vec<&'a PeerSnapshot> {
         let mut ranked: Vec<&PeerSnapshot> = peers
             .iter()
-            .filter(|p| {
-                p.interested && !self.snubbed.contains_key(&p.key) && !self.ungrateful(now, mode, p)
-            })
+            .filter(|p| p.interested && !self.snubbed.contains_key(&p.key))
             .collect();
         // Shuffle first so the stable sorts below break ties at random.
         ranked.shuffle(rng);
@@ -267,6 +267,9 @@ impl TitForTat {
                 ranked.sort_by_key(|p| key(p));
             }
         }
+        // Peers that gave nothing back rank after everyone else: they get
+        // a slot only when nobody else wants it (no slot is left empty).
+        ranked.sort_by_key(|p| self.ungrateful(now, mode, p));
         ranked
     }
 

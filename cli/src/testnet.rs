@@ -192,49 +192,51 @@ pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
         dir.display()
     );
     let mut testnet = Testnet::prepare(config, &dir)?;
-    runtime.block_on(async move {
-        let mut view = LiveView::new();
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        let outcome = tokio::select! {
-            r = testnet.run(|t, nodes| view.draw(t, nodes)) => Some(r),
-            _ = &mut ctrl_c => None,
-        };
-        let Some(report) = outcome else {
-            eprintln!("interrupted; stopping the nodes");
-            testnet.shutdown().await?;
-            if !args.keep_data {
-                remove_data(&dir)?;
+    let keep_data = args.keep_data;
+    let outcome = runtime.block_on(run(&mut testnet, &dir, &args));
+    let stopped = runtime.block_on(testnet.shutdown());
+    // The bulk goes on every way out, errors included, unless kept.
+    if !keep_data {
+        remove_data(&dir)?;
+    }
+    let code = outcome?;
+    stopped?;
+    Ok(code)
+}
+
+async fn run(testnet: &mut Testnet, dir: &std::path::Path, args: &TestnetArgs) -> Result<ExitCode> {
+    let mut view = LiveView::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let outcome = tokio::select! {
+        r = testnet.run(|t, nodes| view.draw(t, nodes)) => Some(r),
+        _ = &mut ctrl_c => None,
+    };
+    let Some(report) = outcome else {
+        eprintln!("interrupted; stopping the nodes");
+        return Ok(ExitCode::from(130));
+    };
+    let report = report?;
+    report.write(dir)?;
+    println!();
+    print!("{}", report.summary());
+    println!("report: {}", dir.join("report.md").display());
+    if args.keep_running {
+        println!("nodes keep running; Ctrl-C to stop");
+        for (name, data_dir, _, api) in testnet.endpoints() {
+            if let Some(api) = api {
+                println!(
+                    "  {name:<10} --data-dir {}  api http://{api}",
+                    data_dir.display()
+                );
             }
-            return Ok(ExitCode::from(130));
-        };
-        let report = report?;
-        report.write(&dir)?;
-        println!();
-        print!("{}", report.summary());
-        println!("report: {}", dir.join("report.md").display());
-        let code = if report.timed_out {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        };
-        if args.keep_running {
-            println!("nodes keep running; Ctrl-C to stop");
-            for (name, data_dir, _, api) in testnet.endpoints() {
-                if let Some(api) = api {
-                    println!(
-                        "  {name:<10} --data-dir {}  api http://{api}",
-                        data_dir.display()
-                    );
-                }
-            }
-            let _ = (&mut ctrl_c).await;
         }
-        testnet.shutdown().await?;
-        if !args.keep_data {
-            remove_data(&dir)?;
-        }
-        Ok(code)
+        let _ = (&mut ctrl_c).await;
+    }
+    Ok(if report.timed_out {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

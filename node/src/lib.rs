@@ -433,10 +433,16 @@ impl NodeHandle {
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Dial(addr, tx))
+            .send(Command::Dial(addr.clone(), tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        match tokio::time::timeout(DIAL_TIMEOUT, rx).await {
+            Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
+            Err(_) => Err(NodeError::Dial {
+                addr,
+                reason: format!("no answer within {DIAL_TIMEOUT:?}"),
+            }),
+        }
     }
 
     /// Starts sharing a torrent whose content is (or will be) at `content`
@@ -809,6 +815,9 @@ async fn accept_loop(
         });
     }
 }
+
+/// How long [`NodeHandle::dial`] waits for a connection.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for a torrent before giving up on it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -339,6 +339,9 @@ struct Peer {
     last_block_at: Option<Instant>,
     window: RequestWindow,
     outstanding: HashMap<BlockRef, (Credit, Instant)>,
+    /// Requests to it that timed out (at most the window's maximum): a
+    /// block for one of them may still arrive and is worth keeping.
+    expired: std::collections::HashSet<BlockRef>,
     hash_failures: u32,
     decision: Option<Decision>,
 }
@@ -650,6 +653,7 @@ impl Torrent {
                 last_block_at: None,
                 window: RequestWindow::new(self.config.window.clone(), remote_max),
                 outstanding: HashMap::new(),
+                expired: std::collections::HashSet::new(),
                 hash_failures: 0,
                 decision: None,
             },
@@ -844,7 +848,12 @@ impl Torrent {
         let len = data.len() as u64;
         let peer = self.peers.get_mut(&key).expect("checked");
         let Some((credit, requested_at)) = peer.outstanding.remove(&block) else {
-            return self.on_late_block(key, block, data);
+            if peer.expired.remove(&block) {
+                return self.on_late_block(key, block, data);
+            }
+            // Never asked of this peer (or cancelled): no credit, dropped.
+            debug!(peer = key.0, ?block, "unrequested block dropped");
+            return Ok(());
         };
         peer.down.record(now, len);
         peer.recent.record(now, len);
@@ -1101,6 +1110,10 @@ impl Torrent {
             }
             for b in late {
                 p.outstanding.remove(&b);
+                if p.expired.len() >= self.config.window.max() as usize {
+                    p.expired.clear();
+                }
+                p.expired.insert(b);
                 expired.push((*key, b));
             }
         }

@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use libp2p::Transport as _;
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
@@ -24,6 +25,9 @@ pub const PIECES_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/pieces/
 /// sluice's own Kademlia DHT (not the IPFS one): provider records keyed by
 /// info-hash.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/kad/1");
+
+/// How long a new TCP connection may take to finish Noise and Yamux.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -94,8 +98,8 @@ impl std::fmt::Debug for Behaviour {
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("setting up TCP + Noise + Yamux")]
-    Tcp(#[source] noise::Error),
+    #[error("setting up TCP + Noise + Yamux: {0}")]
+    Tcp(String),
     #[error("starting mDNS")]
     Mdns(#[source] std::io::Error),
     #[error("building the libp2p behaviour: {0}")]
@@ -119,10 +123,21 @@ pub fn build_swarm(
     let mut mdns = Some(mdns);
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(TransportError::Tcp)?
         // QUIC beside TCP: whichever the listen and peer addresses name.
         .with_quic()
+        // TCP + Noise + Yamux, built by hand for one thing the builder's
+        // `with_tcp` lacks: a deadline on the upgrade. Without it a peer
+        // that connects and never speaks holds a pending slot forever.
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(UPGRADE_TIMEOUT),
+            )
+        })
+        .map_err(|e| TransportError::Tcp(e.to_string()))?
         .with_behaviour(|key| Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/sluice/id/1".into(),

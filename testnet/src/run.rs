@@ -24,6 +24,8 @@ use crate::report::{NodeReport, Report, Sample};
 
 /// How often every node is sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a starting node waits for each dial.
+const DIAL_WAIT: Duration = Duration::from_secs(20);
 /// Samples kept per node (about 80 minutes at the interval above); later
 /// samples are not recorded.
 pub const MAX_SAMPLES: usize = 20_000;
@@ -301,9 +303,15 @@ impl Testnet {
         others.shuffle(&mut self.rng);
         others.truncate(self.config.peers_per_node);
         for peer in seeders.iter().chain(&others) {
-            let addr = peer.listen_addrs().await.remove(0);
-            if let Err(e) = node.dial(addr).await {
-                warn!(node = %plan.name, error = %e, "dial failed");
+            let addrs = tokio::time::timeout(DIAL_WAIT, peer.listen_addrs()).await;
+            let Some(addr) = addrs.ok().and_then(|a| a.into_iter().next()) else {
+                warn!(node = %plan.name, peer = %peer.peer_id(), "peer has no listen address");
+                continue;
+            };
+            match tokio::time::timeout(DIAL_WAIT, node.dial(addr)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(node = %plan.name, error = %e, "dial failed"),
+                Err(_) => warn!(node = %plan.name, "dial timed out"),
             }
         }
         info!(node = %plan.name, role = plan.role.name(), t, "joined");
