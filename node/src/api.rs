@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::Torrents;
+use crate::{Torrents, lock};
 
 /// The file in a node's data dir that holds its API address.
 pub const API_FILE: &str = "api";
@@ -422,10 +422,6 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         body,
     )
         .into_response()
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// sluice's own metrics, read from the snapshots at each scrape.

@@ -454,12 +454,7 @@ impl NodeHandle {
         content: PathBuf,
     ) -> Result<TorrentHandle, NodeError> {
         let ih = meta.info().info_hash();
-        if self
-            .torrents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&ih)
-        {
+        if lock(&self.torrents).contains_key(&ih) {
             return Err(NodeError::Duplicate(ih));
         }
         let storage_config = StorageConfig::default()
@@ -479,34 +474,20 @@ impl NodeHandle {
             &self.tracker,
             self.cancel.child_token(),
         );
-        self.torrents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ih, handle.clone());
+        lock(&self.torrents).insert(ih, handle.clone());
         let _ = self.commands.send(Command::Announce(ih)).await;
         Ok(handle)
     }
 
     /// The running torrents.
     pub fn torrents(&self) -> Vec<TorrentHandle> {
-        self.torrents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        lock(&self.torrents).values().cloned().collect()
     }
 
     /// Stops every torrent (queued writes finish, resume files flush), then
     /// the network, and waits for every task. Returns the first error.
     pub async fn shutdown(self) -> Result<(), String> {
-        let torrents: Vec<TorrentHandle> = self
-            .torrents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, t)| t)
-            .collect();
+        let torrents: Vec<TorrentHandle> = lock(&self.torrents).drain().map(|(_, t)| t).collect();
         let mut result = Ok(());
         for t in torrents {
             let stopped = tokio::time::timeout(STOP_TIMEOUT, t.stop()).await;
@@ -566,7 +547,7 @@ async fn swarm_task(task: SwarmTask) {
             _ = discover.tick() => {
                 // Announce every torrent and look for more peers of each.
                 let all: Vec<TorrentHandle> =
-                    torrents.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                    lock(&torrents).values().cloned().collect();
                 let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
                 for t in all {
                     discover_torrent(&mut swarm, t.info_hash());
@@ -626,10 +607,10 @@ async fn swarm_task(task: SwarmTask) {
                         let _ = reply.send(Ok(peer_id));
                     }
                     debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
-                    api::lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
+                    lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
                     // The dialer opens the piece streams, once per peer.
                     if endpoint.is_dialer() && num_established.get() == 1 {
-                        let ihs: Vec<InfoHash> = torrents.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+                        let ihs: Vec<InfoHash> = lock(&torrents).keys().copied().collect();
                         for ih in ihs {
                             open_for(peer_id, ih, &torrents, &control, &tracker);
                         }
@@ -638,7 +619,7 @@ async fn swarm_task(task: SwarmTask) {
                 SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
                     debug!(%peer_id, ?cause, "connection closed");
                     if num_established == 0 {
-                        api::lock(&peer_addrs).remove(&peer_id);
+                        lock(&peer_addrs).remove(&peer_id);
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
@@ -682,6 +663,12 @@ async fn swarm_task(task: SwarmTask) {
             }},
         }
     }
+}
+
+/// Locks a mutex whose holders never leave it inconsistent, so a panic
+/// elsewhere (poisoning) does not matter.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An error with its causes, `outer: inner: innermost` (libp2p's dial
@@ -732,12 +719,7 @@ fn open_for(
     control: &libp2p_stream::Control,
     tracker: &TaskTracker,
 ) {
-    let Some(torrent) = torrents
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&ih)
-        .cloned()
-    else {
+    let Some(torrent) = lock(torrents).get(&ih).cloned() else {
         return;
     };
     let mut control = control.clone();
@@ -795,7 +777,7 @@ async fn accept_loop(
                 Ok(x) => x,
                 Err(e) => return debug!(%peer, error = %e, "incoming handshake failed"),
             };
-            let torrent = torrents.lock().unwrap_or_else(|p| p.into_inner()).get(&theirs.info_hash).cloned();
+            let torrent = lock(&torrents).get(&theirs.info_hash).cloned();
             let Some(torrent) = torrent else {
                 return debug!(%peer, info_hash = %theirs.info_hash, "stream for a torrent we do not have");
             };
