@@ -204,22 +204,22 @@ pub(crate) fn prefix(s: &str, n: usize) -> &str {
 /// `O` optimistic unchoke, `S` snubbed.
 pub(crate) fn flags(p: &PeerInfo) -> String {
     let mut f = String::new();
-    match (p.am_interested, p.peer_choking) {
+    match (p.stats.am_interested, p.stats.peer_choking) {
         (true, false) => f.push('D'),
         (true, true) => f.push('d'),
         (false, false) => f.push('K'),
         (false, true) => {}
     }
-    match (p.peer_interested, p.am_choking) {
+    match (p.stats.peer_interested, p.stats.am_choking) {
         (true, false) => f.push('U'),
         (true, true) => f.push('u'),
         (false, false) => f.push('?'),
         (false, true) => {}
     }
-    if p.optimistic {
+    if p.stats.optimistic {
         f.push('O');
     }
-    if p.snubbed {
+    if p.stats.snubbed {
         f.push('S');
     }
     f
@@ -234,14 +234,17 @@ pub(crate) fn peer_table(peers: &[PeerInfo]) -> String {
     for p in peers {
         out.push_str(&format!(
             "{:<8} {:<21} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
-            short_id(&p.peer_id),
+            short_id(&p.stats.peer_id),
             clip(&p.addr.as_deref().map(short_addr).unwrap_or_default(), 21),
             flags(p),
-            clip(&p.choke_reason, 30),
-            format_rate(p.down_rate),
-            format_rate(p.up_rate),
-            format!("{}/{}", p.outstanding_requests, p.request_window),
-            p.upload_queue,
+            clip(&p.stats.choke_reason, 30),
+            format_rate(p.stats.down_rate),
+            format_rate(p.stats.up_rate),
+            format!(
+                "{}/{}",
+                p.stats.outstanding_requests, p.stats.request_window
+            ),
+            p.stats.upload_queue,
         ));
     }
     out

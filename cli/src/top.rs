@@ -103,9 +103,11 @@ impl App {
         match self.sort {
             SortBy::Down => self
                 .peers
-                .sort_by(|a, b| b.down_rate.total_cmp(&a.down_rate)),
-            SortBy::Up => self.peers.sort_by(|a, b| b.up_rate.total_cmp(&a.up_rate)),
-            SortBy::Flags => self.peers.sort_by_key(|p| (p.am_choking, flags(p))),
+                .sort_by(|a, b| b.stats.down_rate.total_cmp(&a.stats.down_rate)),
+            SortBy::Up => self
+                .peers
+                .sort_by(|a, b| b.stats.up_rate.total_cmp(&a.stats.up_rate)),
+            SortBy::Flags => self.peers.sort_by_key(|p| (p.stats.am_choking, flags(p))),
         }
     }
 
@@ -314,13 +316,16 @@ fn draw_sparks(f: &mut Frame<'_>, area: Rect, app: &App) {
 fn draw_peers(f: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.peers.iter().map(|p| {
         Row::new([
-            Cell::from(short_id(&p.peer_id).to_owned()),
+            Cell::from(short_id(&p.stats.peer_id).to_owned()),
             Cell::from(flags(p)),
-            Cell::from(p.choke_reason.clone()),
-            Cell::from(format_rate(p.down_rate)),
-            Cell::from(format_rate(p.up_rate)),
-            Cell::from(format!("{}/{}", p.outstanding_requests, p.request_window)),
-            Cell::from(p.upload_queue.to_string()),
+            Cell::from(p.stats.choke_reason.clone()),
+            Cell::from(format_rate(p.stats.down_rate)),
+            Cell::from(format_rate(p.stats.up_rate)),
+            Cell::from(format!(
+                "{}/{}",
+                p.stats.outstanding_requests, p.stats.request_window
+            )),
+            Cell::from(p.stats.upload_queue.to_string()),
         ])
     });
     let title = match app.torrents.get(app.selected) {

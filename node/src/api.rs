@@ -170,73 +170,15 @@ impl From<&TorrentStats> for TorrentInfo {
     }
 }
 
-/// One entry of `GET /api/v1/torrents/{info_hash}/peers`.
+/// One entry of `GET /api/v1/torrents/{info_hash}/peers`: the torrent's
+/// own numbers for the peer (flattened into the same JSON object) and the
+/// connection's address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerInfo {
-    pub peer_id: String,
+    #[serde(flatten)]
+    pub stats: PeerStats,
     /// The connection's remote address, when the connection is known.
     pub addr: Option<String>,
-    /// We refuse to upload to it.
-    pub am_choking: bool,
-    /// It has pieces we lack.
-    pub am_interested: bool,
-    /// It refuses to upload to us.
-    pub peer_choking: bool,
-    /// We have pieces it lacks.
-    pub peer_interested: bool,
-    /// It holds our optimistic slot.
-    pub optimistic: bool,
-    /// It sent us nothing for the snub timeout while unchoked.
-    pub snubbed: bool,
-    /// The choker's last reason, for people (`rank 2, 1.2 MB/s`).
-    pub choke_reason: String,
-    /// The same as a stable name (`regular_slot`, `slots_full`, …).
-    pub choke_reason_code: String,
-    pub down_rate: f64,
-    pub up_rate: f64,
-    pub downloaded: u64,
-    pub uploaded: u64,
-    /// Our requests to it not yet answered.
-    pub outstanding_requests: usize,
-    /// How many requests we may have outstanding to it now.
-    pub request_window: u32,
-    /// Its requests waiting to be served.
-    pub upload_queue: u64,
-    /// Most bytes read for it ahead of its stream.
-    pub upload_window_bytes: u32,
-    /// Bytes read for it and not yet taken by its stream.
-    pub upload_buffered_bytes: u64,
-    /// Pieces it has.
-    pub pieces: usize,
-    pub connected_seconds: f64,
-}
-
-impl PeerInfo {
-    fn new(p: &PeerStats, addr: Option<String>) -> Self {
-        Self {
-            peer_id: p.peer_id.clone(),
-            addr,
-            am_choking: p.am_choking,
-            am_interested: p.am_interested,
-            peer_choking: p.peer_choking,
-            peer_interested: p.peer_interested,
-            optimistic: p.optimistic,
-            snubbed: p.snubbed,
-            choke_reason: p.choke_reason.clone(),
-            choke_reason_code: p.choke_reason_code.clone(),
-            down_rate: p.down_rate,
-            up_rate: p.up_rate,
-            downloaded: p.downloaded,
-            uploaded: p.uploaded,
-            outstanding_requests: p.outstanding_requests,
-            request_window: p.request_window,
-            upload_queue: p.upload_queue,
-            upload_window_bytes: p.upload_window_bytes,
-            upload_buffered_bytes: p.upload_buffered_bytes,
-            pieces: p.pieces,
-            connected_seconds: p.connected_seconds,
-        }
-    }
 }
 
 /// The body of every error answer.
@@ -399,7 +341,10 @@ async fn peers(State(state): State<ApiState>, UrlPath(ih): UrlPath<String>) -> R
                 .ok()
                 .and_then(|id| addrs.get(&id))
                 .map(ToString::to_string);
-            PeerInfo::new(p, addr)
+            PeerInfo {
+                stats: p.clone(),
+                addr,
+            }
         })
         .collect();
     drop(addrs);

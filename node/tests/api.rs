@@ -84,15 +84,23 @@ fn unchoked_by(code: &str) -> Option<bool> {
 }
 
 fn consistent(p: &PeerInfo) {
-    if let Some(unchoked) = unchoked_by(&p.choke_reason_code) {
+    if let Some(unchoked) = unchoked_by(&p.stats.choke_reason_code) {
         assert_eq!(
-            !p.am_choking, unchoked,
+            !p.stats.am_choking, unchoked,
             "flags disagree with the reason: {p:?}"
         );
     }
-    assert_eq!(p.optimistic, p.choke_reason_code == "optimistic", "{p:?}");
-    assert_eq!(p.snubbed, p.choke_reason_code == "snubbed", "{p:?}");
-    assert!(!p.choke_reason.is_empty());
+    assert_eq!(
+        p.stats.optimistic,
+        p.stats.choke_reason_code == "optimistic",
+        "{p:?}"
+    );
+    assert_eq!(
+        p.stats.snubbed,
+        p.stats.choke_reason_code == "snubbed",
+        "{p:?}"
+    );
+    assert!(!p.stats.choke_reason.is_empty());
 }
 
 fn status(e: ClientError) -> u16 {
@@ -163,7 +171,7 @@ async fn the_api_shows_a_transfer_in_progress() -> Result<()> {
     let peers: Vec<PeerInfo> = client.get_json(&path).await?;
     assert_eq!(peers.len(), 1);
     let p = &peers[0];
-    assert_eq!(p.peer_id, seeder.peer_id().to_string());
+    assert_eq!(p.stats.peer_id, seeder.peer_id().to_string());
     assert!(
         p.addr
             .as_deref()
@@ -172,12 +180,12 @@ async fn the_api_shows_a_transfer_in_progress() -> Result<()> {
         "{p:?}"
     );
     assert!(
-        p.am_interested,
+        p.stats.am_interested,
         "the leecher wants the seeder's pieces: {p:?}"
     );
-    assert!(!p.peer_interested, "a seeder wants nothing: {p:?}");
+    assert!(!p.stats.peer_interested, "a seeder wants nothing: {p:?}");
     assert_eq!(
-        p.pieces, t.total_pieces as usize,
+        p.stats.pieces, t.total_pieces as usize,
         "a seeder has every piece"
     );
     consistent(p);
@@ -187,9 +195,9 @@ async fn the_api_shows_a_transfer_in_progress() -> Result<()> {
     let peers: Vec<PeerInfo> = seeder_api.get_json(&path).await?;
     assert_eq!(peers.len(), 1);
     let p = &peers[0];
-    assert_eq!(p.peer_id, leecher.peer_id().to_string());
-    assert!(p.peer_interested && !p.am_choking, "{p:?}");
-    assert!(p.upload_window_bytes > 0);
+    assert_eq!(p.stats.peer_id, leecher.peer_id().to_string());
+    assert!(p.stats.peer_interested && !p.stats.am_choking, "{p:?}");
+    assert!(p.stats.upload_window_bytes > 0);
     consistent(p);
 
     let metrics = String::from_utf8(seeder_api.get("/metrics").await?.to_vec())?;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_choke::{
     Choker, Decision, Mode, PeerKey, PeerSnapshot, PropShare, PropShareConfig, RateMeter,
     TitForTat, TitForTatConfig,
@@ -169,29 +169,43 @@ impl TorrentConfig {
     }
 }
 
-/// One peer as the control API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One peer as the control API shows it (`GET …/peers`, with its
+/// address added by the node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStats {
     pub peer_id: String,
+    /// We refuse to upload to it.
     pub am_choking: bool,
+    /// It has pieces we lack.
     pub am_interested: bool,
+    /// It refuses to upload to us.
     pub peer_choking: bool,
+    /// We have pieces it lacks.
     pub peer_interested: bool,
+    /// It holds our optimistic slot.
     pub optimistic: bool,
+    /// It sent us nothing for the snub timeout while unchoked.
     pub snubbed: bool,
+    /// The choker's last reason, for people (`rank 2, 1.2 MB/s`).
     pub choke_reason: String,
+    /// The same as a stable name (`regular_slot`, `slots_full`, …).
     pub choke_reason_code: String,
+    /// Bytes/s over the rate window.
     pub down_rate: f64,
     pub up_rate: f64,
     pub downloaded: u64,
     pub uploaded: u64,
+    /// Our requests to it not yet answered.
     pub outstanding_requests: usize,
+    /// How many requests we may have outstanding to it now.
     pub request_window: u32,
+    /// Its requests waiting to be served.
     pub upload_queue: u64,
     /// Most bytes read from disk for this peer ahead of its stream.
     pub upload_window_bytes: u32,
     /// Bytes read for this peer and not yet written to its stream.
     pub upload_buffered_bytes: u64,
+    /// Pieces it has.
     pub pieces: usize,
     pub connected_seconds: f64,
 }
