@@ -95,7 +95,7 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
 /// One line per torrent: progress, rates, peers, disk-queue fill.
 pub(crate) fn status_line(t: &TorrentInfo) -> String {
     let d = &t.disk;
-    let used = d.queued_bytes.saturating_add(d.outstanding_bytes);
+    let used = d.used_bytes();
     let fill = 100.0 * used as f64 / d.capacity_bytes.max(1) as f64;
     format!(
         "{}  {}  {:5.1}% {}/{}  down {}  up {}  {} peers  disk {}/{} ({fill:.0}%){}{}",

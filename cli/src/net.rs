@@ -366,7 +366,7 @@ fn show(bar: &indicatif::ProgressBar, s: &TorrentStats) {
     let done =
         (s.size as f64 * f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1))) as u64;
     bar.set_position(done);
-    let disk = s.disk.queued_bytes + s.disk.reserved_bytes;
+    let disk = s.disk.used_bytes();
     bar.set_message(format!(
         "{}/s, {} peers, disk queue {}/{}",
         format_size(s.down_rate as u64),

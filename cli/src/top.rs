@@ -90,7 +90,7 @@ impl App {
         };
         let path = format!("/api/v1/torrents/{}/peers", t.info_hash);
         let d = &t.disk;
-        let used = d.queued_bytes.saturating_add(d.outstanding_bytes);
+        let used = d.used_bytes();
         let fill = (used as f64 * 100.0 / d.capacity_bytes.max(1) as f64) as u64;
         push(&mut self.disk_fill, fill);
         push(&mut self.down, t.down_rate as u64);
@@ -250,7 +250,7 @@ fn format_uptime(s: f64) -> String {
 fn draw_torrents(f: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.torrents.iter().map(|t| {
         let d = &t.disk;
-        let used = d.queued_bytes.saturating_add(d.outstanding_bytes);
+        let used = d.used_bytes();
         Row::new([
             Cell::from(t.name.clone()),
             Cell::from(format!("{:5.1}%", 100.0 * t.progress)),

@@ -97,6 +97,13 @@ pub struct DiskInfo {
     pub throttled_seconds: f64,
 }
 
+impl DiskInfo {
+    /// Queued plus outstanding: what counts against the capacity.
+    pub fn used_bytes(&self) -> u64 {
+        self.queued_bytes.saturating_add(self.outstanding_bytes)
+    }
+}
+
 impl From<&QueueStats> for DiskInfo {
     fn from(q: &QueueStats) -> Self {
         Self {

@@ -45,6 +45,13 @@ pub struct QueueStats {
     pub writes_done: u64,
 }
 
+impl QueueStats {
+    /// Queued plus reserved: what counts against the capacity.
+    pub fn used_bytes(&self) -> u64 {
+        self.queued_bytes.saturating_add(self.reserved_bytes)
+    }
+}
+
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }

@@ -396,7 +396,7 @@ impl Testnet {
         for n in &mut self.nodes {
             let Some(torrent) = &n.torrent else { continue };
             let s = torrent.stats();
-            let used = s.disk.queued_bytes.saturating_add(s.disk.reserved_bytes);
+            let used = s.disk.used_bytes();
             let progress = f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1));
             n.peak_disk = n.peak_disk.max(used);
             n.disk_capacity = s.disk.capacity_bytes;
