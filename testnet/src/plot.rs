@@ -63,6 +63,31 @@ fn chart<'a, 'b>(
     Ok(chart)
 }
 
+type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
+/// A 2-pixel line with an entry in the legend.
+fn labelled_line(
+    chart: &mut Chart<'_, '_>,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    c: RGBAColor,
+    label: &str,
+) -> DrawResult {
+    chart
+        .draw_series(LineSeries::new(points, c.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+    Ok(())
+}
+
+/// The legend, boxed in the top right corner.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+}
+
 fn x_max(report: &Report) -> f64 {
     report.wall_seconds.max(1.0)
 }
@@ -119,19 +144,9 @@ fn completion_cdf(report: &Report, path: &Path) -> Result<()> {
             points.push((*t, (i + 1) as f64 / total));
         }
         points.push((x_max(report), times.len() as f64 / total));
-        let c = color(role);
-        chart
-            .draw_series(LineSeries::new(points, c.stroke_width(2)))
-            .map_err(&err)?
-            .label(role.name())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        labelled_line(&mut chart, points, color(role).into(), role.name()).map_err(&err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()
-        .map_err(&err)?;
+    legend(&mut chart).map_err(&err)?;
     root.present().map_err(&err)?;
     Ok(())
 }
@@ -178,22 +193,11 @@ fn disk_queue(report: &Report, path: &Path) -> Result<()> {
         .map_err(&err)?;
     for (i, n) in shown.iter().enumerate() {
         let c = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                n.samples.iter().map(|s| (s.t, s.disk_used as f64 / MIB)),
-                c.stroke_width(2),
-            ))
-            .map_err(&err)?
-            .label(n.name.clone())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        let points = n.samples.iter().map(|s| (s.t, s.disk_used as f64 / MIB));
+        labelled_line(&mut chart, points, c, &n.name).map_err(&err)?;
     }
     if shown.len() <= 8 {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE)
-            .border_style(BLACK)
-            .draw()
-            .map_err(&err)?;
+        legend(&mut chart).map_err(&err)?;
     }
     root.present().map_err(&err)?;
     Ok(())
