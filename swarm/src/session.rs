@@ -179,6 +179,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         choked: bool,
         queue: &mut VecDeque<BlockSpec>,
     ) -> Result<(), StreamError> {
+        // Most flushes fit in the socket at once: no timers for those
+        // (cancel-safe, so a flush cut short here resumes below).
+        if let Some(done) = futures::FutureExt::now_or_never(self.writer.flush()) {
+            return done;
+        }
         let limit = self.limits.idle_timeout;
         let mut deadline = tokio::time::Instant::now() + limit;
         let mut left = self.writer.pending();
