@@ -80,9 +80,12 @@ enum Command {
     },
     /// Share a file or directory with the swarm until Ctrl-C.
     Seed(net::SeedArgs),
-    /// Download a torrent from the swarm; exit 0 once every piece is
-    /// verified and on disk. Run again to resume.
+    /// Download a torrent (from a .torrent, a magnet link or an
+    /// info-hash) from the swarm; exit 0 once every piece is verified and
+    /// on disk. Run again to resume.
     Get(net::GetArgs),
+    /// A node with no torrent: serves the DHT, for others' --bootstrap.
+    Node(net::NodeArgs),
     /// One line per torrent of a running node: progress, rates, peers,
     /// disk-queue fill.
     Status(inspect::StatusArgs),
@@ -194,6 +197,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Show { torrent, json } => show(&torrent, json),
         Command::Seed(args) => net::seed(args),
         Command::Get(args) => net::get(args),
+        Command::Node(args) => net::node(args),
         Command::Status(args) => inspect::status(args),
         Command::Peers(args) => inspect::peers(args),
         Command::Top(args) => top::top(args),
@@ -215,6 +219,16 @@ pub(crate) fn content_at(info: &sluice_storage::Info, path: &Path) -> PathBuf {
     } else {
         path.to_owned()
     }
+}
+
+/// The magnet link of a torrent, without peer hints.
+fn magnet_of(info: &sluice_storage::Info) -> String {
+    sluice_swarm::magnet::Magnet {
+        info_hash: info.info_hash(),
+        name: Some(info.name().to_owned()),
+        peers: Vec::new(),
+    }
+    .to_string()
 }
 
 pub(crate) fn read_torrent(path: &Path) -> Result<Metainfo> {
@@ -343,7 +357,7 @@ fn create(
     write_torrent(&output, meta.to_bytes())?;
     let created = Created {
         info_hash: info.info_hash().to_string(),
-        magnet: info.magnet(),
+        magnet: magnet_of(info),
         torrent: output,
         name: info.name().to_owned(),
         total_size: info.total_size(),
@@ -408,7 +422,7 @@ fn show(path: &Path, json: bool) -> Result<ExitCode> {
     let shown = Shown {
         name: info.name(),
         info_hash: info.info_hash().to_string(),
-        magnet: info.magnet(),
+        magnet: magnet_of(info),
         total_size: info.total_size(),
         piece_length: info.piece_length(),
         pieces: sluice_storage::Layout::new(info).num_pieces(),

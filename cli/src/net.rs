@@ -1,4 +1,5 @@
-//! `sluice seed` and `sluice get`: run a node for one torrent.
+//! `sluice seed`, `sluice get` and `sluice node`: run a node for one
+//! torrent (or, for `node`, none: a DHT bootstrap node).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use anyhow::{Context, Result};
 use sluice_choke::{SeedMode, TitForTatConfig};
 use sluice_node::api::ApiConfig;
 use sluice_node::{Multiaddr, Node, NodeConfig, NodeHandle};
-use sluice_storage::{CreateOptions, Metainfo};
+use sluice_storage::{CreateOptions, InfoHash, Metainfo};
+use sluice_swarm::magnet::Magnet;
 use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle, TorrentStats};
 
 use crate::units::{format_size, parse_rate, parse_size};
@@ -112,11 +114,19 @@ pub(crate) struct SeedArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GetArgs {
-    /// The .torrent to download.
-    torrent: PathBuf,
+    /// What to download: a .torrent file, a magnet link
+    /// (magnet:?xt=urn:btmh:1220…, its x.pe peers are dialed) or a v2
+    /// info-hash (64 hex digits; peers come from the DHT or mDNS).
+    source: String,
     /// Directory to download into.
     #[arg(short, long)]
     output: PathBuf,
+    /// Also write the .torrent (fetched from peers for a link) here.
+    #[arg(long)]
+    save_torrent: Option<PathBuf>,
+    /// Largest metadata (info dict plus piece layers) taken from peers.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    max_metadata: u64,
     /// Disk write queue: requested plus unwritten bytes never exceed it.
     #[arg(long, value_parser = parse_size, default_value = "64MiB")]
     disk_queue: u64,
@@ -126,6 +136,13 @@ pub(crate) struct GetArgs {
     /// Keep seeding after the download completes, until Ctrl-C.
     #[arg(long)]
     seed_after: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// `sluice node`: no torrent, only the DHT.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
     #[command(flatten)]
     net: NetArgs,
 }
@@ -257,9 +274,15 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
                 args.path.display()
             );
         }
+        let addrs = node.listen_addrs().await;
+        let magnet = Magnet {
+            info_hash: meta.info().info_hash(),
+            name: Some(meta.info().name().to_owned()),
+            peers: addrs.clone(),
+        };
         println!("info-hash: {}", meta.info().info_hash());
-        println!("magnet:    {}", meta.info().magnet());
-        for a in node.listen_addrs().await {
+        println!("magnet:    {magnet}");
+        for a in addrs {
             println!("peer:      {a}");
         }
         print_api(&node);
@@ -273,25 +296,118 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
     })
 }
 
+/// What `sluice get` was given.
+enum Source {
+    /// A `.torrent` read from a file, or saved by an earlier fetch.
+    Torrent(Arc<Metainfo>),
+    /// Metadata to fetch from peers (those hinted, then any found).
+    Fetch {
+        info_hash: InfoHash,
+        hints: Vec<Multiaddr>,
+    },
+}
+
+fn parse_source(arg: &str) -> Result<Source> {
+    if arg.starts_with("magnet:") {
+        let m: Magnet = arg.parse().map_err(anyhow::Error::msg)?;
+        return Ok(Source::Fetch {
+            info_hash: m.info_hash,
+            hints: m.peers,
+        });
+    }
+    let path = Path::new(arg);
+    if !path.exists() && arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let info_hash = arg.parse().map_err(anyhow::Error::msg)?;
+        return Ok(Source::Fetch {
+            info_hash,
+            hints: Vec::new(),
+        });
+    }
+    if !path.exists() {
+        anyhow::bail!(
+            "{arg}: no such file, and not a magnet link (magnet:?xt=urn:btmh:1220…) or a v2 info-hash (64 hex digits)"
+        );
+    }
+    Ok(Source::Torrent(read_torrent(path)?))
+}
+
+/// Where a fetched `.torrent` is kept, so a second run resumes without
+/// asking anyone.
+fn saved_torrent(data_dir: &Path, ih: InfoHash) -> PathBuf {
+    data_dir.join("torrents").join(format!("{ih}.torrent"))
+}
+
+fn save_torrent(path: &Path, meta: &Metainfo) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    sluice_storage::resume::write_atomically(path, meta.to_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
-    let meta = read_torrent(&args.torrent)?;
+    let mut source = parse_source(&args.source)?;
     if args.output.exists() && !args.output.is_dir() {
         anyhow::bail!(
             "{} is not a directory; -o takes the directory to download into",
             args.output.display()
         );
     }
+    let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
+    let data_dir = config.data_dir().to_owned();
+    if let Source::Fetch { info_hash, .. } = &source {
+        // Fetched before: resume without asking anyone.
+        let saved = saved_torrent(&data_dir, *info_hash);
+        if let Ok(meta) = read_torrent(&saved)
+            && meta.info().info_hash() == *info_hash
+        {
+            source = Source::Torrent(meta);
+        }
+    }
+    if let (Source::Torrent(meta), Some(path)) = (&source, &args.save_torrent) {
+        save_torrent(path, meta)?;
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let info = meta.info();
-    let content = if info.is_single_file() {
-        args.output.join(&info.files()[0].path[0])
-    } else {
-        args.output.join(info.name())
-    };
-    let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
     runtime()?.block_on(async move {
-        let node = start(config, &args.net.peer).await?;
+        let mut peers = args.net.peer.clone();
+        if let Source::Fetch { hints, .. } = &source {
+            peers.extend(hints.iter().cloned());
+        }
+        let node = start(config, &peers).await?;
+        let meta = match source {
+            Source::Torrent(meta) => meta,
+            Source::Fetch { info_hash, .. } => {
+                eprintln!("fetching the torrent's metadata ({info_hash}) from peers…");
+                let fetched = tokio::select! {
+                    r = node.fetch_metadata(info_hash, args.max_metadata) => r?,
+                    _ = tokio::signal::ctrl_c() => {
+                        eprintln!("interrupted before the metadata arrived");
+                        node.shutdown().await.map_err(anyhow::Error::msg)?;
+                        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                    }
+                };
+                let saved = saved_torrent(&data_dir, info_hash);
+                save_torrent(&saved, &fetched)?;
+                if let Some(path) = &args.save_torrent {
+                    save_torrent(path, &fetched)?;
+                }
+                eprintln!(
+                    "metadata: {} ({}, {} files), saved in {}",
+                    fetched.info().name(),
+                    format_size(fetched.info().total_size()),
+                    fetched.info().files().len(),
+                    saved.display()
+                );
+                Arc::new(fetched)
+            }
+        };
+        let info = meta.info();
+        let content = if info.is_single_file() {
+            args.output.join(&info.files()[0].path[0])
+        } else {
+            args.output.join(info.name())
+        };
         let torrent = node.add_torrent(Arc::clone(&meta), content.clone()).await?;
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
@@ -319,6 +435,24 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         };
         node.shutdown().await.map_err(anyhow::Error::msg)?;
         Ok(code)
+    })
+}
+
+pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
+    let config = node_config(&args.net, None, None)?;
+    runtime()?.block_on(async move {
+        let node = start(config, &args.net.peer).await?;
+        for a in node.listen_addrs().await {
+            println!("peer:      {a}");
+        }
+        print_api(&node);
+        println!("serving the DHT (pass a peer line to --bootstrap); Ctrl-C to stop");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        eprintln!("stopping…");
+        node.shutdown().await.map_err(anyhow::Error::msg)?;
+        Ok(ExitCode::SUCCESS)
     })
 }
 

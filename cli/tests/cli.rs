@@ -134,6 +134,8 @@ fn single_file_verify_accepts_the_file_or_its_directory() {
 }
 
 /// Bad input: one clear line naming the input, exit code 2, nothing written.
+const HASH: &str = "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899";
+
 #[test]
 fn bad_input_gets_one_line_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +155,42 @@ fn bad_input_gets_one_line_and_exit_2() {
         (&["show", "missing.torrent"], "missing.torrent"),
         (&["show", "junk.torrent"], "info.meta version"),
         (&["verify", "junk.torrent", "f"], "junk.torrent"),
+        (
+            &["get", "missing.torrent", "-o", "dl"],
+            "missing.torrent: no such file",
+        ),
+        (&["get", "magnet:?dn=x", "-o", "dl"], "no xt=urn:btmh:1220"),
+        (
+            &[
+                "get",
+                "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
+                "-o",
+                "dl",
+            ],
+            "v1 only",
+        ),
+        (
+            &[
+                "get",
+                &format!("magnet:?xt=urn:btmh:1114{HASH}"),
+                "-o",
+                "dl",
+            ],
+            "must be SHA-256",
+        ),
+        (
+            &["get", "magnet:?xt=urn:btmh:1220xyz", "-o", "dl"],
+            "not 64 hex digits",
+        ),
+        (
+            &[
+                "get",
+                &format!("magnet:?xt=urn:btmh:1220{HASH}&x.pe=/ip4/1.2.3/tcp/1"),
+                "-o",
+                "dl",
+            ],
+            "x.pe=/ip4/1.2.3/tcp/1: not a multiaddr",
+        ),
     ];
     for (args, needle) in cases {
         let o = sluice(args, d);
@@ -255,6 +293,62 @@ fn seed_then_get_then_resume() {
     drop(seeder);
 }
 
+#[test]
+fn a_magnet_link_alone_downloads_and_saves_the_same_torrent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(900_000)).unwrap();
+    std::fs::write(d.join("share/b.bin"), content(3)).unwrap();
+    let seeder = spawn(
+        &[
+            "seed",
+            "share",
+            "--data-dir",
+            "seedd",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        d,
+    );
+    let torrent = line_starting(&seeder.lines, "torrent:");
+    let info_hash = line_starting(&seeder.lines, "info-hash:");
+    let magnet = line_starting(&seeder.lines, "magnet:");
+    assert!(
+        magnet.starts_with(&format!(
+            "magnet:?xt=urn:btmh:1220{info_hash}&dn=share&x.pe=/ip4/127.0.0.1/tcp/"
+        )),
+        "{magnet}"
+    );
+    let get = |source: &str, extra: &[&str]| {
+        let mut all = vec!["get", source, "-o", "dl", "--data-dir", "getd", "--no-mdns"];
+        all.extend_from_slice(extra);
+        all.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        sluice(&all, d)
+    };
+    let o = get(&magnet, &["--save-torrent", "saved.torrent"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for f in ["a.bin", "b.bin"] {
+        assert_eq!(
+            std::fs::read(d.join("dl/share").join(f)).unwrap(),
+            std::fs::read(d.join("share").join(f)).unwrap()
+        );
+    }
+    assert_eq!(
+        std::fs::read(d.join("saved.torrent")).unwrap(),
+        std::fs::read(d.join(&torrent)).unwrap(),
+        "the rebuilt .torrent is the seeder's"
+    );
+    // With the seeder gone, the link and the bare hash both resume from
+    // the .torrent kept in the data dir, asking no one.
+    drop(seeder);
+    for source in [magnet.as_str(), info_hash.as_str()] {
+        let o = get(source, &[]);
+        assert_eq!(o.status.code(), Some(0), "{source}: {}", stderr(&o));
+    }
+}
+
 /// A `sluice` child process whose stdout lines arrive on a channel;
 /// killed when dropped.
 struct Running {
@@ -263,9 +357,14 @@ struct Running {
 }
 
 fn spawn(args: &[&str], cwd: &Path) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.args(args);
+    spawn_command(command, cwd)
+}
+
+fn spawn_command(mut command: Command, cwd: &Path) -> Running {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
+    let mut child = command
         .current_dir(cwd)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -570,4 +669,105 @@ fn a_leecher_killed_and_restarted_loses_nothing_verified() {
         std::fs::read(d.join("dl/a.bin")).unwrap(),
         std::fs::read(d.join("share/a.bin")).unwrap()
     );
+}
+
+/// A network namespace of the test's own, with a veth pair (two addresses
+/// on a private subnet) besides loopback: libp2p-mdns ignores loopback
+/// interfaces, so mDNS needs a real one, and this keeps the traffic off
+/// every network but the test's. Deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    /// `None` where namespaces cannot be made (not root, no `ip`); with
+    /// `SLUICE_REQUIRE_NAMESPACES=1` (CI, after its probe) that fails.
+    fn create() -> Option<Self> {
+        let name = format!("sluice-test-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !ip(&["netns", "add", &name]) {
+            assert!(
+                std::env::var_os("SLUICE_REQUIRE_NAMESPACES").is_none(),
+                "cannot make a network namespace (`ip netns add`)"
+            );
+            eprintln!("skipped: cannot make a network namespace (needs root and iproute2)");
+            return None;
+        }
+        let ns = Self(name);
+        let n = ns.0.as_str();
+        for args in [
+            &["-n", n, "link", "set", "lo", "up"][..],
+            &[
+                "-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+            ],
+            &["-n", n, "addr", "add", "10.231.0.1/24", "dev", "v0"],
+            &["-n", n, "addr", "add", "10.231.0.2/24", "dev", "v1"],
+            &["-n", n, "link", "set", "v0", "up"],
+            &["-n", n, "link", "set", "v1", "up"],
+        ] {
+            assert!(ip(args), "ip {args:?} failed");
+        }
+        Some(ns)
+    }
+
+    /// `sluice ARGS` run inside the namespace.
+    fn sluice(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, env!("CARGO_BIN_EXE_sluice")])
+            .args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Runs `command` to its end, killing it after a minute.
+fn output_within_a_minute(mut command: Command, cwd: &Path) -> Output {
+    let child = command
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &id.to_string()]).output();
+            panic!("{command:?} did not finish within a minute");
+        }
+    }
+}
+
+#[test]
+fn mdns_finds_a_seeder_on_the_local_network_with_no_flags() {
+    let Some(ns) = Netns::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("song.flac"), content(1_500_000)).unwrap();
+    let seeder = spawn_command(ns.sluice(&["seed", "song.flac", "--data-dir", "seedd"]), d);
+    let info_hash = line_starting(&seeder.lines, "info-hash:");
+    line_starting(&seeder.lines, "seeding");
+    // Only the info-hash: no --peer, no --bootstrap, no hint.
+    let o = output_within_a_minute(
+        ns.sluice(&["get", &info_hash, "-o", "dl", "--data-dir", "getd"]),
+        d,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(d.join("dl/song.flac")).unwrap(),
+        std::fs::read(d.join("song.flac")).unwrap()
+    );
+    drop(seeder);
 }

@@ -19,7 +19,7 @@ pub mod datadir;
 
 pub use libp2p::{Multiaddr, PeerId};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,7 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{identify, kad, mdns};
 use sluice_storage::{InfoHash, Metainfo, Storage, StorageConfig, StorageError, WriteQueue};
 use sluice_swarm::handshake::{self, Hello};
+use sluice_swarm::metadata::{self, FetchError, METADATA_PROTOCOL};
 use sluice_swarm::ratelimit::RateLimiter;
 use sluice_swarm::torrent::{SharedLimits, TorrentConfig, TorrentHandle, spawn_torrent};
 use sluice_swarm::transport::{BehaviourEvent, PIECES_PROTOCOL, TransportConfig, build_swarm};
@@ -208,6 +209,24 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     /// A torrent was added: open streams for it to every connected peer.
     Announce(InfoHash),
+    /// Look for providers of an info-hash we do not have yet (a metadata
+    /// fetch), every discovery round until the matching `EndLookup`.
+    Lookup(InfoHash),
+    EndLookup(InfoHash),
+}
+
+/// Ends a DHT lookup when the fetch that started it ends.
+struct LookupGuard {
+    info_hash: InfoHash,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Drop for LookupGuard {
+    fn drop(&mut self) {
+        // A full queue leaves the lookup running until the node stops;
+        // it costs one DHT query per round and is bounded by MAX_LOOKUPS.
+        let _ = self.commands.try_send(Command::EndLookup(self.info_hash));
+    }
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -219,6 +238,10 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     torrents: Torrents,
     listen: watch::Receiver<Vec<Multiaddr>>,
+    /// Peers with at least one connection.
+    connected: watch::Receiver<Vec<PeerId>>,
+    /// Opens metadata streams.
+    control: libp2p_stream::Control,
     queue: WriteQueue,
     limits: SharedLimits,
     cancel: CancellationToken,
@@ -299,6 +322,7 @@ impl Node {
         let tracker = TaskTracker::new();
         let torrents: Torrents = Arc::default();
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
+        let (connected_tx, connected_rx) = watch::channel(Vec::new());
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let low = config.disk_queue / 4 * 3;
         let queue = WriteQueue::new(config.disk_queue, low);
@@ -315,6 +339,8 @@ impl Node {
             commands: commands_tx,
             torrents: Arc::clone(&torrents),
             listen: listen_rx,
+            connected: connected_rx,
+            control: swarm.behaviour().stream.new_control(),
             queue,
             limits: SharedLimits {
                 up: config.up_rate.map(|r| Arc::new(RateLimiter::new(r))),
@@ -355,6 +381,18 @@ impl Node {
                 handle.config.max_pending_handshakes,
             )),
         ));
+        let metadata_incoming = swarm
+            .behaviour()
+            .stream
+            .new_control()
+            .accept(METADATA_PROTOCOL)
+            .expect("the metadata protocol is registered once per node");
+        tracker.spawn(metadata_accept_loop(
+            metadata_incoming,
+            Arc::clone(&torrents),
+            tracker.clone(),
+            cancel.clone(),
+        ));
         if !handle.config.bootstrap.is_empty() {
             // Joins the DHT; failures are retried by discovery rounds.
             let _ = swarm.behaviour_mut().kad.bootstrap();
@@ -364,6 +402,7 @@ impl Node {
             swarm,
             commands: commands_rx,
             listen: listen_tx,
+            connected: connected_tx,
             torrents,
             tracker: tracker.clone(),
             cancel,
@@ -484,6 +523,100 @@ impl NodeHandle {
         lock(&self.torrents).values().cloned().collect()
     }
 
+    /// Peers with at least one open connection.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.connected.borrow().clone()
+    }
+
+    /// Fetches the metadata of `info_hash` from peers: every connected
+    /// peer in turn (those dialed, found by mDNS, or found by asking the
+    /// DHT for providers, which this starts). The info dict must hash to
+    /// `info_hash` and each piece layer to its file's root; the info dict
+    /// and layers together may not exceed `max_bytes`. A peer that lacks
+    /// the torrent is asked again after [`FETCH_RETRY`]; one that sent
+    /// false or oversized metadata, or broke the protocol, is never asked
+    /// again. Returns once one peer gave all of it; waits for peers for as
+    /// long as it takes (wrap it in a timeout), or until the node stops.
+    ///
+    /// Cancel-safe: dropping it ends the DHT lookup.
+    pub async fn fetch_metadata(
+        &self,
+        info_hash: InfoHash,
+        max_bytes: u64,
+    ) -> Result<Metainfo, NodeError> {
+        self.commands
+            .send(Command::Lookup(info_hash))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        let _lookup = LookupGuard {
+            info_hash,
+            commands: self.commands.clone(),
+        };
+        let mut connected = self.connected.clone();
+        // Bounded: a peer lands in one of these at most once per attempt,
+        // and peers come from at most max_connections connections; the
+        // bound guards against churn over a long wait.
+        let mut rejected: HashSet<PeerId> = HashSet::new();
+        let mut asked: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            let peers = connected.borrow_and_update().clone();
+            let next = peers.into_iter().find(|p| {
+                !rejected.contains(p) && asked.get(p).is_none_or(|t| now - *t >= FETCH_RETRY)
+            });
+            let Some(peer) = next else {
+                tokio::select! {
+                    () = self.cancel.cancelled() => return Err(NodeError::Stopped),
+                    changed = connected.changed() => if changed.is_err() {
+                        return Err(NodeError::Stopped);
+                    },
+                    () = tokio::time::sleep(FETCH_RETRY / 3) => {}
+                }
+                continue;
+            };
+            if asked.len() >= MAX_FETCH_JUDGEMENTS {
+                asked.retain(|_, t| now - *t < FETCH_RETRY);
+            }
+            asked.insert(peer, now);
+            let attempt =
+                tokio::time::timeout(FETCH_TIMEOUT, self.fetch_from(peer, info_hash, max_bytes));
+            let result = tokio::select! {
+                () = self.cancel.cancelled() => return Err(NodeError::Stopped),
+                r = attempt => r,
+            };
+            match result {
+                Ok(Ok(meta)) => {
+                    info!(%peer, info_hash = %info_hash, "metadata fetched");
+                    return Ok(meta);
+                }
+                Ok(Err(e)) if e.is_misbehaviour() => {
+                    warn!(%peer, error = %e, "metadata refused; not asking that peer again");
+                    if rejected.len() < MAX_FETCH_JUDGEMENTS {
+                        rejected.insert(peer);
+                    }
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "no metadata from this peer"),
+                Err(_) => debug!(%peer, "metadata fetch timed out"),
+            }
+        }
+    }
+
+    async fn fetch_from(
+        &self,
+        peer: PeerId,
+        info_hash: InfoHash,
+        max_bytes: u64,
+    ) -> Result<Metainfo, FetchError> {
+        use tokio_util::compat::FuturesAsyncReadCompatExt;
+        let stream = self
+            .control
+            .clone()
+            .open_stream(peer, METADATA_PROTOCOL)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        metadata::fetch(stream.compat(), info_hash, max_bytes).await
+    }
+
     /// Stops every torrent (queued writes finish, resume files flush), then
     /// the network, and waits for every task. Returns the first error.
     pub async fn shutdown(self) -> Result<(), String> {
@@ -515,6 +648,7 @@ struct SwarmTask {
     swarm: libp2p::Swarm<sluice_swarm::transport::Behaviour>,
     commands: mpsc::Receiver<Command>,
     listen: watch::Sender<Vec<Multiaddr>>,
+    connected: watch::Sender<Vec<PeerId>>,
     torrents: Torrents,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -529,6 +663,7 @@ async fn swarm_task(task: SwarmTask) {
         mut swarm,
         mut commands,
         listen,
+        connected,
         torrents,
         tracker,
         cancel,
@@ -541,6 +676,14 @@ async fn swarm_task(task: SwarmTask) {
     let mut discover = tokio::time::interval(discovery_interval);
     // Dials asked for through the handle, until they connect or fail.
     let mut explicit_dials: HashMap<libp2p::swarm::ConnectionId, DialReply> = HashMap::new();
+    // Info-hashes being fetched, with how many fetches want each.
+    let mut lookups: HashMap<InfoHash, usize> = HashMap::new();
+    // When each torrent last put its provider record in the DHT.
+    let mut provided: HashMap<InfoHash, tokio::time::Instant> = HashMap::new();
+    // When a discovery round last opened a piece stream to a peer for a
+    // torrent: a session just started may not show in the stats yet, and
+    // a second stream would replace it.
+    let mut reopened: HashMap<(PeerId, InfoHash), tokio::time::Instant> = HashMap::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -549,16 +692,29 @@ async fn swarm_task(task: SwarmTask) {
                 let all: Vec<TorrentHandle> =
                     lock(&torrents).values().cloned().collect();
                 let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                for ih in lookups.keys() {
+                    swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&ih.0));
+                }
+                let now = tokio::time::Instant::now();
+                provided.retain(|ih, _| lock(&torrents).contains_key(ih));
+                reopened.retain(|_, at| now - *at < REOPEN_AFTER);
                 for t in all {
-                    discover_torrent(&mut swarm, t.info_hash());
+                    let ih = t.info_hash();
+                    let due = provided.get(&ih).is_none_or(|at| now - *at >= REPROVIDE);
+                    if due {
+                        provided.insert(ih, now);
+                    }
+                    discover_torrent(&mut swarm, ih, due);
                     // A piece stream can end while its connection lives on
                     // (an idle timeout, a refused duplicate): open a new one
                     // to every connected peer without a session.
-                    let with_session: Vec<String> = t.stats().peers.into_iter().map(|p| p.peer_id).collect();
+                    let with_session: HashSet<String> = t.stats().peers.into_iter().map(|p| p.peer_id).collect();
                     for peer in &connected {
-                        if !with_session.contains(&peer.to_string()) {
-                            open_for(*peer, t.info_hash(), &torrents, &control, &tracker);
+                        if with_session.contains(&peer.to_string()) || reopened.contains_key(&(*peer, ih)) {
+                            continue;
                         }
+                        reopened.insert((*peer, ih), now);
+                        open_for(*peer, ih, &torrents, &control, &tracker);
                     }
                 }
             }
@@ -581,12 +737,29 @@ async fn swarm_task(task: SwarmTask) {
                         }
                     }
                 }
+                Some(Command::Lookup(ih)) => {
+                    if lookups.len() < MAX_LOOKUPS || lookups.contains_key(&ih) {
+                        *lookups.entry(ih).or_default() += 1;
+                        swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&ih.0));
+                    } else {
+                        warn!(info_hash = %ih, "{MAX_LOOKUPS} DHT lookups already running; this one waits for mDNS and known peers");
+                    }
+                }
+                Some(Command::EndLookup(ih)) => {
+                    if let Some(n) = lookups.get_mut(&ih) {
+                        *n -= 1;
+                        if *n == 0 {
+                            lookups.remove(&ih);
+                        }
+                    }
+                }
                 Some(Command::Announce(ih)) => {
                     let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
                     for peer in connected {
                         open_for(peer, ih, &torrents, &control, &tracker);
                     }
-                    discover_torrent(&mut swarm, ih);
+                    discover_torrent(&mut swarm, ih, true);
+                    provided.insert(ih, tokio::time::Instant::now());
                 }
             },
             event = swarm.select_next_some() => {
@@ -607,6 +780,9 @@ async fn swarm_task(task: SwarmTask) {
                         let _ = reply.send(Ok(peer_id));
                     }
                     debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    if num_established.get() == 1 {
+                        connected.send_modify(|c| c.push(peer_id));
+                    }
                     lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
                     // The dialer opens the piece streams, once per peer.
                     if endpoint.is_dialer() && num_established.get() == 1 {
@@ -619,6 +795,7 @@ async fn swarm_task(task: SwarmTask) {
                 SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
                     debug!(%peer_id, ?cause, "connection closed");
                     if num_established == 0 {
+                        connected.send_modify(|c| c.retain(|p| *p != peer_id));
                         lock(&peer_addrs).remove(&peer_id);
                     }
                 }
@@ -645,7 +822,13 @@ async fn swarm_task(task: SwarmTask) {
                 })) => {
                     let me = *swarm.local_peer_id();
                     for peer in providers {
-                        if peer != me && !swarm.is_connected(&peer) {
+                        // Both sides find each other; the lower id dials,
+                        // unless we have too few peers to wait. Past
+                        // MAX_DISCOVERED_PEERS connections, found peers
+                        // are left for others.
+                        let count = swarm.connected_peers().count();
+                        let ours = me < peer || count < MIN_PEERS;
+                        if peer != me && ours && count < MAX_DISCOVERED_PEERS && !swarm.is_connected(&peer) {
                             debug!(%peer, "the DHT found a peer");
                             let _ = swarm.dial(DialOpts::peer_id(peer).allocate_new_port().build());
                         }
@@ -702,14 +885,29 @@ fn fresh_port(addr: Multiaddr) -> DialOpts {
         .build()
 }
 
-/// Provides `ih` in the DHT and asks who else does.
-fn discover_torrent(swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>, ih: InfoHash) {
+/// Asks the DHT who provides `ih`, and (`provide`) says that we do.
+fn discover_torrent(
+    swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+    ih: InfoHash,
+    provide: bool,
+) {
     let key = kad::RecordKey::new(&ih.0);
-    if let Err(e) = swarm.behaviour_mut().kad.start_providing(key.clone()) {
+    if provide && let Err(e) = swarm.behaviour_mut().kad.start_providing(key.clone()) {
         warn!(info_hash = %ih, error = %e, "cannot announce in the DHT");
     }
     swarm.behaviour_mut().kad.get_providers(key);
 }
+
+/// How often a torrent puts its provider record in the DHT again (each
+/// discovery round only asks for providers).
+pub const REPROVIDE: Duration = Duration::from_secs(60);
+/// A discovery round leaves a (peer, torrent) alone this long after it
+/// opened a piece stream for it.
+pub const REOPEN_AFTER: Duration = Duration::from_secs(10);
+/// Below this many connections a node dials every provider it finds.
+const MIN_PEERS: usize = 4;
+/// Past this many connections a node dials no more providers.
+pub const MAX_DISCOVERED_PEERS: usize = 40;
 
 /// Opens a piece stream to `peer` for torrent `ih` and hands it over.
 fn open_for(
@@ -797,6 +995,78 @@ async fn accept_loop(
         });
     }
 }
+
+/// Answers metadata requests from peers fetching a torrent we have.
+/// At most [`MAX_METADATA_STREAMS`] streams are served at once, and
+/// [`MAX_METADATA_STREAMS_PER_PEER`] from one peer; more are dropped.
+async fn metadata_accept_loop(
+    mut incoming: libp2p_stream::IncomingStreams,
+    torrents: Torrents,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METADATA_STREAMS));
+    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => break,
+            next = incoming.next() => next,
+        };
+        let Some((peer, stream)) = next else { break };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(%peer, "metadata stream refused: too many at once");
+            continue;
+        };
+        {
+            let mut counts = lock(&per_peer);
+            let n = counts.entry(peer).or_default();
+            if *n >= MAX_METADATA_STREAMS_PER_PEER {
+                debug!(%peer, "metadata stream refused: too many from this peer");
+                continue;
+            }
+            *n += 1;
+        }
+        let torrents = Arc::clone(&torrents);
+        let per_peer = Arc::clone(&per_peer);
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let lookup = |ih: &InfoHash| lock(&torrents).get(ih).map(|t| Arc::clone(t.metainfo()));
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                r = metadata::serve(stream.compat(), lookup, METADATA_IDLE) => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "metadata stream ended");
+                    }
+                }
+            }
+            let mut counts = lock(&per_peer);
+            if let Some(n) = counts.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&peer);
+                }
+            }
+        });
+    }
+}
+
+/// Metadata streams served at once, and from one peer.
+pub const MAX_METADATA_STREAMS: usize = 32;
+pub const MAX_METADATA_STREAMS_PER_PEER: usize = 2;
+/// A metadata stream with no request for this long is closed.
+pub const METADATA_IDLE: Duration = Duration::from_secs(30);
+/// A peer that lacks the torrent (or failed without lying) is asked again
+/// after this long.
+pub const FETCH_RETRY: Duration = Duration::from_secs(3);
+/// One peer's whole answer must arrive within this; a peer that dribbles
+/// chunks cannot stall the fetch.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Peers remembered by one metadata fetch (asked recently, or refused).
+pub const MAX_FETCH_JUDGEMENTS: usize = 4096;
+/// Info-hashes looked up in the DHT at once for metadata fetches.
+pub const MAX_LOOKUPS: usize = 64;
 
 /// How long [`NodeHandle::dial`] waits for a connection.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -243,27 +243,6 @@ impl Info {
     pub fn is_single_file(&self) -> bool {
         self.files.len() == 1 && self.files[0].path.len() == 1
     }
-
-    /// A magnet link carrying the v2 info-hash and the name.
-    pub fn magnet(&self) -> String {
-        format!(
-            "magnet:?xt=urn:btmh:1220{}&dn={}",
-            self.info_hash,
-            percent_encode(&self.name)
-        )
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Validates one untrusted path component.
@@ -515,7 +494,65 @@ impl Metainfo {
     pub fn to_bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The top-level keys besides `info` and `piece layers` that a peer
+    /// fetching the metadata may take on trust ([`EXTRA_KEYS`]), as a
+    /// bencoded dict. They are not covered by the info-hash, so nothing
+    /// else is passed on.
+    pub fn extras(&self) -> Vec<u8> {
+        let mut out = Dict::new();
+        if let Ok(Value::Dict(top)) = bencode::decode(&self.bytes) {
+            for key in EXTRA_KEYS {
+                if let Some(v) = top.get(key) {
+                    out.insert(key, v.clone());
+                }
+            }
+        }
+        bencode::encode(&Value::Dict(out))
+    }
+
+    /// Rebuilds a `.torrent` from metadata fetched from peers: the `info`
+    /// dict (whose hash the caller has checked), one piece layer per file
+    /// (parallel to the files, empty where a file has none; each is checked
+    /// against its `pieces root` here) and the [`extras`](Self::extras)
+    /// (unknown or mistyped keys in them are dropped). For a canonical
+    /// `.torrent` with no other top-level keys the bytes are the original's.
+    pub fn assemble(info: &[u8], layers: &[Vec<u8>], extras: &[u8]) -> Result<Self, MetainfoError> {
+        let parsed = Info::from_bytes(info)?;
+        if layers.len() != parsed.files.len() {
+            return Err(field_err(
+                "piece layers",
+                format!("{} given for {} files", layers.len(), parsed.files.len()),
+            ));
+        }
+        let info_value = bencode::decode(info)?;
+        let mut layer_dict = Dict::new();
+        for (file, layer) in parsed.files.iter().zip(layers) {
+            if let (Some(root), false) = (&file.pieces_root, layer.is_empty()) {
+                layer_dict.insert(root, Value::Bytes(layer));
+            }
+        }
+        let mut top = Dict::new();
+        if let Ok(Value::Dict(extra)) = bencode::decode(extras) {
+            for (key, value) in extra.entries {
+                let ok = matches!(
+                    (key, &value),
+                    (b"creation date", Value::Int(_))
+                        | (b"comment" | b"created by", Value::Bytes(_))
+                );
+                if ok {
+                    top.insert(key, value);
+                }
+            }
+        }
+        top.insert(b"info", info_value)
+            .insert(b"piece layers", Value::Dict(layer_dict));
+        Self::from_bytes(&bencode::encode(&Value::Dict(top)))
+    }
 }
+
+/// Top-level `.torrent` keys passed on with fetched metadata.
+pub const EXTRA_KEYS: [&[u8]; 3] = [b"comment", b"created by", b"creation date"];
 
 const CREATED_BY: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
 
@@ -575,7 +612,38 @@ mod tests {
         assert_eq!(again.info().info_hash(), m.info().info_hash());
         assert_eq!(again.piece_layer(0).len(), 3);
         assert!(m.info().is_single_file());
-        assert!(m.info().magnet().starts_with("magnet:?xt=urn:btmh:1220"));
+    }
+
+    #[test]
+    fn assembled_from_its_parts_a_torrent_is_byte_identical() {
+        let m = one_file(5 * 16384 + 3, 32768);
+        let Value::Dict(mut top) = bencode::decode(m.to_bytes()).unwrap() else {
+            panic!("a dict")
+        };
+        top.insert(b"comment", Value::Bytes(b"hello"));
+        top.insert(b"creation date", Value::Int(1_700_000_000));
+        let m = Metainfo::from_bytes(&bencode::encode(&Value::Dict(top))).unwrap();
+        let layer = m.piece_layer(0).concat();
+        let again =
+            Metainfo::assemble(m.info().raw(), std::slice::from_ref(&layer), &m.extras()).unwrap();
+        assert_eq!(again.to_bytes(), m.to_bytes());
+
+        // Extras of the wrong type or unknown keys are dropped, not fatal.
+        let odd = b"d7:comment3:abc13:creation datei1e8:announce3:urle";
+        let with_odd =
+            Metainfo::assemble(m.info().raw(), std::slice::from_ref(&layer), odd).unwrap();
+        assert!(!String::from_utf8_lossy(with_odd.to_bytes()).contains("announce"));
+        assert!(
+            Metainfo::assemble(m.info().raw(), std::slice::from_ref(&layer), b"garbage").is_ok()
+        );
+
+        // A layer that does not hash to the root, or a missing one, fails.
+        let mut bad = layer.clone();
+        bad[0] ^= 1;
+        let e = Metainfo::assemble(m.info().raw(), &[bad], b"de").unwrap_err();
+        assert!(e.to_string().contains("does not hash"), "{e}");
+        let e = Metainfo::assemble(m.info().raw(), &[], b"de").unwrap_err();
+        assert!(e.to_string().contains("0 given for 1 files"), "{e}");
     }
 
     fn with_info_field(m: &Metainfo, key: &[u8], v: Value<'_>) -> Vec<u8> {

@@ -6,12 +6,18 @@
 //!   with the block-level bookkeeping of `docs/STATE.md`.
 //!
 //! - [`wire`]: the `/sluice/pieces/1` frames and their pure codec.
+//! - [`metadata`]: `/sluice/metadata/1`, fetching a torrent's info dict
+//!   and piece layers from peers (for magnet links), and serving them.
+//! - [`magnet`]: magnet links with a v2 info-hash and multiaddr hints.
 //! - [`window`]: per-peer request-window sizing and request timeouts.
 //!
-//! The transport and the sessions that drive these land with issue 4.
+//! - [`transport`]: the libp2p swarm; [`torrent`] and its sessions drive
+//!   the piece protocol.
 
 pub mod framed;
 pub mod handshake;
+pub mod magnet;
+pub mod metadata;
 pub mod picker;
 pub mod ratelimit;
 mod session;

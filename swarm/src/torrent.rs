@@ -33,7 +33,7 @@ use sluice_choke::{
     TitForTat, TitForTatConfig,
 };
 use sluice_storage::{
-    BLOCK_SIZE, Bitfield, BlockRef, Credit, InfoHash, QueueStats, ReserveError, Storage,
+    BLOCK_SIZE, Bitfield, BlockRef, Credit, InfoHash, Metainfo, QueueStats, ReserveError, Storage,
     StorageEvent,
 };
 use tokio::io::{ReadHalf, WriteHalf};
@@ -260,6 +260,7 @@ impl std::fmt::Debug for Command {
 #[derive(Debug, Clone)]
 pub struct TorrentHandle {
     info_hash: InfoHash,
+    metainfo: Arc<Metainfo>,
     max_requests: u32,
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<TorrentStats>,
@@ -268,6 +269,12 @@ pub struct TorrentHandle {
 impl TorrentHandle {
     pub fn info_hash(&self) -> InfoHash {
         self.info_hash
+    }
+
+    /// The torrent's metadata (served to peers that start from a magnet
+    /// link).
+    pub fn metainfo(&self) -> &Arc<Metainfo> {
+        &self.metainfo
     }
 
     /// The `max_requests` we advertise in handshakes.
@@ -468,6 +475,7 @@ pub fn spawn_torrent(
     };
     let handle = TorrentHandle {
         info_hash: torrent.storage.metainfo().info().info_hash(),
+        metainfo: Arc::clone(torrent.storage.metainfo()),
         max_requests: torrent.config.window.max(),
         commands: commands_tx,
         stats: stats_rx,

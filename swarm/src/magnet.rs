@@ -1,0 +1,291 @@
+//! Magnet links for BitTorrent v2 torrents, with libp2p peer hints:
+//! `magnet:?xt=urn:btmh:1220<64 hex>&dn=<name>&x.pe=<multiaddr>…`.
+//!
+//! `xt` carries the v2 info-hash as a multihash (`0x12` SHA-256, `0x20`
+//! 32 bytes long). A hybrid link may also carry a v1 `urn:btih:` topic,
+//! which is ignored; a v1-only link is refused, since sluice speaks v2
+//! alone. `x.pe` (BEP 9's peer address) holds a multiaddr here, ideally
+//! ending in `/p2p/<peer id>`. Other parameters (`tr`, `ws`, …) are
+//! ignored. A link is untrusted input: its length and its number of hints
+//! are bounded and every part is checked, errors name the part.
+
+use std::fmt;
+use std::str::FromStr;
+
+use libp2p::Multiaddr;
+use sluice_storage::InfoHash;
+
+/// Longest magnet link accepted, in bytes.
+pub const MAX_LINK: usize = 16 * 1024;
+/// Most `x.pe` peer hints in one link.
+pub const MAX_HINTS: usize = 64;
+/// The multihash prefix of a SHA-256 digest: code 0x12, length 0x20.
+const SHA256_MULTIHASH: &str = "1220";
+
+/// A parsed magnet link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Magnet {
+    pub info_hash: InfoHash,
+    /// `dn`: a display name, nothing vouches for it.
+    pub name: Option<String>,
+    /// `x.pe`: peers to try first.
+    pub peers: Vec<Multiaddr>,
+}
+
+/// Why a magnet link was refused; each names the part at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MagnetError {
+    #[error("not a magnet link: it must start with \"magnet:?\"")]
+    NotMagnet,
+    #[error("the magnet link is {0} bytes; at most {MAX_LINK} are accepted")]
+    TooLong(usize),
+    #[error("the magnet link has no xt=urn:btmh:1220… (v2 info-hash)")]
+    MissingTopic,
+    #[error(
+        "the magnet link is BitTorrent v1 only (xt=urn:btih:…); sluice needs a v2 info-hash (xt=urn:btmh:1220…)"
+    )]
+    V1Only,
+    #[error("xt={0}: the multihash must be SHA-256 (urn:btmh:1220 followed by 64 hex digits)")]
+    WrongMultihash(String),
+    #[error("xt={0}: the info-hash is not 64 hex digits")]
+    BadHex(String),
+    #[error("the magnet link has two different v2 info-hashes")]
+    TwoHashes,
+    #[error("x.pe={value}: not a multiaddr ({reason})")]
+    BadPeer { value: String, reason: String },
+    #[error("the magnet link has more than {MAX_HINTS} x.pe peer hints")]
+    TooManyPeers,
+    #[error("{0}: bad %-escape")]
+    BadEscape(String),
+}
+
+impl FromStr for Magnet {
+    type Err = MagnetError;
+
+    fn from_str(link: &str) -> Result<Self, MagnetError> {
+        if link.len() > MAX_LINK {
+            return Err(MagnetError::TooLong(link.len()));
+        }
+        let query = link
+            .strip_prefix("magnet:?")
+            .ok_or(MagnetError::NotMagnet)?;
+        let mut info_hash = None;
+        let mut v1 = false;
+        let mut name = None;
+        let mut peers = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "xt" => {
+                    let value = decode(raw, false)?;
+                    if let Some(mh) = value.strip_prefix("urn:btmh:") {
+                        let ih = parse_multihash(mh, &value)?;
+                        if info_hash.is_some_and(|old| old != ih) {
+                            return Err(MagnetError::TwoHashes);
+                        }
+                        info_hash = Some(ih);
+                    } else if value.starts_with("urn:btih:") {
+                        v1 = true;
+                    }
+                }
+                "dn" => name = Some(decode(raw, true)?),
+                "x.pe" => {
+                    if peers.len() == MAX_HINTS {
+                        return Err(MagnetError::TooManyPeers);
+                    }
+                    let value = decode(raw, false)?;
+                    let addr = value.parse().map_err(|e: libp2p::multiaddr::Error| {
+                        MagnetError::BadPeer {
+                            value: value.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    peers.push(addr);
+                }
+                _ => {}
+            }
+        }
+        let info_hash = match (info_hash, v1) {
+            (Some(ih), _) => ih,
+            (None, true) => return Err(MagnetError::V1Only),
+            (None, false) => return Err(MagnetError::MissingTopic),
+        };
+        Ok(Self {
+            info_hash,
+            name,
+            peers,
+        })
+    }
+}
+
+fn parse_multihash(mh: &str, whole: &str) -> Result<InfoHash, MagnetError> {
+    let digest = mh
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case(SHA256_MULTIHASH))
+        .and_then(|_| mh.get(4..))
+        .ok_or_else(|| MagnetError::WrongMultihash(whole.to_owned()))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(digest, &mut out).map_err(|_| MagnetError::BadHex(whole.to_owned()))?;
+    Ok(InfoHash(out))
+}
+
+/// Undoes %-escapes (and `+` as a space in names).
+fn decode(raw: &str, plus_is_space: bool) -> Result<String, MagnetError> {
+    let bad = || MagnetError::BadEscape(raw.to_owned());
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let mut b = [0u8; 1];
+                hex::decode_to_slice(hex, &mut b).map_err(|_| bad())?;
+                out.push(b[0]);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// %-escapes everything but unreserved characters and `keep`.
+fn encode(s: &str, keep: &[u8], out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+impl fmt::Display for Magnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = format!("magnet:?xt=urn:btmh:{SHA256_MULTIHASH}{}", self.info_hash);
+        if let Some(name) = &self.name {
+            out.push_str("&dn=");
+            encode(name, b"", &mut out);
+        }
+        for peer in &self.peers {
+            out.push_str("&x.pe=");
+            // Slashes and colons read better as they are; both are legal
+            // in a query.
+            encode(&peer.to_string(), b"/:", &mut out);
+        }
+        f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899";
+
+    fn parse(s: &str) -> Result<Magnet, MagnetError> {
+        s.parse()
+    }
+
+    #[test]
+    fn round_trip_with_name_and_hints() {
+        let m = Magnet {
+            info_hash: HEX.parse().expect("hex"),
+            name: Some("my file & more+ü.bin".into()),
+            peers: vec![
+                "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWGzB6Nar6B38oyN5iYsLDYbnEEB8sW8rrZDMtSz7gGLaX"
+                    .parse()
+                    .expect("multiaddr"),
+                "/ip6/::1/udp/4001/quic-v1".parse().expect("multiaddr"),
+            ],
+        };
+        let link = m.to_string();
+        assert!(link.starts_with(&format!("magnet:?xt=urn:btmh:1220{HEX}&dn=my%20file%20%26")));
+        assert!(link.contains("&x.pe=/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW"));
+        assert_eq!(parse(&link), Ok(m));
+    }
+
+    #[test]
+    fn hybrid_links_use_the_v2_hash_and_unknown_keys_are_ignored() {
+        let link = format!(
+            "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&xt=urn:btmh:1220{HEX}&tr=udp%3A%2F%2Fx&dn=a+b"
+        );
+        let m = parse(&link).expect("valid");
+        assert_eq!(m.info_hash.to_string(), HEX);
+        assert_eq!(m.name.as_deref(), Some("a b"));
+        assert!(m.peers.is_empty());
+    }
+
+    #[test]
+    fn bad_links_name_what_is_wrong() {
+        let long = format!("magnet:?xt=urn:btmh:1220{HEX}&dn={}", "a".repeat(MAX_LINK));
+        let many = format!(
+            "magnet:?xt=urn:btmh:1220{HEX}{}",
+            "&x.pe=/ip4/127.0.0.1/tcp/1".repeat(MAX_HINTS + 1)
+        );
+        let cases: Vec<(String, MagnetError)> = vec![
+            ("http://x".into(), MagnetError::NotMagnet),
+            ("magnet:?dn=x".into(), MagnetError::MissingTopic),
+            (
+                "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567".into(),
+                MagnetError::V1Only,
+            ),
+            (
+                format!("magnet:?xt=urn:btmh:1114{HEX}"),
+                MagnetError::WrongMultihash(format!("urn:btmh:1114{HEX}")),
+            ),
+            (
+                "magnet:?xt=urn:btmh:12".into(),
+                MagnetError::WrongMultihash("urn:btmh:12".into()),
+            ),
+            (
+                "magnet:?xt=urn:btmh:1220zz".into(),
+                MagnetError::BadHex("urn:btmh:1220zz".into()),
+            ),
+            (
+                format!(
+                    "magnet:?xt=urn:btmh:1220{HEX}&xt=urn:btmh:1220{}",
+                    "00".repeat(32)
+                ),
+                MagnetError::TwoHashes,
+            ),
+            (
+                format!("magnet:?xt=urn:btmh:1220{HEX}&dn=%G1"),
+                MagnetError::BadEscape("%G1".into()),
+            ),
+            (
+                format!("magnet:?xt=urn:btmh:1220{HEX}&dn=%4"),
+                MagnetError::BadEscape("%4".into()),
+            ),
+            (long.clone(), MagnetError::TooLong(long.len())),
+            (many, MagnetError::TooManyPeers),
+        ];
+        for (link, want) in cases {
+            assert_eq!(parse(&link), Err(want), "{link}");
+        }
+        let bad_peer = parse(&format!(
+            "magnet:?xt=urn:btmh:1220{HEX}&x.pe=/ip4/300.0.0.1/tcp/1"
+        ));
+        assert!(
+            matches!(&bad_peer, Err(MagnetError::BadPeer { value, .. }) if value == "/ip4/300.0.0.1/tcp/1"),
+            "{bad_peer:?}"
+        );
+    }
+
+    #[test]
+    fn the_same_hash_twice_is_fine() {
+        let link = format!(
+            "magnet:?xt=urn:btmh:1220{HEX}&xt=urn:btmh:1220{}",
+            HEX.to_uppercase()
+        );
+        assert!(parse(&link).is_ok());
+    }
+}
