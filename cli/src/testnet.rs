@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sluice_testnet::{ChokerKind, Config, NodeView, Role, Testnet, Transport};
+use sluice_testnet::{ChokerKind, Config, Discovery, NodeView, Role, Testnet, Transport};
 
 use crate::units::{format_rate, parse_rate, parse_size};
 
@@ -70,10 +70,16 @@ pub(crate) struct TestnetArgs {
     /// [default: tcp]
     #[arg(long, value_enum)]
     transport: Option<TransportArg>,
+    /// How nodes find each other: through a DHT node started first, or a
+    /// fixed list (every seeder and --peers-per-node earlier nodes)
+    /// [default: dht].
+    #[arg(long, value_enum)]
+    discovery: Option<DiscoveryArg>,
     /// Fixes the content, node order, dialing and choker RNG [default: 1].
     #[arg(long)]
     seed: Option<u64>,
-    /// Earlier nodes each downloading node dials, besides the seeders [default: 8].
+    /// With --discovery fixed: earlier nodes each downloading node dials,
+    /// besides the seeders [default: 8].
     #[arg(long)]
     peers_per_node: Option<usize>,
     /// Give up after this many seconds [default: 600].
@@ -100,6 +106,12 @@ pub(crate) struct TestnetArgs {
 enum ChokerArg {
     TitForTat,
     Propshare,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DiscoveryArg {
+    Dht,
+    Fixed,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -158,6 +170,12 @@ impl TestnetArgs {
             c.transport = match t {
                 TransportArg::Tcp => Transport::Tcp,
                 TransportArg::Quic => Transport::Quic,
+            };
+        }
+        if let Some(d) = self.discovery {
+            c.discovery = match d {
+                DiscoveryArg::Dht => Discovery::Dht,
+                DiscoveryArg::Fixed => Discovery::Fixed,
             };
         }
         c.validate()?;

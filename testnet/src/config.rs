@@ -61,6 +61,17 @@ pub enum Transport {
     Quic,
 }
 
+/// How nodes find each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Discovery {
+    /// A DHT node starts first; every node bootstraps from it, provides
+    /// the info-hash and dials the providers it finds.
+    Dht,
+    /// Each node dials every seeder and `peers_per_node` earlier nodes.
+    Fixed,
+}
+
 /// A testnet: nodes, content, links, disks, behaviour and events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,10 +109,11 @@ pub struct Config {
     /// Seconds between rechokes.
     pub rechoke: f64,
     pub transport: Transport,
+    pub discovery: Discovery,
     /// Fixes the content, node order, who dials whom and the chokers' RNG.
     pub seed: u64,
-    /// How many earlier nodes each downloading node dials (besides every
-    /// seeder).
+    /// With fixed discovery: how many earlier nodes each downloading node
+    /// dials (besides every seeder).
     pub peers_per_node: usize,
     /// Give up after this many seconds.
     pub timeout: f64,
@@ -127,6 +139,7 @@ impl Default for Config {
             slots: 4,
             rechoke: 2.0,
             transport: Transport::Tcp,
+            discovery: Discovery::Dht,
             seed: 1,
             peers_per_node: 8,
             timeout: 600.0,

@@ -22,6 +22,6 @@ pub mod report;
 pub mod run;
 pub mod units;
 
-pub use config::{Action, ChokerKind, Config, Event, Role, Transport};
+pub use config::{Action, ChokerKind, Config, Discovery, Event, Role, Transport};
 pub use report::Report;
 pub use run::{NodeView, Testnet};

@@ -19,13 +19,15 @@ use sluice_storage::{CreateOptions, Metainfo};
 use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle};
 use tracing::{info, warn};
 
-use crate::config::{Action, ChokerKind, Config, NodePlan, Role, Transport};
+use crate::config::{Action, ChokerKind, Config, Discovery, NodePlan, Role, Transport};
 use crate::report::{NodeReport, Report, Sample};
 
 /// How often every node is sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a starting node waits for each dial.
 const DIAL_WAIT: Duration = Duration::from_secs(20);
+/// How often each node asks the DHT for providers (with DHT discovery).
+const DHT_ROUND: Duration = Duration::from_secs(1);
 /// Samples kept per node (about 80 minutes at the interval above); later
 /// samples are not recorded.
 pub const MAX_SAMPLES: usize = 20_000;
@@ -78,6 +80,8 @@ pub struct Testnet {
     content: PathBuf,
     nodes: Vec<Live>,
     rng: rand::rngs::StdRng,
+    /// The DHT node every node bootstraps from, and its address.
+    dht: Option<(NodeHandle, Multiaddr)>,
 }
 
 impl std::fmt::Debug for Testnet {
@@ -169,6 +173,7 @@ impl Testnet {
             content,
             nodes,
             rng,
+            dht: None,
         })
     }
 
@@ -202,6 +207,9 @@ impl Testnet {
     /// `on_sample` sees each round (for a live view). The nodes keep
     /// running afterwards until [`Testnet::shutdown`].
     pub async fn run(&mut self, mut on_sample: impl FnMut(f64, &[NodeView])) -> Result<Report> {
+        if self.config.discovery == Discovery::Dht && self.dht.is_none() {
+            self.dht = Some(self.start_dht().await?);
+        }
         let start = Instant::now();
         for i in 0..self.nodes.len() {
             if self.nodes[i].plan.join_at == 0.0 {
@@ -240,13 +248,34 @@ impl Testnet {
         Ok(self.report(wall, timed_out))
     }
 
-    async fn start_node(&mut self, i: usize, t: f64) -> Result<()> {
-        let listen: Multiaddr = match self.config.transport {
+    fn listen_addr(&self) -> Multiaddr {
+        match self.config.transport {
             Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
             Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
         }
         .parse()
-        .expect("a valid multiaddr");
+        .expect("a valid multiaddr")
+    }
+
+    /// A node with no torrent that serves the DHT (what `sluice node`
+    /// runs), and the address the others bootstrap from.
+    async fn start_dht(&self) -> Result<(NodeHandle, Multiaddr)> {
+        let config = NodeConfig::new(self.dir.join("nodes").join("dht").join("data"))
+            .with_listen(vec![self.listen_addr()])
+            .with_mdns(false)
+            .with_api(None);
+        let node = Node::start(config).await.context("starting the DHT node")?;
+        let addr = tokio::time::timeout(DIAL_WAIT, node.listen_addrs())
+            .await
+            .ok()
+            .and_then(|a| a.into_iter().next())
+            .context("the DHT node has no listen address")?;
+        info!(%addr, "DHT node started");
+        Ok((node, addr))
+    }
+
+    async fn start_node(&mut self, i: usize, t: f64) -> Result<()> {
+        let listen = self.listen_addr();
         let plan = self.nodes[i].plan.clone();
         let tft = TitForTatConfig::default()
             .with_slots(self.config.slots)
@@ -273,6 +302,12 @@ impl Testnet {
             .with_disk_rate(plan.disk_rate)
             .with_torrent(torrent_config)
             .with_api(Some(ApiConfig::default()));
+        let config = match &self.dht {
+            Some((_, addr)) => config
+                .with_bootstrap(vec![addr.clone()])
+                .with_discovery_interval(DHT_ROUND),
+            None => config,
+        };
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting {}", plan.name))?;
@@ -285,11 +320,12 @@ impl Testnet {
             .add_torrent(Arc::clone(&self.meta), content)
             .await
             .with_context(|| format!("adding the torrent to {}", plan.name))?;
-        // Whom to dial: every running seeder, and some earlier nodes.
+        // Whom to dial (with fixed discovery): every running seeder, and
+        // some earlier nodes.
         let mut seeders = Vec::new();
         let mut others = Vec::new();
         for (j, n) in self.nodes.iter().enumerate() {
-            if j == i {
+            if j == i || self.dht.is_some() {
                 continue;
             }
             if let Some(h) = &n.handle {
@@ -480,6 +516,11 @@ impl Testnet {
             {
                 first_error.get_or_insert(anyhow::anyhow!("stopping {}: {e}", n.plan.name));
             }
+        }
+        if let Some((h, _)) = self.dht.take()
+            && let Err(e) = h.shutdown().await
+        {
+            first_error.get_or_insert(anyhow::anyhow!("stopping the DHT node: {e}"));
         }
         first_error.map_or(Ok(()), Err)
     }
