@@ -98,7 +98,7 @@ pub(crate) fn status_line(t: &TorrentInfo) -> String {
     let used = d.used_bytes();
     let fill = 100.0 * used as f64 / d.capacity_bytes.max(1) as f64;
     format!(
-        "{}  {}  {:5.1}% {}/{}  down {}  up {}  {} peers  disk {}/{} ({fill:.0}%){}{}",
+        "{}  {}  {:5.1}% {}/{}  down {}  up {}  {} peers  disk {}/{} ({fill:.0}%){}{}{}",
         prefix(&t.info_hash, 8),
         t.name,
         100.0 * t.progress,
@@ -111,6 +111,10 @@ pub(crate) fn status_line(t: &TorrentInfo) -> String {
         format_size(d.capacity_bytes),
         if d.throttled { " throttled" } else { "" },
         if t.complete { "  complete" } else { "" },
+        t.disk_error
+            .as_ref()
+            .map(|e| format!("  disk error: {e}"))
+            .unwrap_or_default(),
     )
 }
 

@@ -501,8 +501,13 @@ fn show(bar: &indicatif::ProgressBar, s: &TorrentStats) {
         (s.size as f64 * f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1))) as u64;
     bar.set_position(done);
     let disk = s.disk.used_bytes();
+    let error = s
+        .disk_error
+        .as_ref()
+        .map(|e| format!(", paused: {e}"))
+        .unwrap_or_default();
     bar.set_message(format!(
-        "{}/s, {} peers, disk queue {}/{}",
+        "{}/s, {} peers, disk queue {}/{}{error}",
         format_size(s.down_rate as u64),
         s.peers.len(),
         format_size(disk),

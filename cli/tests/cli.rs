@@ -771,3 +771,115 @@ fn mdns_finds_a_seeder_on_the_local_network_with_no_flags() {
     );
     drop(seeder);
 }
+
+/// Whether this process may make a mount namespace with a tmpfs in it;
+/// fails instead where `SLUICE_REQUIRE_NAMESPACES=1` (CI, after its probe).
+fn can_mount_tmpfs(at: &Path) -> bool {
+    let ok = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "probe",
+        ])
+        .arg(at)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_NAMESPACES").is_none(),
+            "cannot mount a tmpfs in a mount namespace (`unshare -m`)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs in a mount namespace (needs root)");
+    }
+    ok
+}
+
+#[test]
+fn a_full_disk_pauses_the_download_until_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("dl")).unwrap();
+    if !can_mount_tmpfs(&d.join("dl")) {
+        return;
+    }
+    std::fs::write(d.join("big.bin"), content(3_000_000)).unwrap();
+    let seeder = spawn(
+        &[
+            "seed",
+            "big.bin",
+            "--data-dir",
+            "seedd",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        d,
+    );
+    let torrent = line_starting(&seeder.lines, "torrent:");
+    let peer = line_starting(&seeder.lines, "peer:");
+    // The download goes to a 1 MiB tmpfs that only the leecher sees (a
+    // mount namespace of its own); its data dir stays outside it.
+    let script = format!(
+        "mount -t tmpfs -o size=1m sluice-test dl && exec {} get {torrent} -o dl --data-dir getd --no-mdns \
+         --listen /ip4/127.0.0.1/tcp/0 --peer {peer} --seed-after",
+        env!("CARGO_BIN_EXE_sluice")
+    );
+    let mut command = Command::new("unshare");
+    command.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let leecher = spawn_command(command, d);
+    let pid = leecher._child.0.id().to_string();
+
+    let status = |d: &Path| -> Option<Value> {
+        let o = sluice(&["status", "--data-dir", "getd", "--json"], d);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.get(0).cloned()
+    };
+    let full = eventually("the disk error in status", || {
+        status(d).filter(|t| {
+            t["disk_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left"))
+        })
+    });
+    let kept = full["verified_pieces"].as_u64().unwrap();
+    assert!(kept > 0 && full["complete"] == false, "{full}");
+    // More room, in the leecher's namespace: the same process carries on.
+    let grown = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid,
+            "-m",
+            "mount",
+            "-o",
+            "remount,size=16m",
+            "sluice-test",
+        ])
+        .arg(d.join("dl"))
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let done = eventually("completion", || status(d).filter(|t| t["complete"] == true));
+    assert!(done["disk_error"].is_null(), "{done}");
+    assert!(done["pieces_at_start"].as_u64() == Some(0));
+    let copy = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "cat"])
+        .arg(d.join("dl/big.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        copy.stdout == std::fs::read(d.join("big.bin")).unwrap(),
+        "content differs"
+    );
+    // Ctrl-C: a clean exit.
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let mut child = leecher._child;
+    let code = eventually("the leecher to exit", || child.0.try_wait().unwrap());
+    assert_eq!(code.code(), Some(0));
+    drop(seeder);
+}

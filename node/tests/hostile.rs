@@ -203,3 +203,75 @@ async fn hostile_peers_are_cut_off_and_honest_ones_still_download() -> Result<()
     stop([leecher, seeder]).await?;
     Ok(())
 }
+
+/// A peer that says it has everything, unchokes us, and refuses every
+/// request: each block is asked of it at most once, then we lose interest;
+/// the download completes from an honest seeder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_rejects_everything_is_asked_no_more() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let tl = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    let pieces = tl.stats().total_pieces;
+    let mut raw = Raw::connect(leecher.listen_addrs().await.remove(0)).await;
+    let mut stream = raw.stream(leecher.peer_id()).await;
+    let hello = Message::Handshake {
+        version: VERSION,
+        info_hash: meta.info().info_hash().0,
+        pieces,
+        max_requests: 250,
+    };
+    stream
+        .write_all(&encode(&[hello, Message::HaveAll, Message::Unchoke]))
+        .await?;
+    stream.flush().await?;
+
+    let mut asked = std::collections::HashSet::new();
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            while let Some(m) = Message::decode(&mut buf).expect("the node speaks the protocol") {
+                match m {
+                    Message::Request(spec) => {
+                        assert!(asked.insert(spec), "{spec:?} asked twice");
+                        stream.write_all(&encode(&[Message::Reject(spec)])).await?;
+                        stream.flush().await?;
+                    }
+                    Message::NotInterested => return Ok::<_, anyhow::Error>(()),
+                    _ => {}
+                }
+            }
+            let n = stream.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "the node closed the stream");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the node loses interest in the peer")?;
+    // Each block asked at most once (checked above), so never more than
+    // the torrent has, then nothing more.
+    let blocks: u64 = meta
+        .info()
+        .files()
+        .iter()
+        .map(|f| f.length.div_ceil(16 * 1024))
+        .sum();
+    assert!(
+        !asked.is_empty() && asked.len() as u64 <= blocks,
+        "{} requests for {blocks} blocks",
+        asked.len()
+    );
+
+    let seeder = node(dir.path(), "seeder", |c| c).await;
+    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    leecher.dial(seeder.listen_addrs().await.remove(0)).await?;
+    until(&tl, "the honest download", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    drop(raw);
+    stop([leecher, seeder]).await?;
+    Ok(())
+}

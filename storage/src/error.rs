@@ -38,6 +38,19 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The message with its causes, `outer: inner` ("writing a.bin: No
+    /// space left on device"), for status lines that have no error chain.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

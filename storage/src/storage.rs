@@ -661,10 +661,11 @@ impl Inner {
         drop(data);
         drop(credit);
         if let Err(e) = written {
-            warn!(?block, error = %e, "block write failed");
+            // The torrent warns once per pause; a full disk fails every block.
+            debug!(?block, error = %e, "block write failed");
             self.send(StorageEvent::WriteFailed {
                 block,
-                error: format!("{e:#}"),
+                error: e.with_causes(),
             });
             return;
         }

@@ -208,6 +208,39 @@ impl Picker {
         true
     }
 
+    /// `peer` refused a block of `piece` while it had us unchoked: it does
+    /// not have the piece, whatever it announced. Its claim is withdrawn
+    /// until it announces the piece again. Returns whether it had claimed
+    /// it.
+    pub fn peer_lacks(&mut self, peer: PeerKey, piece: PieceIndex) -> bool {
+        let i = piece.as_usize();
+        let Some(entry) = self.peers.get_mut(&peer).filter(|e| e.bits[i]) else {
+            return false;
+        };
+        entry.bits.set(i, false);
+        if !self.have[i] {
+            entry.lacking -= 1;
+        }
+        self.availability[i] -= 1;
+        self.candidates
+            .set_availability(i as u32, self.availability[i]);
+        true
+    }
+
+    /// A block written earlier could not be (a full disk): it is missing
+    /// again, the rest of its piece stays as it is.
+    pub fn block_lost(&mut self, block: BlockRef) {
+        let Some(progress) = self.progress.get_mut(&block.piece()) else {
+            return;
+        };
+        let state = &mut progress.blocks[block.index() as usize];
+        if matches!(state, BlockState::Received(_)) {
+            *state = BlockState::Missing;
+            progress.missing += 1;
+            self.missing_blocks += 1;
+        }
+    }
+
     /// The pieces `peer` has announced.
     pub fn peer_has(&self, peer: PeerKey) -> Option<&Bitfield> {
         self.peers.get(&peer).map(|p| &p.bits)

@@ -55,6 +55,9 @@ const RECENT_RATE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Session events handled per loop turn before requests are topped up.
 const EVENT_BATCH: usize = 64;
+/// After a failed write (a full disk), requesting pauses this long before
+/// it tries again.
+pub const DISK_RETRY: Duration = Duration::from_secs(2);
 
 /// The stream type of a piece-protocol session.
 pub type PeerStream = Compat<libp2p::Stream>;
@@ -391,6 +394,8 @@ struct Torrent {
     hash_failures: u64,
     rejected: u64,
     disk_error: Option<String>,
+    /// After a failed write, no requests until then.
+    disk_paused_until: Option<Instant>,
     flushed_complete: bool,
     last_flush: Instant,
     /// A flush running on the blocking pool, and whether everything was
@@ -466,6 +471,7 @@ pub fn spawn_torrent(
         hash_failures: 0,
         rejected: 0,
         disk_error: None,
+        disk_paused_until: None,
         flushed_complete: false,
         last_flush: Instant::now(),
         flushing: None,
@@ -533,7 +539,7 @@ impl Torrent {
                     self.flushing = None;
                     match flushed {
                         Ok(Ok(())) => self.flushed_complete = complete,
-                        Ok(Err(e)) => self.disk_error = Some(format!("{e:#}")),
+                        Ok(Err(e)) => self.disk_error = Some(e.with_causes()),
                         Err(e) => self.disk_error = Some(e.to_string()),
                     }
                 }
@@ -787,8 +793,17 @@ impl Torrent {
                 self.rejected += 1;
                 if let Some(block) = self.block_of(spec) {
                     let peer = self.peers.get_mut(&key).expect("checked");
+                    let unchoked = !peer.peer_choking;
                     if peer.outstanding.remove(&block).is_some() {
                         self.picker.request_failed(key, block);
+                        // Refused while it unchokes us: it lacks the piece
+                        // whatever it claimed (a choke rejects after the
+                        // `Choke`, so that case is not this one). Asking it
+                        // again would loop at wire speed.
+                        if unchoked && self.picker.peer_lacks(key, block.piece()) {
+                            debug!(peer = ?key, piece = %block.piece(), "peer refused a piece it claimed");
+                            self.update_interest(key);
+                        }
                     }
                 }
                 self.want_fill = true;
@@ -961,7 +976,10 @@ impl Torrent {
     /// Issues requests while credits and windows allow, one per peer per
     /// round, so every unchoked peer gets its share of the credits.
     fn fill_requests(&mut self) {
-        if self.credit_wait.is_some() || self.picker.is_complete() {
+        if self.credit_wait.is_some()
+            || self.picker.is_complete()
+            || self.disk_paused_until.is_some()
+        {
             return;
         }
         let now = Instant::now();
@@ -1018,6 +1036,8 @@ impl Torrent {
     fn on_storage(&mut self, ev: StorageEvent) {
         match ev {
             StorageEvent::PieceVerified(piece) => {
+                // A write went through: whatever filled the disk is over.
+                self.disk_error = None;
                 self.picker.piece_verified(piece);
                 let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
                 for key in keys {
@@ -1046,9 +1066,19 @@ impl Torrent {
                 self.want_fill = true;
             }
             StorageEvent::WriteFailed { block, error } => {
+                // Typically a full disk: only that block is lost. Stop
+                // requesting for a while rather than fetch blocks that
+                // cannot be written, then try again.
+                self.picker.block_lost(block);
+                if self.disk_paused_until.is_none() {
+                    warn!(
+                        error = %error,
+                        retry_in = ?DISK_RETRY,
+                        "cannot write; pausing requests (verified pieces are kept)"
+                    );
+                }
+                self.disk_paused_until = Some(Instant::now() + DISK_RETRY);
                 self.disk_error = Some(error);
-                self.picker.hash_failed(block.piece());
-                self.want_fill = true;
             }
         }
     }
@@ -1108,6 +1138,10 @@ impl Torrent {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if self.disk_paused_until.is_some_and(|t| now >= t) {
+            self.disk_paused_until = None;
+            self.want_fill = true;
+        }
         // Upload counters from the sessions.
         for p in self.peers.values_mut() {
             let total = p.stats.uploaded.load(Ordering::Relaxed);

@@ -256,6 +256,44 @@ fn a_rejected_request_is_missing_again() {
 }
 
 #[test]
+fn a_peer_that_refuses_a_piece_it_claimed_is_not_asked_for_it_again() {
+    let mut p = picker(2, 0);
+    p.peer_bitfield(P1, all(2)).unwrap();
+    let mut r = rng();
+    let a = p.next_request(P1, &mut r).unwrap();
+    p.request_failed(P1, a);
+    assert!(p.peer_lacks(P1, a.piece()));
+    assert_eq!(p.availability(a.piece()), 0);
+    assert!(!p.peer_lacks(P1, a.piece()), "once");
+    // Only the other piece is left to ask P1 for.
+    let b = p.next_request(P1, &mut r).unwrap();
+    assert_ne!(b.piece(), a.piece());
+    p.request_failed(P1, b);
+    p.peer_lacks(P1, b.piece());
+    assert!(!p.wants_from(P1), "nothing left we want from it");
+    assert_eq!(p.next_request(P1, &mut r), None);
+    // Announcing the piece again restores the claim.
+    assert!(p.peer_have(P1, a.piece()));
+    assert!(p.wants_from(P1));
+    p.check_invariants().unwrap();
+}
+
+#[test]
+fn a_block_lost_to_a_failed_write_is_the_only_one_asked_again() {
+    let mut p = picker(1, 0);
+    p.peer_bitfield(P1, all(1)).unwrap();
+    let mut r = rng();
+    let a = p.next_request(P1, &mut r).unwrap();
+    let b = p.next_request(P1, &mut r).unwrap();
+    assert!(matches!(p.block_received(P1, a), Received::Accepted { .. }));
+    assert!(matches!(p.block_received(P1, b), Received::Accepted { .. }));
+    p.block_lost(b);
+    p.check_invariants().unwrap();
+    assert_eq!(p.next_request(P1, &mut r), Some(b));
+    assert_eq!(p.next_request(P1, &mut r), None, "a stays received");
+}
+
+#[test]
 fn a_late_block_is_taken_while_still_wanted() {
     let mut p = picker(2, 0);
     p.peer_bitfield(P1, all(2)).unwrap();
