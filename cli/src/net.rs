@@ -74,6 +74,10 @@ pub(crate) struct NetArgs {
     /// Serve no control API.
     #[arg(long, conflicts_with_all = ["api", "api_token", "api_token_file"])]
     no_api: bool,
+    /// Send blocks without checking them against the torrent first (by
+    /// default a piece changed on disk is dropped, not served).
+    #[arg(long)]
+    no_verify_reads: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -199,6 +203,7 @@ fn node_config(
         .with_up_rate(net.up_rate)
         .with_down_rate(net.down_rate)
         .with_disk_rate(disk_rate)
+        .with_verify_reads(!net.no_verify_reads)
         .with_torrent(TorrentConfig::default().with_choker(ChokerChoice::TitForTat(choker)));
     if let Some(q) = disk_queue {
         config = config.with_disk_queue(q);

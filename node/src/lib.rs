@@ -94,6 +94,8 @@ pub struct NodeConfig {
     api: Option<ApiConfig>,
     max_connections: u32,
     max_pending_handshakes: usize,
+    verify_reads: bool,
+    read_cache: usize,
 }
 
 impl NodeConfig {
@@ -113,7 +115,24 @@ impl NodeConfig {
             api: Some(ApiConfig::default()),
             max_connections: 256,
             max_pending_handshakes: 64,
+            verify_reads: true,
+            read_cache: 16 * MIB as usize,
         }
+    }
+
+    /// Check every block read for upload against the torrent before it is
+    /// sent (a piece changed on disk is dropped and fetched again rather
+    /// than served). Default on.
+    pub fn with_verify_reads(mut self, on: bool) -> Self {
+        self.verify_reads = on;
+        self
+    }
+
+    /// Bytes of checked pieces each torrent keeps in memory for upload.
+    /// Default 16 MiB.
+    pub fn with_read_cache(mut self, bytes: usize) -> Self {
+        self.read_cache = bytes;
+        self
     }
 
     /// Established libp2p connections (in and out) beyond which new ones
@@ -499,7 +518,9 @@ impl NodeHandle {
         let storage_config = StorageConfig::default()
             .with_write_queue(Some(self.queue.clone()))
             .with_write_rate(self.config.disk_rate)
-            .with_resume_file(Some(self.data_dir.resume_file(ih)));
+            .with_resume_file(Some(self.data_dir.resume_file(ih)))
+            .with_verify_reads(self.config.verify_reads)
+            .with_read_cache(self.config.read_cache);
         let (storage, events) =
             tokio::task::spawn_blocking(move || Storage::open(meta, &content, storage_config))
                 .await

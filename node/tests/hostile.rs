@@ -275,3 +275,59 @@ async fn a_peer_that_rejects_everything_is_asked_no_more() -> Result<()> {
     stop([leecher, seeder]).await?;
     Ok(())
 }
+
+/// A seeder whose copy changed on disk after it started: it catches the
+/// change when a leecher asks for that piece, refuses it instead of
+/// sending bad data, and fetches the piece back from an honest seeder; the
+/// leecher ends with the right content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_whose_file_changed_stops_offering_the_piece() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let copy = dir.path().join("copy/album");
+    std::fs::create_dir_all(copy.join("disc1"))?;
+    for f in ["disc1/a.flac", "cover.jpg", "empty.txt"] {
+        std::fs::copy(root.join(f), copy.join(f))?;
+    }
+    let changed = node(dir.path(), "changed", |c| c).await;
+    let tc = changed.add_torrent(Arc::clone(&meta), copy.clone()).await?;
+    let total = tc.stats().total_pieces;
+    assert_eq!(tc.stats().verified_pieces, total);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(copy.join("disc1/a.flac"))?;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 200_000)?;
+        f.write_all_at(&[!b[0]], 200_000)?;
+    }
+
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let tl = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    leecher.dial(changed.listen_addrs().await.remove(0)).await?;
+    until(&tc, "the change to be caught", |s| {
+        s.verified_pieces == total - 1
+    })
+    .await?;
+    until(&tl, "all but the changed piece", |s| {
+        s.verified_pieces == total - 1
+    })
+    .await?;
+    assert_eq!(tl.stats().hash_failures, 0, "no bad data was sent");
+
+    let honest = node(dir.path(), "honest", |c| c).await;
+    honest.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let honest_addr = honest.listen_addrs().await.remove(0);
+    leecher.dial(honest_addr.clone()).await?;
+    until(&tl, "the leecher's download", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    changed.dial(honest_addr).await?;
+    until(&tc, "the changed seeder whole again", |s| s.complete).await?;
+    same_files(&meta, &root, &copy);
+    stop([leecher, changed, honest]).await?;
+    Ok(())
+}

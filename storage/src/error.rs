@@ -29,6 +29,10 @@ pub enum StorageError {
     },
     #[error(transparent)]
     Reserve(#[from] ReserveError),
+    #[error(
+        "piece {piece} no longer matches the torrent on disk (changed behind our back); dropped"
+    )]
+    PieceLost { piece: PieceIndex },
     #[error("the disk writer thread stopped unexpectedly")]
     WriterGone,
     #[error("the credit was reserved from another write queue")]

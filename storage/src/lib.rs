@@ -19,6 +19,7 @@
 //! from a blocking context; the only async API is [`WriteQueue::reserve`].
 
 pub mod bencode;
+mod cache;
 pub mod create;
 mod error;
 mod hash;

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,10 +18,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::cache::PieceCache;
 use crate::error::StorageError;
 use crate::hash::{default_threads, hash_pieces};
 use crate::layout::{Bitfield, BlockRef, Layout, PieceIndex};
-use crate::merkle::{Hash, leaf_hash};
+use crate::merkle::{BLOCK_SIZE, Hash, leaf_hash};
 use crate::metainfo::{Info, Metainfo};
 use crate::queue::{Credit, QueueStats, WriteQueue};
 use crate::resume;
@@ -41,6 +42,9 @@ pub struct StorageConfig {
     resume_file: Option<PathBuf>,
     recheck: bool,
     queue: Option<WriteQueue>,
+    verify_reads: bool,
+    read_cache: usize,
+    leaf_cache: usize,
 }
 
 impl Default for StorageConfig {
@@ -55,6 +59,9 @@ impl Default for StorageConfig {
             resume_file: None,
             recheck: false,
             queue: None,
+            verify_reads: true,
+            read_cache: 16 * MIB as usize,
+            leaf_cache: 2 * MIB as usize,
         }
     }
 }
@@ -122,6 +129,30 @@ impl StorageConfig {
         self
     }
 
+    /// Check what is read for upload against the piece layer before it is
+    /// sent: a piece changed on disk behind our back is dropped (and
+    /// fetched again) instead of served. Default on.
+    pub fn with_verify_reads(mut self, on: bool) -> Self {
+        self.verify_reads = on;
+        self
+    }
+
+    /// Bytes of checked pieces kept in memory for upload, so a piece is
+    /// read and hashed once however its blocks are requested. Pieces
+    /// larger than a quarter of it are checked block by block against
+    /// their leaf hashes instead. Default 16 MiB.
+    pub fn with_read_cache(mut self, bytes: usize) -> Self {
+        self.read_cache = bytes;
+        self
+    }
+
+    /// Bytes of leaf hashes kept for large pieces being served (32 bytes
+    /// per 16 KiB block: 2 MiB covers 1 GiB of pieces). Default 2 MiB.
+    pub fn with_leaf_cache(mut self, bytes: usize) -> Self {
+        self.leaf_cache = bytes;
+        self
+    }
+
     pub fn disk_queue(&self) -> u64 {
         self.disk_queue
     }
@@ -135,6 +166,12 @@ impl StorageConfig {
     }
 }
 
+/// Locks a mutex whose holders leave it consistent at every step, so a
+/// panic elsewhere (poisoning) does not matter.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What the writer reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageEvent {
@@ -145,6 +182,9 @@ pub enum StorageEvent {
     HashFailed(PieceIndex),
     /// A block could not be written; it is missing again.
     WriteFailed { block: BlockRef, error: String },
+    /// A verified piece read for upload no longer matches its hash (the
+    /// file changed behind our back): it is missing again, not served.
+    PieceLost(PieceIndex),
 }
 
 /// Where each file of a torrent lives: a single-file torrent's content is
@@ -270,16 +310,20 @@ struct Pieces {
     partial: HashMap<PieceIndex, Partial>,
     /// Files written since the last flush.
     dirty: BTreeSet<usize>,
-    /// Verified pieces the resume file last recorded (`None`: not written
-    /// yet). Verified bits are only ever set, so a count tells whether the
-    /// file is current.
-    saved: Option<usize>,
+    /// Bumped on every change to `verified` (set or, for a piece lost on
+    /// read, cleared).
+    generation: u64,
+    /// The `generation` the resume file last recorded (`None`: not written
+    /// yet).
+    saved: Option<u64>,
 }
 
 #[derive(Debug)]
 struct FilePool {
     paths: Vec<PathBuf>,
-    writable: bool,
+    /// A complete torrent's files are opened read-only, until a piece is
+    /// lost and must be written again.
+    writable: AtomicBool,
     capacity: usize,
     open: Mutex<OpenFiles>,
 }
@@ -292,6 +336,18 @@ struct OpenFiles {
 }
 
 impl FilePool {
+    /// From now on files open for writing too; open read-only handles
+    /// are dropped so they reopen.
+    fn make_writable(&self) {
+        if !self.writable.swap(true, Ordering::Relaxed) {
+            self.open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .handles
+                .clear();
+        }
+    }
+
     /// An open handle to file `i`, evicting the least recently used handle
     /// when `capacity` are open.
     fn get(&self, i: usize) -> Result<Arc<File>, StorageError> {
@@ -314,7 +370,7 @@ impl FilePool {
         let path = &self.paths[i];
         let f = OpenOptions::new()
             .read(true)
-            .write(self.writable)
+            .write(self.writable.load(Ordering::Relaxed))
             .open(path)
             .map_err(StorageError::io("opening", path))?;
         let f = Arc::new(f);
@@ -334,6 +390,10 @@ struct Inner {
     events: mpsc::Sender<StorageEvent>,
     config: StorageConfig,
     flush_lock: Mutex<()>,
+    /// Whole pieces checked on read, served from memory.
+    read_cache: Mutex<PieceCache<Bytes>>,
+    /// Leaf hashes of large pieces checked on read.
+    leaf_cache: Mutex<PieceCache<Arc<[Hash]>>>,
 }
 
 /// An opened torrent on disk. Dropping it (or [`Storage::close`]) lets the
@@ -383,7 +443,7 @@ impl Storage {
         let inner = Arc::new(Inner {
             files: FilePool {
                 paths,
-                writable: !complete,
+                writable: AtomicBool::new(!complete),
                 capacity: config.max_open_files,
                 open: Mutex::new(OpenFiles::default()),
             },
@@ -391,12 +451,15 @@ impl Storage {
             writes: Writes::default(),
             pieces: Mutex::new(Pieces {
                 // A loaded resume file already says what it says.
-                saved: (!rechecked).then(|| verified.count_ones()),
+                saved: (!rechecked).then_some(0),
+                generation: 0,
                 verified,
                 partial: HashMap::new(),
                 dirty,
             }),
             events: tx,
+            read_cache: Mutex::new(PieceCache::new(config.read_cache)),
+            leaf_cache: Mutex::new(PieceCache::new(config.leaf_cache)),
             layout,
             meta,
             config,
@@ -499,21 +562,71 @@ impl Storage {
     /// Reads a block of a verified piece, for upload.
     ///
     /// Blocking (a positioned read): call from a blocking context.
+    ///
+    /// With verify-on-read (the default) only checked bytes are returned:
+    /// the first read of a piece reads and hashes it whole and keeps it in
+    /// the read cache; a large piece keeps its leaf hashes instead and
+    /// each block is hashed as it is read. Data that no longer matches
+    /// loses the piece ([`StorageEvent::PieceLost`]) and fails with
+    /// [`StorageError::PieceLost`].
     pub fn read_block(&self, block: BlockRef) -> Result<Bytes, StorageError> {
-        if !self.has_piece(block.piece()) {
-            return Err(StorageError::NotHeld {
-                piece: block.piece(),
-            });
+        let piece = block.piece();
+        if !self.has_piece(piece) {
+            return Err(StorageError::NotHeld { piece });
         }
-        let range = self.inner.layout.block_range(block);
-        let file = self.inner.files.get(range.file)?;
-        let mut buf = vec![0u8; range.len as usize];
-        file.read_exact_at(&mut buf, range.offset)
-            .map_err(StorageError::io(
-                "reading",
-                &self.inner.files.paths[range.file],
-            ))?;
-        Ok(Bytes::from(buf))
+        if !self.inner.config.verify_reads {
+            return self.inner.read_raw(block);
+        }
+        if let Some(b) = self.cached(block) {
+            return Ok(b);
+        }
+        if self.fits_read_cache(piece) {
+            let data = self.inner.read_piece(piece)?;
+            let leaves: Vec<Hash> = data.chunks(BLOCK_SIZE as usize).map(leaf_hash).collect();
+            self.inner.check_leaves(piece, &leaves)?;
+            let data = Bytes::from(data);
+            let whole = data.len();
+            lock(&self.inner.read_cache).insert(piece, data.clone(), whole);
+            return Ok(self.slice(&data, block));
+        }
+        let cached = lock(&self.inner.leaf_cache).get(piece);
+        let leaves = match cached {
+            Some(l) => l,
+            None => {
+                // Block by block: a large piece is never held whole.
+                let leaves = self
+                    .inner
+                    .layout
+                    .blocks(piece)
+                    .map(|b| self.inner.read_raw(b).map(|d| leaf_hash(&d)))
+                    .collect::<Result<Vec<Hash>, _>>()?;
+                self.inner.check_leaves(piece, &leaves)?;
+                let leaves: Arc<[Hash]> = leaves.into();
+                let bytes = leaves.len() * 32;
+                lock(&self.inner.leaf_cache).insert(piece, Arc::clone(&leaves), bytes);
+                leaves
+            }
+        };
+        let data = self.inner.read_raw(block)?;
+        if leaf_hash(&data) != leaves[block.index() as usize] {
+            return Err(self.inner.lose(piece));
+        }
+        Ok(data)
+    }
+
+    fn fits_read_cache(&self, piece: PieceIndex) -> bool {
+        self.inner.layout.piece_len(piece) as usize <= self.inner.config.read_cache / 4
+    }
+
+    fn slice(&self, piece: &Bytes, block: BlockRef) -> Bytes {
+        let at = self.inner.layout.block_offset(block) as usize;
+        piece.slice(at..at + self.inner.layout.block_len(block) as usize)
+    }
+
+    /// The block from the read cache, if its piece is there.
+    fn cached(&self, block: BlockRef) -> Option<Bytes> {
+        let piece = lock(&self.inner.read_cache).get(block.piece())?;
+        Some(self.slice(&piece, block))
     }
 
     /// Reads a block of a verified piece only if that cannot block: the
@@ -522,14 +635,36 @@ impl Storage {
     /// (not cached, partly cached, or not supported here).
     ///
     /// Non-blocking: fine on an async thread.
+    /// With verify-on-read, a block comes from the read cache, or (a
+    /// large piece whose leaf hashes are known) is hashed here; a first
+    /// read of a piece is left to [`Storage::read_block`].
     pub fn read_block_cached(&self, block: BlockRef) -> Option<Bytes> {
         if !self.has_piece(block.piece()) {
             return None;
         }
+        let verify = self.inner.config.verify_reads;
+        if verify && let Some(b) = self.cached(block) {
+            return Some(b);
+        }
+        let leaves = if verify {
+            if self.fits_read_cache(block.piece()) {
+                return None;
+            }
+            Some(lock(&self.inner.leaf_cache).get(block.piece())?)
+        } else {
+            None
+        };
         let range = self.inner.layout.block_range(block);
         let file = self.inner.files.get(range.file).ok()?;
         let mut buf = vec![0u8; range.len as usize];
-        (nowait::pread(&file, &mut buf, range.offset)? == buf.len()).then(|| Bytes::from(buf))
+        if nowait::pread(&file, &mut buf, range.offset)? != buf.len() {
+            return None;
+        }
+        // A mismatch is left to the blocking read, which drops the piece.
+        match leaves {
+            Some(l) if leaf_hash(&buf) != l[block.index() as usize] => None,
+            _ => Some(Bytes::from(buf)),
+        }
     }
 
     /// Makes every verified piece durable: fsyncs the files written since
@@ -579,6 +714,68 @@ impl Inner {
         self.pieces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A block as it is on disk, unchecked.
+    fn read_raw(&self, block: BlockRef) -> Result<Bytes, StorageError> {
+        let range = self.layout.block_range(block);
+        let mut buf = vec![0u8; range.len as usize];
+        self.read_at(range.file, &mut buf, range.offset)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// A whole piece as it is on disk, unchecked.
+    fn read_piece(&self, piece: PieceIndex) -> Result<Vec<u8>, StorageError> {
+        let range = self.layout.piece_range(piece);
+        let mut buf = vec![0u8; range.len as usize];
+        self.read_at(range.file, &mut buf, range.offset)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` from file `file` at `offset`; a file that has become
+    /// shorter than the torrent says is a changed file, not an I/O error.
+    fn read_at(&self, file: usize, buf: &mut [u8], offset: u64) -> Result<(), StorageError> {
+        let path = &self.files.paths[file];
+        match self.files.get(file)?.read_exact_at(buf, offset) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                buf.fill(0);
+                Ok(())
+            }
+            Err(e) => Err(StorageError::io("reading", path)(e)),
+        }
+    }
+
+    /// Checks a verified piece's leaf hashes (just read from disk) against
+    /// the piece layer; a mismatch loses the piece.
+    fn check_leaves(&self, piece: PieceIndex, leaves: &[Hash]) -> Result<(), StorageError> {
+        if self.layout.piece_tree(piece).piece_hash(leaves)
+            == expected_piece_hash(&self.meta, &self.layout, piece)
+        {
+            Ok(())
+        } else {
+            Err(self.lose(piece))
+        }
+    }
+
+    /// A verified piece's data changed on disk: it is missing again. The
+    /// resume file is rewritten at the next flush, the files become
+    /// writable, and the torrent hears of it to fetch it again.
+    fn lose(&self, piece: PieceIndex) -> StorageError {
+        {
+            let mut p = self.pieces();
+            if !p.verified[piece.as_usize()] {
+                return StorageError::NotHeld { piece };
+            }
+            p.verified.set(piece.as_usize(), false);
+            p.generation += 1;
+        }
+        lock(&self.read_cache).remove(piece);
+        lock(&self.leaf_cache).remove(piece);
+        self.files.make_writable();
+        warn!(%piece, "data on disk no longer matches the torrent; piece dropped, to be fetched again");
+        self.send(StorageEvent::PieceLost(piece));
+        StorageError::PieceLost { piece }
+    }
+
     fn is_duplicate(&self, pieces: &Pieces, block: BlockRef) -> bool {
         pieces.verified[block.piece().as_usize()]
             || pieces
@@ -592,13 +789,17 @@ impl Inner {
         let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (verified, dirty) = {
             let mut p = self.pieces();
-            if p.dirty.is_empty() && p.saved == Some(p.verified.count_ones()) {
+            if p.dirty.is_empty() && p.saved == Some(p.generation) {
                 // Nothing written and nothing verified since: no fsync, no
                 // rewrite (a seeder flushes every interval too).
                 return Ok(());
             }
-            (p.verified.clone(), std::mem::take(&mut p.dirty))
+            (
+                (p.verified.clone(), p.generation),
+                std::mem::take(&mut p.dirty),
+            )
         };
+        let (verified, generation) = verified;
         let synced = dirty.iter().try_for_each(|&i| {
             self.files
                 .get(i)?
@@ -614,7 +815,7 @@ impl Inner {
             resume::save(path, self.meta.info().info_hash(), &verified)
                 .map_err(StorageError::io("writing resume file", path))?;
         }
-        self.pieces().saved = Some(verified.count_ones());
+        self.pieces().saved = Some(generation);
         Ok(())
     }
 
@@ -690,7 +891,10 @@ impl Inner {
         let ok = self.layout.piece_tree(piece).piece_hash(&leaves)
             == expected_piece_hash(&self.meta, &self.layout, piece);
         if ok {
-            self.pieces().verified.set(piece.as_usize(), true);
+            let mut p = self.pieces();
+            p.verified.set(piece.as_usize(), true);
+            p.generation += 1;
+            drop(p);
             debug!(%piece, "piece verified");
             self.send(StorageEvent::PieceVerified(piece));
         } else {

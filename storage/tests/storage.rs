@@ -411,3 +411,80 @@ async fn opening_complete_data_creates_missing_empty_files() {
     assert!(s.is_complete());
     assert!(empty.is_file());
 }
+
+/// Verify on read: a seeded copy changed behind the storage's back is
+/// caught when read for upload, with the whole-piece read cache and with
+/// the block-by-block leaf path for pieces too large for it; the piece is
+/// dropped (event, bitfield, resume file), the rest still served.
+#[tokio::test]
+async fn data_changed_on_disk_is_caught_on_read_and_the_piece_dropped() {
+    // Read cache of 4 pieces' worth (whole pieces), then of none (leaves).
+    for read_cache in [8 * B, 0] {
+        let src = Source::new();
+        let out = tempfile::tempdir().unwrap();
+        let resume = out.path().join("data.resume");
+        let root = src.paths[0].parent().unwrap().to_owned();
+        let config = || {
+            StorageConfig::default()
+                .with_resume_file(Some(resume.clone()))
+                .with_read_cache(read_cache)
+        };
+        let (s, mut rx) = open(&src.meta, &root, config()).await;
+        assert!(s.is_complete());
+        let p0 = s.layout().piece(0).unwrap();
+        let p1 = s.layout().piece(1).unwrap();
+        let b0 = s.layout().block(p0, 0).unwrap();
+        let b1 = s.layout().block(p1, 1).unwrap();
+        let read = |b| s.read_block(b);
+        assert_eq!(read(b0).unwrap(), src.block(&s, b0));
+        s.flush().unwrap();
+
+        // One byte of piece 1 changes on disk (big.bin is file 0).
+        let r = s.layout().block_range(b1);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src.paths[r.file])
+            .unwrap();
+        f.write_all_at(&[!src.block(&s, b1)[5]], r.offset + 5)
+            .unwrap();
+
+        let lost = read(b1).unwrap_err();
+        assert!(lost.to_string().contains("no longer matches"), "{lost}");
+        assert_eq!(next_event(&mut rx).await, StorageEvent::PieceLost(p1));
+        assert!(!s.has_piece(p1) && !s.is_complete());
+        assert!(read(b1).is_err(), "not served any more");
+        assert!(s.read_block_cached(b1).is_none());
+        // The rest is still served, checked.
+        assert_eq!(read(b0).unwrap(), src.block(&s, b0));
+        // The resume file no longer vouches for it.
+        s.flush().unwrap();
+        drop(s);
+        let (s, _rx) = open(&src.meta, &root, config()).await;
+        assert!(s.has_piece(p0) && !s.has_piece(p1));
+        drop(s);
+    }
+}
+
+/// With verify-on-read, only bytes that were checked are returned, even
+/// when the file changes after a piece was read into the cache.
+#[tokio::test]
+async fn with_the_read_cache_a_piece_is_served_as_it_was_checked() {
+    let src = Source::new();
+    let root = src.paths[0].parent().unwrap().to_owned();
+    let (s, _rx) = open(&src.meta, &root, StorageConfig::default()).await;
+    let p0 = s.layout().piece(0).unwrap();
+    let (b0, b1) = (
+        s.layout().block(p0, 0).unwrap(),
+        s.layout().block(p0, 1).unwrap(),
+    );
+    let good = src.block(&s, b1);
+    assert_eq!(s.read_block(b0).unwrap(), src.block(&s, b0));
+    let r = s.layout().block_range(b1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src.paths[r.file])
+        .unwrap();
+    f.write_all_at(&[!good[0]], r.offset).unwrap();
+    // Block 1 of the same piece comes from what was checked.
+    assert_eq!(s.read_block_cached(b1).unwrap(), good);
+}

@@ -394,6 +394,22 @@ impl Picker {
         self.have_count += 1;
     }
 
+    /// A verified piece is gone (its data changed on disk): it is missing
+    /// again, a candidate like any other.
+    pub fn piece_lost(&mut self, piece: PieceIndex) {
+        let i = piece.as_usize();
+        if !self.have[i] {
+            return;
+        }
+        self.have.set(i, false);
+        self.have_count -= 1;
+        self.missing_blocks += u64::from(self.layout.blocks_in_piece(piece));
+        for p in self.peers.values_mut().filter(|p| p.bits[i]) {
+            p.lacking += 1;
+        }
+        self.candidates.insert(piece.get(), self.availability[i]);
+    }
+
     /// The piece failed its hash check: every block is missing again.
     /// Returns the peers that sent its blocks, for penalties.
     pub fn hash_failed(&mut self, piece: PieceIndex) -> Vec<PeerKey> {

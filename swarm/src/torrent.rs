@@ -1065,6 +1065,19 @@ impl Torrent {
                 }
                 self.want_fill = true;
             }
+            StorageEvent::PieceLost(piece) => {
+                // Our copy changed on disk: no longer ours to offer (its
+                // requests are rejected), fetched again like any other.
+                self.picker.piece_lost(piece);
+                self.flushed_complete = false;
+                self.flushing_complete = false;
+                let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+                for key in keys {
+                    self.update_interest(key);
+                }
+                self.peers_changed();
+                self.want_fill = true;
+            }
             StorageEvent::WriteFailed { block, error } => {
                 // Typically a full disk: only that block is lost. Stop
                 // requesting for a while rather than fetch blocks that

@@ -279,6 +279,25 @@ fn a_peer_that_refuses_a_piece_it_claimed_is_not_asked_for_it_again() {
 }
 
 #[test]
+fn a_lost_piece_is_fetched_again_like_any_missing_one() {
+    let l = layout(3);
+    let one = l.piece(1).unwrap();
+    let mut have = l.empty_bitfield();
+    have.set(1, true);
+    let mut p = Picker::new(l, have, PickerConfig::default().with_random_first(0));
+    p.peer_bitfield(P1, all(3)).unwrap();
+    p.piece_lost(one);
+    p.piece_lost(one);
+    p.check_invariants().unwrap();
+    let mut r = rng();
+    let mut pieces = std::collections::BTreeSet::new();
+    while let Some(b) = p.next_request(P1, &mut r) {
+        pieces.insert(b.piece().get());
+    }
+    assert_eq!(pieces, [0, 1, 2].into(), "piece 1 is asked for again");
+}
+
+#[test]
 fn a_block_lost_to_a_failed_write_is_the_only_one_asked_again() {
     let mut p = picker(1, 0);
     p.peer_bitfield(P1, all(1)).unwrap();
