@@ -484,3 +484,50 @@ async fn connections_beyond_the_limit_are_refused() -> Result<()> {
     stop([a, b, c]).await?;
     Ok(())
 }
+
+/// A liar and an honest seeder serve the same pieces at once, so failed
+/// pieces have several senders: only the peer whose blocks differed from
+/// the verified ones is held responsible (smart ban); the honest seeder is
+/// never banned and the download completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sender_of_bad_blocks_is_banned_when_pieces_are_shared() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    // Pieces of 32 blocks: both seeders send blocks of the same pieces.
+    let root = dir.path().join("album");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("track.flac"), content(6 * 1024 * 1024, 5))?;
+    std::fs::write(root.join("notes.txt"), content(1000, 6))?;
+    let opts = CreateOptions::default().with_piece_length(Some(512 * 1024));
+    let meta = Arc::new(create(&root, &opts, &AtomicU64::new(0))?);
+    let honest = node(dir.path(), "honest", |c| c.with_up_rate(Some(3_000_000))).await;
+    honest.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let bad_root = dir.path().join("bad/album");
+    copy_dir(&root, &bad_root)?;
+    let liar = node(dir.path(), "liar", |c| {
+        c.with_verify_reads(false).with_up_rate(Some(3_000_000))
+    })
+    .await;
+    liar.add_torrent(Arc::clone(&meta), bad_root.clone())
+        .await?;
+    for path in content_paths(meta.info(), &bad_root) {
+        let len = std::fs::metadata(&path)?.len() as usize;
+        std::fs::write(&path, content(len, 99))?;
+    }
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    leecher.dial(liar.listen_addrs().await.remove(0)).await?;
+    leecher.dial(honest.listen_addrs().await.remove(0)).await?;
+    let done = until(&get, "completion", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    let honest_id = honest.peer_id().to_string();
+    assert!(done.hash_failures > 0, "the liar's data was seen");
+    assert!(done.banned_peers <= 1, "{} banned", done.banned_peers);
+    assert!(
+        done.peers.iter().any(|p| p.peer_id == honest_id),
+        "the honest seeder is still connected"
+    );
+    stop([leecher, liar, honest]).await?;
+    Ok(())
+}

@@ -5,7 +5,7 @@
 //! the only code that moves a piece to *verified*; [`Storage::submit`] and
 //! readers only look. See `docs/STATE.md` for the piece states.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -178,8 +178,19 @@ pub enum StorageEvent {
     /// All blocks of the piece are on disk and its merkle hash matched.
     PieceVerified(PieceIndex),
     /// All blocks arrived but the piece hash did not match; the piece is
-    /// missing again (whoever sent its blocks deserves a penalty).
-    HashFailed(PieceIndex),
+    /// missing again. `leaves` are the leaf hashes of what was written,
+    /// one per block: once the piece verifies, the blocks whose leaf
+    /// differs from [`StorageEvent::GoodLeaves`] tell who sent bad data.
+    HashFailed {
+        piece: PieceIndex,
+        leaves: Vec<Hash>,
+    },
+    /// Sent right after `PieceVerified` for a piece that failed before:
+    /// its verified leaf hashes.
+    GoodLeaves {
+        piece: PieceIndex,
+        leaves: Vec<Hash>,
+    },
     /// A block could not be written; it is missing again.
     WriteFailed { block: BlockRef, error: String },
     /// A verified piece read for upload no longer matches its hash (the
@@ -310,6 +321,9 @@ struct Pieces {
     partial: HashMap<PieceIndex, Partial>,
     /// Files written since the last flush.
     dirty: BTreeSet<usize>,
+    /// Pieces that failed their hash check and have not verified since
+    /// (at most one entry per piece).
+    failed: HashSet<PieceIndex>,
     /// Bumped on every change to `verified` (set or, for a piece lost on
     /// read, cleared).
     generation: u64,
@@ -455,6 +469,7 @@ impl Storage {
                 generation: 0,
                 verified,
                 partial: HashMap::new(),
+                failed: HashSet::new(),
                 dirty,
             }),
             events: tx,
@@ -894,12 +909,17 @@ impl Inner {
             let mut p = self.pieces();
             p.verified.set(piece.as_usize(), true);
             p.generation += 1;
+            let failed_before = p.failed.remove(&piece);
             drop(p);
             debug!(%piece, "piece verified");
             self.send(StorageEvent::PieceVerified(piece));
+            if failed_before {
+                self.send(StorageEvent::GoodLeaves { piece, leaves });
+            }
         } else {
             warn!(%piece, "piece failed its hash check");
-            self.send(StorageEvent::HashFailed(piece));
+            self.pieces().failed.insert(piece);
+            self.send(StorageEvent::HashFailed { piece, leaves });
         }
     }
 }

@@ -158,8 +158,15 @@ async fn a_corrupt_block_fails_its_piece_and_the_piece_can_be_fetched_again() {
     let mut bad = src.block(&s, blocks[1]).to_vec();
     bad[100] ^= 0xff;
     assert!(put(&s, blocks[0], src.block(&s, blocks[0])).await);
-    assert!(put(&s, blocks[1], Bytes::from(bad)).await);
-    assert_eq!(next_event(&mut rx).await, StorageEvent::HashFailed(piece));
+    assert!(put(&s, blocks[1], Bytes::from(bad.clone())).await);
+    let bad_leaf = sluice_storage::merkle::leaf_hash(&bad);
+    match next_event(&mut rx).await {
+        StorageEvent::HashFailed { piece: p, leaves } => {
+            assert_eq!(p, piece);
+            assert_eq!(leaves[1], bad_leaf, "the leaves of what was written");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     assert!(!s.has_piece(piece));
     assert!(matches!(
         s.read_block(blocks[0]),
@@ -175,6 +182,18 @@ async fn a_corrupt_block_fails_its_piece_and_the_piece_can_be_fetched_again() {
         next_event(&mut rx).await,
         StorageEvent::PieceVerified(piece)
     );
+    // Then the good leaves, to judge who sent the bad block.
+    match next_event(&mut rx).await {
+        StorageEvent::GoodLeaves { piece: p, leaves } => {
+            assert_eq!(p, piece);
+            assert_ne!(leaves[1], bad_leaf);
+            assert_eq!(
+                leaves[0],
+                sluice_storage::merkle::leaf_hash(&src.block(&s, blocks[0]))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]

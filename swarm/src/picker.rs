@@ -72,6 +72,18 @@ enum BlockState {
 struct Progress {
     blocks: Vec<BlockState>,
     missing: u32,
+    /// The piece failed its hash check with blocks from several peers:
+    /// its retry goes to one peer (`owner`, the first to ask) so the
+    /// next outcome says who was at fault.
+    retry: bool,
+    owner: Option<PeerKey>,
+}
+
+impl Progress {
+    /// Whether `peer` may take blocks of this piece.
+    fn open_to(&self, peer: PeerKey) -> bool {
+        !self.retry || self.owner.is_none_or(|o| o == peer)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +273,11 @@ impl Picker {
         for &b in &blocks {
             self.drop_requester(peer, b);
         }
+        for prog in self.progress.values_mut() {
+            if prog.owner == Some(peer) {
+                prog.owner = None;
+            }
+        }
         blocks
     }
 
@@ -277,6 +294,10 @@ impl Picker {
         let Some(progress) = self.progress.get_mut(&block.piece()) else {
             return;
         };
+        if progress.owner == Some(peer) {
+            // The owner is not delivering: let another peer retry it.
+            progress.owner = None;
+        }
         let state = &mut progress.blocks[block.index() as usize];
         if let BlockState::Requested(peers) = state {
             peers.retain(|&p| p != peer);
@@ -411,16 +432,18 @@ impl Picker {
     }
 
     /// The piece failed its hash check: every block is missing again.
-    /// Returns the peers that sent its blocks, for penalties.
-    pub fn hash_failed(&mut self, piece: PieceIndex) -> Vec<PeerKey> {
+    /// Returns who sent each received block (block index, sender), for
+    /// penalties.
+    pub fn hash_failed(&mut self, piece: PieceIndex) -> Vec<(u32, PeerKey)> {
         let Some(progress) = self.progress.get_mut(&piece) else {
             return Vec::new();
         };
         let mut senders = Vec::new();
+        progress.owner = None;
         for (i, state) in progress.blocks.iter_mut().enumerate() {
             match std::mem::replace(state, BlockState::Missing) {
                 BlockState::Received(p) => {
-                    senders.push(p);
+                    senders.push((i as u32, p));
                     progress.missing += 1;
                     self.missing_blocks += 1;
                 }
@@ -440,8 +463,10 @@ impl Picker {
                 BlockState::Missing => {}
             }
         }
-        senders.sort();
-        senders.dedup();
+        let mut distinct: Vec<PeerKey> = senders.iter().map(|(_, p)| *p).collect();
+        distinct.sort();
+        distinct.dedup();
+        progress.retry |= distinct.len() > 1;
         senders
     }
 
@@ -469,7 +494,7 @@ impl Picker {
         let partial = self
             .progress
             .iter()
-            .filter(|(p, prog)| prog.missing > 0 && has(**p))
+            .filter(|(p, prog)| prog.missing > 0 && has(**p) && prog.open_to(peer))
             .min_by_key(|(_, prog)| prog.missing)
             .map(|(p, _)| *p);
         if let Some(piece) = partial {
@@ -495,7 +520,7 @@ impl Picker {
         let max = self.config.endgame_max_requesters;
         let mut pick: Option<(usize, BlockRef)> = None;
         for (&piece, prog) in &self.progress {
-            if !has(piece) {
+            if !has(piece) || !prog.open_to(peer) {
                 continue;
             }
             for (i, state) in prog.blocks.iter().enumerate() {
@@ -533,6 +558,8 @@ impl Picker {
             Progress {
                 blocks: vec![BlockState::Missing; n as usize],
                 missing: n,
+                retry: false,
+                owner: None,
             },
         );
     }
@@ -546,6 +573,9 @@ impl Picker {
             .expect("a piece with missing > 0 has a missing block");
         progress.blocks[i] = BlockState::Requested(vec![peer]);
         progress.missing -= 1;
+        if progress.retry {
+            progress.owner.get_or_insert(peer);
+        }
         self.missing_blocks -= 1;
         let block = self
             .layout

@@ -33,8 +33,8 @@ use sluice_choke::{
     TitForTat, TitForTatConfig,
 };
 use sluice_storage::{
-    BLOCK_SIZE, Bitfield, BlockRef, Credit, InfoHash, Metainfo, QueueStats, ReserveError, Storage,
-    StorageEvent,
+    BLOCK_SIZE, Bitfield, BlockRef, Credit, InfoHash, Metainfo, PieceIndex, QueueStats,
+    ReserveError, Storage, StorageEvent,
 };
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,6 +55,9 @@ const RECENT_RATE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Session events handled per loop turn before requests are topped up.
 const EVENT_BATCH: usize = 64;
+/// Peer ids a torrent keeps strikes for, and departed sessions it
+/// remembers the ids of.
+const MAX_TRACKED_PEERS: usize = 4096;
 /// After a failed write (a full disk), requesting pauses this long before
 /// it tries again.
 pub const DISK_RETRY: Duration = Duration::from_secs(2);
@@ -366,7 +369,6 @@ struct Peer {
     /// Requests to it that timed out (at most the window's maximum): a
     /// block for one of them may still arrive and is worth keeping.
     expired: std::collections::HashSet<BlockRef>,
-    hash_failures: u32,
     decision: Option<Decision>,
 }
 
@@ -383,6 +385,13 @@ struct Torrent {
     peers: HashMap<PeerKey, Peer>,
     next_key: u64,
     banned: HashSet<PeerId>,
+    /// Failed pieces held against each peer id.
+    strikes: HashMap<PeerId, u32>,
+    /// Blocks of failed pieces with several senders: who sent which block
+    /// and its leaf hash, judged when the piece verifies.
+    suspects: HashMap<PieceIndex, Vec<(PeerId, u32, sluice_storage::Hash)>>,
+    /// Session keys of peers that left, for judging their blocks.
+    departed: HashMap<PeerKey, PeerId>,
     events_tx: mpsc::Sender<FromSession>,
     tracker: TaskTracker,
     credit_wait: Option<CreditWait>,
@@ -460,6 +469,9 @@ pub fn spawn_torrent(
         peers: HashMap::new(),
         next_key: 0,
         banned: HashSet::new(),
+        strikes: HashMap::new(),
+        suspects: HashMap::new(),
+        departed: HashMap::new(),
         events_tx,
         tracker: tracker.clone(),
         credit_wait: None,
@@ -682,7 +694,6 @@ impl Torrent {
                 window: RequestWindow::new(self.config.window.clone(), remote_max),
                 outstanding: HashMap::new(),
                 expired: std::collections::HashSet::new(),
-                hash_failures: 0,
                 decision: None,
             },
         );
@@ -701,6 +712,39 @@ impl Torrent {
         }
     }
 
+    /// The peer id behind a session key, also for a session that ended
+    /// (while it is remembered).
+    fn peer_id_of(&self, key: PeerKey) -> Option<PeerId> {
+        self.peers
+            .get(&key)
+            .map(|p| p.peer_id)
+            .or_else(|| self.departed.get(&key).copied())
+    }
+
+    /// One failed piece held against `id`; `ban_after` of them ban it for
+    /// the session (by peer id, so reconnecting does not help).
+    fn strike(&mut self, id: PeerId) {
+        if self.strikes.len() >= MAX_TRACKED_PEERS && !self.strikes.contains_key(&id) {
+            return;
+        }
+        let n = self.strikes.entry(id).or_default();
+        *n += 1;
+        if *n >= self.config.ban_after && self.banned.insert(id) {
+            let keys: Vec<PeerKey> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.peer_id == id)
+                .map(|(k, _)| *k)
+                .collect();
+            if keys.is_empty() {
+                warn!(peer_id = %id, "banned (already gone): sent corrupt data");
+            }
+            for key in keys {
+                self.close_peer(key, "banned: sent corrupt data");
+            }
+        }
+    }
+
     fn close_peer(&mut self, key: PeerKey, reason: &str) {
         if let Some(p) = self.peers.get(&key) {
             warn!(peer_id = %p.peer_id, reason, "disconnecting peer");
@@ -716,6 +760,11 @@ impl Torrent {
             return;
         };
         debug!(peer_id = %peer.peer_id, reason, "peer gone");
+        // Its blocks may still be judged when their pieces complete.
+        if self.departed.len() >= MAX_TRACKED_PEERS {
+            self.departed.clear();
+        }
+        self.departed.insert(key, peer.peer_id);
         self.picker.peer_gone(key);
         drop(peer);
         self.peers_changed();
@@ -1049,21 +1098,48 @@ impl Torrent {
                     self.peers_changed();
                 }
             }
-            StorageEvent::HashFailed(piece) => {
+            StorageEvent::HashFailed { piece, leaves } => {
                 self.hash_failures += 1;
-                let senders = self.picker.hash_failed(piece);
-                for key in senders {
-                    let Some(peer) = self.peers.get_mut(&key) else {
-                        continue;
-                    };
-                    peer.hash_failures += 1;
-                    if peer.hash_failures >= self.config.ban_after {
-                        let id = peer.peer_id;
-                        self.banned.insert(id);
-                        self.close_peer(key, "banned: sent corrupt data");
+                let senders: Vec<(u32, PeerId)> = self
+                    .picker
+                    .hash_failed(piece)
+                    .into_iter()
+                    .filter_map(|(i, key)| Some((i, self.peer_id_of(key)?)))
+                    .collect();
+                let first = senders.first().map(|(_, id)| *id);
+                if let Some(only) = first.filter(|id| senders.iter().all(|(_, o)| o == id)) {
+                    // One sender: the bad data was its.
+                    self.strike(only);
+                } else {
+                    // Several: judged once the piece verifies, by which
+                    // blocks differed (smart ban). Blaming them all would
+                    // ban honest peers that shared a piece with a liar.
+                    let bound = self.storage.layout().blocks_in_piece(piece) as usize * 4;
+                    let suspects = self.suspects.entry(piece).or_default();
+                    for (i, id) in senders {
+                        if let Some(leaf) = leaves.get(i as usize) {
+                            suspects.push((id, i, *leaf));
+                        }
                     }
+                    let excess = suspects.len().saturating_sub(bound);
+                    suspects.drain(..excess);
                 }
                 self.want_fill = true;
+            }
+            StorageEvent::GoodLeaves { piece, leaves } => {
+                let mut liars: Vec<PeerId> = self
+                    .suspects
+                    .remove(&piece)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, i, leaf)| leaves.get(*i as usize) != Some(leaf))
+                    .map(|(id, _, _)| id)
+                    .collect();
+                liars.sort();
+                liars.dedup();
+                for id in liars {
+                    self.strike(id);
+                }
             }
             StorageEvent::PieceLost(piece) => {
                 // Our copy changed on disk: no longer ours to offer (its

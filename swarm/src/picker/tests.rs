@@ -207,7 +207,11 @@ fn a_hash_failure_returns_the_piece_and_names_the_senders() {
     let b = p.next_request(P2, &mut r).unwrap();
     p.block_received(P1, a);
     p.block_received(P2, b);
-    assert_eq!(p.hash_failed(a.piece()), vec![P1, P2]);
+    let mut senders = p.hash_failed(a.piece());
+    senders.sort();
+    let mut want = vec![(a.index(), P1), (b.index(), P2)];
+    want.sort();
+    assert_eq!(senders, want);
     assert!(!p.in_endgame());
     let again = p.next_request(P3, &mut r).unwrap();
     assert_eq!(again.piece(), a.piece());
@@ -235,6 +239,33 @@ fn repeated_haves_count_once_and_bad_bitfields_are_refused() {
         None,
         "a departed peer gets nothing"
     );
+    p.check_invariants().unwrap();
+}
+
+#[test]
+fn a_piece_that_failed_with_several_senders_is_retried_by_one_peer() {
+    let mut p = picker(1, 0);
+    for peer in [P1, P2, P3] {
+        p.peer_bitfield(peer, all(1)).unwrap();
+    }
+    let mut r = rng();
+    let a = p.next_request(P1, &mut r).unwrap();
+    let b = p.next_request(P2, &mut r).unwrap();
+    p.block_received(P1, a);
+    p.block_received(P2, b);
+    p.hash_failed(a.piece());
+    // The first to ask owns the retry; the others get none of it.
+    let first = p.next_request(P3, &mut r).unwrap();
+    assert_eq!(first.piece(), a.piece());
+    assert_eq!(p.next_request(P1, &mut r), None);
+    assert_eq!(p.next_request(P2, &mut r), None);
+    assert!(
+        p.next_request(P3, &mut r).is_some(),
+        "the owner takes the rest"
+    );
+    // The owner leaves: the piece is open again.
+    p.peer_gone(P3);
+    assert!(p.next_request(P1, &mut r).is_some());
     p.check_invariants().unwrap();
 }
 
