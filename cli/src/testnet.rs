@@ -78,6 +78,14 @@ pub(crate) struct TestnetArgs {
     /// Fixes the content, node order, dialing and choker RNG [default: 1].
     #[arg(long)]
     seed: Option<u64>,
+    /// Nodes (besides seeders and downloaders) that claim every piece and
+    /// serve garbage [default: 0].
+    #[arg(long)]
+    liars: Option<usize>,
+    /// Every SECS a running leecher leaves and comes back SECS/2 later,
+    /// resuming from its data dir.
+    #[arg(long, value_name = "SECS")]
+    churn: Option<f64>,
     /// With --discovery fixed: earlier nodes each downloading node dials,
     /// besides the seeders [default: 8].
     #[arg(long)]
@@ -155,6 +163,12 @@ impl TestnetArgs {
         }
         if self.down_rate.is_some() {
             c.down_rate = self.down_rate;
+        }
+        if let Some(k) = self.liars {
+            c.liars = k;
+        }
+        if self.churn.is_some() {
+            c.churn = self.churn;
         }
         if let Some((k, rate)) = self.slow_disk {
             c.slow_disks = k;
@@ -324,6 +338,7 @@ fn role_tag(n: &NodeView) -> &'static str {
         (Role::FreeRider, _) => "free-rider",
         (Role::Leecher, true) => "slow disk",
         (Role::Leecher, false) => "leecher",
+        (Role::Liar, _) => "liar",
     }
 }
 
@@ -368,6 +383,7 @@ fn grid(t: f64, nodes: &[NodeView]) -> String {
                 Role::FreeRider => 'F',
                 Role::Leecher if n.slow_disk => 'D',
                 Role::Leecher => ' ',
+                Role::Liar => 'L',
             };
             s.push_str(&format!(" {:<8}{mark}{:>6} ", n.name, state(n)));
         }

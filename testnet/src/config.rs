@@ -96,6 +96,13 @@ pub struct Config {
     pub down_rate: Option<u64>,
     /// Downloading nodes that never unchoke anyone.
     pub free_riders: usize,
+    /// Nodes (besides seeders and downloading nodes) that claim every
+    /// piece and serve garbage: a copy overwritten after it was verified,
+    /// served unchecked.
+    pub liars: usize,
+    /// Every this many seconds a running, unfinished leecher leaves and
+    /// comes back half as long later (same data dir: it resumes).
+    pub churn: Option<f64>,
     /// Downloading nodes whose disk writes at `slow_disk_rate`.
     pub slow_disks: usize,
     #[serde(deserialize_with = "serde_units::rate")]
@@ -132,6 +139,8 @@ impl Default for Config {
             seeder_up_rate: Some(20_000_000),
             down_rate: None,
             free_riders: 1,
+            liars: 0,
+            churn: None,
             slow_disks: 1,
             slow_disk_rate: 8_000_000,
             disk_queue: 16 * MIB,
@@ -224,6 +233,8 @@ pub enum Role {
     Seeder,
     Leecher,
     FreeRider,
+    /// Claims every piece, serves garbage.
+    Liar,
 }
 
 impl Role {
@@ -232,7 +243,13 @@ impl Role {
             Role::Seeder => "seeder",
             Role::Leecher => "leecher",
             Role::FreeRider => "free-rider",
+            Role::Liar => "liar",
         }
+    }
+
+    /// Whether nodes of this role download (and the run waits for them).
+    pub fn downloads(self) -> bool {
+        matches!(self, Role::Leecher | Role::FreeRider)
     }
 }
 
@@ -268,14 +285,18 @@ impl Config {
         if self.seeders == 0 {
             bail!("a testnet needs at least one seeder");
         }
-        if self.nodes <= self.seeders {
+        if self.nodes <= self.seeders + self.liars {
             bail!(
-                "--nodes {} leaves no downloading node beside {} seeders",
+                "--nodes {} leaves no downloading node beside {} seeders and {} liars",
                 self.nodes,
-                self.seeders
+                self.seeders,
+                self.liars
             );
         }
-        let leechers = self.nodes - self.seeders;
+        if self.churn.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            bail!("--churn must be a positive number of seconds");
+        }
+        let leechers = self.nodes - self.seeders - self.liars;
         if self.free_riders + self.slow_disks > leechers {
             bail!(
                 "{} free-riders and {} slow disks do not fit in {leechers} downloading nodes",
@@ -322,7 +343,7 @@ impl Config {
         use rand::SeedableRng;
         use rand::seq::SliceRandom;
 
-        let leechers = self.nodes.saturating_sub(self.seeders);
+        let leechers = self.nodes.saturating_sub(self.seeders + self.liars);
         let mut kinds: Vec<(Role, bool)> = (0..leechers)
             .map(|i| {
                 if i < self.free_riders {
@@ -346,6 +367,14 @@ impl Config {
                 join_at: 0.0,
             })
             .collect();
+        plan.extend((1..=self.liars).map(|i| NodePlan {
+            name: format!("liar-{i}"),
+            role: Role::Liar,
+            up_rate: self.up_rate,
+            down_rate: None,
+            disk_rate: None,
+            join_at: 0.0,
+        }));
         let width = leechers.to_string().len().max(2);
         for (i, (role, slow)) in kinds.into_iter().enumerate() {
             plan.push(NodePlan {

@@ -18,6 +18,7 @@ fn color(role: Role) -> RGBColor {
         Role::Seeder => RGBColor(90, 90, 90),
         Role::Leecher => RGBColor(31, 119, 180),
         Role::FreeRider => RGBColor(214, 39, 40),
+        Role::Liar => RGBColor(148, 103, 189),
     }
 }
 
@@ -103,7 +104,7 @@ fn progress(report: &Report, path: &Path) -> Result<()> {
         ("seconds", "% verified"),
     )
     .map_err(&err)?;
-    for n in report.nodes.iter().filter(|n| n.role != Role::Seeder) {
+    for n in report.nodes.iter().filter(|n| n.role.downloads()) {
         let c = color(n.role);
         chart
             .draw_series(LineSeries::new(
@@ -160,11 +161,7 @@ fn disk_queue(report: &Report, path: &Path) -> Result<()> {
         .filter(|n| n.slow_disk_rate.is_some())
         .collect();
     let shown: Vec<_> = if slow.is_empty() {
-        report
-            .nodes
-            .iter()
-            .filter(|n| n.role != Role::Seeder)
-            .collect()
+        report.nodes.iter().filter(|n| n.role.downloads()).collect()
     } else {
         slow
     };
@@ -205,11 +202,7 @@ fn disk_queue(report: &Report, path: &Path) -> Result<()> {
 
 fn given_vs_received(report: &Report, path: &Path) -> Result<()> {
     let err = plot_err("upload_vs_download.svg");
-    let nodes: Vec<_> = report
-        .nodes
-        .iter()
-        .filter(|n| n.role != Role::Seeder)
-        .collect();
+    let nodes: Vec<_> = report.nodes.iter().filter(|n| n.role.downloads()).collect();
     let max = nodes
         .iter()
         .map(|n| n.downloaded.max(n.uploaded))

@@ -41,6 +41,12 @@ pub struct NodeReport {
     pub downloaded: u64,
     pub uploaded: u64,
     pub hash_failures: u64,
+    /// Peers this node banned for corrupt data.
+    #[serde(default)]
+    pub banned_peers: usize,
+    /// Times it was churned out and came back.
+    #[serde(default)]
+    pub restarts: usize,
     /// Highest sampled queued + outstanding bytes.
     pub peak_disk_bytes: u64,
     pub disk_capacity_bytes: u64,
@@ -130,7 +136,7 @@ impl Report {
         timed_out: bool,
         nodes: Vec<NodeReport>,
     ) -> Self {
-        let by_role: Vec<RoleSummary> = [Role::Seeder, Role::Leecher, Role::FreeRider]
+        let by_role: Vec<RoleSummary> = [Role::Seeder, Role::Leecher, Role::FreeRider, Role::Liar]
             .into_iter()
             .filter(|r| nodes.iter().any(|n| n.role == *r))
             .map(|role| {
@@ -154,7 +160,7 @@ impl Report {
         // The bound covers the nodes there from the start to the end.
         let stayed: Vec<&NodeReport> = nodes
             .iter()
-            .filter(|n| n.role != Role::Seeder && n.joined_at == Some(0.0) && n.left_at.is_none())
+            .filter(|n| n.role.downloads() && n.joined_at == Some(0.0) && n.left_at.is_none())
             .collect();
         let seeders: Vec<&NodeReport> = nodes.iter().filter(|n| n.role == Role::Seeder).collect();
         let seeders_up: Option<f64> = seeders.iter().map(|n| n.up_rate.map(|r| r as f64)).sum();
@@ -213,7 +219,7 @@ impl Report {
             uploaded: nodes.iter().map(|n| n.uploaded).sum(),
             uploaded_by_peers: nodes
                 .iter()
-                .filter(|n| n.role != Role::Seeder)
+                .filter(|n| n.role.downloads())
                 .map(|n| n.uploaded)
                 .sum(),
             hash_failures: nodes.iter().map(|n| n.hash_failures).sum(),
@@ -252,7 +258,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         for r in &self.by_role {
-            if r.role == Role::Seeder {
+            if !r.role.downloads() {
                 continue;
             }
             let _ = writeln!(
@@ -290,6 +296,16 @@ impl Report {
                 } else {
                     "not held back: some finished before a contributor"
                 }
+            );
+        }
+        let bans: usize = self.nodes.iter().map(|n| n.banned_peers).sum();
+        let restarts: usize = self.nodes.iter().map(|n| n.restarts).sum();
+        if bans > 0 || restarts > 0 || self.scenario.liars > 0 {
+            let most = self.nodes.iter().map(|n| n.banned_peers).max().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "{bans} bans ({} liars; at most {most} by one node), {} hash failures, {restarts} churn restarts",
+                self.scenario.liars, self.totals.hash_failures
             );
         }
         if self.timed_out {

@@ -63,6 +63,11 @@ struct Live {
     completed_at: Option<f64>,
     left_at: Option<f64>,
     samples: Vec<Sample>,
+    /// Peers this node banned (the most it reported).
+    banned: usize,
+    /// Churned out, coming back at this time.
+    rejoin_at: Option<f64>,
+    restarts: usize,
     peak_disk: u64,
     disk_capacity: u64,
     downloaded: u64,
@@ -127,6 +132,7 @@ impl Testnet {
                 let node_dir = dir.join("nodes").join(&plan.name);
                 let content_path = match plan.role {
                     Role::Seeder => content.clone(),
+                    Role::Liar => node_dir.join("copy").join("content.bin"),
                     _ => node_dir.join("download").join("content.bin"),
                 };
                 let view = NodeView {
@@ -155,6 +161,9 @@ impl Testnet {
                     completed_at: None,
                     left_at: None,
                     samples: Vec::new(),
+                    banned: 0,
+                    rejoin_at: None,
+                    restarts: 0,
                     peak_disk: 0,
                     disk_capacity: config.disk_queue,
                     downloaded: 0,
@@ -219,10 +228,22 @@ impl Testnet {
         let mut done_events = vec![false; self.config.events.len()];
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         let mut timed_out = false;
+        let mut next_churn = self.config.churn;
         loop {
             tick.tick().await;
             let t = start.elapsed().as_secs_f64();
             self.apply_events(t, &mut done_events).await?;
+            if let Some(at) = next_churn.filter(|at| t >= *at) {
+                self.churn(t).await?;
+                next_churn = self.config.churn.map(|c| at + c);
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].rejoin_at.is_some_and(|r| t >= r) {
+                    self.nodes[i].rejoin_at = None;
+                    self.nodes[i].restarts += 1;
+                    self.start_node(i, t).await?;
+                }
+            }
             self.sample(t);
             let views: Vec<NodeView> = self.nodes.iter().map(|n| n.view.clone()).collect();
             on_sample(t, &views);
@@ -233,7 +254,7 @@ impl Testnet {
             let downloading_done = self
                 .nodes
                 .iter()
-                .filter(|n| n.plan.role != Role::Seeder && n.left_at.is_none())
+                .filter(|n| n.plan.role.downloads() && n.left_at.is_none())
                 .all(|n| n.completed_at.is_some());
             if downloading_done && !waiting_to_join {
                 break;
@@ -274,6 +295,36 @@ impl Testnet {
         Ok((node, addr))
     }
 
+    /// Stops one running, unfinished leecher (chosen by the seeded RNG);
+    /// it comes back, resuming from its data dir, half a churn period
+    /// later.
+    async fn churn(&mut self, t: f64) -> Result<()> {
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                n.plan.role == Role::Leecher
+                    && n.handle.is_some()
+                    && n.completed_at.is_none()
+                    && n.rejoin_at.is_none()
+            })
+            .collect();
+        let Some(&i) = candidates.choose(&mut self.rng) else {
+            return Ok(());
+        };
+        let live = &mut self.nodes[i];
+        live.torrent = None;
+        live.view.running = false;
+        live.rejoin_at = Some(t + self.config.churn.unwrap_or(1.0) / 2.0);
+        if let Some(h) = live.handle.take() {
+            h.shutdown()
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("stopping {}", live.plan.name))?;
+        }
+        info!(node = %live.plan.name, t, "churned out");
+        Ok(())
+    }
+
     async fn start_node(&mut self, i: usize, t: f64) -> Result<()> {
         let listen = self.listen_addr();
         let plan = self.nodes[i].plan.clone();
@@ -283,6 +334,13 @@ impl Testnet {
             // Seeders share out evenly by bytes, so a fast downloader
             // (a free-rider takes all it can) gets no more than its share.
             .with_seed_mode(sluice_choke::SeedMode::LeastServed);
+        if plan.role == Role::Liar && !self.nodes[i].content.exists() {
+            // A good copy first, so it opens as complete.
+            let copy = &self.nodes[i].content;
+            std::fs::create_dir_all(copy.parent().expect("a file in a directory"))
+                .and_then(|()| std::fs::copy(&self.content, copy))
+                .with_context(|| format!("copying the content for {}", plan.name))?;
+        }
         let choker = match (plan.role, self.config.choker) {
             (Role::FreeRider, _) => ChokerChoice::FreeRider,
             (_, ChokerKind::TitForTat) => ChokerChoice::TitForTat(tft),
@@ -304,6 +362,8 @@ impl Testnet {
             // 2 MiB rather than 16 per node: a 100-node testnet would
             // hold 1.6 GiB of read caches otherwise.
             .with_read_cache(2 * 1024 * 1024)
+            // A liar sends what is on disk, unchecked.
+            .with_verify_reads(plan.role != Role::Liar)
             .with_api(Some(ApiConfig::default()));
         let config = match &self.dht {
             Some((_, addr)) => config
@@ -320,9 +380,13 @@ impl Testnet {
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
         let torrent = node
-            .add_torrent(Arc::clone(&self.meta), content)
+            .add_torrent(Arc::clone(&self.meta), content.clone())
             .await
             .with_context(|| format!("adding the torrent to {}", plan.name))?;
+        if plan.role == Role::Liar {
+            // Verified at open; garbage from now on.
+            write_content(&content, self.config.size, self.config.seed ^ 0xbad)?;
+        }
         // Whom to dial (with fixed discovery): every running seeder, and
         // some earlier nodes.
         let mut seeders = Vec::new();
@@ -357,7 +421,7 @@ impl Testnet {
         let live = &mut self.nodes[i];
         live.handle = Some(node);
         live.torrent = Some(torrent);
-        live.joined_at = Some(t);
+        live.joined_at.get_or_insert(t);
         live.view.running = true;
         Ok(())
     }
@@ -386,7 +450,7 @@ impl Testnet {
         let copies = self
             .nodes
             .iter()
-            .filter(|n| n.plan.role != Role::Seeder && n.completed_at.is_some())
+            .filter(|n| n.plan.role.downloads() && n.completed_at.is_some())
             .count();
         let events = self.config.events.clone();
         for (e, done) in events.into_iter().zip(done.iter_mut()) {
@@ -442,8 +506,9 @@ impl Testnet {
             n.downloaded = s.downloaded;
             n.uploaded = s.uploaded;
             n.hash_failures = s.hash_failures;
+            n.banned = n.banned.max(s.banned_peers);
             n.throttled_seconds = s.disk.throttled_total.as_secs_f64();
-            if s.complete && n.completed_at.is_none() && n.plan.role != Role::Seeder {
+            if s.complete && n.completed_at.is_none() && n.plan.role.downloads() {
                 n.completed_at = Some(t);
             }
             if n.samples.len() < MAX_SAMPLES {
@@ -491,6 +556,8 @@ impl Testnet {
                 downloaded: n.downloaded,
                 uploaded: n.uploaded,
                 hash_failures: n.hash_failures,
+                banned_peers: n.banned,
+                restarts: n.restarts,
                 peak_disk_bytes: n.peak_disk,
                 disk_capacity_bytes: n.disk_capacity,
                 throttled_seconds: n.throttled_seconds,

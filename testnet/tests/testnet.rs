@@ -149,3 +149,45 @@ fn a_used_report_directory_is_refused() {
     let err = Testnet::prepare(small(), dir.path()).unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
 }
+
+/// A soak in small: two liars (every piece claimed, garbage served) and a
+/// leecher leaving and coming back every 0.7 s. Every honest copy is
+/// identical, nobody bans more peers than there are liars (no honest peer
+/// is banned), some liar is caught, and the churned nodes resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liars_are_banned_and_churned_nodes_resume() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = Config {
+        nodes: 10,
+        liars: 2,
+        churn: Some(0.7),
+        free_riders: 0,
+        slow_disks: 0,
+        size: 4 * MIB,
+        ..small()
+    };
+    let (testnet, report) = run(config, dir.path()).await?;
+    assert!(!report.timed_out);
+    let want = std::fs::read(testnet.content())?;
+    for (name, _, content, _) in testnet.endpoints() {
+        let n = report.nodes.iter().find(|n| n.name == name).unwrap();
+        if n.role.downloads() {
+            assert!(std::fs::read(&content)? == want, "{name}'s copy differs");
+        }
+        assert!(
+            n.banned_peers <= 2,
+            "{name} banned {} peers with 2 liars",
+            n.banned_peers
+        );
+    }
+    assert!(report.totals.hash_failures > 0, "the liars were heard");
+    assert!(
+        report.nodes.iter().any(|n| n.banned_peers > 0),
+        "some liar was caught"
+    );
+    assert!(
+        report.nodes.iter().map(|n| n.restarts).sum::<usize>() > 0,
+        "churn happened"
+    );
+    Ok(())
+}
