@@ -701,10 +701,15 @@ async fn swarm_task(task: SwarmTask) {
     let mut lookups: HashMap<InfoHash, usize> = HashMap::new();
     // When each torrent last put its provider record in the DHT.
     let mut provided: HashMap<InfoHash, tokio::time::Instant> = HashMap::new();
+    // When each torrent last asked the DHT for providers.
+    let mut looked: HashMap<InfoHash, tokio::time::Instant> = HashMap::new();
     // When a discovery round last opened a piece stream to a peer for a
     // torrent: a session just started may not show in the stats yet, and
     // a second stream would replace it.
     let mut reopened: HashMap<(PeerId, InfoHash), tokio::time::Instant> = HashMap::new();
+    // When each connected peer's first connection opened: its streams are
+    // being opened then (by the dialer), so rounds leave it alone a while.
+    let mut connected_at: HashMap<PeerId, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -719,19 +724,28 @@ async fn swarm_task(task: SwarmTask) {
                 let now = tokio::time::Instant::now();
                 provided.retain(|ih, _| lock(&torrents).contains_key(ih));
                 reopened.retain(|_, at| now - *at < REOPEN_AFTER);
+                looked.retain(|ih, _| lock(&torrents).contains_key(ih));
                 for t in all {
                     let ih = t.info_hash();
+                    let stats = t.stats();
                     let due = provided.get(&ih).is_none_or(|at| now - *at >= REPROVIDE);
                     if due {
                         provided.insert(ih, now);
                     }
-                    discover_torrent(&mut swarm, ih, due);
+                    // Every round while short of peers; then now and then.
+                    let wanted = stats.peers.len() < ENOUGH_PEERS
+                        || looked.get(&ih).is_none_or(|at| now - *at >= REDISCOVER);
+                    if wanted || due {
+                        looked.insert(ih, now);
+                        discover_torrent(&mut swarm, ih, due);
+                    }
                     // A piece stream can end while its connection lives on
                     // (an idle timeout, a refused duplicate): open a new one
                     // to every connected peer without a session.
-                    let with_session: HashSet<String> = t.stats().peers.into_iter().map(|p| p.peer_id).collect();
+                    let with_session: HashSet<String> = stats.peers.into_iter().map(|p| p.peer_id).collect();
                     for peer in &connected {
-                        if with_session.contains(&peer.to_string()) || reopened.contains_key(&(*peer, ih)) {
+                        let fresh = connected_at.get(peer).is_some_and(|at| now - *at < REOPEN_AFTER);
+                        if fresh || with_session.contains(&peer.to_string()) || reopened.contains_key(&(*peer, ih)) {
                             continue;
                         }
                         reopened.insert((*peer, ih), now);
@@ -803,6 +817,7 @@ async fn swarm_task(task: SwarmTask) {
                     debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                     if num_established.get() == 1 {
                         connected.send_modify(|c| c.push(peer_id));
+                        connected_at.insert(peer_id, tokio::time::Instant::now());
                     }
                     lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
                     // The dialer opens the piece streams, once per peer.
@@ -817,6 +832,7 @@ async fn swarm_task(task: SwarmTask) {
                     debug!(%peer_id, ?cause, "connection closed");
                     if num_established == 0 {
                         connected.send_modify(|c| c.retain(|p| *p != peer_id));
+                        connected_at.remove(&peer_id);
                         lock(&peer_addrs).remove(&peer_id);
                     }
                 }
@@ -922,13 +938,17 @@ fn discover_torrent(
 /// How often a torrent puts its provider record in the DHT again (each
 /// discovery round only asks for providers).
 pub const REPROVIDE: Duration = Duration::from_secs(60);
+/// A torrent with this many peers asks the DHT for more only every
+/// [`REDISCOVER`], not every discovery round.
+pub const ENOUGH_PEERS: usize = 8;
+pub const REDISCOVER: Duration = Duration::from_secs(30);
 /// A discovery round leaves a (peer, torrent) alone this long after it
 /// opened a piece stream for it.
 pub const REOPEN_AFTER: Duration = Duration::from_secs(10);
 /// Below this many connections a node dials every provider it finds.
 const MIN_PEERS: usize = 4;
 /// Past this many connections a node dials no more providers.
-pub const MAX_DISCOVERED_PEERS: usize = 40;
+pub const MAX_DISCOVERED_PEERS: usize = 24;
 
 /// Opens a piece stream to `peer` for torrent `ih` and hands it over.
 fn open_for(

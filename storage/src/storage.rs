@@ -146,8 +146,10 @@ impl StorageConfig {
         self
     }
 
-    /// Bytes of leaf hashes kept for large pieces being served (32 bytes
-    /// per 16 KiB block: 2 MiB covers 1 GiB of pieces). Default 2 MiB.
+    /// Bytes of leaf hashes kept for pieces checked on read (32 bytes per
+    /// 16 KiB block: 2 MiB covers 1 GiB of pieces), so a piece evicted
+    /// from the read cache is not read and hashed whole again. Default
+    /// 2 MiB.
     pub fn with_leaf_cache(mut self, bytes: usize) -> Self {
         self.leaf_cache = bytes;
         self
@@ -406,7 +408,7 @@ struct Inner {
     flush_lock: Mutex<()>,
     /// Whole pieces checked on read, served from memory.
     read_cache: Mutex<PieceCache<Bytes>>,
-    /// Leaf hashes of large pieces checked on read.
+    /// Leaf hashes of pieces checked on read.
     leaf_cache: Mutex<PieceCache<Arc<[Hash]>>>,
 }
 
@@ -579,9 +581,10 @@ impl Storage {
     /// Blocking (a positioned read): call from a blocking context.
     ///
     /// With verify-on-read (the default) only checked bytes are returned:
-    /// the first read of a piece reads and hashes it whole and keeps it in
-    /// the read cache; a large piece keeps its leaf hashes instead and
-    /// each block is hashed as it is read. Data that no longer matches
+    /// the first read of a piece reads and hashes it whole and keeps its
+    /// leaf hashes (and its bytes in the read cache when it fits); later
+    /// blocks come from the read cache or are hashed against their leaf.
+    /// So each byte sent is hashed at most twice, however small the cache. Data that no longer matches
     /// loses the piece ([`StorageEvent::PieceLost`]) and fails with
     /// [`StorageError::PieceLost`].
     pub fn read_block(&self, block: BlockRef) -> Result<Bytes, StorageError> {
@@ -595,36 +598,47 @@ impl Storage {
         if let Some(b) = self.cached(block) {
             return Ok(b);
         }
+        let known = lock(&self.inner.leaf_cache).get(piece);
+        if let Some(leaves) = known {
+            // Checked before (its bytes since evicted): this block alone.
+            return self.checked_block(block, &leaves);
+        }
+        // First read of the piece: check it whole, keep its leaf hashes
+        // (and, when it fits, its bytes).
         if self.fits_read_cache(piece) {
             let data = self.inner.read_piece(piece)?;
             let leaves: Vec<Hash> = data.chunks(BLOCK_SIZE as usize).map(leaf_hash).collect();
             self.inner.check_leaves(piece, &leaves)?;
+            self.keep_leaves(piece, leaves);
             let data = Bytes::from(data);
             let whole = data.len();
             lock(&self.inner.read_cache).insert(piece, data.clone(), whole);
             return Ok(self.slice(&data, block));
         }
-        let cached = lock(&self.inner.leaf_cache).get(piece);
-        let leaves = match cached {
-            Some(l) => l,
-            None => {
-                // Block by block: a large piece is never held whole.
-                let leaves = self
-                    .inner
-                    .layout
-                    .blocks(piece)
-                    .map(|b| self.inner.read_raw(b).map(|d| leaf_hash(&d)))
-                    .collect::<Result<Vec<Hash>, _>>()?;
-                self.inner.check_leaves(piece, &leaves)?;
-                let leaves: Arc<[Hash]> = leaves.into();
-                let bytes = leaves.len() * 32;
-                lock(&self.inner.leaf_cache).insert(piece, Arc::clone(&leaves), bytes);
-                leaves
-            }
-        };
+        // Block by block: a large piece is never held whole.
+        let leaves = self
+            .inner
+            .layout
+            .blocks(piece)
+            .map(|b| self.inner.read_raw(b).map(|d| leaf_hash(&d)))
+            .collect::<Result<Vec<Hash>, _>>()?;
+        self.inner.check_leaves(piece, &leaves)?;
+        let leaves = self.keep_leaves(piece, leaves);
+        self.checked_block(block, &leaves)
+    }
+
+    fn keep_leaves(&self, piece: PieceIndex, leaves: Vec<Hash>) -> Arc<[Hash]> {
+        let leaves: Arc<[Hash]> = leaves.into();
+        let bytes = leaves.len() * 32;
+        lock(&self.inner.leaf_cache).insert(piece, Arc::clone(&leaves), bytes);
+        leaves
+    }
+
+    /// A block read from disk and checked against its known leaf hash.
+    fn checked_block(&self, block: BlockRef, leaves: &[Hash]) -> Result<Bytes, StorageError> {
         let data = self.inner.read_raw(block)?;
         if leaf_hash(&data) != leaves[block.index() as usize] {
-            return Err(self.inner.lose(piece));
+            return Err(self.inner.lose(block.piece()));
         }
         Ok(data)
     }
@@ -650,9 +664,9 @@ impl Storage {
     /// (not cached, partly cached, or not supported here).
     ///
     /// Non-blocking: fine on an async thread.
-    /// With verify-on-read, a block comes from the read cache, or (a
-    /// large piece whose leaf hashes are known) is hashed here; a first
-    /// read of a piece is left to [`Storage::read_block`].
+    /// With verify-on-read, a block comes from the read cache, or (a piece
+    /// checked before) is hashed here against its leaf; a first read of a
+    /// piece is left to [`Storage::read_block`].
     pub fn read_block_cached(&self, block: BlockRef) -> Option<Bytes> {
         if !self.has_piece(block.piece()) {
             return None;
@@ -662,9 +676,7 @@ impl Storage {
             return Some(b);
         }
         let leaves = if verify {
-            if self.fits_read_cache(block.piece()) {
-                return None;
-            }
+            // Not checked yet: the blocking read checks the whole piece.
             Some(lock(&self.inner.leaf_cache).get(block.piece())?)
         } else {
             None
