@@ -389,6 +389,6 @@ fn grid(t: f64, nodes: &[NodeView]) -> String {
         }
         s.push('\n');
     }
-    s.push_str(" S seeder, F free-rider, D slow disk\n");
+    s.push_str(" S seeder, F free-rider, D slow disk, L liar\n");
     s
 }
