@@ -229,8 +229,9 @@ enum Command {
     /// A torrent was added: open streams for it to every connected peer.
     Announce(InfoHash),
     /// Look for providers of an info-hash we do not have yet (a metadata
-    /// fetch), every discovery round until the matching `EndLookup`.
-    Lookup(InfoHash),
+    /// fetch), every discovery round until the matching `EndLookup`;
+    /// answers whether it was started.
+    Lookup(InfoHash, oneshot::Sender<bool>),
     EndLookup(InfoHash),
 }
 
@@ -565,14 +566,16 @@ impl NodeHandle {
         info_hash: InfoHash,
         max_bytes: u64,
     ) -> Result<Metainfo, NodeError> {
+        let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Lookup(info_hash))
+            .send(Command::Lookup(info_hash, tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        let _lookup = LookupGuard {
+        // Only a lookup that was started is ended.
+        let _lookup = rx.await.unwrap_or(false).then(|| LookupGuard {
             info_hash,
             commands: self.commands.clone(),
-        };
+        });
         let mut connected = self.connected.clone();
         // Bounded: a peer lands in one of these at most once per attempt,
         // and peers come from at most max_connections connections; the
@@ -772,13 +775,15 @@ async fn swarm_task(task: SwarmTask) {
                         }
                     }
                 }
-                Some(Command::Lookup(ih)) => {
-                    if lookups.len() < MAX_LOOKUPS || lookups.contains_key(&ih) {
+                Some(Command::Lookup(ih, reply)) => {
+                    let start = lookups.len() < MAX_LOOKUPS || lookups.contains_key(&ih);
+                    if start {
                         *lookups.entry(ih).or_default() += 1;
                         swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&ih.0));
                     } else {
                         warn!(info_hash = %ih, "{MAX_LOOKUPS} DHT lookups already running; this one waits for mDNS and known peers");
                     }
+                    let _ = reply.send(start);
                 }
                 Some(Command::EndLookup(ih)) => {
                     if let Some(n) = lookups.get_mut(&ih) {
@@ -854,18 +859,23 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                    result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                    result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { key, providers })),
                     ..
                 })) => {
                     let me = *swarm.local_peer_id();
+                    // A metadata fetch provides nothing, so nobody looks
+                    // for it: it dials every provider it finds.
+                    let fetching = <[u8; 32]>::try_from(key.as_ref())
+                        .is_ok_and(|k| lookups.contains_key(&InfoHash(k)));
                     for peer in providers {
                         // Both sides find each other; the lower id dials,
                         // unless we have too few peers to wait. Past
                         // MAX_DISCOVERED_PEERS connections, found peers
                         // are left for others.
                         let count = swarm.connected_peers().count();
-                        let ours = me < peer || count < MIN_PEERS;
-                        if peer != me && ours && count < MAX_DISCOVERED_PEERS && !swarm.is_connected(&peer) {
+                        let ours = fetching || me < peer || count < MIN_PEERS;
+                        let room = fetching || count < MAX_DISCOVERED_PEERS;
+                        if peer != me && ours && room && !swarm.is_connected(&peer) {
                             debug!(%peer, "the DHT found a peer");
                             let _ = swarm.dial(DialOpts::peer_id(peer).allocate_new_port().build());
                         }

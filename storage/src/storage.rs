@@ -329,6 +329,9 @@ struct Pieces {
     /// Bumped on every change to `verified` (set or, for a piece lost on
     /// read, cleared).
     generation: u64,
+    /// Per piece, bumped on each change of its verified bit: a check that
+    /// started before a change drops nothing.
+    stamps: Vec<u32>,
     /// The `generation` the resume file last recorded (`None`: not written
     /// yet).
     saved: Option<u64>,
@@ -469,6 +472,7 @@ impl Storage {
                 // A loaded resume file already says what it says.
                 saved: (!rechecked).then_some(0),
                 generation: 0,
+                stamps: vec![0; layout.num_pieces() as usize],
                 verified,
                 partial: HashMap::new(),
                 failed: HashSet::new(),
@@ -598,17 +602,33 @@ impl Storage {
         if let Some(b) = self.cached(block) {
             return Ok(b);
         }
+        let stamp = self.inner.pieces().stamps[piece.as_usize()];
+        match self.read_checked(block, stamp) {
+            // A file shorter than the torrent says has changed too.
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                Err(self.inner.lose(piece, stamp))
+            }
+            r => r,
+        }
+    }
+
+    /// `read_block` with verify-on-read, for a piece whose verification
+    /// is `stamp`.
+    fn read_checked(&self, block: BlockRef, stamp: u32) -> Result<Bytes, StorageError> {
+        let piece = block.piece();
         let known = lock(&self.inner.leaf_cache).get(piece);
         if let Some(leaves) = known {
             // Checked before (its bytes since evicted): this block alone.
-            return self.checked_block(block, &leaves);
+            return self.checked_block(block, &leaves, stamp);
         }
         // First read of the piece: check it whole, keep its leaf hashes
         // (and, when it fits, its bytes).
         if self.fits_read_cache(piece) {
             let data = self.inner.read_piece(piece)?;
             let leaves: Vec<Hash> = data.chunks(BLOCK_SIZE as usize).map(leaf_hash).collect();
-            self.inner.check_leaves(piece, &leaves)?;
+            self.inner.check_leaves(piece, &leaves, stamp)?;
             self.keep_leaves(piece, leaves);
             let data = Bytes::from(data);
             let whole = data.len();
@@ -622,9 +642,9 @@ impl Storage {
             .blocks(piece)
             .map(|b| self.inner.read_raw(b).map(|d| leaf_hash(&d)))
             .collect::<Result<Vec<Hash>, _>>()?;
-        self.inner.check_leaves(piece, &leaves)?;
+        self.inner.check_leaves(piece, &leaves, stamp)?;
         let leaves = self.keep_leaves(piece, leaves);
-        self.checked_block(block, &leaves)
+        self.checked_block(block, &leaves, stamp)
     }
 
     fn keep_leaves(&self, piece: PieceIndex, leaves: Vec<Hash>) -> Arc<[Hash]> {
@@ -635,10 +655,15 @@ impl Storage {
     }
 
     /// A block read from disk and checked against its known leaf hash.
-    fn checked_block(&self, block: BlockRef, leaves: &[Hash]) -> Result<Bytes, StorageError> {
+    fn checked_block(
+        &self,
+        block: BlockRef,
+        leaves: &[Hash],
+        stamp: u32,
+    ) -> Result<Bytes, StorageError> {
         let data = self.inner.read_raw(block)?;
         if leaf_hash(&data) != leaves[block.index() as usize] {
-            return Err(self.inner.lose(block.piece()));
+            return Err(self.inner.lose(block.piece(), stamp));
         }
         Ok(data)
     }
@@ -757,42 +782,48 @@ impl Inner {
         Ok(buf)
     }
 
-    /// Fills `buf` from file `file` at `offset`; a file that has become
-    /// shorter than the torrent says is a changed file, not an I/O error.
+    /// Fills `buf` from file `file` at `offset`.
     fn read_at(&self, file: usize, buf: &mut [u8], offset: u64) -> Result<(), StorageError> {
         let path = &self.files.paths[file];
-        match self.files.get(file)?.read_exact_at(buf, offset) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                buf.fill(0);
-                Ok(())
-            }
-            Err(e) => Err(StorageError::io("reading", path)(e)),
-        }
+        self.files
+            .get(file)?
+            .read_exact_at(buf, offset)
+            .map_err(StorageError::io("reading", path))
     }
 
     /// Checks a verified piece's leaf hashes (just read from disk) against
     /// the piece layer; a mismatch loses the piece.
-    fn check_leaves(&self, piece: PieceIndex, leaves: &[Hash]) -> Result<(), StorageError> {
+    fn check_leaves(
+        &self,
+        piece: PieceIndex,
+        leaves: &[Hash],
+        stamp: u32,
+    ) -> Result<(), StorageError> {
         if self.layout.piece_tree(piece).piece_hash(leaves)
             == expected_piece_hash(&self.meta, &self.layout, piece)
         {
             Ok(())
         } else {
-            Err(self.lose(piece))
+            Err(self.lose(piece, stamp))
         }
     }
 
     /// A verified piece's data changed on disk: it is missing again. The
     /// resume file is rewritten at the next flush, the files become
     /// writable, and the torrent hears of it to fetch it again.
-    fn lose(&self, piece: PieceIndex) -> StorageError {
+    ///
+    /// `stamp` is the piece's verification the reader started from: if the
+    /// piece was lost and verified again meanwhile, this stale read drops
+    /// nothing.
+    fn lose(&self, piece: PieceIndex, stamp: u32) -> StorageError {
         {
             let mut p = self.pieces();
-            if !p.verified[piece.as_usize()] {
+            let i = piece.as_usize();
+            if !p.verified[i] || p.stamps[i] != stamp {
                 return StorageError::NotHeld { piece };
             }
-            p.verified.set(piece.as_usize(), false);
+            p.verified.set(i, false);
+            p.stamps[i] = p.stamps[i].wrapping_add(1);
             p.generation += 1;
         }
         lock(&self.read_cache).remove(piece);
@@ -920,6 +951,7 @@ impl Inner {
         if ok {
             let mut p = self.pieces();
             p.verified.set(piece.as_usize(), true);
+            p.stamps[piece.as_usize()] = p.stamps[piece.as_usize()].wrapping_add(1);
             p.generation += 1;
             let failed_before = p.failed.remove(&piece);
             drop(p);

@@ -325,8 +325,14 @@ async fn fetch_object<S: AsyncRead + AsyncWrite + Unpin>(
         if t > cap {
             return Err(FetchError::TooLarge { size: t, cap });
         }
+        // The total never changes, so offset < t below.
+        if *total.get_or_insert(t) != t {
+            return Err(FetchError::Protocol(format!(
+                "the object's size changed to {t} mid-fetch"
+            )));
+        }
         let want = (t - offset).min(CHUNK as u64);
-        if *total.get_or_insert(t) != t || at != offset || data.len() as u64 != want {
+        if at != offset || data.len() as u64 != want {
             return Err(FetchError::Protocol(format!(
                 "chunk at {at} of {} bytes (total {t}), asked for {want} at {offset}",
                 data.len()
@@ -376,7 +382,7 @@ pub async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(
                             FetchError::False(format!("no piece layer for {}", file.display_path()))
                         }
                         FetchError::TooLarge { size, .. } => FetchError::TooLarge {
-                            size: size + cap - left,
+                            size: size.saturating_add(cap - left),
                             cap,
                         },
                         e => e,

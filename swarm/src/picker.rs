@@ -81,8 +81,17 @@ struct Progress {
 
 impl Progress {
     /// Whether `peer` may take blocks of this piece.
+    /// An owner with nothing of the piece outstanding (it delivered and
+    /// then choked us, say) holds it no longer.
     fn open_to(&self, peer: PeerKey) -> bool {
-        !self.retry || self.owner.is_none_or(|o| o == peer)
+        !self.retry
+            || self.owner.is_none_or(|o| {
+                o == peer
+                    || !self
+                        .blocks
+                        .iter()
+                        .any(|b| matches!(b, BlockState::Requested(ps) if ps.contains(&o)))
+            })
     }
 }
 
@@ -574,7 +583,7 @@ impl Picker {
         progress.blocks[i] = BlockState::Requested(vec![peer]);
         progress.missing -= 1;
         if progress.retry {
-            progress.owner.get_or_insert(peer);
+            progress.owner = Some(peer);
         }
         self.missing_blocks -= 1;
         let block = self

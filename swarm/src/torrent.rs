@@ -61,6 +61,8 @@ const MAX_TRACKED_PEERS: usize = 4096;
 /// After a failed write (a full disk), requesting pauses this long before
 /// it tries again.
 pub const DISK_RETRY: Duration = Duration::from_secs(2);
+/// How long a peer that refused a piece it claimed is not asked for it.
+pub const WITHDRAW_FOR: Duration = Duration::from_secs(30);
 
 /// The stream type of a piece-protocol session.
 pub type PeerStream = Compat<libp2p::Stream>;
@@ -369,6 +371,10 @@ struct Peer {
     /// Requests to it that timed out (at most the window's maximum): a
     /// block for one of them may still arrive and is worth keeping.
     expired: std::collections::HashSet<BlockRef>,
+    /// Pieces it refused while unchoking us, and when: its claim to them
+    /// is withdrawn for [`WITHDRAW_FOR`] (a refusal may have been a passing
+    /// fault), at most one entry per piece.
+    withdrawn: Vec<(PieceIndex, Instant)>,
     decision: Option<Decision>,
 }
 
@@ -694,6 +700,7 @@ impl Torrent {
                 window: RequestWindow::new(self.config.window.clone(), remote_max),
                 outstanding: HashMap::new(),
                 expired: std::collections::HashSet::new(),
+                withdrawn: Vec::new(),
                 decision: None,
             },
         );
@@ -851,6 +858,9 @@ impl Torrent {
                         // again would loop at wire speed.
                         if unchoked && self.picker.peer_lacks(key, block.piece()) {
                             debug!(peer = ?key, piece = %block.piece(), "peer refused a piece it claimed");
+                            if let Some(p) = self.peers.get_mut(&key) {
+                                p.withdrawn.push((block.piece(), Instant::now()));
+                            }
                             self.update_interest(key);
                         }
                     }
@@ -1100,14 +1110,18 @@ impl Torrent {
             }
             StorageEvent::HashFailed { piece, leaves } => {
                 self.hash_failures += 1;
-                let senders: Vec<(u32, PeerId)> = self
-                    .picker
-                    .hash_failed(piece)
+                let keys = self.picker.hash_failed(piece);
+                let resolved = keys.len();
+                let senders: Vec<(u32, PeerId)> = keys
                     .into_iter()
                     .filter_map(|(i, key)| Some((i, self.peer_id_of(key)?)))
                     .collect();
                 let first = senders.first().map(|(_, id)| *id);
-                if let Some(only) = first.filter(|id| senders.iter().all(|(_, o)| o == id)) {
+                // A sender we can no longer name may have been the liar:
+                // then nobody is blamed alone.
+                let sole = first
+                    .filter(|id| senders.len() == resolved && senders.iter().all(|(_, o)| o == id));
+                if let Some(only) = sole {
                     // One sender: the bad data was its.
                     self.strike(only);
                 } else {
@@ -1239,6 +1253,28 @@ impl Torrent {
             p.up.record(now, delta);
             self.up.record(now, delta);
             self.uploaded += delta;
+        }
+        // Withdrawn claims expire: the peer may be asked again.
+        let mut restored = Vec::new();
+        for (key, p) in &mut self.peers {
+            if p.withdrawn
+                .first()
+                .is_some_and(|(_, at)| now - *at >= WITHDRAW_FOR)
+            {
+                let (old, keep) = p
+                    .withdrawn
+                    .iter()
+                    .partition(|(_, at)| now - *at >= WITHDRAW_FOR);
+                p.withdrawn = keep;
+                restored.extend(
+                    old.into_iter()
+                        .map(|(piece, _): (PieceIndex, Instant)| (*key, piece)),
+                );
+            }
+        }
+        for (key, piece) in restored {
+            self.picker.peer_have(key, piece);
+            self.update_interest(key);
         }
         // Timeouts.
         let mut expired = Vec::new();

@@ -476,7 +476,8 @@ impl Testnet {
                     }
                 }
                 Action::Leave | Action::LeaveAfterCopies { .. } => {
-                    if self.nodes[i].handle.is_some() {
+                    // A node churned out leaves for good too.
+                    if self.nodes[i].handle.is_some() || self.nodes[i].rejoin_at.take().is_some() {
                         self.stop_node(i, t).await?;
                     }
                 }
