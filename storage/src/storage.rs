@@ -168,6 +168,13 @@ impl StorageConfig {
     }
 }
 
+fn is_read_only(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
 /// Locks a mutex whose holders leave it consistent at every step, so a
 /// panic elsewhere (poisoning) does not matter.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -387,11 +394,15 @@ impl FilePool {
             open.handles.remove(&lru);
         }
         let path = &self.paths[i];
-        let f = OpenOptions::new()
-            .read(true)
-            .write(self.writable.load(Ordering::Relaxed))
-            .open(path)
-            .map_err(StorageError::io("opening", path))?;
+        let writable = self.writable.load(Ordering::Relaxed);
+        let opened = OpenOptions::new().read(true).write(writable).open(path);
+        let f = match opened {
+            // Content on a read-only mount (or not ours to write) can still
+            // be served; a write to it fails and is reported as such.
+            Err(e) if writable && is_read_only(&e) => OpenOptions::new().read(true).open(path),
+            r => r,
+        }
+        .map_err(StorageError::io("opening", path))?;
         let f = Arc::new(f);
         open.handles.insert(i, (Arc::clone(&f), tick));
         Ok(f)
