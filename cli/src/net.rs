@@ -292,13 +292,18 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
         }
         print_api(&node);
         println!("seeding; Ctrl-C to stop");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        eprintln!("stopping…");
-        node.shutdown().await.map_err(anyhow::Error::msg)?;
-        Ok(ExitCode::SUCCESS)
+        until_ctrl_c(node).await
     })
+}
+
+/// Serves until Ctrl-C, then stops the node cleanly.
+async fn until_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    eprintln!("stopping…");
+    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What `sluice get` was given.
@@ -452,12 +457,7 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
         }
         print_api(&node);
         println!("serving the DHT (pass a peer line to --bootstrap); Ctrl-C to stop");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        eprintln!("stopping…");
-        node.shutdown().await.map_err(anyhow::Error::msg)?;
-        Ok(ExitCode::SUCCESS)
+        until_ctrl_c(node).await
     })
 }
 

@@ -246,20 +246,7 @@ fn seed_then_get_then_resume() {
     std::fs::write(d.join("share/a.bin"), content(700_000)).unwrap();
     std::fs::write(d.join("share/b.bin"), content(5)).unwrap();
     // Round-robin seeding here; the other tests use the default.
-    let seeder = spawn(
-        &[
-            "seed",
-            "share",
-            "--seed-mode",
-            "round-robin",
-            "--data-dir",
-            "seedd",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ],
-        d,
-    );
+    let seeder = local_seeder("share", &["--seed-mode", "round-robin"], d);
     let lines = &seeder.lines;
     let torrent = line_starting(lines, "torrent:");
     let peer = line_starting(lines, "peer:");
@@ -300,18 +287,7 @@ fn a_magnet_link_alone_downloads_and_saves_the_same_torrent() {
     std::fs::create_dir(d.join("share")).unwrap();
     std::fs::write(d.join("share/a.bin"), content(900_000)).unwrap();
     std::fs::write(d.join("share/b.bin"), content(3)).unwrap();
-    let seeder = spawn(
-        &[
-            "seed",
-            "share",
-            "--data-dir",
-            "seedd",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ],
-        d,
-    );
+    let seeder = local_seeder("share", &[], d);
     let torrent = line_starting(&seeder.lines, "torrent:");
     let info_hash = line_starting(&seeder.lines, "info-hash:");
     let magnet = line_starting(&seeder.lines, "magnet:");
@@ -347,6 +323,21 @@ fn a_magnet_link_alone_downloads_and_saves_the_same_torrent() {
         let o = get(source, &[]);
         assert_eq!(o.status.code(), Some(0), "{source}: {}", stderr(&o));
     }
+}
+
+/// `sluice seed WHAT` on 127.0.0.1 with its data in `seedd`, no mDNS.
+fn local_seeder(what: &str, extra: &[&str], d: &Path) -> Running {
+    let mut args = vec![
+        "seed",
+        what,
+        "--data-dir",
+        "seedd",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args, d)
 }
 
 /// A `sluice` child process whose stdout lines arrive on a channel;
@@ -809,18 +800,7 @@ fn a_full_disk_pauses_the_download_until_there_is_room() {
         return;
     }
     std::fs::write(d.join("big.bin"), content(3_000_000)).unwrap();
-    let seeder = spawn(
-        &[
-            "seed",
-            "big.bin",
-            "--data-dir",
-            "seedd",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ],
-        d,
-    );
+    let seeder = local_seeder("big.bin", &[], d);
     let torrent = line_starting(&seeder.lines, "torrent:");
     let peer = line_starting(&seeder.lines, "peer:");
     // The download goes to a 1 MiB tmpfs that only the leecher sees (a
