@@ -66,19 +66,8 @@ async fn an_info_hash_alone_is_found_through_a_three_node_dht() -> Result<()> {
     init_logs();
     let dir = tempfile::tempdir()?;
     let (root, meta) = make_content(dir.path());
-    let dht = node(dir.path(), "dht", |c| c).await;
-    let boot = vec![dht.listen_addrs().await.remove(0)];
-    let fast = Duration::from_millis(300);
-    let seeder = node(dir.path(), "seeder", |c| {
-        c.with_bootstrap(boot.clone()).with_discovery_interval(fast)
-    })
-    .await;
-    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
     // No dial and no hint: the leecher knows the DHT node and the hash.
-    let leecher = node(dir.path(), "leecher", |c| {
-        c.with_bootstrap(boot).with_discovery_interval(fast)
-    })
-    .await;
+    let (dht, seeder, leecher) = dht_swarm(dir.path(), &meta, &root).await?;
     fetch_and_download(&leecher, &meta, &root, &dir.path().join("out/album")).await?;
     assert!(leecher.connected_peers().contains(&seeder.peer_id()));
     stop([leecher, seeder, dht]).await

@@ -106,17 +106,7 @@ async fn a_peer_sending_corrupt_data_is_banned() -> Result<()> {
     let honest = node(dir.path(), "honest", |c| c.with_up_rate(Some(2_000_000))).await;
     honest.add_torrent(Arc::clone(&meta), root.clone()).await?;
 
-    // A copy that is verified at open, then overwritten with garbage and
-    // served unchecked (an honest node checks what it reads and refuses).
-    let bad_root = dir.path().join("bad/album");
-    copy_dir(&root, &bad_root)?;
-    let liar = node(dir.path(), "liar", |c| c.with_verify_reads(false)).await;
-    liar.add_torrent(Arc::clone(&meta), bad_root.clone())
-        .await?;
-    for path in content_paths(meta.info(), &bad_root) {
-        let len = std::fs::metadata(&path)?.len() as usize;
-        std::fs::write(&path, content(len, 99))?;
-    }
+    let liar = liar(dir.path(), &root, &meta, |c| c).await?;
 
     // The leecher meets the liar first: three bad pieces get it banned.
     let leecher = node(dir.path(), "leecher", |c| c).await;
@@ -270,6 +260,28 @@ async fn a_slow_disk_holds_the_disk_queue_bound() -> Result<()> {
     Ok(())
 }
 
+/// A node seeding a copy of `root` that verified at open, then was
+/// overwritten with garbage and is served unchecked (an honest node checks
+/// what it reads and refuses).
+async fn liar(
+    dir: &Path,
+    root: &Path,
+    meta: &Arc<sluice_storage::Metainfo>,
+    f: impl FnOnce(NodeConfig) -> NodeConfig,
+) -> Result<sluice_node::NodeHandle> {
+    let bad_root = dir
+        .join("bad")
+        .join(root.file_name().expect("a named root"));
+    copy_dir(root, &bad_root)?;
+    let liar = node(dir, "liar", |c| f(c.with_verify_reads(false))).await;
+    liar.add_torrent(Arc::clone(meta), bad_root.clone()).await?;
+    for path in content_paths(meta.info(), &bad_root) {
+        let len = std::fs::metadata(&path)?.len() as usize;
+        std::fs::write(&path, content(len, 99))?;
+    }
+    Ok(liar)
+}
+
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
@@ -347,18 +359,7 @@ async fn peers_find_each_other_through_the_dht() -> Result<()> {
     init_logs();
     let dir = tempfile::tempdir()?;
     let (root, meta) = make_content(dir.path());
-    let dht = node(dir.path(), "dht", |c| c).await;
-    let boot = vec![dht.listen_addrs().await.remove(0)];
-    let fast = Duration::from_millis(300);
-    let seeder = node(dir.path(), "seeder", |c| {
-        c.with_bootstrap(boot.clone()).with_discovery_interval(fast)
-    })
-    .await;
-    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
-    let leecher = node(dir.path(), "leecher", |c| {
-        c.with_bootstrap(boot).with_discovery_interval(fast)
-    })
-    .await;
+    let (dht, seeder, leecher) = dht_swarm(dir.path(), &meta, &root).await?;
     let out = dir.path().join("out/album");
     let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
     until(&get, "completion", |s| s.complete).await?;
@@ -504,18 +505,10 @@ async fn only_the_sender_of_bad_blocks_is_banned_when_pieces_are_shared() -> Res
     let meta = Arc::new(create(&root, &opts, &AtomicU64::new(0))?);
     let honest = node(dir.path(), "honest", |c| c.with_up_rate(Some(3_000_000))).await;
     honest.add_torrent(Arc::clone(&meta), root.clone()).await?;
-    let bad_root = dir.path().join("bad/album");
-    copy_dir(&root, &bad_root)?;
-    let liar = node(dir.path(), "liar", |c| {
-        c.with_verify_reads(false).with_up_rate(Some(3_000_000))
+    let liar = liar(dir.path(), &root, &meta, |c| {
+        c.with_up_rate(Some(3_000_000))
     })
-    .await;
-    liar.add_torrent(Arc::clone(&meta), bad_root.clone())
-        .await?;
-    for path in content_paths(meta.info(), &bad_root) {
-        let len = std::fs::metadata(&path)?.len() as usize;
-        std::fs::write(&path, content(len, 99))?;
-    }
+    .await?;
     let leecher = node(dir.path(), "leecher", |c| c).await;
     let out = dir.path().join("out/album");
     let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;

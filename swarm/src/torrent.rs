@@ -1111,7 +1111,7 @@ impl Torrent {
             StorageEvent::HashFailed { piece, leaves } => {
                 self.hash_failures += 1;
                 let keys = self.picker.hash_failed(piece);
-                let resolved = keys.len();
+                let received = keys.len();
                 let senders: Vec<(u32, PeerId)> = keys
                     .into_iter()
                     .filter_map(|(i, key)| Some((i, self.peer_id_of(key)?)))
@@ -1120,7 +1120,7 @@ impl Torrent {
                 // A sender we can no longer name may have been the liar:
                 // then nobody is blamed alone.
                 let sole = first
-                    .filter(|id| senders.len() == resolved && senders.iter().all(|(_, o)| o == id));
+                    .filter(|id| senders.len() == received && senders.iter().all(|(_, o)| o == id));
                 if let Some(only) = sole {
                     // One sender: the bad data was its.
                     self.strike(only);

@@ -77,6 +77,31 @@ pub fn strip(s: &TorrentStats) -> (u32, u32, bool, usize) {
     (s.verified_pieces, s.total_pieces, s.complete, s.peers.len())
 }
 
+/// A DHT node, a seeder of `meta` at `root` and a leecher with no torrent
+/// yet, the two bootstrapped from the DHT node and nothing else, with
+/// fast discovery rounds.
+pub async fn dht_swarm(
+    dir: &Path,
+    meta: &Arc<Metainfo>,
+    root: &Path,
+) -> Result<(NodeHandle, NodeHandle, NodeHandle)> {
+    let dht = node(dir, "dht", |c| c).await;
+    let boot = vec![dht.listen_addrs().await.remove(0)];
+    let fast = Duration::from_millis(300);
+    let seeder = node(dir, "seeder", |c| {
+        c.with_bootstrap(boot.clone()).with_discovery_interval(fast)
+    })
+    .await;
+    seeder
+        .add_torrent(Arc::clone(meta), root.to_owned())
+        .await?;
+    let leecher = node(dir, "leecher", |c| {
+        c.with_bootstrap(boot).with_discovery_interval(fast)
+    })
+    .await;
+    Ok((dht, seeder, leecher))
+}
+
 /// Shuts nodes down (each within the timeout), failing on any error.
 pub async fn stop(nodes: impl IntoIterator<Item = NodeHandle>) -> Result<()> {
     for n in nodes {
