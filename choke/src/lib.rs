@@ -67,6 +67,14 @@ pub struct PeerSnapshot {
     pub last_block_at: Option<Instant>,
     /// Bytes we have sent it in all (round-robin seeding quotas).
     pub uploaded: u64,
+    /// Pieces we sent it before anyone else (a seeder's fresh pieces:
+    /// only it can pass them on).
+    pub sole_pieces: u32,
+    /// Of those, how many another peer announced afterwards: it passed
+    /// them on.
+    pub spread_pieces: u32,
+    /// When we sent it the first such piece.
+    pub first_sole_at: Option<Instant>,
 }
 
 impl PeerSnapshot {
@@ -81,6 +89,9 @@ impl PeerSnapshot {
             up_rate: 0.0,
             last_block_at: None,
             uploaded: 0,
+            sole_pieces: 0,
+            spread_pieces: 0,
+            first_sole_at: None,
         }
     }
 }
@@ -112,9 +123,11 @@ pub enum Reason {
     ProportionalShare { share: f64, rate: f64 },
     /// PropShare: it gave nothing in the last round.
     NoContribution,
-    /// Tit-for-tat: it had an optimistic turn and sent us nothing since,
-    /// though it has pieces we want; it waits until every other choked
-    /// peer had a turn (free-riders end up here).
+    /// Tit-for-tat: it gave nothing back — it had a turn and sent us
+    /// nothing since though it has pieces we want, or it passed on none of
+    /// the pieces only we had sent it. It waits until every other choked
+    /// peer had a turn (free-riders end up here); one that passed nothing
+    /// on then gets at most one slot's share of our upload.
     NoReciprocation,
 }
 
@@ -170,7 +183,7 @@ impl fmt::Display for Reason {
                 fmt_rate(f, *rate)
             }
             Reason::NoContribution => f.write_str("gave nothing last round"),
-            Reason::NoReciprocation => f.write_str("gave nothing back after its turn"),
+            Reason::NoReciprocation => f.write_str("gave nothing back"),
         }
     }
 }
@@ -184,6 +197,10 @@ pub struct Decision {
     /// unchoked peers (equal for tit-for-tat; proportional for PropShare);
     /// 0 when choked.
     pub weight: f64,
+    /// At most this fraction of our upload limit, even when nobody else
+    /// wants it (`None`: no cap). Tit-for-tat caps peers that passed on
+    /// none of the pieces only we had sent them at one slot's share.
+    pub cap: Option<f64>,
     pub reason: Reason,
 }
 
@@ -193,6 +210,7 @@ impl Decision {
             peer,
             unchoke: false,
             weight: 0.0,
+            cap: None,
             reason,
         }
     }
@@ -202,6 +220,7 @@ impl Decision {
             peer,
             unchoke: true,
             weight: 1.0,
+            cap: None,
             reason,
         }
     }

@@ -141,6 +141,7 @@ impl Choker for PropShare {
                         peer: p.key,
                         unchoke: true,
                         weight: share,
+                        cap: None,
                         reason,
                     }
                 } else if Some(p.key) == self.optimistic {
@@ -148,6 +149,7 @@ impl Choker for PropShare {
                         peer: p.key,
                         unchoke: true,
                         weight: opt_share,
+                        cap: None,
                         reason: Reason::Optimistic,
                     }
                 } else if !p.interested {
@@ -211,6 +213,7 @@ impl Choker for PropShare {
                     peer: d.peer,
                     unchoke: true,
                     weight,
+                    cap: None,
                     reason: Reason::Optimistic,
                 };
             }

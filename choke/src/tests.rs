@@ -333,7 +333,7 @@ fn reasons_read_well_and_have_stable_codes() {
         ),
         (
             Reason::NoReciprocation,
-            "gave nothing back after its turn",
+            "gave nothing back",
             "no_reciprocation",
         ),
     ];
@@ -386,6 +386,10 @@ fn snapshots(spec: &[(bool, bool, u32, u32, u8)], now: Instant) -> Vec<PeerSnaps
             up_rate: f64::from(up) * 1000.0,
             last_block_at: sent.then_some(now),
             uploaded: u64::from(up) * 10_000,
+            // Hoarding peers take the same paths as unreciprocating ones.
+            sole_pieces: if up % 3 == 0 { 8 } else { 0 },
+            spread_pieces: 0,
+            first_sole_at: Some(now - 3600 * S),
         })
         .collect()
 }
@@ -522,4 +526,58 @@ fn least_served_seeding_evens_out_bytes() {
     let mut c = TitForTat::new(TitForTatConfig::default().with_seed_mode(SeedMode::LeastServed));
     let ds = c.rechoke(t0, Mode::Seeding, &peers, &mut rng());
     assert_eq!(regular(&ds), vec![3, 4, 5], "the three least served");
+}
+
+/// A seeder has nothing to reciprocate, so it watches what peers pass on:
+/// one that received pieces only we had and passed none of them on ranks
+/// after everyone else (even while least served), and when nobody else
+/// wants a slot it gets one capped at one slot's share. Passing one piece
+/// on clears it.
+#[test]
+fn a_seeder_holds_back_a_peer_that_passes_nothing_on() {
+    let t0 = Instant::now();
+    let ten = 10 * S;
+    let config = TitForTatConfig::default()
+        .with_slots(2)
+        .with_seed_mode(SeedMode::LeastServed);
+    let mut c = TitForTat::new(config);
+    // 1 and 2 pass pieces on; 3 took the least and passed nothing on.
+    let mut peers: Vec<PeerSnapshot> = (1..=3).map(|k| peer(k, t0, 0.0)).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        p.uploaded = 1_000_000 - 400_000 * i as u64;
+        p.sole_pieces = 8;
+        p.spread_pieces = if i == 2 { 0 } else { 3 };
+        p.first_sole_at = Some(t0);
+    }
+    // Too early to judge: least served first, so 3 holds the regular slot.
+    let ds = c.rechoke(t0 + ten, Mode::Seeding, &peers, &mut rng());
+    assert_eq!(regular(&ds), vec![3]);
+    assert!(ds.iter().all(|d| d.cap.is_none()));
+    // Two rechokes after the first sole piece: never a slot while 1 or 2
+    // wants one.
+    for r in 2..20 {
+        let ds = c.rechoke(t0 + r * ten, Mode::Seeding, &peers, &mut rng());
+        assert!(!unchoked(&ds).contains(&3), "round {r}: {ds:?}");
+        let three = ds.iter().find(|d| d.peer == PeerKey(3)).unwrap();
+        assert_eq!(three.reason, Reason::NoReciprocation);
+    }
+    // Alone, it is served, at one slot's share.
+    peers[0].interested = false;
+    peers[1].interested = false;
+    let t = t0 + 20 * ten;
+    let ds = c.rechoke(t, Mode::Seeding, &peers, &mut rng());
+    let three = ds.iter().find(|d| d.peer == PeerKey(3)).unwrap();
+    assert!(three.unchoke);
+    assert_eq!(three.cap, Some(0.5));
+    // Fewer sole pieces than the threshold is not enough to judge.
+    let mut few = peers[2].clone();
+    few.sole_pieces = 7;
+    let ds = c.rechoke(t + ten, Mode::Seeding, &[few], &mut rng());
+    assert_eq!(ds[0].cap, None);
+    // One piece passed on clears it.
+    peers[2].spread_pieces = 1;
+    let ds = c.rechoke(t + 2 * ten, Mode::Seeding, &peers, &mut rng());
+    let three = ds.iter().find(|d| d.peer == PeerKey(3)).unwrap();
+    assert!(three.unchoke);
+    assert_eq!(three.cap, None);
 }

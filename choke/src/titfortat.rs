@@ -33,6 +33,7 @@ pub struct TitForTatConfig {
     new_peer_weight: u32,
     snub_timeout: Duration,
     seed_mode: SeedMode,
+    hoard_after: u32,
 }
 
 impl Default for TitForTatConfig {
@@ -45,6 +46,7 @@ impl Default for TitForTatConfig {
             new_peer_weight: 3,
             snub_timeout: Duration::from_secs(60),
             seed_mode: SeedMode::FastestUpload,
+            hoard_after: 8,
         }
     }
 }
@@ -86,6 +88,16 @@ impl TitForTatConfig {
     /// Slot policy while seeding. Default fastest upload.
     pub fn with_seed_mode(mut self, mode: SeedMode) -> Self {
         self.seed_mode = mode;
+        self
+    }
+
+    /// A peer we sent this many pieces nobody else had from us, none of
+    /// which reached another peer two rechokes later, gave nothing back.
+    /// This is how a seeder, which has nothing to reciprocate, tells a
+    /// free-rider from a contributor (the idea behind BEP 16's
+    /// super-seeding). Default 8.
+    pub fn with_hoard_after(mut self, pieces: u32) -> Self {
+        self.hoard_after = pieces.max(1);
         self
     }
 
@@ -162,11 +174,30 @@ impl TitForTat {
         self.config.slots.saturating_sub(1)
     }
 
-    /// We first unchoked it while leeching at least two rechokes ago (time
-    /// to see our upload and rank us) and it has sent us nothing since.
-    /// Still true once we seed: a seeder that never leeched has no such
-    /// record of anyone.
+    /// It gave nothing back, in one of two ways:
+    /// - we first unchoked it while leeching at least two rechokes ago
+    ///   (time to see our upload and rank us) and, though it had pieces we
+    ///   wanted, it has sent us nothing since (still true once we seed);
+    /// - it hoards: of the pieces only we had sent it (`hoard_after` or
+    ///   more, the first two rechokes ago), no other peer announced one.
     fn ungrateful(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
+        self.unreciprocated(now, mode, p) || self.hoards(now, p)
+    }
+
+    /// Of the pieces only we had sent it (`hoard_after` or more, the first
+    /// two rechokes ago), no other peer announced one: strong evidence of
+    /// a free-rider, where a silent peer in a large swarm may simply have
+    /// its slots full.
+    fn hoards(&self, now: Instant, p: &PeerSnapshot) -> bool {
+        p.sole_pieces >= self.config.hoard_after
+            && p.spread_pieces == 0
+            && p.first_sole_at.is_some_and(|at| {
+                now.saturating_duration_since(at) >= self.config.rechoke_interval * 2
+            })
+    }
+
+    /// The first way above.
+    fn unreciprocated(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
         let period = self.config.rechoke_interval * 2;
         // While leeching, a peer with nothing we want cannot give back.
         (mode == Mode::Seeding || p.we_are_interested)
@@ -336,8 +367,12 @@ impl TitForTat {
         decided: HashMap<PeerKey, Decision>,
     ) -> Vec<Decision> {
         let mut out = Vec::with_capacity(peers.len());
+        let share = 1.0 / f64::from(self.config.slots);
         for p in peers {
-            let d = decided[&p.key].clone();
+            let mut d = decided[&p.key].clone();
+            // A hoarder holds a slot only when nobody else wanted it: it
+            // gets what an optimistic turn would give it, no more.
+            d.cap = (d.unchoke && self.hoards(now, p)).then_some(share);
             if d.unchoke {
                 let regular = !d.is_optimistic();
                 if mode == Mode::Leeching {
@@ -408,10 +443,19 @@ impl Choker for TitForTat {
         self.optimistic = match current {
             Some(k) if !rotate => Some(k),
             _ => {
-                let others = peers.iter().filter(|p| {
-                    p.interested && !regular.contains(&p.key) && Some(p.key) != current
-                });
-                self.pick_optimistic(now, mode, others, rng).or(current)
+                let others: Vec<&PeerSnapshot> = peers
+                    .iter()
+                    .filter(|p| p.interested && !regular.contains(&p.key) && Some(p.key) != current)
+                    .collect();
+                // The turn passes to someone else, but not to a peer that
+                // gave nothing back while the holder still may keep it.
+                let any_fair = others.iter().any(|p| !self.ungrateful(now, mode, p));
+                if current.is_some() && !any_fair {
+                    current
+                } else {
+                    self.pick_optimistic(now, mode, others.into_iter(), rng)
+                        .or(current)
+                }
             }
         };
 

@@ -526,3 +526,64 @@ async fn only_the_sender_of_bad_blocks_is_banned_when_pieces_are_shared() -> Res
     stop([leecher, liar, honest]).await?;
     Ok(())
 }
+
+/// A seeder has nothing to reciprocate, so it watches whether the pieces
+/// it sent one peer alone reach anyone else. A free-rider keeps them: the
+/// seeder caps it at one slot's share of its upload. A leecher that
+/// passes pieces on is never capped; both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_caps_a_peer_that_passes_nothing_on() -> Result<()> {
+    use sluice_swarm::torrent::ChokerChoice;
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    // Slow enough that the free-rider is judged long before it is done.
+    let rate = 300_000;
+    let seeder = node(dir.path(), "seeder", |c| {
+        c.with_up_rate(Some(rate)).with_torrent(fast_rechoke())
+    })
+    .await;
+    let seed = seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let seed_addr = seeder.listen_addrs().await.remove(0);
+
+    let free = node(dir.path(), "free", |c| {
+        c.with_torrent(fast_rechoke().with_choker(ChokerChoice::FreeRider))
+    })
+    .await;
+    let free_out = dir.path().join("free/album");
+    let free_t = free
+        .add_torrent(Arc::clone(&meta), free_out.clone())
+        .await?;
+    free.dial(seed_addr.clone()).await?;
+    let free_id = free.peer_id().to_string();
+    // Four slots by default: one slot's share is a quarter.
+    let share = rate / 4;
+    let s = until(&seed, "the free-rider capped", |s| {
+        s.peers
+            .iter()
+            .any(|p| p.peer_id == free_id && p.upload_cap == Some(share))
+    })
+    .await?;
+    let p = s.peers.iter().find(|p| p.peer_id == free_id).unwrap();
+    assert!(p.sole_pieces >= 8 && p.spread_pieces == 0, "{p:?}");
+
+    let honest = node(dir.path(), "honest", |c| c.with_torrent(fast_rechoke())).await;
+    let honest_out = dir.path().join("honest/album");
+    let honest_t = honest
+        .add_torrent(Arc::clone(&meta), honest_out.clone())
+        .await?;
+    honest.dial(seed_addr).await?;
+    honest.dial(free.listen_addrs().await.remove(0)).await?;
+    let honest_id = honest.peer_id().to_string();
+    until(&honest_t, "the leecher completes", |s| s.complete).await?;
+    let s = seed.stats();
+    let h = s.peers.iter().find(|p| p.peer_id == honest_id).unwrap();
+    assert!(h.spread_pieces > 0, "the leecher passed pieces on: {h:?}");
+    assert_eq!(h.upload_cap, None);
+    until(&free_t, "the free-rider completes", |s| s.complete).await?;
+    same_files(&meta, &root, &honest_out);
+    same_files(&meta, &root, &free_out);
+    stop([honest, free]).await?;
+    stop([seeder]).await?;
+    Ok(())
+}

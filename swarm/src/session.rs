@@ -32,6 +32,9 @@ use crate::wire::{BlockSpec, Message};
 #[derive(Debug)]
 pub(crate) enum FromSession {
     Message(PeerKey, Message),
+    /// We sent it a block of this piece, the first of that piece in this
+    /// session (what it can pass on).
+    Served(PeerKey, u32),
     Closed(PeerKey, String),
 }
 
@@ -42,6 +45,9 @@ pub(crate) enum ToSession {
     /// Choke (true) or unchoke the peer: sends the message; choking rejects
     /// every queued request.
     Choke(bool),
+    /// At most this many bytes/s to this peer (`None`: only the node's
+    /// limit).
+    Cap(Option<u64>),
     Close(String),
 }
 
@@ -82,6 +88,10 @@ pub(crate) struct Session<R, W> {
     pub(crate) stats: Arc<SessionStats>,
     pub(crate) up_limit: Option<Arc<RateLimiter>>,
     pub(crate) down_limit: Option<Arc<RateLimiter>>,
+    /// This peer's own upload cap, on top of `up_limit`.
+    pub(crate) cap: Option<RateLimiter>,
+    /// Pieces we sent it a block of (grown on first use).
+    pub(crate) served: sluice_storage::Bitfield,
     /// When the peer last sent anything; silent for the idle timeout, it
     /// is cut off.
     pub(crate) last_read: tokio::time::Instant,
@@ -216,6 +226,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         match cmd {
             ToSession::Close(reason) => return Some(reason),
             ToSession::Send(m) => self.writer.push(&m),
+            ToSession::Cap(rate) => match (rate, &self.cap) {
+                (None, _) => self.cap = None,
+                (Some(r), Some(cap)) => cap.set_rate(r),
+                (Some(r), None) => self.cap = Some(RateLimiter::new(r)),
+            },
             ToSession::Choke(c) => {
                 *choked = c;
                 if c {
@@ -281,6 +296,22 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         Ok(())
     }
 
+    /// Tells the torrent the first time we send a block of `piece`.
+    async fn note_served(&mut self, piece: u32) -> Result<(), StreamError> {
+        let i = piece as usize;
+        if self.served.len() <= i {
+            let pieces = self.storage.layout().num_pieces() as usize;
+            self.served.resize(pieces.max(i + 1), false);
+        }
+        if self.served.replace(i, true) {
+            return Ok(());
+        }
+        self.to_torrent
+            .send(FromSession::Served(self.key, piece))
+            .await
+            .map_err(|_| StreamError::Protocol("torrent stopped".into()))
+    }
+
     async fn forward(&mut self, msg: Message) -> Result<(), StreamError> {
         self.to_torrent
             .send(FromSession::Message(self.key, msg))
@@ -334,9 +365,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         for (spec, data) in read {
             match data {
                 Some(Ok(data)) => {
+                    if let Some(cap) = &self.cap {
+                        cap.acquire(data.len() as u64).await;
+                    }
                     if let Some(limit) = &self.up_limit {
                         limit.acquire(data.len() as u64).await;
                     }
+                    self.note_served(spec.piece).await?;
                     sent += data.len() as u64;
                     self.writer.push(&piece(spec, data));
                 }
@@ -431,6 +466,8 @@ mod tests {
             stats: Arc::default(),
             up_limit: None,
             down_limit: None,
+            cap: None,
+            served: sluice_storage::Bitfield::new(),
             last_read: tokio::time::Instant::now(),
         };
         Running {

@@ -211,6 +211,13 @@ pub struct PeerStats {
     pub upload_queue: u64,
     /// Most bytes read from disk for this peer ahead of its stream.
     pub upload_window_bytes: u32,
+    /// At most this many bytes/s to it (it gave nothing back; see the
+    /// choke reason), or `None`.
+    pub upload_cap: Option<u64>,
+    /// Pieces we sent it before anyone else, and how many of those it
+    /// passed on (another peer announced them afterwards).
+    pub sole_pieces: u32,
+    pub spread_pieces: u32,
     /// Bytes read for this peer and not yet written to its stream.
     pub upload_buffered_bytes: u64,
     /// Pieces it has.
@@ -376,6 +383,25 @@ struct Peer {
     /// fault), at most one entry per piece.
     withdrawn: Vec<(PieceIndex, Instant)>,
     decision: Option<Decision>,
+    /// Pieces we sent it before anyone else, and how many of those another
+    /// peer announced afterwards (it passed them on); see [`Sole`].
+    sole_pieces: u32,
+    spread_pieces: u32,
+    first_sole_at: Option<Instant>,
+    /// Its upload cap in bytes/s, as last told to its session.
+    cap: Option<u64>,
+}
+
+/// Who we sent a piece to, for telling peers that pass pieces on from
+/// those that keep them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sole {
+    Nobody,
+    /// This session alone: when another peer announces the piece, it
+    /// came from there.
+    One(PeerKey),
+    /// Several, or already announced elsewhere: nobody's credit.
+    Many,
 }
 
 type CreditWait = Pin<Box<dyn Future<Output = Result<Credit, ReserveError>> + Send>>;
@@ -391,6 +417,8 @@ struct Torrent {
     peers: HashMap<PeerKey, Peer>,
     next_key: u64,
     banned: HashSet<PeerId>,
+    /// Per piece: who we sent it to (one entry per piece).
+    sole: Vec<Sole>,
     /// Failed pieces held against each peer id.
     strikes: HashMap<PeerId, u32>,
     /// Blocks of failed pieces with several senders: who sent which block
@@ -434,6 +462,7 @@ pub fn spawn_torrent(
     cancel: CancellationToken,
 ) -> TorrentHandle {
     let layout = storage.layout().clone();
+    let layout_pieces = layout.num_pieces() as usize;
     let picker = Picker::new(layout, storage.verified(), config.picker.clone());
     let choker: Option<Box<dyn Choker>> = match &config.choker {
         ChokerChoice::TitForTat(c) => Some(Box::new(TitForTat::new(c.clone()))),
@@ -475,6 +504,7 @@ pub fn spawn_torrent(
         peers: HashMap::new(),
         next_key: 0,
         banned: HashSet::new(),
+        sole: vec![Sole::Nobody; layout_pieces],
         strikes: HashMap::new(),
         suspects: HashMap::new(),
         departed: HashMap::new(),
@@ -672,6 +702,8 @@ impl Torrent {
             stats: Arc::clone(&stats),
             up_limit: self.limits.up.clone(),
             down_limit: self.limits.down.clone(),
+            cap: None,
+            served: Bitfield::new(),
             last_read: tokio::time::Instant::now(),
         };
         self.tracker.spawn(session.run());
@@ -702,6 +734,10 @@ impl Torrent {
                 expired: std::collections::HashSet::new(),
                 withdrawn: Vec::new(),
                 decision: None,
+                sole_pieces: 0,
+                spread_pieces: 0,
+                first_sole_at: None,
+                cap: None,
             },
         );
         self.peers_changed();
@@ -781,12 +817,47 @@ impl Torrent {
     fn on_session(&mut self, ev: FromSession) {
         match ev {
             FromSession::Closed(key, reason) => self.drop_peer(key, &reason),
+            FromSession::Served(key, piece) => self.on_served(key, piece),
             FromSession::Message(key, m) => {
                 if self.peers.contains_key(&key)
                     && let Err(reason) = self.on_message(key, m)
                 {
                     self.close_peer(key, &reason);
                 }
+            }
+        }
+    }
+
+    /// We sent `key` its first block of `piece`.
+    fn on_served(&mut self, key: PeerKey, piece: u32) {
+        let Some(sole) = self.sole.get_mut(piece as usize) else {
+            return;
+        };
+        match *sole {
+            Sole::Nobody => {
+                *sole = Sole::One(key);
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.sole_pieces += 1;
+                    p.first_sole_at.get_or_insert_with(Instant::now);
+                }
+            }
+            Sole::One(k) if k != key => *sole = Sole::Many,
+            _ => {}
+        }
+    }
+
+    /// `key` announced `piece`: if we had sent it to one other peer only,
+    /// that peer passed it on.
+    fn credit_spread(&mut self, key: PeerKey, piece: u32) {
+        let Some(sole) = self.sole.get_mut(piece as usize) else {
+            return;
+        };
+        if let Sole::One(from) = *sole
+            && from != key
+        {
+            *sole = Sole::Many;
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.spread_pieces += 1;
             }
         }
     }
@@ -826,6 +897,7 @@ impl Torrent {
                     .piece(i)
                     .ok_or_else(|| format!("have {i}: no such piece"))?;
                 self.picker.peer_have(key, piece);
+                self.credit_spread(key, piece.get());
                 self.update_interest(key);
             }
             Message::Interested | Message::NotInterested => {
@@ -1201,6 +1273,9 @@ impl Torrent {
                     up_rate: p.up.rate(now),
                     last_block_at: p.last_block_at,
                     uploaded: p.uploaded_seen,
+                    sole_pieces: p.sole_pieces,
+                    spread_pieces: p.spread_pieces,
+                    first_sole_at: p.first_sole_at,
                 }
             })
             .collect()
@@ -1208,6 +1283,7 @@ impl Torrent {
 
     fn apply(&mut self, decisions: Vec<Decision>) {
         let mut lost = Vec::new();
+        let up_limit = self.limits.up.as_ref().map(|l| l.rate());
         for d in decisions {
             let Some(peer) = self.peers.get_mut(&d.peer) else {
                 continue;
@@ -1216,9 +1292,19 @@ impl Torrent {
             let changed = peer.am_choking != choke;
             peer.am_choking = choke;
             let key = d.peer;
+            // A cap is a share of our upload limit; without one, no cap.
+            let cap = d
+                .cap
+                .zip(up_limit)
+                .map(|(share, rate)| ((share * rate as f64) as u64).max(1));
+            let cap_changed = peer.cap != cap;
+            peer.cap = cap;
             peer.decision = Some(d);
             // The session must see every change, or its view and ours drift.
             if changed && peer.commands.try_send(ToSession::Choke(choke)).is_err() {
+                lost.push(key);
+            }
+            if cap_changed && peer.commands.try_send(ToSession::Cap(cap)).is_err() {
                 lost.push(key);
             }
         }
@@ -1344,7 +1430,11 @@ impl Torrent {
                 peer_interested: p.peer_interested,
                 optimistic: p.decision.as_ref().is_some_and(Decision::is_optimistic),
                 snubbed: reason.is_some_and(|r| r.code() == "snubbed"),
-                choke_reason: reason.map_or_else(|| "not yet decided".into(), ToString::to_string),
+                choke_reason: match (reason, p.cap) {
+                    (None, _) => "not yet decided".into(),
+                    (Some(r), None) => r.to_string(),
+                    (Some(r), Some(cap)) => format!("{r}; passes nothing on, capped at {cap} B/s"),
+                },
                 choke_reason_code: reason.map_or("undecided", |r| r.code()).to_owned(),
                 down_rate: p.down.rate(now),
                 up_rate: p.up.rate(now),
@@ -1355,6 +1445,9 @@ impl Torrent {
                 upload_queue: p.stats.upload_queue.load(Ordering::Relaxed),
                 upload_window_bytes: self.config.upload_window,
                 upload_buffered_bytes: p.stats.upload_buffered.load(Ordering::Relaxed),
+                upload_cap: p.cap,
+                sole_pieces: p.sole_pieces,
+                spread_pieces: p.spread_pieces,
                 pieces: self.picker.peer_has(*key).map_or(0, |b| b.count_ones()),
                 connected_seconds: now.saturating_duration_since(p.connected_at).as_secs_f64(),
             });

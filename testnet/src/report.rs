@@ -52,6 +52,9 @@ pub struct NodeReport {
     pub disk_capacity_bytes: u64,
     /// Time requesting was held back by a full disk queue.
     pub throttled_seconds: f64,
+    /// Of `uploaded`, what went to free-riders.
+    #[serde(default)]
+    pub uploaded_to_free_riders: u64,
     /// The time series behind the plots (not in report.json).
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -86,6 +89,12 @@ pub struct Totals {
     pub uploaded: u64,
     /// Bytes downloading nodes uploaded to each other (not from seeders).
     pub uploaded_by_peers: u64,
+    /// Bytes seeders uploaded to free-riders.
+    #[serde(default)]
+    pub seeders_to_free_riders: u64,
+    /// Bytes contributors (leechers) uploaded to free-riders.
+    #[serde(default)]
+    pub contributors_to_free_riders: u64,
     pub hash_failures: u64,
 }
 
@@ -223,6 +232,16 @@ impl Report {
                 .map(|n| n.uploaded)
                 .sum(),
             hash_failures: nodes.iter().map(|n| n.hash_failures).sum(),
+            seeders_to_free_riders: nodes
+                .iter()
+                .filter(|n| n.role == Role::Seeder)
+                .map(|n| n.uploaded_to_free_riders)
+                .sum(),
+            contributors_to_free_riders: nodes
+                .iter()
+                .filter(|n| n.role == Role::Leecher)
+                .map(|n| n.uploaded_to_free_riders)
+                .sum(),
         };
         Self {
             scenario,
@@ -250,8 +269,31 @@ impl Report {
         let json = serde_json::to_string_pretty(self).context("encoding report.json")?;
         std::fs::write(dir.join("report.json"), json).context("writing report.json")?;
         std::fs::write(dir.join("report.md"), self.markdown()).context("writing report.md")?;
+        std::fs::write(dir.join("samples.csv"), self.samples_csv())
+            .context("writing samples.csv")?;
         crate::plot::write_all(self, dir)?;
         Ok(())
+    }
+
+    /// Every node's samples, one row each (the data behind the plots).
+    pub fn samples_csv(&self) -> String {
+        let mut s = String::from("t,node,role,progress,disk_used,downloaded,uploaded\n");
+        for n in &self.nodes {
+            for x in &n.samples {
+                let _ = writeln!(
+                    s,
+                    "{:.3},{},{},{:.4},{},{},{}",
+                    x.t,
+                    n.name,
+                    n.role.name(),
+                    x.progress,
+                    x.disk_used,
+                    x.downloaded,
+                    x.uploaded
+                );
+            }
+        }
+        s
     }
 
     /// The closing summary, a few lines.
@@ -297,6 +339,7 @@ impl Report {
                     "not held back: some finished before a contributor"
                 }
             );
+            let _ = writeln!(s, "{}", self.free_rider_sources());
         }
         let bans: usize = self.nodes.iter().map(|n| n.banned_peers).sum();
         let restarts: usize = self.nodes.iter().map(|n| n.restarts).sum();
@@ -312,6 +355,27 @@ impl Report {
             let _ = writeln!(s, "timed out after {:.0} s", self.wall_seconds);
         }
         s
+    }
+
+    /// Where free-riders' bytes came from, one line.
+    fn free_rider_sources(&self) -> String {
+        let t = &self.totals;
+        let contributed: u64 = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Leecher)
+            .map(|n| n.uploaded)
+            .sum();
+        let share = if contributed > 0 {
+            100.0 * t.contributors_to_free_riders as f64 / contributed as f64
+        } else {
+            0.0
+        };
+        format!(
+            "free-riders got {} from seeders and {} from contributors ({share:.1}% of what contributors uploaded)",
+            format_size(t.seeders_to_free_riders),
+            format_size(t.contributors_to_free_riders),
+        )
     }
 
     pub fn markdown(&self) -> String {
@@ -378,6 +442,7 @@ impl Report {
                     ""
                 }
             );
+            let _ = writeln!(s, "{}.\n", self.free_rider_sources());
         }
         let _ = writeln!(
             s,

@@ -3,6 +3,7 @@
 //! 127.0.0.1 sockets), connect them, apply the events, sample every node
 //! and stop when every downloading node is done.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +75,11 @@ struct Live {
     uploaded: u64,
     hash_failures: u64,
     throttled_seconds: f64,
+    /// Bytes uploaded to free-riders, summed over their sessions.
+    to_free_riders: u64,
+    /// Per peer id: bytes uploaded to it in its current session, as last
+    /// sampled (a smaller figure means a new session).
+    up_per_peer: HashMap<String, u64>,
     view: NodeView,
 }
 
@@ -170,6 +176,8 @@ impl Testnet {
                     uploaded: 0,
                     hash_failures: 0,
                     throttled_seconds: 0.0,
+                    to_free_riders: 0,
+                    up_per_peer: HashMap::new(),
                     view,
                 }
             })
@@ -497,9 +505,27 @@ impl Testnet {
     }
 
     fn sample(&mut self, t: f64) {
+        let free_riders: HashSet<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.plan.role == Role::FreeRider)
+            .filter_map(|n| n.handle.as_ref().map(|h| h.peer_id().to_string()))
+            .collect();
         for n in &mut self.nodes {
             let Some(torrent) = &n.torrent else { continue };
             let s = torrent.stats();
+            for p in &s.peers {
+                let last = n.up_per_peer.entry(p.peer_id.clone()).or_insert(0);
+                let gained = if p.uploaded >= *last {
+                    p.uploaded - *last
+                } else {
+                    p.uploaded
+                };
+                *last = p.uploaded;
+                if free_riders.contains(&p.peer_id) {
+                    n.to_free_riders += gained;
+                }
+            }
             let used = s.disk.used_bytes();
             let progress = f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1));
             n.peak_disk = n.peak_disk.max(used);
@@ -562,6 +588,7 @@ impl Testnet {
                 peak_disk_bytes: n.peak_disk,
                 disk_capacity_bytes: n.disk_capacity,
                 throttled_seconds: n.throttled_seconds,
+                uploaded_to_free_riders: n.to_free_riders,
                 samples: n.samples.clone(),
             })
             .collect();
