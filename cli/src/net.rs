@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_choke::{SeedMode, TitForTatConfig};
+use sluice_choke::{PropShareConfig, SeedMode, TitForTatConfig};
 use sluice_node::api::ApiConfig;
 use sluice_node::{Multiaddr, Node, NodeConfig, NodeHandle};
 use sluice_storage::{CreateOptions, InfoHash, Metainfo};
@@ -61,6 +61,19 @@ pub(crate) struct NetArgs {
     /// in turn (a quota of 4 MiB or 60 s), or those it has sent the least.
     #[arg(long, value_enum, default_value_t = SeedModeArg::FastestUpload)]
     seed_mode: SeedModeArg,
+    /// Seconds between rechokes (who gets the upload slots).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    rechoke: f64,
+    /// Choking strategy: BitTorrent's tit-for-tat, or PropShare (upload
+    /// in proportion to what each peer gave).
+    #[arg(long, value_enum, default_value_t = ChokerArg::TitForTat)]
+    choker: ChokerArg,
+    /// Seconds between DHT provider lookups for each torrent.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds, hide = true)]
+    discovery_interval: f64,
+    /// Bytes of checked pieces each torrent keeps in memory for upload.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB", hide = true)]
+    read_cache: u64,
     /// Control API address (`sluice status`, `peers`, `top` and /metrics
     /// read it). Any address but loopback needs --api-token.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -78,6 +91,25 @@ pub(crate) struct NetArgs {
     /// default a piece changed on disk is dropped, not served).
     #[arg(long)]
     no_verify_reads: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub(crate) enum ChokerArg {
+    TitForTat,
+    Propshare,
+    /// Never unchoke anyone (what `sluice testnet --processes` runs for
+    /// its free-riders).
+    #[value(hide = true)]
+    FreeRider,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: give seconds between 0.05 and 3600, e.g. 2 or 0.5"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -176,9 +208,17 @@ fn node_config(
         },
         SeedModeArg::LeastServed => SeedMode::LeastServed,
     };
-    let choker = TitForTatConfig::default()
+    let tft = TitForTatConfig::default()
         .with_slots(net.slots)
+        .with_rechoke_interval(Duration::from_secs_f64(net.rechoke))
         .with_seed_mode(seed_mode);
+    let choker = match net.choker {
+        ChokerArg::TitForTat => ChokerChoice::TitForTat(tft),
+        ChokerArg::Propshare => {
+            ChokerChoice::PropShare(PropShareConfig::default().with_tit_for_tat(tft))
+        }
+        ChokerArg::FreeRider => ChokerChoice::FreeRider,
+    };
     let listen = if net.listen.is_empty() {
         ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
             .iter()
@@ -204,7 +244,9 @@ fn node_config(
         .with_down_rate(net.down_rate)
         .with_disk_rate(disk_rate)
         .with_verify_reads(!net.no_verify_reads)
-        .with_torrent(TorrentConfig::default().with_choker(ChokerChoice::TitForTat(choker)));
+        .with_discovery_interval(Duration::from_secs_f64(net.discovery_interval))
+        .with_read_cache(usize::try_from(net.read_cache).unwrap_or(usize::MAX))
+        .with_torrent(TorrentConfig::default().with_choker(choker));
     if let Some(q) = disk_queue {
         config = config.with_disk_queue(q);
     }
@@ -435,6 +477,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
                     tokio::signal::ctrl_c()
                         .await
                         .context("waiting for Ctrl-C")?;
+                    eprintln!("stopping…");
                 }
                 ExitCode::SUCCESS
             }

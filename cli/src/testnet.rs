@@ -108,6 +108,11 @@ pub(crate) struct TestnetArgs {
     /// testnet of 8 nodes writes over half a GiB).
     #[arg(long)]
     keep_data: bool,
+    /// Run every node as a `sluice` process of its own (`seed`, `get
+    /// --seed-after`, `node`), watched through its control API and stopped
+    /// with Ctrl-C; each one's output is in nodes/NAME/sluice.log.
+    #[arg(long)]
+    processes: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -192,6 +197,7 @@ impl TestnetArgs {
                 DiscoveryArg::Fixed => Discovery::Fixed,
             };
         }
+        c.processes |= self.processes;
         c.validate()?;
         Ok(c)
     }
@@ -223,7 +229,8 @@ pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
         crate::units::format_size(config.size),
         dir.display()
     );
-    let mut testnet = Testnet::prepare(config, &dir)?;
+    let exe = std::env::current_exe().context("finding the sluice executable")?;
+    let mut testnet = Testnet::prepare(config, &dir)?.with_executable(exe);
     let keep_data = args.keep_data;
     let outcome = runtime.block_on(run(&mut testnet, &dir, &args));
     let stopped = runtime.block_on(testnet.shutdown());

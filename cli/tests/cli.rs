@@ -596,6 +596,72 @@ fn testnet_runs_and_reports() {
     }
 }
 
+/// `--processes`: every node a `sluice` process (`seed`, `get
+/// --seed-after`, `node`), a liar and a churned leecher included. Every
+/// copy is identical, every process stopped cleanly on Ctrl-C, and the
+/// report has each process's memory.
+#[test]
+fn testnet_with_a_process_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.args([
+        "testnet",
+        "--processes",
+        "--nodes",
+        "6",
+        "--liars",
+        "1",
+        "--churn",
+        "1",
+        "--size",
+        "2MiB",
+        "--piece-size",
+        "64KiB",
+        "--up-rate",
+        "500kB/s",
+        "--seeder-up-rate",
+        "1MB/s",
+        "--rechoke",
+        "0.5",
+        "--timeout",
+        "45",
+        "--keep-data",
+        "--report",
+        "rep",
+    ]);
+    let o = output_within_a_minute(command, dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rep = dir.path().join("rep");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["timed_out"], false);
+    let content = std::fs::read(rep.join("content.bin")).unwrap();
+    let nodes = report["nodes"].as_array().unwrap();
+    let mut restarts = 0;
+    for n in nodes {
+        let name = n["name"].as_str().unwrap();
+        let role = n["role"].as_str().unwrap();
+        let log = std::fs::read_to_string(rep.join("nodes").join(name).join("sluice.log"))
+            .unwrap_or_else(|e| panic!("{name}: no log: {e}"));
+        assert!(
+            log.contains("stopping"),
+            "{name} did not stop on Ctrl-C:\n{log}"
+        );
+        assert!(n["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{n}");
+        restarts += n["restarts"].as_u64().unwrap();
+        if role == "leecher" || role == "free-rider" {
+            assert!(n["completed_at"].is_number(), "{name} did not complete");
+            let copy = rep.join("nodes").join(name).join("download/content.bin");
+            assert!(
+                std::fs::read(&copy).unwrap() == content,
+                "{name}: copy differs"
+            );
+        }
+    }
+    assert!(restarts >= 1, "no leecher was churned");
+    assert!(rep.join("nodes/dht/sluice.log").is_file());
+}
+
 /// `kill -9` a downloading `sluice get` three times at different points and
 /// start it again with the same command: it completes with identical
 /// content, and the run that finishes downloads no more than what was not

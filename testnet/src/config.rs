@@ -124,6 +124,9 @@ pub struct Config {
     pub peers_per_node: usize,
     /// Give up after this many seconds.
     pub timeout: f64,
+    /// Every node a `sluice` process of its own rather than a node in the
+    /// testnet's process.
+    pub processes: bool,
     #[serde(rename = "event")]
     pub events: Vec<Event>,
 }
@@ -152,6 +155,7 @@ impl Default for Config {
             seed: 1,
             peers_per_node: 8,
             timeout: 600.0,
+            processes: false,
             events: Vec::new(),
         }
     }
@@ -331,6 +335,12 @@ impl Config {
             }
             if !(e.at.is_finite() && e.at >= 0.0) {
                 bail!("event for {}: `at` must be seconds ≥ 0", e.node);
+            }
+            if self.processes && matches!(e.action, Action::UpRate { .. }) {
+                bail!(
+                    "event for {}: up-rate events need the nodes in one process (without --processes): a running `sluice` has no way to change its rate",
+                    e.node
+                );
             }
         }
         Ok(())

@@ -18,6 +18,7 @@
 pub mod bound;
 pub mod config;
 pub mod plot;
+mod process;
 pub mod report;
 pub mod run;
 pub mod units;

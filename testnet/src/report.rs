@@ -55,6 +55,9 @@ pub struct NodeReport {
     /// Of `uploaded`, what went to free-riders.
     #[serde(default)]
     pub uploaded_to_free_riders: u64,
+    /// Its process's peak resident memory (with `processes`).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
     /// The time series behind the plots (not in report.json).
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -114,7 +117,8 @@ pub struct Report {
     /// Every free-rider finished after every contributor.
     pub free_riders_finished_last: Option<bool>,
     pub totals: Totals,
-    /// This process's peak resident memory (all nodes together).
+    /// Peak resident memory: this process's (all nodes together), plus,
+    /// with `processes`, the sum of every node process's peak.
     pub peak_rss_bytes: Option<u64>,
     pub nodes: Vec<NodeReport>,
 }
@@ -129,7 +133,12 @@ fn median(sorted: &[f64]) -> Option<f64> {
 
 /// `VmHWM` of this process, from /proc (Linux); `None` elsewhere.
 fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_of("/proc/self/status")
+}
+
+/// `VmHWM` from a `/proc/…/status` file.
+pub(crate) fn peak_rss_of(status_path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
@@ -259,7 +268,8 @@ impl Report {
             free_rider_slowdown,
             free_riders_finished_last,
             totals,
-            peak_rss_bytes: peak_rss(),
+            peak_rss_bytes: peak_rss()
+                .map(|own| own + nodes.iter().filter_map(|n| n.peak_rss_bytes).sum::<u64>()),
             nodes,
         }
     }
@@ -349,6 +359,18 @@ impl Report {
                 s,
                 "{bans} bans ({} liars; at most {most} by one node), {} hash failures, {restarts} churn restarts",
                 self.scenario.liars, self.totals.hash_failures
+            );
+        }
+        if let Some(rss) = self.peak_rss_bytes {
+            let _ = writeln!(
+                s,
+                "peak memory {}{}",
+                format_size(rss),
+                if self.scenario.processes {
+                    " (the testnet plus each node process's peak)"
+                } else {
+                    ""
+                }
             );
         }
         if self.timed_out {
@@ -453,7 +475,12 @@ impl Report {
             self.totals.hash_failures,
             self.peak_rss_bytes
                 .map(|b| format!(
-                    " Peak memory of the whole testnet process: {}.",
+                    " Peak memory (the testnet process{}): {}.",
+                    if self.scenario.processes {
+                        " plus each node process's peak"
+                    } else {
+                        ", every node in it"
+                    },
                     format_size(b)
                 ))
                 .unwrap_or_default()

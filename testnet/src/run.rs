@@ -1,9 +1,11 @@
-//! Running a testnet: generate the content, start real nodes in this
-//! process (each with its own identity, data dir, control API and
-//! 127.0.0.1 sockets), connect them, apply the events, sample every node
-//! and stop when every downloading node is done.
+//! Running a testnet: generate the content, start real nodes (each with
+//! its own identity, data dir, control API and 127.0.0.1 sockets) in this
+//! process or, with `processes`, as `sluice` processes, connect them,
+//! apply the events, sample every node and stop when every downloading
+//! node is done.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle};
 use tracing::{info, warn};
 
 use crate::config::{Action, ChokerKind, Config, Discovery, NodePlan, Role, Transport};
+use crate::process::Proc;
 use crate::report::{NodeReport, Report, Sample};
 
 /// How often every node is sampled.
@@ -32,6 +35,9 @@ const DHT_ROUND: Duration = Duration::from_secs(1);
 /// Samples kept per node (about 80 minutes at the interval above); later
 /// samples are not recorded.
 pub const MAX_SAMPLES: usize = 20_000;
+/// Each node's read cache: 2 MiB rather than the default 16, or a
+/// 100-node testnet would hold 1.6 GiB of read caches.
+const READ_CACHE: usize = 2 * 1024 * 1024;
 
 /// One node as the live view shows it.
 #[derive(Debug, Clone)]
@@ -54,10 +60,135 @@ pub struct NodeView {
     pub disk_capacity: u64,
 }
 
+/// A running node: in this process, or a `sluice` process.
+#[derive(Debug)]
+enum Member {
+    Local {
+        node: NodeHandle,
+        torrent: Option<TorrentHandle>,
+    },
+    Process(Proc),
+}
+
+impl Member {
+    fn peer_id(&self) -> String {
+        match self {
+            Member::Local { node, .. } => node.peer_id().to_string(),
+            Member::Process(p) => p.peer_id.clone(),
+        }
+    }
+
+    fn api_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Member::Local { node, .. } => node.api_addr(),
+            Member::Process(p) => Some(p.api_addr()),
+        }
+    }
+
+    /// An address to dial it at (with its `/p2p/` id for a process).
+    async fn listen_addr(&self) -> Option<Multiaddr> {
+        match self {
+            Member::Local { node, .. } => tokio::time::timeout(DIAL_WAIT, node.listen_addrs())
+                .await
+                .ok()
+                .and_then(|a| a.into_iter().next()),
+            Member::Process(p) => p.listen.first().cloned(),
+        }
+    }
+
+    /// What its torrent looks like now; `None` while it has none (or a
+    /// process does not answer).
+    async fn snapshot(&self, info_hash: &str) -> Option<Snapshot> {
+        match self {
+            Member::Local { torrent, .. } => torrent.as_ref().map(|t| Snapshot::local(&t.stats())),
+            Member::Process(p) => p
+                .torrent(info_hash)
+                .await
+                .map(|(t, peers)| Snapshot::remote(&t, &peers)),
+        }
+    }
+
+    async fn stop(self) -> Result<()> {
+        match self {
+            Member::Local { node, .. } => node.shutdown().await.map_err(anyhow::Error::msg),
+            Member::Process(p) => p.stop().await,
+        }
+    }
+}
+
+/// One node's torrent at one instant, from its handle or its API.
+#[derive(Debug)]
+struct Snapshot {
+    verified_pieces: u32,
+    total_pieces: u32,
+    complete: bool,
+    down_rate: f64,
+    up_rate: f64,
+    downloaded: u64,
+    uploaded: u64,
+    hash_failures: u64,
+    banned_peers: usize,
+    disk_used: u64,
+    disk_capacity: u64,
+    throttled_seconds: f64,
+    /// Per peer: its id, bytes we sent it this session, whether we choke it.
+    peers: Vec<(String, u64, bool)>,
+}
+
+impl Snapshot {
+    fn local(s: &sluice_swarm::torrent::TorrentStats) -> Self {
+        Self {
+            verified_pieces: s.verified_pieces,
+            total_pieces: s.total_pieces,
+            complete: s.complete,
+            down_rate: s.down_rate,
+            up_rate: s.up_rate,
+            downloaded: s.downloaded,
+            uploaded: s.uploaded,
+            hash_failures: s.hash_failures,
+            banned_peers: s.banned_peers,
+            disk_used: s.disk.used_bytes(),
+            disk_capacity: s.disk.capacity_bytes,
+            throttled_seconds: s.disk.throttled_total.as_secs_f64(),
+            peers: s
+                .peers
+                .iter()
+                .map(|p| (p.peer_id.clone(), p.uploaded, p.am_choking))
+                .collect(),
+        }
+    }
+
+    fn remote(t: &sluice_node::api::TorrentInfo, peers: &[sluice_node::api::PeerInfo]) -> Self {
+        Self {
+            verified_pieces: t.verified_pieces,
+            total_pieces: t.total_pieces,
+            complete: t.complete,
+            down_rate: t.down_rate,
+            up_rate: t.up_rate,
+            downloaded: t.downloaded,
+            uploaded: t.uploaded,
+            hash_failures: t.hash_failures,
+            banned_peers: t.banned_peers,
+            disk_used: t.disk.used_bytes(),
+            disk_capacity: t.disk.capacity_bytes,
+            throttled_seconds: t.disk.throttled_seconds,
+            peers: peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.stats.peer_id.clone(),
+                        p.stats.uploaded,
+                        p.stats.am_choking,
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 struct Live {
     plan: NodePlan,
-    handle: Option<NodeHandle>,
-    torrent: Option<TorrentHandle>,
+    member: Option<Member>,
     data_dir: PathBuf,
     content: PathBuf,
     joined_at: Option<f64>,
@@ -80,6 +211,9 @@ struct Live {
     /// Per peer id: bytes uploaded to it in its current session, as last
     /// sampled (a smaller figure means a new session).
     up_per_peer: HashMap<String, u64>,
+    /// Highest peak memory seen of its process (with `processes`; kept
+    /// over restarts).
+    peak_rss: Option<u64>,
     view: NodeView,
 }
 
@@ -92,7 +226,9 @@ pub struct Testnet {
     nodes: Vec<Live>,
     rng: rand::rngs::StdRng,
     /// The DHT node every node bootstraps from, and its address.
-    dht: Option<(NodeHandle, Multiaddr)>,
+    dht: Option<(Member, Multiaddr)>,
+    /// The `sluice` executable, for `processes`.
+    exe: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Testnet {
@@ -159,8 +295,7 @@ impl Testnet {
                 };
                 Live {
                     plan,
-                    handle: None,
-                    torrent: None,
+                    member: None,
                     data_dir: node_dir.join("data"),
                     content: content_path,
                     joined_at: None,
@@ -178,6 +313,7 @@ impl Testnet {
                     throttled_seconds: 0.0,
                     to_free_riders: 0,
                     up_per_peer: HashMap::new(),
+                    peak_rss: None,
                     view,
                 }
             })
@@ -191,7 +327,14 @@ impl Testnet {
             nodes,
             rng,
             dht: None,
+            exe: None,
         })
+    }
+
+    /// The `sluice` executable that `processes` runs for each node.
+    pub fn with_executable(mut self, exe: PathBuf) -> Self {
+        self.exe = Some(exe);
+        self
     }
 
     /// The generated content every node ends up with.
@@ -213,7 +356,7 @@ impl Testnet {
                     n.plan.name.clone(),
                     n.data_dir.clone(),
                     n.content.clone(),
-                    n.handle.as_ref().and_then(NodeHandle::api_addr),
+                    n.member.as_ref().and_then(Member::api_addr),
                 )
             })
             .collect()
@@ -224,6 +367,11 @@ impl Testnet {
     /// `on_sample` sees each round (for a live view). The nodes keep
     /// running afterwards until [`Testnet::shutdown`].
     pub async fn run(&mut self, mut on_sample: impl FnMut(f64, &[NodeView])) -> Result<Report> {
+        if self.config.processes && self.exe.is_none() {
+            anyhow::bail!(
+                "running nodes as processes needs the sluice executable (Testnet::with_executable)"
+            );
+        }
         if self.config.discovery == Discovery::Dht && self.dht.is_none() {
             self.dht = Some(self.start_dht().await?);
         }
@@ -252,7 +400,7 @@ impl Testnet {
                     self.start_node(i, t).await?;
                 }
             }
-            self.sample(t);
+            self.sample(t).await;
             let views: Vec<NodeView> = self.nodes.iter().map(|n| n.view.clone()).collect();
             on_sample(t, &views);
             let waiting_to_join = self
@@ -288,8 +436,24 @@ impl Testnet {
 
     /// A node with no torrent that serves the DHT (what `sluice node`
     /// runs), and the address the others bootstrap from.
-    async fn start_dht(&self) -> Result<(NodeHandle, Multiaddr)> {
-        let config = NodeConfig::new(self.dir.join("nodes").join("dht").join("data"))
+    async fn start_dht(&self) -> Result<(Member, Multiaddr)> {
+        let data_dir = self.dir.join("nodes").join("dht").join("data");
+        if let Some(exe) = &self.exe
+            && self.config.processes
+        {
+            let mut args: Vec<OsString> = vec!["node".into()];
+            args.extend(self.common_args(&data_dir, None));
+            let log = self.dir.join("nodes").join("dht").join("sluice.log");
+            let proc = Proc::spawn(exe, "the DHT node", args, &data_dir, &log).await?;
+            let addr = proc
+                .listen
+                .first()
+                .cloned()
+                .context("the DHT node has no listen address")?;
+            info!(%addr, "DHT node started (process)");
+            return Ok((Member::Process(proc), addr));
+        }
+        let config = NodeConfig::new(data_dir)
             .with_listen(vec![self.listen_addr()])
             .with_mdns(false)
             .with_api(None);
@@ -300,7 +464,57 @@ impl Testnet {
             .and_then(|a| a.into_iter().next())
             .context("the DHT node has no listen address")?;
         info!(%addr, "DHT node started");
-        Ok((node, addr))
+        let member = Member::Local {
+            node,
+            torrent: None,
+        };
+        Ok((member, addr))
+    }
+
+    /// Flags every `sluice` process of this testnet gets: its data dir and
+    /// listen address, no mDNS, the testnet's choking and discovery, and
+    /// `up`/`down` limits when given.
+    fn common_args(&self, data_dir: &Path, plan: Option<&NodePlan>) -> Vec<OsString> {
+        let c = &self.config;
+        let mut args: Vec<OsString> = vec![
+            "--data-dir".into(),
+            data_dir.into(),
+            "--listen".into(),
+            self.listen_addr().to_string().into(),
+            "--no-mdns".into(),
+        ];
+        let Some(plan) = plan else {
+            return args;
+        };
+        let choker = match (plan.role, c.choker) {
+            (Role::FreeRider, _) => "free-rider",
+            (_, ChokerKind::TitForTat) => "tit-for-tat",
+            (_, ChokerKind::Propshare) => "propshare",
+        };
+        for (flag, value) in [
+            ("--slots", c.slots.to_string()),
+            ("--rechoke", c.rechoke.to_string()),
+            ("--choker", choker.to_owned()),
+            ("--seed-mode", "least-served".to_owned()),
+            ("--read-cache", READ_CACHE.to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        if let Some(r) = plan.up_rate {
+            args.extend(["--up-rate".into(), r.to_string().into()]);
+        }
+        if let Some(r) = plan.down_rate {
+            args.extend(["--down-rate".into(), r.to_string().into()]);
+        }
+        if let Some((_, addr)) = &self.dht {
+            args.extend(["--bootstrap".into(), addr.to_string().into()]);
+            args.extend([
+                "--discovery-interval".into(),
+                DHT_ROUND.as_secs_f64().to_string().into(),
+            ]);
+        }
+        args
     }
 
     /// Stops one running, unfinished leecher (chosen by the seeded RNG);
@@ -311,7 +525,7 @@ impl Testnet {
             .filter(|&i| {
                 let n = &self.nodes[i];
                 n.plan.role == Role::Leecher
-                    && n.handle.is_some()
+                    && n.member.is_some()
                     && n.completed_at.is_none()
                     && n.rejoin_at.is_none()
             })
@@ -320,13 +534,11 @@ impl Testnet {
             return Ok(());
         };
         let live = &mut self.nodes[i];
-        live.torrent = None;
         live.view.running = false;
         live.rejoin_at = Some(t + self.config.churn.unwrap_or(1.0) / 2.0);
-        if let Some(h) = live.handle.take() {
-            h.shutdown()
+        if let Some(m) = live.member.take() {
+            m.stop()
                 .await
-                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("stopping {}", live.plan.name))?;
         }
         info!(node = %live.plan.name, t, "churned out");
@@ -334,14 +546,7 @@ impl Testnet {
     }
 
     async fn start_node(&mut self, i: usize, t: f64) -> Result<()> {
-        let listen = self.listen_addr();
         let plan = self.nodes[i].plan.clone();
-        let tft = TitForTatConfig::default()
-            .with_slots(self.config.slots)
-            .with_rechoke_interval(self.config.rechoke_interval())
-            // Seeders share out evenly by bytes, so a fast downloader
-            // (a free-rider takes all it can) gets no more than its share.
-            .with_seed_mode(sluice_choke::SeedMode::LeastServed);
         if plan.role == Role::Liar && !self.nodes[i].content.exists() {
             // A good copy first, so it opens as complete.
             let copy = &self.nodes[i].content;
@@ -349,6 +554,66 @@ impl Testnet {
                 .and_then(|()| std::fs::copy(&self.content, copy))
                 .with_context(|| format!("copying the content for {}", plan.name))?;
         }
+        let content = self.nodes[i].content.clone();
+        if let Some(parent) = content.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // Whom to dial (with fixed discovery): every running seeder, and
+        // some earlier nodes.
+        let mut seeders = Vec::new();
+        let mut others = Vec::new();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j == i || self.dht.is_some() {
+                continue;
+            }
+            if let Some(m) = &n.member {
+                if n.plan.role == Role::Seeder {
+                    seeders.push(m);
+                } else {
+                    others.push(m);
+                }
+            }
+        }
+        others.shuffle(&mut self.rng);
+        others.truncate(self.config.peers_per_node);
+        let mut dial = Vec::new();
+        for peer in seeders.iter().chain(&others) {
+            match peer.listen_addr().await {
+                Some(addr) => dial.push(addr),
+                None => {
+                    warn!(node = %plan.name, peer = %peer.peer_id(), "peer has no listen address")
+                }
+            }
+        }
+        let member = match &self.exe {
+            Some(exe) if self.config.processes => {
+                Member::Process(self.start_process(exe, i, &dial).await?)
+            }
+            _ => self.start_local(i, &dial).await?,
+        };
+        if plan.role == Role::Liar {
+            // Verified at open; garbage from now on.
+            self.wait_verified(&member, &plan.name).await?;
+            write_content(&content, self.config.size, self.config.seed ^ 0xbad)?;
+        }
+        info!(node = %plan.name, role = plan.role.name(), t, "joined");
+        let live = &mut self.nodes[i];
+        live.member = Some(member);
+        live.joined_at.get_or_insert(t);
+        live.view.running = true;
+        Ok(())
+    }
+
+    /// A node in this process, dialing `dial`.
+    async fn start_local(&self, i: usize, dial: &[Multiaddr]) -> Result<Member> {
+        let plan = &self.nodes[i].plan;
+        let tft = TitForTatConfig::default()
+            .with_slots(self.config.slots)
+            .with_rechoke_interval(self.config.rechoke_interval())
+            // Seeders share out evenly by bytes, so a fast downloader
+            // (a free-rider takes all it can) gets no more than its share.
+            .with_seed_mode(sluice_choke::SeedMode::LeastServed);
         let choker = match (plan.role, self.config.choker) {
             (Role::FreeRider, _) => ChokerChoice::FreeRider,
             (_, ChokerKind::TitForTat) => ChokerChoice::TitForTat(tft),
@@ -360,16 +625,14 @@ impl Testnet {
             .with_choker(choker)
             .with_seed(self.config.seed.wrapping_mul(1000).wrapping_add(i as u64));
         let config = NodeConfig::new(&self.nodes[i].data_dir)
-            .with_listen(vec![listen])
+            .with_listen(vec![self.listen_addr()])
             .with_mdns(false)
             .with_up_rate(plan.up_rate)
             .with_down_rate(plan.down_rate)
             .with_disk_queue(self.config.disk_queue)
             .with_disk_rate(plan.disk_rate)
             .with_torrent(torrent_config)
-            // 2 MiB rather than 16 per node: a 100-node testnet would
-            // hold 1.6 GiB of read caches otherwise.
-            .with_read_cache(2 * 1024 * 1024)
+            .with_read_cache(READ_CACHE)
             // A liar sends what is on disk, unchecked.
             .with_verify_reads(plan.role != Role::Liar)
             .with_api(Some(ApiConfig::default()));
@@ -382,68 +645,94 @@ impl Testnet {
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting {}", plan.name))?;
-        let content = self.nodes[i].content.clone();
-        if let Some(parent) = content.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
         let torrent = node
-            .add_torrent(Arc::clone(&self.meta), content.clone())
+            .add_torrent(Arc::clone(&self.meta), self.nodes[i].content.clone())
             .await
             .with_context(|| format!("adding the torrent to {}", plan.name))?;
-        if plan.role == Role::Liar {
-            // Verified at open; garbage from now on.
-            write_content(&content, self.config.size, self.config.seed ^ 0xbad)?;
-        }
-        // Whom to dial (with fixed discovery): every running seeder, and
-        // some earlier nodes.
-        let mut seeders = Vec::new();
-        let mut others = Vec::new();
-        for (j, n) in self.nodes.iter().enumerate() {
-            if j == i || self.dht.is_some() {
-                continue;
-            }
-            if let Some(h) = &n.handle {
-                if n.plan.role == Role::Seeder {
-                    seeders.push(h.clone());
-                } else {
-                    others.push(h.clone());
-                }
-            }
-        }
-        others.shuffle(&mut self.rng);
-        others.truncate(self.config.peers_per_node);
-        for peer in seeders.iter().chain(&others) {
-            let addrs = tokio::time::timeout(DIAL_WAIT, peer.listen_addrs()).await;
-            let Some(addr) = addrs.ok().and_then(|a| a.into_iter().next()) else {
-                warn!(node = %plan.name, peer = %peer.peer_id(), "peer has no listen address");
-                continue;
-            };
-            match tokio::time::timeout(DIAL_WAIT, node.dial(addr)).await {
+        for addr in dial {
+            match tokio::time::timeout(DIAL_WAIT, node.dial(addr.clone())).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(node = %plan.name, error = %e, "dial failed"),
                 Err(_) => warn!(node = %plan.name, "dial timed out"),
             }
         }
-        info!(node = %plan.name, role = plan.role.name(), t, "joined");
-        let live = &mut self.nodes[i];
-        live.handle = Some(node);
-        live.torrent = Some(torrent);
-        live.joined_at.get_or_insert(t);
-        live.view.running = true;
-        Ok(())
+        Ok(Member::Local {
+            node,
+            torrent: Some(torrent),
+        })
+    }
+
+    /// A `sluice` process: `seed` for seeders and liars, `get
+    /// --seed-after` for downloading nodes, with `--peer` for each of
+    /// `dial`.
+    async fn start_process(&self, exe: &Path, i: usize, dial: &[Multiaddr]) -> Result<Proc> {
+        let live = &self.nodes[i];
+        let plan = &live.plan;
+        let torrent = self.dir.join("testnet.torrent");
+        let mut args: Vec<OsString> = match plan.role {
+            Role::Seeder | Role::Liar => {
+                vec![
+                    "seed".into(),
+                    live.content.clone().into(),
+                    "--torrent".into(),
+                    torrent.into(),
+                ]
+            }
+            Role::Leecher | Role::FreeRider => {
+                let out = live.content.parent().expect("a file in a directory");
+                let mut a: Vec<OsString> = vec![
+                    "get".into(),
+                    torrent.into(),
+                    "--output".into(),
+                    out.into(),
+                    "--seed-after".into(),
+                    "--disk-queue".into(),
+                    self.config.disk_queue.to_string().into(),
+                ];
+                if let Some(r) = plan.disk_rate {
+                    a.extend(["--disk-rate".into(), r.to_string().into()]);
+                }
+                a
+            }
+        };
+        if plan.role == Role::Liar {
+            args.push("--no-verify-reads".into());
+        }
+        args.extend(self.common_args(&live.data_dir, Some(plan)));
+        for addr in dial {
+            args.extend(["--peer".into(), addr.to_string().into()]);
+        }
+        let log = live.data_dir.with_file_name("sluice.log");
+        Proc::spawn(exe, &plan.name, args, &live.data_dir, &log).await
+    }
+
+    /// Waits until `member` holds every piece (a liar before it turns).
+    async fn wait_verified(&self, member: &Member, name: &str) -> Result<()> {
+        let info_hash = self.meta.info().info_hash().to_string();
+        let started = Instant::now();
+        loop {
+            if member
+                .snapshot(&info_hash)
+                .await
+                .is_some_and(|s| s.verified_pieces == s.total_pieces)
+            {
+                return Ok(());
+            }
+            if started.elapsed() > DIAL_WAIT {
+                anyhow::bail!("{name} did not verify its copy within {DIAL_WAIT:?}");
+            }
+            tokio::time::sleep(SAMPLE_INTERVAL / 5).await;
+        }
     }
 
     async fn stop_node(&mut self, i: usize, t: f64) -> Result<()> {
         let live = &mut self.nodes[i];
-        live.torrent = None;
         live.view.running = false;
         live.view.left = true;
         live.left_at = Some(t);
-        if let Some(h) = live.handle.take() {
-            h.shutdown()
+        if let Some(m) = live.member.take() {
+            m.stop()
                 .await
-                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("stopping {}", live.plan.name))?;
         }
         info!(node = %live.plan.name, t, "left");
@@ -485,15 +774,15 @@ impl Testnet {
                 }
                 Action::Leave | Action::LeaveAfterCopies { .. } => {
                     // A node churned out leaves for good too.
-                    if self.nodes[i].handle.is_some() || self.nodes[i].rejoin_at.take().is_some() {
+                    if self.nodes[i].member.is_some() || self.nodes[i].rejoin_at.take().is_some() {
                         self.stop_node(i, t).await?;
                     }
                 }
                 Action::UpRate { rate } => {
-                    let changed = self.nodes[i]
-                        .handle
-                        .as_ref()
-                        .is_some_and(|h| h.set_up_rate(rate));
+                    let changed = match &self.nodes[i].member {
+                        Some(Member::Local { node, .. }) => node.set_up_rate(rate),
+                        _ => false,
+                    };
                     if !changed {
                         warn!(node = %e.node, "up-rate event for a node without an upload limit");
                     }
@@ -504,37 +793,50 @@ impl Testnet {
         Ok(())
     }
 
-    fn sample(&mut self, t: f64) {
+    async fn sample(&mut self, t: f64) {
         let free_riders: HashSet<String> = self
             .nodes
             .iter()
             .filter(|n| n.plan.role == Role::FreeRider)
-            .filter_map(|n| n.handle.as_ref().map(|h| h.peer_id().to_string()))
+            .filter_map(|n| n.member.as_ref().map(Member::peer_id))
             .collect();
-        for n in &mut self.nodes {
-            let Some(torrent) = &n.torrent else { continue };
-            let s = torrent.stats();
-            for p in &s.peers {
-                let last = n.up_per_peer.entry(p.peer_id.clone()).or_insert(0);
-                let gained = if p.uploaded >= *last {
-                    p.uploaded - *last
+        // Processes are asked all at once.
+        let info_hash = self.meta.info().info_hash().to_string();
+        let snapshots = futures::future::join_all(self.nodes.iter().map(|n| async {
+            match &n.member {
+                Some(m) => m.snapshot(&info_hash).await,
+                None => None,
+            }
+        }))
+        .await;
+        for (n, s) in self.nodes.iter_mut().zip(snapshots) {
+            if let Some(Member::Process(p)) = &n.member
+                && let Some(rss) = p.peak_rss()
+            {
+                n.peak_rss = Some(n.peak_rss.unwrap_or(0).max(rss));
+            }
+            let Some(s) = s else { continue };
+            for (peer_id, uploaded, _) in &s.peers {
+                let last = n.up_per_peer.entry(peer_id.clone()).or_insert(0);
+                let gained = if *uploaded >= *last {
+                    uploaded - *last
                 } else {
-                    p.uploaded
+                    *uploaded
                 };
-                *last = p.uploaded;
-                if free_riders.contains(&p.peer_id) {
+                *last = *uploaded;
+                if free_riders.contains(peer_id) {
                     n.to_free_riders += gained;
                 }
             }
-            let used = s.disk.used_bytes();
+            let used = s.disk_used;
             let progress = f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1));
             n.peak_disk = n.peak_disk.max(used);
-            n.disk_capacity = s.disk.capacity_bytes;
+            n.disk_capacity = s.disk_capacity;
             n.downloaded = s.downloaded;
             n.uploaded = s.uploaded;
             n.hash_failures = s.hash_failures;
             n.banned = n.banned.max(s.banned_peers);
-            n.throttled_seconds = s.disk.throttled_total.as_secs_f64();
+            n.throttled_seconds = s.throttled_seconds;
             if s.complete && n.completed_at.is_none() && n.plan.role.downloads() {
                 n.completed_at = Some(t);
             }
@@ -547,7 +849,7 @@ impl Testnet {
                     uploaded: s.uploaded,
                 });
             }
-            let unchoked = s.peers.iter().filter(|p| !p.am_choking).count();
+            let unchoked = s.peers.iter().filter(|(_, _, choking)| !choking).count();
             n.view = NodeView {
                 progress,
                 complete: s.complete,
@@ -557,7 +859,7 @@ impl Testnet {
                 unchoked,
                 choked: s.peers.len() - unchoked,
                 disk_used: used,
-                disk_capacity: s.disk.capacity_bytes,
+                disk_capacity: s.disk_capacity,
                 ..n.view.clone()
             };
         }
@@ -589,6 +891,7 @@ impl Testnet {
                 disk_capacity_bytes: n.disk_capacity,
                 throttled_seconds: n.throttled_seconds,
                 uploaded_to_free_riders: n.to_free_riders,
+                peak_rss_bytes: n.peak_rss,
                 samples: n.samples.clone(),
             })
             .collect();
@@ -608,15 +911,14 @@ impl Testnet {
     pub async fn shutdown(mut self) -> Result<()> {
         let mut first_error = None;
         for n in &mut self.nodes {
-            n.torrent = None;
-            if let Some(h) = n.handle.take()
-                && let Err(e) = h.shutdown().await
+            if let Some(m) = n.member.take()
+                && let Err(e) = m.stop().await
             {
-                first_error.get_or_insert(anyhow::anyhow!("stopping {}: {e}", n.plan.name));
+                first_error.get_or_insert(e.context(format!("stopping {}", n.plan.name)));
             }
         }
-        if let Some((h, _)) = self.dht.take()
-            && let Err(e) = h.shutdown().await
+        if let Some((m, _)) = self.dht.take()
+            && let Err(e) = m.stop().await
         {
             first_error.get_or_insert(anyhow::anyhow!("stopping the DHT node: {e}"));
         }

@@ -1,0 +1,166 @@
+//! `--processes`: every node a `sluice` process of its own (`seed`, `get
+//! --seed-after` or `node`), started with the flags a person would type,
+//! watched through its control API and stopped with Ctrl-C (SIGINT), as a
+//! person would. Its output goes to `nodes/NAME/sluice.log`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sluice_node::Multiaddr;
+use sluice_node::api::{API_FILE, ApiClient, NodeInfo, PeerInfo, TorrentInfo};
+use tokio::process::{Child, Command};
+
+/// How long a process has to start: write its `api` file and answer with
+/// a listen address.
+const START_WAIT: Duration = Duration::from_secs(30);
+/// How often a starting process is asked whether it is up.
+const START_POLL: Duration = Duration::from_millis(50);
+/// How long a process has to stop after Ctrl-C before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// One running `sluice` process.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    name: String,
+    log: PathBuf,
+    child: Child,
+    api: ApiClient,
+    pub(crate) peer_id: String,
+    /// Its listen addresses, each ending in `/p2p/<peer id>`.
+    pub(crate) listen: Vec<Multiaddr>,
+}
+
+impl Proc {
+    /// Starts `exe args…` (with `--data-dir data_dir` among the args),
+    /// output to `log`, and waits until its API answers with an address
+    /// others can dial.
+    pub(crate) async fn spawn(
+        exe: &Path,
+        name: &str,
+        args: Vec<OsString>,
+        data_dir: &Path,
+        log: &Path,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        // Left by an earlier run of this node (churn): not its address now.
+        let _ = std::fs::remove_file(data_dir.join(API_FILE));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // A testnet that fails half-way leaves no node behind.
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} for {name}", exe.display()))?;
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for a node")? {
+                bail!(
+                    "{name} exited as it started ({status}); its output is in {}",
+                    log.display()
+                );
+            }
+            if let Ok(api) = ApiClient::from_data_dir(data_dir, None)
+                && let Ok(info) = api.get_json::<NodeInfo>("/api/v1/node").await
+                && !info.listen_addrs.is_empty()
+            {
+                let listen = info
+                    .listen_addrs
+                    .iter()
+                    .map(|a| a.parse())
+                    .collect::<Result<Vec<Multiaddr>, _>>()
+                    .with_context(|| format!("{name} listens on {:?}", info.listen_addrs))?;
+                return Ok(Self {
+                    name: name.to_owned(),
+                    log: log.to_owned(),
+                    child,
+                    api,
+                    peer_id: info.peer_id,
+                    listen,
+                });
+            }
+            if started.elapsed() > START_WAIT {
+                bail!(
+                    "{name} did not answer on its control API within {START_WAIT:?}; its output is in {}",
+                    log.display()
+                );
+            }
+            tokio::time::sleep(START_POLL).await;
+        }
+    }
+
+    /// Its peak resident memory so far (`VmHWM`; Linux only).
+    pub(crate) fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        crate::report::peak_rss_of(&format!("/proc/{pid}/status"))
+    }
+
+    pub(crate) fn api_addr(&self) -> std::net::SocketAddr {
+        self.api.addr()
+    }
+
+    /// The torrent and its peers as the node's API shows them; `None`
+    /// while the node does not answer or has not added it yet.
+    pub(crate) async fn torrent(&self, info_hash: &str) -> Option<(TorrentInfo, Vec<PeerInfo>)> {
+        let path = format!("/api/v1/torrents/{info_hash}");
+        let peers_path = format!("{path}/peers");
+        let (info, peers) = tokio::join!(
+            self.api.get_json::<TorrentInfo>(&path),
+            self.api.get_json::<Vec<PeerInfo>>(&peers_path),
+        );
+        Some((info.ok()?, peers.ok()?))
+    }
+
+    /// Ctrl-C (SIGINT), then waits for it to finish its writes and exit;
+    /// one that does not within [`STOP_WAIT`] is killed, and that is an
+    /// error.
+    pub(crate) async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            interrupt(pid);
+        }
+        match tokio::time::timeout(STOP_WAIT, self.child.wait()).await {
+            // 130: stopped before its download was complete (churn).
+            Ok(Ok(status)) if status.success() || status.code() == Some(130) => Ok(()),
+            Ok(Ok(status)) => bail!(
+                "{} exited with {status}; its output is in {}",
+                self.name,
+                self.log.display()
+            ),
+            Ok(Err(e)) => Err(e).with_context(|| format!("waiting for {}", self.name)),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!(
+                    "{} did not stop within {STOP_WAIT:?} of Ctrl-C and was killed; its output is in {}",
+                    self.name,
+                    self.log.display()
+                )
+            }
+        }
+    }
+}
+
+/// Ctrl-C for a child we spawned.
+#[allow(unsafe_code, reason = "kill(2): no safe wrapper in std or tokio")]
+fn interrupt(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours;
+    // the pid is a child we have not reaped, so it names no other process.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+}
