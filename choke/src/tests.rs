@@ -439,7 +439,11 @@ proptest! {
                 prop_assert_eq!(p.key, d.peer);
                 prop_assert!(!d.unchoke || p.interested, "uninterested peer unchoked");
             }
-            let eligible = peers.iter().zip(ds).any(|(p, d)| p.interested && !d.unchoke)
+            // Peers that gave nothing back wait for their turn.
+            let eligible = peers
+                .iter()
+                .zip(ds)
+                .any(|(p, d)| p.interested && !d.unchoke && d.reason != Reason::NoReciprocation)
                 || ds.iter().any(|d| d.is_optimistic());
             if i % 2 == 0 && eligible {
                 prop_assert!(ds.iter().any(|d| d.is_optimistic()), "no optimistic slot: {:?}", ds);
@@ -580,4 +584,73 @@ fn a_seeder_holds_back_a_peer_that_passes_nothing_on() {
     let three = ds.iter().find(|d| d.peer == PeerKey(3)).unwrap();
     assert!(three.unchoke);
     assert_eq!(three.cap, None);
+}
+
+/// A peer that gave nothing back gets the optimistic slot, when it is the
+/// only candidate, one rechoke in `slots × optimistic_every`: the slot
+/// stays empty meanwhile (the regular slots take the upload).
+#[test]
+fn a_peer_that_gave_nothing_back_gets_a_rare_optimistic_turn() {
+    let t0 = Instant::now();
+    let config = TitForTatConfig::default()
+        .with_slots(2)
+        .with_optimistic_every(3);
+    let mut c = TitForTat::new(config);
+    let fast = peer(1, t0, 5000.0);
+    let mut hoarder = peer(2, t0, 0.0);
+    hoarder.last_block_at = None;
+    hoarder.sole_pieces = 8;
+    hoarder.first_sole_at = Some(t0 - 3600 * S);
+    let mut peers = [fast, hoarder];
+    let mut turns = Vec::new();
+    for r in 0..24u32 {
+        let now = t0 + r * 10 * S;
+        // The fast peer keeps sending (no snub).
+        peers[0].last_block_at = Some(now);
+        let ds = c.rechoke(now, Mode::Leeching, &peers, &mut rng());
+        assert_eq!(regular(&ds), vec![1], "rechoke {r}: {ds:?}");
+        if optimistic(&ds) == Some(2) {
+            turns.push(r);
+        }
+    }
+    assert_eq!(turns, vec![0, 6, 12, 18], "one rechoke in 2 × 3");
+}
+
+/// While leeching, a peer judged not to reciprocate gets no regular slot,
+/// even one nobody else wants, and stays judged when it no longer has
+/// anything we want; a block from it clears it.
+#[test]
+fn a_judged_peer_stays_judged_until_it_sends_a_block() {
+    let t0 = Instant::now();
+    let ten = 10 * S;
+    let config = TitForTatConfig::default().with_slots(4);
+    let mut c = TitForTat::new(config);
+    // 1 gives; 2 never does.
+    let mut peers = vec![peer(1, t0, 5000.0), peer(2, t0, 0.0)];
+    peers[1].last_block_at = None;
+    // Both get slots at first (3 regular slots, 2 peers).
+    let ds = c.rechoke(t0, Mode::Leeching, &peers, &mut rng());
+    assert_eq!(unchoked(&ds), vec![1, 2]);
+    // Two rechokes on, 2 has sent nothing: judged, no regular slot.
+    for r in 1..=2 {
+        peers[0].last_block_at = Some(t0 + r * ten);
+        let ds = c.rechoke(t0 + r * ten, Mode::Leeching, &peers, &mut rng());
+        if r == 2 {
+            assert_eq!(regular(&ds), vec![1], "{ds:?}");
+        }
+    }
+    // Now we want nothing of 2's: still judged.
+    peers[1].we_are_interested = false;
+    for r in 3..6 {
+        peers[0].last_block_at = Some(t0 + r * ten);
+        let ds = c.rechoke(t0 + r * ten, Mode::Leeching, &peers, &mut rng());
+        assert_eq!(regular(&ds), vec![1], "round {r}: {ds:?}");
+        let two = ds.iter().find(|d| d.peer == PeerKey(2)).unwrap();
+        assert!(!two.unchoke || two.is_optimistic());
+    }
+    // A block from 2 clears it.
+    peers[1].last_block_at = Some(t0 + 6 * ten);
+    peers[0].last_block_at = Some(t0 + 6 * ten);
+    let ds = c.rechoke(t0 + 6 * ten, Mode::Leeching, &peers, &mut rng());
+    assert_eq!(regular(&ds), vec![1, 2]);
 }

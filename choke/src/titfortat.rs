@@ -146,8 +146,13 @@ pub struct TitForTat {
     /// that sent us nothing since did not reciprocate. Kept after we
     /// complete, so our seeding favours the peers that gave.
     optimistic_turn: HashMap<PeerKey, Instant>,
+    /// Peers judged not to reciprocate, until they send a block.
+    judged: std::collections::HashSet<PeerKey>,
     last: HashMap<PeerKey, Decision>,
     rechokes: u64,
+    /// The rechoke at which a peer that gave nothing back last got the
+    /// optimistic slot.
+    ungrateful_turn: Option<u64>,
     next_due: Option<Instant>,
 }
 
@@ -160,8 +165,10 @@ impl TitForTat {
             snubbed: HashMap::new(),
             last_turn: HashMap::new(),
             optimistic_turn: HashMap::new(),
+            judged: std::collections::HashSet::new(),
             last: HashMap::new(),
             rechokes: 0,
+            ungrateful_turn: None,
             next_due: None,
         }
     }
@@ -196,8 +203,15 @@ impl TitForTat {
             })
     }
 
-    /// The first way above.
+    /// The first way above: judged now, or earlier and not forgiven since
+    /// (a block from it after its turn). Once judged it stays so while we
+    /// want nothing of its: late in a download a free-rider has little we
+    /// lack, and that must not clear it.
     fn unreciprocated(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
+        self.judged.contains(&p.key) || self.unreciprocated_now(now, mode, p)
+    }
+
+    fn unreciprocated_now(&self, now: Instant, mode: Mode, p: &PeerSnapshot) -> bool {
         let period = self.config.rechoke_interval * 2;
         // While leeching, a peer with nothing we want cannot give back.
         (mode == Mode::Seeding || p.we_are_interested)
@@ -207,10 +221,13 @@ impl TitForTat {
             })
     }
 
-    /// The optimistic pick among `candidates`: peers that did not
-    /// reciprocate an earlier turn only when nobody else is left.
+    /// The optimistic pick among `candidates`: peers that gave nothing
+    /// back only when nobody else is left, and then only one rechoke in
+    /// `slots × optimistic_every` (an optimistic turn is a bet that a peer
+    /// will reciprocate; these already lost it). Meanwhile the slot stays
+    /// empty and our upload goes to the peers in regular slots.
     fn pick_optimistic<'a>(
-        &self,
+        &mut self,
         now: Instant,
         mode: Mode,
         candidates: impl Iterator<Item = &'a PeerSnapshot>,
@@ -218,15 +235,29 @@ impl TitForTat {
     ) -> Option<PeerKey> {
         let (fair, ungrateful): (Vec<&PeerSnapshot>, Vec<&PeerSnapshot>) =
             candidates.partition(|p| !self.ungrateful(now, mode, p));
-        let pool = if fair.is_empty() { ungrateful } else { fair };
         let cfg = &self.config;
-        weighted_pick(
-            pool.into_iter(),
-            now,
-            cfg.new_peer_window,
-            cfg.new_peer_weight,
-            rng,
-        )
+        let pick = |pool: Vec<&PeerSnapshot>, rng: &mut dyn RngCore| {
+            weighted_pick(
+                pool.into_iter(),
+                now,
+                cfg.new_peer_window,
+                cfg.new_peer_weight,
+                rng,
+            )
+        };
+        if !fair.is_empty() {
+            return pick(fair, rng);
+        }
+        let cycle = u64::from(cfg.slots) * u64::from(cfg.optimistic_every);
+        if self
+            .ungrateful_turn
+            .is_some_and(|at| self.rechokes < at + cycle)
+        {
+            return None;
+        }
+        let key = pick(ungrateful, rng)?;
+        self.ungrateful_turn = Some(self.rechokes);
+        Some(key)
     }
 
     /// Drops state of peers that are gone; updates snub flags.
@@ -237,6 +268,21 @@ impl TitForTat {
         self.last_turn.retain(|k, _| present.contains_key(k));
         self.optimistic_turn.retain(|k, _| present.contains_key(k));
         self.last.retain(|k, _| present.contains_key(k));
+        let judged: Vec<PeerKey> = peers
+            .iter()
+            .filter(|p| self.unreciprocated_now(now, mode, p))
+            .map(|p| p.key)
+            .collect();
+        self.judged.extend(judged);
+        let turns = &self.optimistic_turn;
+        self.judged.retain(|k| {
+            present
+                .get(k)
+                .is_some_and(|p| match (turns.get(k), p.last_block_at) {
+                    (Some(turn), Some(block)) => block < *turn,
+                    _ => true,
+                })
+        });
         if self.optimistic.is_some_and(|k| !present.contains_key(&k)) {
             self.optimistic = None;
         }
@@ -298,9 +344,14 @@ impl TitForTat {
                 ranked.sort_by_key(|p| key(p));
             }
         }
-        // Peers that gave nothing back rank after everyone else: they get
-        // a slot only when nobody else wants it (no slot is left empty).
-        ranked.sort_by_key(|p| self.ungrateful(now, mode, p));
+        // Peers that gave nothing back: while we leech, no regular slot
+        // (our upload buys reciprocation, and the peers in slots take
+        // it); while we seed, after everyone else, so they get a slot
+        // only when nobody else wants it (no slot is left empty).
+        match mode {
+            Mode::Leeching => ranked.retain(|p| !self.ungrateful(now, mode, p)),
+            Mode::Seeding => ranked.sort_by_key(|p| self.ungrateful(now, mode, p)),
+        }
         ranked
     }
 

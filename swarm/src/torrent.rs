@@ -830,10 +830,19 @@ impl Torrent {
 
     /// We sent `key` its first block of `piece`.
     fn on_served(&mut self, key: PeerKey, piece: u32) {
+        // A piece some peer of ours already holds may reach others from
+        // there: nobody's credit (a leecher's pieces mostly; a seeder's
+        // fresh ones are sole).
+        let elsewhere = self
+            .storage
+            .layout()
+            .piece(piece)
+            .is_some_and(|p| self.picker.availability(p) > 0);
         let Some(sole) = self.sole.get_mut(piece as usize) else {
             return;
         };
         match *sole {
+            Sole::Nobody if elsewhere => *sole = Sole::Many,
             Sole::Nobody => {
                 *sole = Sole::One(key);
                 if let Some(p) = self.peers.get_mut(&key) {
