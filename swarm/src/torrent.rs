@@ -669,7 +669,8 @@ impl Torrent {
             None
         };
         if let Some(key) = replace {
-            self.close_peer(key, "replaced by the stream both sides keep");
+            // Both sides opened a stream at once: routine, not a warning.
+            self.close_quietly(key, "replaced by the stream both sides keep");
         }
         if let Some(reason) = refuse {
             debug!(%peer_id, reason, "refusing peer");
@@ -791,6 +792,15 @@ impl Torrent {
     fn close_peer(&mut self, key: PeerKey, reason: &str) {
         if let Some(p) = self.peers.get(&key) {
             warn!(peer_id = %p.peer_id, reason, "disconnecting peer");
+        }
+        self.close_quietly(key, reason);
+    }
+
+    /// [`Self::close_peer`] for the normal course of things (logged at
+    /// debug).
+    fn close_quietly(&mut self, key: PeerKey, reason: &str) {
+        if let Some(p) = self.peers.get(&key) {
+            debug!(peer_id = %p.peer_id, reason, "closing session");
             let _ = p.commands.try_send(ToSession::Close(reason.to_owned()));
         }
         self.drop_peer(key, reason);
