@@ -124,10 +124,12 @@ pub enum Reason {
     /// PropShare: it gave nothing in the last round.
     NoContribution,
     /// Tit-for-tat: it gave nothing back — it had a turn and sent us
-    /// nothing since though it has pieces we want, or it passed on none of
-    /// the pieces only we had sent it. It waits until every other choked
-    /// peer had a turn (free-riders end up here); one that passed nothing
-    /// on then gets at most one slot's share of our upload.
+    /// nothing since though it had pieces we wanted, or it passed on none
+    /// of the pieces only we had sent it. While we leech it gets no regular
+    /// slot; while we seed, one only when nobody else wants it; the
+    /// optimistic slot rarely, when no other candidate is left (free-riders
+    /// end up here). One that passed nothing on and holds a slot gets at
+    /// most one slot's share of our upload limit.
     NoReciprocation,
 }
 
@@ -198,8 +200,9 @@ pub struct Decision {
     /// 0 when choked.
     pub weight: f64,
     /// At most this fraction of our upload limit, even when nobody else
-    /// wants it (`None`: no cap). Tit-for-tat caps peers that passed on
-    /// none of the pieces only we had sent them at one slot's share.
+    /// wants it (`None`: no cap; a node without an upload limit caps
+    /// nobody). Tit-for-tat caps peers that passed on none of the pieces
+    /// only we had sent them at one slot's share.
     pub cap: Option<f64>,
     pub reason: Reason,
 }

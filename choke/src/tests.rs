@@ -388,7 +388,7 @@ fn snapshots(spec: &[(bool, bool, u32, u32, u8)], now: Instant) -> Vec<PeerSnaps
             uploaded: u64::from(up) * 10_000,
             // Hoarding peers take the same paths as unreciprocating ones.
             sole_pieces: if up % 3 == 0 { 8 } else { 0 },
-            spread_pieces: 0,
+            spread_pieces: u32::from(up % 3 == 1),
             first_sole_at: Some(now - 3600 * S),
         })
         .collect()
@@ -548,6 +548,8 @@ fn a_seeder_holds_back_a_peer_that_passes_nothing_on() {
     // 1 and 2 pass pieces on; 3 took the least and passed nothing on.
     let mut peers: Vec<PeerSnapshot> = (1..=3).map(|k| peer(k, t0, 0.0)).collect();
     for (i, p) in peers.iter_mut().enumerate() {
+        // A seeder receives no blocks.
+        p.last_block_at = None;
         p.uploaded = 1_000_000 - 400_000 * i as u64;
         p.sole_pieces = 8;
         p.spread_pieces = if i == 2 { 0 } else { 3 };
@@ -596,7 +598,9 @@ fn a_peer_that_gave_nothing_back_gets_a_rare_optimistic_turn() {
         .with_slots(2)
         .with_optimistic_every(3);
     let mut c = TitForTat::new(config);
-    let fast = peer(1, t0, 5000.0);
+    let mut fast = peer(1, t0, 5000.0);
+    // It passes pieces on: pieces do travel, so keeping them is telling.
+    fast.spread_pieces = 1;
     let mut hoarder = peer(2, t0, 0.0);
     hoarder.last_block_at = None;
     hoarder.sole_pieces = 8;
@@ -653,4 +657,29 @@ fn a_judged_peer_stays_judged_until_it_sends_a_block() {
     peers[0].last_block_at = Some(t0 + 6 * ten);
     let ds = c.rechoke(t0 + 6 * ten, Mode::Leeching, &peers, &mut rng());
     assert_eq!(regular(&ds), vec![1, 2]);
+}
+
+/// A lone downloader, or downloaders that cannot reach each other, have
+/// nobody to pass pieces to: keeping them is not held against anyone.
+#[test]
+fn nobody_is_a_hoarder_when_no_peer_passes_pieces_on() {
+    let t0 = Instant::now();
+    let config = TitForTatConfig::default()
+        .with_slots(2)
+        .with_seed_mode(SeedMode::LeastServed);
+    let mut c = TitForTat::new(config);
+    let mut peers: Vec<PeerSnapshot> = (1..=2).map(|k| peer(k, t0, 0.0)).collect();
+    for p in &mut peers {
+        p.last_block_at = None;
+        p.sole_pieces = 50;
+        p.first_sole_at = Some(t0 - 3600 * S);
+    }
+    let ds = c.rechoke(t0, Mode::Seeding, &peers, &mut rng());
+    assert_eq!(unchoked(&ds), vec![1, 2]);
+    assert!(ds.iter().all(|d| d.cap.is_none()), "{ds:?}");
+    // Once one of them passes a piece on, the other is judged.
+    peers[0].spread_pieces = 1;
+    let ds = c.rechoke(t0 + 10 * S, Mode::Seeding, &peers, &mut rng());
+    let two = ds.iter().find(|d| d.peer == PeerKey(2)).unwrap();
+    assert_eq!(two.cap, Some(0.5), "{ds:?}");
 }

@@ -92,7 +92,8 @@ impl TitForTatConfig {
     }
 
     /// A peer we sent this many pieces nobody else had from us, none of
-    /// which reached another peer two rechokes later, gave nothing back.
+    /// which reached another peer (judged two rechokes after the first),
+    /// gave nothing back — provided some other peer does pass pieces on.
     /// This is how a seeder, which has nothing to reciprocate, tells a
     /// free-rider from a contributor (the idea behind BEP 16's
     /// super-seeding). Default 8.
@@ -148,6 +149,9 @@ pub struct TitForTat {
     optimistic_turn: HashMap<PeerKey, Instant>,
     /// Peers judged not to reciprocate, until they send a block.
     judged: std::collections::HashSet<PeerKey>,
+    /// Some peer passed on a piece only we had sent it (so pieces do
+    /// travel between our peers, and one that keeps them is telling).
+    others_pass_on: bool,
     last: HashMap<PeerKey, Decision>,
     rechokes: u64,
     /// The rechoke at which a peer that gave nothing back last got the
@@ -166,6 +170,7 @@ impl TitForTat {
             last_turn: HashMap::new(),
             optimistic_turn: HashMap::new(),
             judged: std::collections::HashSet::new(),
+            others_pass_on: false,
             last: HashMap::new(),
             rechokes: 0,
             ungrateful_turn: None,
@@ -192,14 +197,18 @@ impl TitForTat {
     }
 
     /// Of the pieces only we had sent it (`hoard_after` or more, the first
-    /// two rechokes ago), no other peer announced one: strong evidence of
-    /// a free-rider, where a silent peer in a large swarm may simply have
-    /// its slots full.
+    /// two rechokes ago), no other peer announced one, and it sent us no
+    /// block since: strong evidence of a free-rider, where a silent peer in
+    /// a large swarm may simply have its slots full. Judged only while some
+    /// other peer of ours does pass pieces on: a lone downloader, or
+    /// downloaders that cannot reach each other, have no one to pass to.
     fn hoards(&self, now: Instant, p: &PeerSnapshot) -> bool {
-        p.sole_pieces >= self.config.hoard_after
+        self.others_pass_on
+            && p.sole_pieces >= self.config.hoard_after
             && p.spread_pieces == 0
             && p.first_sole_at.is_some_and(|at| {
                 now.saturating_duration_since(at) >= self.config.rechoke_interval * 2
+                    && p.last_block_at.is_none_or(|b| b < at)
             })
     }
 
@@ -262,6 +271,7 @@ impl TitForTat {
 
     /// Drops state of peers that are gone; updates snub flags.
     fn observe(&mut self, now: Instant, mode: Mode, peers: &[PeerSnapshot]) {
+        self.others_pass_on = peers.iter().any(|p| p.spread_pieces > 0);
         let present: HashMap<PeerKey, &PeerSnapshot> = peers.iter().map(|p| (p.key, p)).collect();
         self.held.retain(|k, _| present.contains_key(k));
         self.snubbed.retain(|k, _| present.contains_key(k));

@@ -528,9 +528,11 @@ async fn only_the_sender_of_bad_blocks_is_banned_when_pieces_are_shared() -> Res
 }
 
 /// A seeder has nothing to reciprocate, so it watches whether the pieces
-/// it sent one peer alone reach anyone else. A free-rider keeps them: the
-/// seeder caps it at one slot's share of its upload. A leecher that
-/// passes pieces on is never capped; both complete.
+/// it sent one peer alone reach anyone else. Alone, a downloader has
+/// nobody to pass pieces to and is not held back. Once a leecher that
+/// passes pieces on is there, the free-rider that keeps them is capped at
+/// one slot's share of the seeder's upload; the leecher never is; both
+/// complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeder_caps_a_peer_that_passes_nothing_on() -> Result<()> {
     use sluice_swarm::torrent::ChokerChoice;
@@ -556,6 +558,28 @@ async fn a_seeder_caps_a_peer_that_passes_nothing_on() -> Result<()> {
         .await?;
     free.dial(seed_addr.clone()).await?;
     let free_id = free.peer_id().to_string();
+    // Alone: well past the point where it would be judged (8 sole pieces,
+    // two 1 s rechokes), and not capped.
+    let s = until(&seed, "the free-rider alone for a while", |s| {
+        s.peers
+            .iter()
+            .any(|p| p.peer_id == free_id && p.sole_pieces >= 12 && p.connected_seconds >= 4.0)
+    })
+    .await?;
+    let p = s.peers.iter().find(|p| p.peer_id == free_id).unwrap();
+    assert_eq!(
+        p.upload_cap, None,
+        "a lone downloader is not held back: {p:?}"
+    );
+
+    let honest = node(dir.path(), "honest", |c| c.with_torrent(fast_rechoke())).await;
+    let honest_out = dir.path().join("honest/album");
+    let honest_t = honest
+        .add_torrent(Arc::clone(&meta), honest_out.clone())
+        .await?;
+    honest.dial(seed_addr).await?;
+    honest.dial(free.listen_addrs().await.remove(0)).await?;
+    let honest_id = honest.peer_id().to_string();
     // Four slots by default: one slot's share is a quarter.
     let share = rate / 4;
     let s = until(&seed, "the free-rider capped", |s| {
@@ -566,15 +590,6 @@ async fn a_seeder_caps_a_peer_that_passes_nothing_on() -> Result<()> {
     .await?;
     let p = s.peers.iter().find(|p| p.peer_id == free_id).unwrap();
     assert!(p.sole_pieces >= 8 && p.spread_pieces == 0, "{p:?}");
-
-    let honest = node(dir.path(), "honest", |c| c.with_torrent(fast_rechoke())).await;
-    let honest_out = dir.path().join("honest/album");
-    let honest_t = honest
-        .add_torrent(Arc::clone(&meta), honest_out.clone())
-        .await?;
-    honest.dial(seed_addr).await?;
-    honest.dial(free.listen_addrs().await.remove(0)).await?;
-    let honest_id = honest.peer_id().to_string();
     until(&honest_t, "the leecher completes", |s| s.complete).await?;
     let s = seed.stats();
     let h = s.peers.iter().find(|p| p.peer_id == honest_id).unwrap();

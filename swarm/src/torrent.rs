@@ -392,6 +392,11 @@ struct Peer {
     cap: Option<u64>,
 }
 
+/// The lowest per-peer upload cap, bytes/s: a capped session waits out
+/// each batch before it reads again, so a batch must take seconds, not
+/// minutes.
+const MIN_CAP: u64 = 4 * BLOCK_SIZE as u64;
+
 /// Who we sent a piece to, for telling peers that pass pieces on from
 /// those that keep them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -860,7 +865,13 @@ impl Torrent {
                     p.first_sole_at.get_or_insert_with(Instant::now);
                 }
             }
-            Sole::One(k) if k != key => *sole = Sole::Many,
+            Sole::One(k) if k != key => {
+                // No longer only k's to pass on: not held against it.
+                *sole = Sole::Many;
+                if let Some(p) = self.peers.get_mut(&k) {
+                    p.sole_pieces = p.sole_pieces.saturating_sub(1);
+                }
+            }
             _ => {}
         }
     }
@@ -1315,7 +1326,9 @@ impl Torrent {
             let cap = d
                 .cap
                 .zip(up_limit)
-                .map(|(share, rate)| ((share * rate as f64) as u64).max(1));
+                // At least a few blocks a second, so the capped session's
+                // batches (waited out before it reads again) stay short.
+                .map(|(share, rate)| ((share * rate as f64) as u64).max(MIN_CAP));
             let cap_changed = peer.cap != cap;
             peer.cap = cap;
             peer.decision = Some(d);

@@ -311,8 +311,10 @@ impl Config {
         if self.size == 0 {
             bail!("--size must be at least one byte");
         }
-        if !(self.rechoke.is_finite() && self.rechoke > 0.0) {
-            bail!("--rechoke must be a positive number of seconds");
+        // The range `sluice seed/get --rechoke` takes (what --processes
+        // passes on).
+        if !(self.rechoke.is_finite() && (0.05..=3600.0).contains(&self.rechoke)) {
+            bail!("--rechoke must be between 0.05 and 3600 seconds");
         }
         if !(self.timeout.is_finite() && self.timeout > 0.0) {
             bail!("the timeout must be a positive number of seconds");

@@ -4,6 +4,7 @@
 //! person would. Its output goes to `nodes/NAME/sluice.log`.
 
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -112,6 +113,19 @@ impl Proc {
         self.api.addr()
     }
 
+    /// An error if the process has exited (it should run until stopped).
+    pub(crate) fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!(
+                "{} exited on its own ({status}); its output is in {}",
+                self.name,
+                self.log.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("checking on {}", self.name)),
+        }
+    }
+
     /// The torrent and its peers as the node's API shows them; `None`
     /// while the node does not answer or has not added it yet.
     pub(crate) async fn torrent(&self, info_hash: &str) -> Option<(TorrentInfo, Vec<PeerInfo>)> {
@@ -132,8 +146,16 @@ impl Proc {
             interrupt(pid);
         }
         match tokio::time::timeout(STOP_WAIT, self.child.wait()).await {
-            // 130: stopped before its download was complete (churn).
-            Ok(Ok(status)) if status.success() || status.code() == Some(130) => Ok(()),
+            // 130: stopped before its download was complete (churn); killed
+            // by the signal itself: it came before the process listened
+            // for Ctrl-C (just started), when it had nothing to lose.
+            Ok(Ok(status))
+                if status.success()
+                    || status.code() == Some(130)
+                    || status.signal() == Some(libc::SIGINT) =>
+            {
+                Ok(())
+            }
             Ok(Ok(status)) => bail!(
                 "{} exited with {status}; its output is in {}",
                 self.name,

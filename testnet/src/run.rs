@@ -400,6 +400,14 @@ impl Testnet {
                     self.start_node(i, t).await?;
                 }
             }
+            for n in &mut self.nodes {
+                if let Some(Member::Process(p)) = &mut n.member {
+                    p.check_running()?;
+                }
+            }
+            if let Some((Member::Process(p), _)) = &mut self.dht {
+                p.check_running()?;
+            }
             self.sample(t).await;
             let views: Vec<NodeView> = self.nodes.iter().map(|n| n.view.clone()).collect();
             on_sample(t, &views);
