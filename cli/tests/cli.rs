@@ -802,7 +802,14 @@ fn output_within_a_minute(mut command: Command, cwd: &Path) -> Output {
         Ok(out) => out.unwrap(),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &id.to_string()]).output();
-            panic!("{command:?} did not finish within a minute");
+            // What it said before it was killed.
+            let said = rx
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .ok()
+                .and_then(Result::ok)
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            panic!("{command:?} did not finish within a minute; its stderr:\n{said}");
         }
     }
 }

@@ -106,6 +106,12 @@ pub enum TransportError {
     Behaviour(String),
 }
 
+/// How often mDNS asks the local network who is there. libp2p's default
+/// is 5 minutes: a first query that goes unanswered (the other node's
+/// responder not up yet) would leave a `sluice get` with no flags waiting
+/// that long. One small multicast packet every 10 s costs nothing.
+pub const MDNS_QUERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Builds the node's swarm. Must be called inside a tokio runtime.
 pub fn build_swarm(
     keypair: Keypair,
@@ -114,8 +120,14 @@ pub fn build_swarm(
     let peer_id = keypair.public().to_peer_id();
     let mdns = if config.mdns {
         Some(
-            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
-                .map_err(TransportError::Mdns)?,
+            mdns::tokio::Behaviour::new(
+                mdns::Config {
+                    query_interval: MDNS_QUERY_INTERVAL,
+                    ..mdns::Config::default()
+                },
+                peer_id,
+            )
+            .map_err(TransportError::Mdns)?,
         )
     } else {
         None
