@@ -632,11 +632,14 @@ impl NodeHandle {
         max_bytes: u64,
     ) -> Result<Metainfo, FetchError> {
         use tokio_util::compat::FuturesAsyncReadCompatExt;
-        let stream = self
-            .control
-            .clone()
-            .open_stream(peer, METADATA_PROTOCOL)
+        // A stream opened on a connection that is going away (both sides
+        // dialed at once, one connection closes) may never open: give up
+        // on it and ask again rather than wait out FETCH_TIMEOUT.
+        let mut control = self.control.clone();
+        let opening = control.open_stream(peer, METADATA_PROTOCOL);
+        let stream = tokio::time::timeout(OPEN_TIMEOUT, opening)
             .await
+            .map_err(|_| std::io::Error::other("the metadata stream did not open"))?
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         metadata::fetch(stream.compat(), info_hash, max_bytes).await
     }
@@ -1114,6 +1117,8 @@ pub const FETCH_RETRY: Duration = Duration::from_secs(3);
 /// One peer's whole answer must arrive within this; a peer that dribbles
 /// chunks cannot stall the fetch.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening a metadata stream to a connected peer may take.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peers remembered by one metadata fetch (asked recently, or refused).
 pub const MAX_FETCH_JUDGEMENTS: usize = 4096;
 /// Info-hashes looked up in the DHT at once for metadata fetches.
