@@ -382,12 +382,9 @@ impl Report {
     /// Where free-riders' bytes came from, one line.
     fn free_rider_sources(&self) -> String {
         let t = &self.totals;
-        let contributed: u64 = self
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Leecher)
-            .map(|n| n.uploaded)
-            .sum();
+        // Free-riders upload nothing: what downloading nodes uploaded is
+        // what contributors uploaded.
+        let contributed = t.uploaded_by_peers;
         let share = if contributed > 0 {
             100.0 * t.contributors_to_free_riders as f64 / contributed as f64
         } else {
