@@ -26,6 +26,10 @@ impl<V: Clone> PieceCache<V> {
         }
     }
 
+    pub(crate) fn contains(&self, piece: PieceIndex) -> bool {
+        self.entries.contains_key(&piece)
+    }
+
     pub(crate) fn get(&self, piece: PieceIndex) -> Option<V> {
         self.entries.get(&piece).map(|(v, _)| v.clone())
     }

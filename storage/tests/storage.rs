@@ -484,6 +484,40 @@ async fn data_changed_on_disk_is_caught_on_read_and_the_piece_dropped() {
     }
 }
 
+/// Read-ahead checks a piece before its requests arrive: afterwards it is
+/// served without a whole-piece check, and a piece changed on disk is
+/// dropped by the read-ahead itself, before any of it is sent.
+#[tokio::test]
+async fn read_ahead_checks_a_piece_before_it_is_served() {
+    for read_cache in [8 * B, 0] {
+        let src = Source::new();
+        let root = src.paths[0].parent().unwrap().to_owned();
+        let config = StorageConfig::default().with_read_cache(read_cache);
+        let (s, mut rx) = open(&src.meta, &root, config).await;
+        let p0 = s.layout().piece(0).unwrap();
+        let p1 = s.layout().piece(1).unwrap();
+        assert!(!s.is_checked(p0), "nothing read yet");
+        s.read_ahead(p0);
+        assert!(s.is_checked(p0), "read cache {read_cache}");
+        assert!(!s.is_checked(p1), "only the piece asked for");
+        let b0 = s.layout().block(p0, 1).unwrap();
+        assert_eq!(s.read_block(b0).unwrap(), src.block(&s, b0));
+
+        // Piece 1 changes on disk: the read-ahead drops it.
+        let b1 = s.layout().block(p1, 0).unwrap();
+        let r = s.layout().block_range(b1);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src.paths[r.file])
+            .unwrap();
+        f.write_all_at(&[!src.block(&s, b1)[0]], r.offset).unwrap();
+        s.read_ahead(p1);
+        assert_eq!(next_event(&mut rx).await, StorageEvent::PieceLost(p1));
+        assert!(!s.has_piece(p1) && !s.is_checked(p1));
+        assert!(s.read_block(b1).is_err(), "not served");
+    }
+}
+
 /// With verify-on-read, only bytes that were checked are returned, even
 /// when the file changes after a piece was read into the cache.
 #[tokio::test]

@@ -95,6 +95,9 @@ pub(crate) struct Session<R, W> {
     /// When the peer last sent anything; silent for the idle timeout, it
     /// is cut off.
     pub(crate) last_read: tokio::time::Instant,
+    /// The next queued piece being read and checked on the blocking pool
+    /// while this one is sent (at most one per session).
+    pub(crate) read_ahead: Option<(u32, tokio::task::JoinHandle<()>)>,
 }
 
 impl<R, W> std::fmt::Debug for Session<R, W> {
@@ -324,6 +327,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     async fn serve(&mut self, queue: &mut VecDeque<BlockSpec>) -> Result<(), StreamError> {
         let per_batch = (self.limits.upload_window / BLOCK_SIZE).max(1) as usize;
         let batch: Vec<BlockSpec> = queue.drain(..queue.len().min(per_batch)).collect();
+        if let Some((piece, ahead)) = self.read_ahead.take() {
+            if batch.iter().any(|s| s.piece == piece) {
+                // Its check is under way: wait for it rather than do it twice.
+                let _ = ahead.await;
+            } else if !ahead.is_finished() {
+                self.read_ahead = Some((piece, ahead));
+            }
+        }
         // Blocks in the page cache are read here and now; the rest (a cold
         // disk) in one call on the blocking pool, so no read stalls this
         // thread. Measured: reading cached blocks in place rather than
@@ -383,7 +394,32 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             }
         }
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
+        self.start_read_ahead(queue);
         Ok(())
+    }
+
+    /// Starts checking the first piece still queued that is not checked
+    /// yet (looking at a few pieces at most), unless a read-ahead runs.
+    fn start_read_ahead(&mut self, queue: &VecDeque<BlockSpec>) {
+        /// Distinct pieces looked at: the queue holds a few at a time.
+        const LOOK_AT: usize = 4;
+        if self.read_ahead.is_some() {
+            return;
+        }
+        let layout = self.storage.layout();
+        let mut last = None;
+        let next = queue
+            .iter()
+            .map(|s| s.piece)
+            .filter(|&p| last.replace(p) != Some(p))
+            .take(LOOK_AT)
+            .filter_map(|p| layout.piece(p))
+            .find(|&p| !self.storage.is_checked(p));
+        if let Some(piece) = next {
+            let storage = Arc::clone(&self.storage);
+            let ahead = tokio::task::spawn_blocking(move || storage.read_ahead(piece));
+            self.read_ahead = Some((piece.get(), ahead));
+        }
     }
 }
 
@@ -469,6 +505,7 @@ mod tests {
             cap: None,
             served: sluice_storage::Bitfield::new(),
             last_read: tokio::time::Instant::now(),
+            read_ahead: None,
         };
         Running {
             task: tokio::spawn(session.run()),

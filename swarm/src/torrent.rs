@@ -711,6 +711,7 @@ impl Torrent {
             cap: None,
             served: Bitfield::new(),
             last_read: tokio::time::Instant::now(),
+            read_ahead: None,
         };
         self.tracker.spawn(session.run());
         let now = Instant::now();
