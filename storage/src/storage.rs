@@ -45,6 +45,7 @@ pub struct StorageConfig {
     verify_reads: bool,
     read_cache: usize,
     leaf_cache: usize,
+    read_aheads: usize,
 }
 
 impl Default for StorageConfig {
@@ -62,6 +63,7 @@ impl Default for StorageConfig {
             verify_reads: true,
             read_cache: 16 * MIB as usize,
             leaf_cache: 2 * MIB as usize,
+            read_aheads: 4,
         }
     }
 }
@@ -143,6 +145,14 @@ impl StorageConfig {
     /// their leaf hashes instead. Default 16 MiB.
     pub fn with_read_cache(mut self, bytes: usize) -> Self {
         self.read_cache = bytes;
+        self
+    }
+
+    /// Most pieces read and checked ahead of their requests at once, over
+    /// all peers ([`Storage::read_ahead_permit`]); each holds at most a
+    /// quarter of the read cache in memory while it runs. Default 4.
+    pub fn with_read_aheads(mut self, n: usize) -> Self {
+        self.read_aheads = n;
         self
     }
 
@@ -424,6 +434,8 @@ struct Inner {
     read_cache: Mutex<PieceCache<Bytes>>,
     /// Leaf hashes of pieces checked on read.
     leaf_cache: Mutex<PieceCache<Arc<[Hash]>>>,
+    /// Read-aheads that may run at once.
+    read_aheads: Arc<tokio::sync::Semaphore>,
 }
 
 /// An opened torrent on disk. Dropping it (or [`Storage::close`]) lets the
@@ -492,6 +504,7 @@ impl Storage {
             events: tx,
             read_cache: Mutex::new(PieceCache::new(config.read_cache)),
             leaf_cache: Mutex::new(PieceCache::new(config.leaf_cache)),
+            read_aheads: Arc::new(tokio::sync::Semaphore::new(config.read_aheads)),
             layout,
             meta,
             config,
@@ -712,6 +725,12 @@ impl Storage {
         {
             debug!(%piece, error = %e, "read-ahead failed");
         }
+    }
+
+    /// Leave to run one [`Storage::read_ahead`], if fewer than the
+    /// configured number run now; hold it until the read-ahead returns.
+    pub fn read_ahead_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.read_aheads).try_acquire_owned().ok()
     }
 
     /// Whether a verified piece can be served without checking it whole

@@ -492,8 +492,14 @@ async fn read_ahead_checks_a_piece_before_it_is_served() {
     for read_cache in [8 * B, 0] {
         let src = Source::new();
         let root = src.paths[0].parent().unwrap().to_owned();
-        let config = StorageConfig::default().with_read_cache(read_cache);
+        let config = StorageConfig::default()
+            .with_read_cache(read_cache)
+            .with_read_aheads(1);
         let (s, mut rx) = open(&src.meta, &root, config).await;
+        let permit = s.read_ahead_permit().expect("one read-ahead may run");
+        assert!(s.read_ahead_permit().is_none(), "only one at a time");
+        drop(permit);
+        assert!(s.read_ahead_permit().is_some(), "free again");
         let p0 = s.layout().piece(0).unwrap();
         let p1 = s.layout().piece(1).unwrap();
         assert!(!s.is_checked(p0), "nothing read yet");

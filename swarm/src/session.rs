@@ -399,7 +399,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     }
 
     /// Starts checking the first piece still queued that is not checked
-    /// yet (looking at a few pieces at most), unless a read-ahead runs.
+    /// yet (looking at a few pieces at most), unless a read-ahead of this
+    /// session runs or the node's read-aheads are all taken.
     fn start_read_ahead(&mut self, queue: &VecDeque<BlockSpec>) {
         /// Distinct pieces looked at: the queue holds a few at a time.
         const LOOK_AT: usize = 4;
@@ -415,9 +416,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             .take(LOOK_AT)
             .filter_map(|p| layout.piece(p))
             .find(|&p| !self.storage.is_checked(p));
-        if let Some(piece) = next {
+        if let Some(piece) = next
+            && let Some(permit) = self.storage.read_ahead_permit()
+        {
             let storage = Arc::clone(&self.storage);
-            let ahead = tokio::task::spawn_blocking(move || storage.read_ahead(piece));
+            let ahead = tokio::task::spawn_blocking(move || {
+                storage.read_ahead(piece);
+                drop(permit);
+            });
             self.read_ahead = Some((piece.get(), ahead));
         }
     }
