@@ -785,6 +785,70 @@ impl Drop for Netns {
     }
 }
 
+/// A testnet killed outright runs no destructor; its nodes must still stop
+/// (they get Ctrl-C from the kernel when it dies) rather than seed on as
+/// orphans.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_killed_testnet_leaves_no_node_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut testnet = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "testnet",
+            "--processes",
+            "--nodes",
+            "3",
+            "--size",
+            "1MiB",
+            "--keep-running",
+            "-q",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = testnet.id();
+    // The DHT node and the three nodes.
+    let nodes = eventually("the testnet's node processes", || {
+        let nodes = children(pid);
+        (nodes.len() >= 4).then_some(nodes)
+    });
+    testnet.kill().unwrap();
+    testnet.wait().unwrap();
+    eventually("every node to exit after the testnet was killed", || {
+        nodes.iter().all(|&p| !running(p)).then_some(())
+    });
+}
+
+/// A process's parent and state, from `/proc/PID/stat`.
+#[cfg(target_os = "linux")]
+fn parent_and_state(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.to_owned();
+    Some((rest.next()?.parse().ok()?, state))
+}
+
+/// The live processes whose parent is `pid`.
+#[cfg(target_os = "linux")]
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| parent_and_state(p).is_some_and(|(parent, _)| parent == pid))
+        .filter(|&p| running(p))
+        .collect()
+}
+
+/// Whether `pid` still runs: gone, or a zombie nobody reaped, has exited.
+#[cfg(target_os = "linux")]
+fn running(pid: u32) -> bool {
+    parent_and_state(pid).is_some_and(|(_, state)| state != "Z")
+}
+
 /// Runs `command` to its end, killing it after a minute.
 fn output_within_a_minute(mut command: Command, cwd: &Path) -> Output {
     let child = command

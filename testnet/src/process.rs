@@ -57,13 +57,16 @@ impl Proc {
         let err = out
             .try_clone()
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             // A testnet that fails half-way leaves no node behind.
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        stop_with_parent(&mut command);
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {} for {name}", exe.display()))?;
         let started = tokio::time::Instant::now();
@@ -173,6 +176,34 @@ impl Proc {
         }
     }
 }
+
+/// A testnet killed outright (SIGKILL, OOM) runs no destructor, so
+/// `kill_on_drop` cannot stop its nodes: on Linux each node gets Ctrl-C
+/// from the kernel when the thread that started it ends (`PR_SET_PDEATHSIG`;
+/// nodes are started from the runtime's worker threads, which live as long
+/// as the testnet). A node whose parent is already gone is not started.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code, reason = "prctl(2) in the child before exec")]
+fn stop_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe calls (prctl, getppid) and builds an error
+    // from errno; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stop_with_parent(_: &mut Command) {}
 
 /// Ctrl-C for a child we spawned.
 #[allow(unsafe_code, reason = "kill(2): no safe wrapper in std or tokio")]
