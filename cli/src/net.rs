@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+use tokio::signal::unix::{Signal, SignalKind};
 
 use anyhow::{Context, Result};
 use sluice_choke::{PropShareConfig, SeedMode, TitForTatConfig};
@@ -422,6 +423,10 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     runtime()?.block_on(async move {
+        // One listener for the whole run: a Ctrl-C between the download
+        // and seeding after it is not lost between two listeners.
+        let mut interrupts =
+            tokio::signal::unix::signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
         let mut peers = args.net.peer.clone();
         if let Source::Fetch { hints, .. } = &source {
             peers.extend(hints.iter().cloned());
@@ -433,7 +438,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
                 eprintln!("fetching the torrent's metadata ({info_hash}) from peers…");
                 let fetched = tokio::select! {
                     r = node.fetch_metadata(info_hash, args.max_metadata) => r?,
-                    _ = tokio::signal::ctrl_c() => {
+                    _ = interrupts.recv() => {
                         eprintln!("interrupted before the metadata arrived");
                         node.shutdown().await.map_err(anyhow::Error::msg)?;
                         return Ok(ExitCode::from(EXIT_INTERRUPTED));
@@ -464,7 +469,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
         }
-        let finished = follow(&torrent).await;
+        let finished = follow(&torrent, &mut interrupts).await;
         let code = match finished {
             Finished::Complete => {
                 println!("{} complete: {}", meta.info().name(), content.display());
@@ -474,9 +479,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
                         println!("peer:      {a}");
                     }
                     print_api(&node);
-                    tokio::signal::ctrl_c()
-                        .await
-                        .context("waiting for Ctrl-C")?;
+                    interrupts.recv().await;
                     eprintln!("stopping…");
                 }
                 ExitCode::SUCCESS
@@ -511,7 +514,7 @@ enum Finished {
 
 /// A progress bar until the torrent is complete (verified and flushed) or
 /// Ctrl-C.
-async fn follow(torrent: &TorrentHandle) -> Finished {
+async fn follow(torrent: &TorrentHandle, interrupts: &mut Signal) -> Finished {
     let stats = torrent.stats();
     let bar = indicatif::ProgressBar::new(stats.size);
     bar.set_style(
@@ -520,12 +523,10 @@ async fn follow(torrent: &TorrentHandle) -> Finished {
             .progress_chars("=> "),
     );
     let mut rx = torrent.watch();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let mut refresh = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => {
+            _ = interrupts.recv() => {
                 bar.abandon();
                 return Finished::Interrupted;
             }
