@@ -36,6 +36,21 @@ impl RateLimiter {
 
     /// Takes `bytes` tokens, going into debt if need be, and returns how
     /// long the caller must wait for the debt to clear.
+    /// Bytes that can be spent now without waiting.
+    pub fn available(&self) -> u64 {
+        let rate = self.rate() as f64;
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = *state;
+        let now = (tokens + at.elapsed().as_secs_f64() * rate).min(rate);
+        now.max(0.0) as u64
+    }
+
+    /// Spends `bytes` now (going into debt if need be) and says how long
+    /// to wait before spending more, so the average holds the rate.
+    pub fn spend(&self, bytes: u64) -> Duration {
+        self.take(bytes, Instant::now())
+    }
+
     fn take(&self, bytes: u64, now: Instant) -> Duration {
         let rate = self.rate() as f64;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

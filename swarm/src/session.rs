@@ -98,6 +98,9 @@ pub(crate) struct Session<R, W> {
     /// The next queued piece being read and checked on the blocking pool
     /// while this one is sent (at most one per session).
     pub(crate) read_ahead: Option<(u32, tokio::task::JoinHandle<()>)>,
+    /// Upload paused by a rate limit (the node's or this peer's cap) until
+    /// then; the session still reads and sends everything else meanwhile.
+    pub(crate) serve_at: Option<tokio::time::Instant>,
 }
 
 impl<R, W> std::fmt::Debug for Session<R, W> {
@@ -133,7 +136,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         let mut last_write = tokio::time::Instant::now();
         loop {
             // Local work first: serve what is queued, then read more.
-            if !choked && !queue.is_empty() {
+            if self
+                .serve_at
+                .is_some_and(|t| t <= tokio::time::Instant::now())
+            {
+                self.serve_at = None;
+            }
+            if !choked && !queue.is_empty() && self.serve_at.is_none() {
                 self.serve(&mut queue).await?;
             }
             self.stats
@@ -170,8 +179,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                     }
                 }
                 // Nothing to read or do: keep serving the queue rather than
-                // wait for the next message.
-                () = std::future::ready(()), if !choked && !queue.is_empty() => {}
+                // wait for the next message, or until the rate allows.
+                () = std::future::ready(()), if !choked && !queue.is_empty() && self.serve_at.is_none() => {}
+                () = tokio::time::sleep_until(self.serve_at.unwrap_or(last_write)), if self.serve_at.is_some() => {}
                 () = tokio::time::sleep_until(last_write + keepalive) => {
                     self.writer.push(&Message::KeepAlive);
                 }
@@ -325,7 +335,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     /// Reads up to one upload window of queued blocks (one blocking call)
     /// and writes them out.
     async fn serve(&mut self, queue: &mut VecDeque<BlockSpec>) -> Result<(), StreamError> {
-        let per_batch = (self.limits.upload_window / BLOCK_SIZE).max(1) as usize;
+        let mut per_batch = (self.limits.upload_window / BLOCK_SIZE).max(1) as usize;
+        // Under a rate limit, read no more than it lets us send now.
+        for limit in [self.cap.as_ref(), self.up_limit.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            per_batch = per_batch.min((limit.available() / u64::from(BLOCK_SIZE)).max(1) as usize);
+        }
         let batch: Vec<BlockSpec> = queue.drain(..queue.len().min(per_batch)).collect();
         if let Some((piece, ahead)) = self.read_ahead.take() {
             if batch.iter().any(|s| s.piece == piece) {
@@ -373,17 +390,25 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             .map_err(|e| StreamError::Protocol(format!("block reader failed: {e}")))?;
         }
         let mut sent = 0u64;
+        // Blocks the rate does not allow yet, back to the queue's front.
+        let mut held = Vec::new();
         for (spec, data) in read {
             match data {
+                Some(Ok(_)) if self.serve_at.is_some() => held.push(spec),
                 Some(Ok(data)) => {
-                    if let Some(cap) = &self.cap {
-                        cap.acquire(data.len() as u64).await;
-                    }
-                    if let Some(limit) = &self.up_limit {
-                        limit.acquire(data.len() as u64).await;
+                    // Spent now, paid for by waiting before the next one.
+                    let len = data.len() as u64;
+                    let wait = self
+                        .cap
+                        .as_ref()
+                        .map(|c| c.spend(len))
+                        .max(self.up_limit.as_ref().map(|l| l.spend(len)))
+                        .unwrap_or_default();
+                    if !wait.is_zero() {
+                        self.serve_at = Some(tokio::time::Instant::now() + wait);
                     }
                     self.note_served(spec.piece).await?;
-                    sent += data.len() as u64;
+                    sent += len;
                     self.writer.push(&piece(spec, data));
                 }
                 _ => self.writer.push(&Message::Reject(spec)),
@@ -392,6 +417,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             if self.writer.pending() >= self.limits.upload_window as usize {
                 self.flush(false, queue).await?;
             }
+        }
+        for spec in held.into_iter().rev() {
+            queue.push_front(spec);
         }
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
         self.start_read_ahead(queue);
@@ -480,6 +508,11 @@ mod tests {
 
     /// A session over an in-memory stream, serving a 4-block file.
     fn start(idle_timeout: Duration) -> Running {
+        start_with(idle_timeout, None)
+    }
+
+    /// `start`, with the node's upload rate limit.
+    fn start_with(idle_timeout: Duration, up_limit: Option<Arc<RateLimiter>>) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f.bin");
         std::fs::write(&file, vec![7u8; 4 * BLOCK_SIZE as usize]).unwrap();
@@ -506,12 +539,13 @@ mod tests {
                 idle_timeout,
             },
             stats: Arc::default(),
-            up_limit: None,
+            up_limit,
             down_limit: None,
             cap: None,
             served: sluice_storage::Bitfield::new(),
             last_read: tokio::time::Instant::now(),
             read_ahead: None,
+            serve_at: None,
         };
         Running {
             task: tokio::spawn(session.run()),
@@ -558,6 +592,71 @@ mod tests {
         task.await.unwrap();
         drop(peer_w);
         drain.abort();
+    }
+
+    /// A block waiting for the upload rate holds up nothing else: the
+    /// session goes on reading the peer and obeying the torrent, so a
+    /// choke meanwhile rejects the waiting request at once.
+    #[tokio::test]
+    async fn a_rate_limited_upload_does_not_hold_up_the_session() {
+        // One block at once, then one a second.
+        let limit = Arc::new(RateLimiter::new(u64::from(BLOCK_SIZE)));
+        let Running {
+            task,
+            mut peer_r,
+            mut peer_w,
+            commands_tx,
+            mut from_session,
+            _events,
+            _dir,
+        } = start_with(WAIT, Some(limit));
+        commands_tx.send(ToSession::Choke(false)).await.unwrap();
+        assert_eq!(next(&mut peer_r).await, Message::Unchoke);
+        let req = |piece, block: u32| BlockSpec {
+            piece,
+            offset: block * BLOCK_SIZE,
+            len: BLOCK_SIZE,
+        };
+        let block = |m: Message| match m {
+            Message::Piece { piece, offset, .. } => (piece, offset),
+            other => panic!("expected a block, got {other:?}"),
+        };
+        peer_w.push(&Message::Request(req(0, 0)));
+        peer_w.push(&Message::Request(req(0, 1)));
+        peer_w.flush().await.unwrap();
+        // The first second's worth at once (in debt by one block)...
+        assert_eq!(block(next(&mut peer_r).await), (0, 0));
+        assert_eq!(block(next(&mut peer_r).await), (0, BLOCK_SIZE));
+        // ...so the next one must wait about a second. Once the session
+        // has read its request (it forwards the message sent after it)...
+        peer_w.push(&Message::Request(req(1, 0)));
+        peer_w.push(&Message::Interested);
+        peer_w.flush().await.unwrap();
+        loop {
+            let got = tokio::time::timeout(WAIT, from_session.recv()).await;
+            match got.expect("forwarded in time").expect("session running") {
+                FromSession::Message(_, Message::Interested) => break,
+                FromSession::Served(..) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // ...a choke is obeyed at once, the waiting request rejected and
+        // its block never sent.
+        commands_tx.send(ToSession::Choke(true)).await.unwrap();
+        match next(&mut peer_r).await {
+            Message::Choke => {}
+            Message::Piece { piece, offset, .. } => {
+                panic!("block {piece}/{offset} sent first: the session waited for the rate")
+            }
+            other => panic!("expected Choke, got {other:?}"),
+        }
+        assert_eq!(next(&mut peer_r).await, Message::Reject(req(1, 0)));
+
+        commands_tx
+            .send(ToSession::Close("test over".into()))
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     }
 
     #[tokio::test]

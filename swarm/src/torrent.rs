@@ -712,6 +712,7 @@ impl Torrent {
             served: Bitfield::new(),
             last_read: tokio::time::Instant::now(),
             read_ahead: None,
+            serve_at: None,
         };
         self.tracker.spawn(session.run());
         let now = Instant::now();
