@@ -431,7 +431,13 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         if let Source::Fetch { hints, .. } = &source {
             peers.extend(hints.iter().cloned());
         }
-        let node = start(config, &peers).await?;
+        // Until the torrent is added (dials, a recheck of data already
+        // there) nothing is ours to save: Ctrl-C ends at once, as it did
+        // before this listener replaced the default.
+        let node = tokio::select! {
+            r = start(config, &peers) => r?,
+            _ = interrupts.recv() => interrupted_while("starting"),
+        };
         let meta = match source {
             Source::Torrent(meta) => meta,
             Source::Fetch { info_hash, .. } => {
@@ -465,7 +471,10 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         } else {
             args.output.join(info.name())
         };
-        let torrent = node.add_torrent(Arc::clone(&meta), content.clone()).await?;
+        let torrent = tokio::select! {
+            r = node.add_torrent(Arc::clone(&meta), content.clone()) => r?,
+            _ = interrupts.recv() => interrupted_while("opening the torrent"),
+        };
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
         }
@@ -505,6 +514,12 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
         println!("serving the DHT (pass a peer line to --bootstrap); Ctrl-C to stop");
         until_ctrl_c(node).await
     })
+}
+
+/// Ends the process on Ctrl-C before there is anything to save.
+fn interrupted_while(what: &str) -> ! {
+    eprintln!("interrupted while {what}");
+    std::process::exit(i32::from(EXIT_INTERRUPTED))
 }
 
 enum Finished {

@@ -814,11 +814,30 @@ fn a_killed_testnet_leaves_no_node_behind() {
         let nodes = children(pid);
         (nodes.len() >= 4).then_some(nodes)
     });
+    // Should this test fail, its nodes do not outlive it.
+    let _reaper = KillOnDrop(nodes.clone());
     testnet.kill().unwrap();
     testnet.wait().unwrap();
     eventually("every node to exit after the testnet was killed", || {
         nodes.iter().all(|&p| !running(p)).then_some(())
     });
+}
+
+/// SIGKILLs these processes when dropped.
+#[cfg(target_os = "linux")]
+struct KillOnDrop(Vec<u32>);
+
+#[cfg(target_os = "linux")]
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if running(*pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
 }
 
 /// A process's parent and state, from `/proc/PID/stat`.

@@ -951,12 +951,12 @@ impl Inner {
         }
     }
 
-    /// Hashes, writes and records one block; verifies its piece when it is
-    /// the last one.
     /// Starts writing a verified piece back to disk now, rather than
     /// leaving it all to the next flush: a download's final fsync then
     /// waits only for its last pieces, and dirty memory stays near the
-    /// write queue's size. A hint only; `flush` is what makes it durable.
+    /// write queue's size. A hint only (`flush` is what makes it durable);
+    /// it may wait while the device's queue is full, which slows this
+    /// writer as a slow disk should.
     fn start_writeback(&self, piece: PieceIndex) {
         let range = self.layout.piece_range(piece);
         if let Ok(file) = self.files.get(range.file)
@@ -966,6 +966,8 @@ impl Inner {
         }
     }
 
+    /// Hashes, writes and records one block; verifies its piece when it is
+    /// the last one.
     fn write(&self, w: PendingWrite) {
         let PendingWrite {
             block,
@@ -1123,7 +1125,8 @@ mod fresh {
                 .checked_add(filled as u64)
                 .and_then(|o| libc::off_t::try_from(o).ok())
                 .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-            let spare = buf.spare_capacity_mut();
+            // Never past `len`, however much capacity the allocator gave.
+            let spare = &mut buf.spare_capacity_mut()[..len - filled];
             // SAFETY: `spare` is `buf`'s unused capacity, valid and
             // writable for `spare.len()` bytes during the call; the fd is
             // open (borrowed from `file`).

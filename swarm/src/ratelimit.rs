@@ -34,8 +34,6 @@ impl RateLimiter {
         self.rate.store(bytes_per_sec.max(1), Ordering::Relaxed);
     }
 
-    /// Takes `bytes` tokens, going into debt if need be, and returns how
-    /// long the caller must wait for the debt to clear.
     /// Bytes that can be spent now without waiting.
     pub fn available(&self) -> u64 {
         let rate = self.rate() as f64;
@@ -51,6 +49,8 @@ impl RateLimiter {
         self.take(bytes, Instant::now())
     }
 
+    /// Takes `bytes` tokens, going into debt if need be, and returns how
+    /// long the caller must wait for the debt to clear.
     fn take(&self, bytes: u64, now: Instant) -> Duration {
         let rate = self.rate() as f64;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -239,11 +239,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         match cmd {
             ToSession::Close(reason) => return Some(reason),
             ToSession::Send(m) => self.writer.push(&m),
-            ToSession::Cap(rate) => match (rate, &self.cap) {
-                (None, _) => self.cap = None,
-                (Some(r), Some(cap)) => cap.set_rate(r),
-                (Some(r), None) => self.cap = Some(RateLimiter::new(r)),
-            },
+            ToSession::Cap(rate) => {
+                match (rate, &self.cap) {
+                    (None, _) => self.cap = None,
+                    (Some(r), Some(cap)) => cap.set_rate(r),
+                    (Some(r), None) => self.cap = Some(RateLimiter::new(r)),
+                }
+                // A wait set under the old cap may be far too long now;
+                // the limiters' own debt still holds the new rate.
+                self.serve_at = None;
+            }
             ToSession::Choke(c) => {
                 *choked = c;
                 if c {
@@ -389,26 +394,31 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             .await
             .map_err(|e| StreamError::Protocol(format!("block reader failed: {e}")))?;
         }
+        // The whole batch is spent at once (it was sized to what the rate
+        // allowed, so at most one batch goes into debt), and paid for by
+        // waiting before the next: every block read is sent.
+        let bytes: u64 = read
+            .iter()
+            .filter_map(|(_, d)| d.as_ref()?.as_ref().ok())
+            .map(|d| d.len() as u64)
+            .sum();
+        if bytes > 0 {
+            let wait = self
+                .cap
+                .as_ref()
+                .map(|c| c.spend(bytes))
+                .max(self.up_limit.as_ref().map(|l| l.spend(bytes)))
+                .unwrap_or_default();
+            if !wait.is_zero() {
+                self.serve_at = Some(tokio::time::Instant::now() + wait);
+            }
+        }
         let mut sent = 0u64;
-        // Blocks the rate does not allow yet, back to the queue's front.
-        let mut held = Vec::new();
         for (spec, data) in read {
             match data {
-                Some(Ok(_)) if self.serve_at.is_some() => held.push(spec),
                 Some(Ok(data)) => {
-                    // Spent now, paid for by waiting before the next one.
-                    let len = data.len() as u64;
-                    let wait = self
-                        .cap
-                        .as_ref()
-                        .map(|c| c.spend(len))
-                        .max(self.up_limit.as_ref().map(|l| l.spend(len)))
-                        .unwrap_or_default();
-                    if !wait.is_zero() {
-                        self.serve_at = Some(tokio::time::Instant::now() + wait);
-                    }
                     self.note_served(spec.piece).await?;
-                    sent += len;
+                    sent += data.len() as u64;
                     self.writer.push(&piece(spec, data));
                 }
                 _ => self.writer.push(&Message::Reject(spec)),
@@ -417,9 +427,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             if self.writer.pending() >= self.limits.upload_window as usize {
                 self.flush(false, queue).await?;
             }
-        }
-        for spec in held.into_iter().rev() {
-            queue.push_front(spec);
         }
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
         self.start_read_ahead(queue);
@@ -599,8 +606,9 @@ mod tests {
     /// choke meanwhile rejects the waiting request at once.
     #[tokio::test]
     async fn a_rate_limited_upload_does_not_hold_up_the_session() {
-        // One block at once, then one a second.
-        let limit = Arc::new(RateLimiter::new(u64::from(BLOCK_SIZE)));
+        // 1 KiB/s: a first block at once, the next some 15 s later (longer
+        // than the test waits for anything).
+        let limit = Arc::new(RateLimiter::new(1024));
         let Running {
             task,
             mut peer_r,
@@ -621,14 +629,10 @@ mod tests {
             Message::Piece { piece, offset, .. } => (piece, offset),
             other => panic!("expected a block, got {other:?}"),
         };
-        peer_w.push(&Message::Request(req(0, 0)));
-        peer_w.push(&Message::Request(req(0, 1)));
-        peer_w.flush().await.unwrap();
-        // The first second's worth at once (in debt by one block)...
+        peer_w.send(&Message::Request(req(0, 0))).await.unwrap();
         assert_eq!(block(next(&mut peer_r).await), (0, 0));
-        assert_eq!(block(next(&mut peer_r).await), (0, BLOCK_SIZE));
-        // ...so the next one must wait about a second. Once the session
-        // has read its request (it forwards the message sent after it)...
+        // The next block must wait. Once the session has read its request
+        // (it forwards the message sent after it)...
         peer_w.push(&Message::Request(req(1, 0)));
         peer_w.push(&Message::Interested);
         peer_w.flush().await.unwrap();

@@ -179,9 +179,12 @@ impl Proc {
 
 /// A testnet killed outright (SIGKILL, OOM) runs no destructor, so
 /// `kill_on_drop` cannot stop its nodes: on Linux each node gets Ctrl-C
-/// from the kernel when the thread that started it ends (`PR_SET_PDEATHSIG`;
-/// nodes are started from the runtime's worker threads, which live as long
-/// as the testnet). A node whose parent is already gone is not started.
+/// from the kernel when the thread that started it ends (`PR_SET_PDEATHSIG`).
+/// Nodes are started from async code (the thread running the testnet's
+/// `block_on`, or a runtime worker), threads that live as long as the
+/// testnet; starting one from `spawn_blocking` would break this, since an
+/// idle blocking thread exits and would stop its nodes with it. A node
+/// whose parent is already gone is not started.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code, reason = "prctl(2) in the child before exec")]
 fn stop_with_parent(command: &mut Command) {
