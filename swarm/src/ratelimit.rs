@@ -6,7 +6,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bytes per second with a one-second burst.
+/// How much a bucket holds, as time at its rate: it starts full, so a
+/// node may send this much at once before the rate applies.
+pub const BURST: Duration = Duration::from_secs(1);
+
+/// Bytes per second with a one-second burst ([`BURST`]).
 #[derive(Debug)]
 pub struct RateLimiter {
     /// Bytes per second (changeable while running: the testnet's rate
@@ -21,7 +25,7 @@ impl RateLimiter {
         let rate = bytes_per_sec.max(1);
         Self {
             rate: AtomicU64::new(rate),
-            state: Mutex::new((rate as f64, Instant::now())),
+            state: Mutex::new((rate as f64 * BURST.as_secs_f64(), Instant::now())),
         }
     }
 
@@ -39,7 +43,7 @@ impl RateLimiter {
         let rate = self.rate() as f64;
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = *state;
-        let now = (tokens + at.elapsed().as_secs_f64() * rate).min(rate);
+        let now = (tokens + at.elapsed().as_secs_f64() * rate).min(rate * BURST.as_secs_f64());
         now.max(0.0) as u64
     }
 
@@ -55,7 +59,8 @@ impl RateLimiter {
         let rate = self.rate() as f64;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, at) = &mut *state;
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(rate);
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate)
+            .min(rate * BURST.as_secs_f64());
         *at = now;
         *tokens -= bytes as f64;
         if *tokens >= 0.0 {

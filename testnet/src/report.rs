@@ -199,6 +199,7 @@ impl Report {
                     (a, b) => a.or(b).map(|r| r as f64),
                 })
                 .collect(),
+            burst_secs: sluice_swarm::ratelimit::BURST.as_secs_f64(),
         };
         let bound_seconds = kumar_ross(&input);
         let measured_seconds = stayed
@@ -440,7 +441,8 @@ impl Report {
             (Some(m), Some(b)) => {
                 let _ = writeln!(
                     s,
-                    "Distribution time **{m:.1} s** against the lower bound T_min = max(F/u_s, F/d_min, N·F/(u_s+Σu_i)) = **{b:.1} s**: **{:.2}×**.\n",
+                    "Distribution time **{m:.1} s** against the lower bound T_min = max(F/u_s, F/d_min, N·F/(u_s+Σu_i)) − {:.0} s of token-bucket burst = **{b:.1} s**: **{:.2}×**.\n",
+                    sluice_swarm::ratelimit::BURST.as_secs_f64(),
                     m / b
                 );
             }
