@@ -436,6 +436,12 @@ struct Inner {
     leaf_cache: Mutex<PieceCache<Arc<[Hash]>>>,
     /// Read-aheads that may run at once.
     read_aheads: Arc<tokio::sync::Semaphore>,
+    /// Pieces being checked whole on read right now; other readers of one
+    /// wait for that check (`checked` wakes them) instead of repeating it.
+    checking: Mutex<HashSet<PieceIndex>>,
+    checked: Condvar,
+    /// Whole-piece checks on read so far.
+    whole_checks: AtomicU64,
 }
 
 /// An opened torrent on disk. Dropping it (or [`Storage::close`]) lets the
@@ -505,6 +511,9 @@ impl Storage {
             read_cache: Mutex::new(PieceCache::new(config.read_cache)),
             leaf_cache: Mutex::new(PieceCache::new(config.leaf_cache)),
             read_aheads: Arc::new(tokio::sync::Semaphore::new(config.read_aheads)),
+            checking: Mutex::new(HashSet::new()),
+            checked: Condvar::new(),
+            whole_checks: AtomicU64::new(0),
             layout,
             meta,
             config,
@@ -626,6 +635,20 @@ impl Storage {
         if let Some(b) = self.cached(block) {
             return Ok(b);
         }
+        // A piece not checked yet is checked by one reader at a time; the
+        // others wait and then serve from what that check left.
+        let _turn = if lock(&self.inner.leaf_cache).contains(piece) {
+            None
+        } else {
+            let turn = CheckTurn::take(&self.inner, piece);
+            if !self.has_piece(piece) {
+                return Err(StorageError::NotHeld { piece });
+            }
+            if let Some(b) = self.cached(block) {
+                return Ok(b);
+            }
+            Some(turn)
+        };
         let stamp = self.inner.pieces().stamps[piece.as_usize()];
         match self.read_checked(block, stamp) {
             // A file shorter than the torrent says has changed too.
@@ -649,6 +672,7 @@ impl Storage {
         }
         // First read of the piece: check it whole, keep its leaf hashes
         // (and, when it fits, its bytes).
+        self.inner.whole_checks.fetch_add(1, Ordering::Relaxed);
         if self.fits_read_cache(piece) {
             let data = self.inner.read_piece(piece)?;
             let leaves: Vec<Hash> = data.chunks(BLOCK_SIZE as usize).map(leaf_hash).collect();
@@ -731,6 +755,12 @@ impl Storage {
     /// configured number run now; hold it until the read-ahead returns.
     pub fn read_ahead_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         Arc::clone(&self.inner.read_aheads).try_acquire_owned().ok()
+    }
+
+    /// Whole-piece checks on read (verify on read) since the torrent was
+    /// opened: one per piece served, unless the caches dropped it.
+    pub fn whole_checks(&self) -> u64 {
+        self.inner.whole_checks.load(Ordering::Relaxed)
     }
 
     /// Whether a verified piece can be served without checking it whole
@@ -1035,6 +1065,35 @@ impl Inner {
             self.pieces().failed.insert(piece);
             self.send(StorageEvent::HashFailed { piece, leaves });
         }
+    }
+}
+
+/// One reader's turn to check a piece whole; the next waits until it is
+/// dropped.
+struct CheckTurn<'a> {
+    inner: &'a Inner,
+    piece: PieceIndex,
+}
+
+impl<'a> CheckTurn<'a> {
+    /// Waits while another reader checks `piece`, then takes the turn.
+    fn take(inner: &'a Inner, piece: PieceIndex) -> Self {
+        let mut checking = lock(&inner.checking);
+        while checking.contains(&piece) {
+            checking = inner
+                .checked
+                .wait(checking)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        checking.insert(piece);
+        Self { inner, piece }
+    }
+}
+
+impl Drop for CheckTurn<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.checking).remove(&self.piece);
+        self.inner.checked.notify_all();
     }
 }
 

@@ -524,6 +524,39 @@ async fn read_ahead_checks_a_piece_before_it_is_served() {
     }
 }
 
+/// Readers of a piece nobody has checked yet, all at once (sessions of
+/// several peers asking for the same rare piece): one checks it, the
+/// others wait for that check and serve from it; the piece is hashed once.
+#[tokio::test]
+async fn a_piece_read_by_many_at_once_is_checked_once() {
+    for read_cache in [8 * B, 0] {
+        let src = Source::new();
+        let root = src.paths[0].parent().unwrap().to_owned();
+        let config = StorageConfig::default().with_read_cache(read_cache);
+        let (s, _rx) = open(&src.meta, &root, config).await;
+        let s = std::sync::Arc::new(s);
+        let p0 = s.layout().piece(0).unwrap();
+        let readers = 8;
+        let start = std::sync::Arc::new(std::sync::Barrier::new(readers));
+        let threads: Vec<_> = (0..readers)
+            .map(|i| {
+                let (s, start) = (s.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let blocks = s.layout().blocks_in_piece(p0);
+                    let b = s.layout().block(p0, i as u32 % blocks).unwrap();
+                    start.wait();
+                    (b, s.read_block(b).unwrap())
+                })
+            })
+            .collect();
+        for t in threads {
+            let (b, data) = t.join().unwrap();
+            assert_eq!(data, src.block(&s, b), "read cache {read_cache}");
+        }
+        assert_eq!(s.whole_checks(), 1, "read cache {read_cache}");
+    }
+}
+
 /// With verify-on-read, only bytes that were checked are returned, even
 /// when the file changes after a piece was read into the cache.
 #[tokio::test]
