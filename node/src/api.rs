@@ -142,6 +142,8 @@ pub struct TorrentInfo {
     pub peers: usize,
     pub hash_failures: u64,
     pub requests_rejected: u64,
+    /// Pieces read whole and checked before upload (verify on read).
+    pub read_checks: u64,
     pub banned_peers: usize,
     pub disk: DiskInfo,
     pub disk_error: Option<String>,
@@ -170,6 +172,7 @@ impl From<&TorrentStats> for TorrentInfo {
             peers: s.peers.len(),
             hash_failures: s.hash_failures,
             requests_rejected: s.requests_rejected,
+            read_checks: s.read_checks,
             banned_peers: s.banned_peers,
             disk: DiskInfo::from(&s.disk),
             disk_error: s.disk_error.clone(),
@@ -422,7 +425,7 @@ impl Collector for SluiceCollector {
 
         let all = snapshots(&self.torrents);
         type Field = fn(&TorrentStats) -> u64;
-        let counters: [(&str, &str, Field); 4] = [
+        let counters: [(&str, &str, Field); 5] = [
             (
                 "sluice_downloaded_bytes",
                 "Verified block bytes received",
@@ -438,6 +441,11 @@ impl Collector for SluiceCollector {
                 "sluice_requests_rejected",
                 "Requests from peers answered with a reject",
                 |s| s.requests_rejected,
+            ),
+            (
+                "sluice_read_checks",
+                "Pieces read whole and checked against their hash before upload (verify on read)",
+                |s| s.read_checks,
             ),
         ];
         for (name, help, field) in counters {

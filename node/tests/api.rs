@@ -211,6 +211,7 @@ async fn the_api_shows_a_transfer_in_progress() -> Result<()> {
         "sluice_peers{",
         "sluice_hash_failures_total{",
         "sluice_requests_rejected_total{",
+        "sluice_read_checks_total{",
         "libp2p_",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");

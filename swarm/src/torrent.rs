@@ -245,6 +245,8 @@ pub struct TorrentStats {
     pub uploaded: u64,
     pub hash_failures: u64,
     pub requests_rejected: u64,
+    /// Pieces read whole and checked before upload (verify on read).
+    pub read_checks: u64,
     pub banned_peers: usize,
     pub disk: QueueStats,
     pub disk_error: Option<String>,
@@ -492,6 +494,7 @@ pub fn spawn_torrent(
         uploaded: 0,
         hash_failures: 0,
         requests_rejected: 0,
+        read_checks: 0,
         banned_peers: 0,
         disk: storage.queue_stats(),
         disk_error: None,
@@ -1498,6 +1501,7 @@ impl Torrent {
             s.uploaded = self.uploaded;
             s.hash_failures = self.hash_failures;
             s.requests_rejected = self.rejected;
+            s.read_checks = self.storage.whole_checks();
             s.banned_peers = self.banned.len();
             s.disk = self.storage.queue_stats();
             s.disk_error.clone_from(&self.disk_error);
