@@ -96,8 +96,9 @@ pub(crate) struct Session<R, W> {
     /// is cut off.
     pub(crate) last_read: tokio::time::Instant,
     /// The next queued piece being read and checked on the blocking pool
-    /// while this one is sent (at most one per session).
-    pub(crate) read_ahead: Option<(u32, tokio::task::JoinHandle<()>)>,
+    /// while this one is sent (at most one per session; a batch reaching
+    /// that piece meanwhile waits for its check in the storage).
+    pub(crate) read_ahead: Option<tokio::task::JoinHandle<()>>,
     /// Upload paused by a rate limit (the node's or this peer's cap) until
     /// then; the session still reads and sends everything else meanwhile.
     pub(crate) serve_at: Option<tokio::time::Instant>,
@@ -349,14 +350,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             per_batch = per_batch.min((limit.available() / u64::from(BLOCK_SIZE)).max(1) as usize);
         }
         let batch: Vec<BlockSpec> = queue.drain(..queue.len().min(per_batch)).collect();
-        if let Some((piece, ahead)) = self.read_ahead.take() {
-            if batch.iter().any(|s| s.piece == piece) {
-                // Its check is under way: wait for it rather than do it twice.
-                let _ = ahead.await;
-            } else if !ahead.is_finished() {
-                self.read_ahead = Some((piece, ahead));
-            }
-        }
         // Blocks in the page cache are read here and now; the rest (a cold
         // disk) in one call on the blocking pool, so no read stalls this
         // thread. Measured: reading cached blocks in place rather than
@@ -439,7 +432,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     fn start_read_ahead(&mut self, queue: &VecDeque<BlockSpec>) {
         /// Distinct pieces looked at: the queue holds a few at a time.
         const LOOK_AT: usize = 4;
-        if self.read_ahead.is_some() {
+        if self.read_ahead.as_ref().is_some_and(|a| !a.is_finished()) {
             return;
         }
         let layout = self.storage.layout();
@@ -455,11 +448,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             && let Some(permit) = self.storage.read_ahead_permit()
         {
             let storage = Arc::clone(&self.storage);
-            let ahead = tokio::task::spawn_blocking(move || {
+            self.read_ahead = Some(tokio::task::spawn_blocking(move || {
                 storage.read_ahead(piece);
                 drop(permit);
-            });
-            self.read_ahead = Some((piece.get(), ahead));
+            }));
         }
     }
 }
@@ -494,6 +486,24 @@ mod tests {
     fn split(s: DuplexStream) -> Io {
         let (r, w) = tokio::io::split(s);
         (FrameReader::new(r), FrameWriter::new(w))
+    }
+
+    /// Block `block` of piece `piece`.
+    fn req(piece: u32, block: u32) -> BlockSpec {
+        BlockSpec {
+            piece,
+            offset: block * BLOCK_SIZE,
+            len: BLOCK_SIZE,
+        }
+    }
+
+    /// Tells the session to close and waits for it to end.
+    async fn close(commands_tx: mpsc::Sender<ToSession>, task: tokio::task::JoinHandle<()>) {
+        commands_tx
+            .send(ToSession::Close("test over".into()))
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     }
 
     async fn next(peer: &mut FrameReader<ReadHalf<DuplexStream>>) -> Message {
@@ -620,11 +630,6 @@ mod tests {
         } = start_with(WAIT, Some(limit));
         commands_tx.send(ToSession::Choke(false)).await.unwrap();
         assert_eq!(next(&mut peer_r).await, Message::Unchoke);
-        let req = |piece, block: u32| BlockSpec {
-            piece,
-            offset: block * BLOCK_SIZE,
-            len: BLOCK_SIZE,
-        };
         let block = |m: Message| match m {
             Message::Piece { piece, offset, .. } => (piece, offset),
             other => panic!("expected a block, got {other:?}"),
@@ -656,11 +661,7 @@ mod tests {
         }
         assert_eq!(next(&mut peer_r).await, Message::Reject(req(1, 0)));
 
-        commands_tx
-            .send(ToSession::Close("test over".into()))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        close(commands_tx, task).await;
     }
 
     #[tokio::test]
@@ -674,11 +675,6 @@ mod tests {
             _events,
             _dir,
         } = start(WAIT);
-        let req = |piece, block: u32| BlockSpec {
-            piece,
-            offset: block * BLOCK_SIZE,
-            len: BLOCK_SIZE,
-        };
 
         // Choked (the starting state): rejected at once.
         peer_w.send(&Message::Request(req(0, 0))).await.unwrap();
@@ -725,10 +721,6 @@ mod tests {
         peer_w.send(&Message::Request(req(0, 1))).await.unwrap();
         assert_eq!(next(&mut peer_r).await, Message::Reject(req(0, 1)));
 
-        commands_tx
-            .send(ToSession::Close("test over".into()))
-            .await
-            .unwrap();
-        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        close(commands_tx, task).await;
     }
 }
