@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sluice_node::api::{ApiClient, PeerInfo, TorrentInfo};
 
-use crate::units::{format_rate, format_size};
+use sluice_storage::units::{format_rate, format_size};
 
 /// How a command finds the node it reads.
 #[derive(Debug, clap::Args)]

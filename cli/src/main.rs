@@ -9,7 +9,6 @@ mod inspect;
 mod net;
 mod testnet;
 mod top;
-mod units;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use sluice_storage::{CreateOptions, Metainfo, default_threads};
 
-use crate::units::{format_size, parse_size};
+use sluice_storage::units::{format_size, parse_size};
 
 /// A peer-to-peer file-swarm node.
 #[derive(Debug, Parser)]

@@ -17,7 +17,7 @@ use sluice_storage::{CreateOptions, InfoHash, Metainfo};
 use sluice_swarm::magnet::Magnet;
 use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle, TorrentStats};
 
-use crate::units::{format_size, parse_rate, parse_size};
+use sluice_storage::units::{format_size, parse_rate, parse_size};
 
 /// Exit code after Ctrl-C stopped an incomplete download.
 const EXIT_INTERRUPTED: u8 = 130;

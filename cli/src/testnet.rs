@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sluice_testnet::{ChokerKind, Config, Discovery, NodeView, Role, Testnet, Transport};
 
-use crate::units::{format_rate, parse_rate, parse_size};
+use sluice_storage::units::{format_rate, parse_rate, parse_size};
 
 /// Above this many nodes the live view is a compact grid.
 const GRID_ABOVE: usize = 20;
@@ -226,7 +226,7 @@ pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
         config.seeders,
         config.free_riders,
         config.slow_disks,
-        crate::units::format_size(config.size),
+        sluice_storage::units::format_size(config.size),
         dir.display()
     );
     let exe = std::env::current_exe().context("finding the sluice executable")?;

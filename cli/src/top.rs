@@ -19,7 +19,7 @@ use ratatui::{DefaultTerminal, Frame};
 use sluice_node::api::{ApiClient, NodeInfo, PeerInfo, TorrentInfo};
 
 use crate::inspect::{ApiArgs, flags, short_id};
-use crate::units::{format_rate, format_size};
+use sluice_storage::units::{format_rate, format_size};
 
 /// Samples kept for the sparklines (one per refresh).
 const HISTORY: usize = 240;

@@ -710,8 +710,8 @@ async fn swarm_task(task: SwarmTask) {
     // When each torrent last asked the DHT for providers.
     let mut looked: HashMap<InfoHash, tokio::time::Instant> = HashMap::new();
     // When a discovery round last opened a piece stream to a peer for a
-    // torrent: a session just started may not show in the stats yet, and
-    // a second stream would replace it.
+    // torrent: the stream may still be opening (no session yet), and a
+    // second one would replace it.
     let mut reopened: HashMap<(PeerId, InfoHash), tokio::time::Instant> = HashMap::new();
     // When each connected peer's first connection opened: its streams are
     // being opened then (by the dialer), so rounds leave it alone a while.
@@ -733,13 +733,14 @@ async fn swarm_task(task: SwarmTask) {
                 looked.retain(|ih, _| lock(&torrents).contains_key(ih));
                 for t in all {
                     let ih = t.info_hash();
-                    let stats = t.stats();
+                    // Kept by the torrent as sessions open and close.
+                    let with_session = t.sessions();
                     let due = provided.get(&ih).is_none_or(|at| now - *at >= REPROVIDE);
                     if due {
                         provided.insert(ih, now);
                     }
                     // Every round while short of peers; then now and then.
-                    let wanted = stats.peers.len() < ENOUGH_PEERS
+                    let wanted = with_session.len() < ENOUGH_PEERS
                         || looked.get(&ih).is_none_or(|at| now - *at >= REDISCOVER);
                     if wanted || due {
                         looked.insert(ih, now);
@@ -748,10 +749,9 @@ async fn swarm_task(task: SwarmTask) {
                     // A piece stream can end while its connection lives on
                     // (an idle timeout, a refused duplicate): open a new one
                     // to every connected peer without a session.
-                    let with_session: HashSet<String> = stats.peers.into_iter().map(|p| p.peer_id).collect();
                     for peer in &connected {
                         let fresh = connected_at.get(peer).is_some_and(|at| now - *at < REOPEN_AFTER);
-                        if fresh || with_session.contains(&peer.to_string()) || reopened.contains_key(&(*peer, ih)) {
+                        if fresh || with_session.contains(peer) || reopened.contains_key(&(*peer, ih)) {
                             continue;
                         }
                         reopened.insert((*peer, ih), now);

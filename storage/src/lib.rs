@@ -14,6 +14,8 @@
 //!   upload, flush and resume.
 //! - [`mod@create`]: `.torrent` creation, hashing on every core; [`resume`]: the
 //!   resume file.
+//! - [`units`]: sizes and rates with units (`64MiB`, `5MB/s`), as the CLI
+//!   and scenario files take them.
 //!
 //! Blocking work (file I/O, hashing) runs on plain threads or must be called
 //! from a blocking context; the only async API is [`WriteQueue::reserve`].
@@ -29,6 +31,7 @@ pub mod metainfo;
 pub mod queue;
 pub mod resume;
 pub mod storage;
+pub mod units;
 
 pub use create::{CreateOptions, auto_piece_length, create};
 pub use error::StorageError;

@@ -22,7 +22,9 @@ pub mod picker;
 pub mod ratelimit;
 mod session;
 pub mod torrent;
+pub mod torrent_core;
 pub mod transport;
+pub mod upload;
 pub mod window;
 pub mod wire;
 

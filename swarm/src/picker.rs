@@ -24,7 +24,7 @@
 //! received (from one peer) → verified with its piece. A failed request,
 //! a departed peer or a hash failure send blocks back to missing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use rand::{Rng, RngCore};
 use sluice_choke::PeerKey;
@@ -57,6 +57,10 @@ impl PickerConfig {
     pub fn with_endgame_max_requesters(mut self, n: usize) -> Self {
         self.endgame_max_requesters = n.max(1);
         self
+    }
+
+    pub fn endgame_max_requesters(&self) -> usize {
+        self.endgame_max_requesters
     }
 }
 
@@ -117,6 +121,15 @@ pub enum Received {
     Unrequested,
 }
 
+/// What [`Picker::hash_failed`] made of a failed piece.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedPiece {
+    /// Who sent each received block: (block index, sender).
+    pub senders: Vec<(u32, PeerKey)>,
+    /// Requests of its blocks that were still out: they end here.
+    pub dropped: Vec<(PeerKey, BlockRef)>,
+}
+
 /// The piece picker for one torrent.
 #[derive(Debug, Clone)]
 pub struct Picker {
@@ -129,7 +142,6 @@ pub struct Picker {
     progress: BTreeMap<PieceIndex, Progress>,
     /// Pieces we could start (not held, not in progress) by availability.
     candidates: Candidates,
-    by_peer: HashMap<PeerKey, HashSet<BlockRef>>,
     /// What each peer has announced (one bit per piece), and how many of
     /// those pieces we lack (so interest is O(1) to answer).
     peers: HashMap<PeerKey, PeerPieces>,
@@ -155,7 +167,6 @@ impl Picker {
             availability: vec![0; n],
             candidates,
             progress: BTreeMap::new(),
-            by_peer: HashMap::new(),
             peers: HashMap::new(),
             layout,
             config,
@@ -174,6 +185,11 @@ impl Picker {
         self.missing_blocks == 0 && self.have_count < self.layout.num_pieces()
     }
 
+    /// The pieces verified, as this picker knows them.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
     pub fn is_complete(&self) -> bool {
         self.have_count == self.layout.num_pieces()
     }
@@ -183,9 +199,50 @@ impl Picker {
         self.availability[piece.as_usize()]
     }
 
-    /// Blocks currently requested from `peer`.
+    /// Blocks currently requested from `peer` (a scan of the pieces in
+    /// progress: for tests and invariants; the torrent core keeps each
+    /// peer's requests with their credits).
     pub fn outstanding(&self, peer: PeerKey) -> usize {
-        self.by_peer.get(&peer).map_or(0, HashSet::len)
+        self.requested_from(peer).len()
+    }
+
+    /// The blocks requested from `peer`, in block order.
+    pub fn requested_from(&self, peer: PeerKey) -> Vec<BlockRef> {
+        let mut blocks = Vec::new();
+        for (&piece, prog) in &self.progress {
+            for (i, state) in prog.blocks.iter().enumerate() {
+                if matches!(state, BlockState::Requested(ps) if ps.contains(&peer)) {
+                    blocks.push(
+                        self.layout
+                            .block(piece, i as u32)
+                            .expect("index from the piece"),
+                    );
+                }
+            }
+        }
+        blocks
+    }
+
+    /// Every peer the picker knows of: it announced pieces or has blocks
+    /// requested (a scan, for invariants).
+    pub fn known_peers(&self) -> std::collections::BTreeSet<PeerKey> {
+        let mut out: std::collections::BTreeSet<PeerKey> = self.peers.keys().copied().collect();
+        for prog in self.progress.values() {
+            for state in &prog.blocks {
+                if let BlockState::Requested(ps) = state {
+                    out.extend(ps.iter().copied());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `block` is requested from `peer` now.
+    pub fn is_requested_from(&self, peer: PeerKey, block: BlockRef) -> bool {
+        matches!(
+            self.progress.get(&block.piece()).map(|p| &p.blocks[block.index() as usize]),
+            Some(BlockState::Requested(ps)) if ps.contains(&peer)
+        )
     }
 
     /// A peer's bitfield arrived (`have_all`/`have_none` are full and
@@ -278,7 +335,7 @@ impl Picker {
         if let Some(old) = self.peers.remove(&peer) {
             self.count(&old.bits, false);
         }
-        let blocks: Vec<BlockRef> = self.by_peer.remove(&peer).into_iter().flatten().collect();
+        let blocks = self.requested_from(peer);
         for &b in &blocks {
             self.drop_requester(peer, b);
         }
@@ -321,11 +378,7 @@ impl Picker {
     /// A request ended without data (rejected, cancelled, timed out): the
     /// block is missing again unless another peer still has it requested.
     pub fn request_failed(&mut self, peer: PeerKey, block: BlockRef) {
-        if self
-            .by_peer
-            .get_mut(&peer)
-            .is_some_and(|s| s.remove(&block))
-        {
+        if self.is_requested_from(peer, block) {
             self.drop_requester(peer, block);
         }
     }
@@ -353,21 +406,12 @@ impl Picker {
             BlockState::Requested(peers) => std::mem::take(peers),
         };
         *state = BlockState::Received(peer);
-        for p in &cancel {
-            if let Some(s) = self.by_peer.get_mut(p) {
-                s.remove(&block);
-            }
-        }
         Received::Accepted { cancel }
     }
 
     /// A block arrived from `peer`.
     pub fn block_received(&mut self, peer: PeerKey, block: BlockRef) -> Received {
-        if !self
-            .by_peer
-            .get_mut(&peer)
-            .is_some_and(|s| s.remove(&block))
-        {
+        if !self.is_requested_from(peer, block) {
             return Received::Unrequested;
         }
         let progress = self
@@ -380,35 +424,28 @@ impl Picker {
         );
         let cancel: Vec<PeerKey> = match state {
             BlockState::Requested(peers) => peers.into_iter().filter(|&p| p != peer).collect(),
-            other => unreachable!("a block in by_peer is requested, found {other:?}"),
+            other => unreachable!("a block requested from the peer, found {other:?}"),
         };
-        for p in &cancel {
-            if let Some(s) = self.by_peer.get_mut(p) {
-                s.remove(&block);
-            }
-        }
         Received::Accepted { cancel }
     }
 
-    /// The piece verified: it is ours.
-    pub fn piece_verified(&mut self, piece: PieceIndex) {
+    /// The piece verified: it is ours. Returns the requests of its blocks
+    /// still out (normally none: every block was received), which end
+    /// here: their credits can go.
+    pub fn piece_verified(&mut self, piece: PieceIndex) -> Vec<(PeerKey, BlockRef)> {
+        let mut dropped = Vec::new();
         if self.have[piece.as_usize()] {
-            return;
+            return dropped;
         }
         let missing = match self.progress.remove(&piece) {
             Some(p) => {
-                // Normally none: every block was received. Be exact anyway.
                 for (i, b) in p.blocks.iter().enumerate() {
                     if let BlockState::Requested(peers) = b {
                         let block = self
                             .layout
                             .block(piece, i as u32)
                             .expect("index from the piece");
-                        for peer in peers {
-                            if let Some(s) = self.by_peer.get_mut(peer) {
-                                s.remove(&block);
-                            }
-                        }
+                        dropped.extend(peers.iter().map(|&peer| (peer, block)));
                     }
                 }
                 u64::from(p.missing)
@@ -422,6 +459,7 @@ impl Picker {
         }
         self.candidates.remove(piece.get());
         self.have_count += 1;
+        dropped
     }
 
     /// A verified piece is gone (its data changed on disk): it is missing
@@ -442,12 +480,14 @@ impl Picker {
 
     /// The piece failed its hash check: every block is missing again.
     /// Returns who sent each received block (block index, sender), for
-    /// penalties.
-    pub fn hash_failed(&mut self, piece: PieceIndex) -> Vec<(u32, PeerKey)> {
+    /// penalties, and the requests of its blocks still out (normally
+    /// none), which end here.
+    pub fn hash_failed(&mut self, piece: PieceIndex) -> FailedPiece {
+        let mut failed = FailedPiece::default();
         let Some(progress) = self.progress.get_mut(&piece) else {
-            return Vec::new();
+            return failed;
         };
-        let mut senders = Vec::new();
+        let senders = &mut failed.senders;
         progress.owner = None;
         for (i, state) in progress.blocks.iter_mut().enumerate() {
             match std::mem::replace(state, BlockState::Missing) {
@@ -461,11 +501,7 @@ impl Picker {
                         .layout
                         .block(piece, i as u32)
                         .expect("index from the piece");
-                    for p in peers {
-                        if let Some(s) = self.by_peer.get_mut(&p) {
-                            s.remove(&block);
-                        }
-                    }
+                    failed.dropped.extend(peers.into_iter().map(|p| (p, block)));
                     progress.missing += 1;
                     self.missing_blocks += 1;
                 }
@@ -476,7 +512,7 @@ impl Picker {
         distinct.sort();
         distinct.dedup();
         progress.retry |= distinct.len() > 1;
-        senders
+        failed
     }
 
     /// The next block to request from `peer`, which has the pieces in
@@ -555,7 +591,6 @@ impl Picker {
         {
             peers.push(peer);
         }
-        self.by_peer.entry(peer).or_default().insert(block);
         Some(block)
     }
 
@@ -586,12 +621,9 @@ impl Picker {
             progress.owner = Some(peer);
         }
         self.missing_blocks -= 1;
-        let block = self
-            .layout
+        self.layout
             .block(piece, i as u32)
-            .expect("index from the piece");
-        self.by_peer.entry(peer).or_default().insert(block);
-        block
+            .expect("index from the piece")
     }
 
     /// Checks internal consistency (tests and debug builds).
@@ -626,10 +658,11 @@ impl Picker {
                             if peers.is_empty() {
                                 return Err(format!("{block:?} requested from nobody"));
                             }
-                            for peer in peers {
-                                if !self.by_peer.get(peer).is_some_and(|s| s.contains(&block)) {
-                                    return Err(format!("{block:?} not listed for {peer:?}"));
-                                }
+                            let mut distinct = peers.clone();
+                            distinct.sort();
+                            distinct.dedup();
+                            if distinct.len() != peers.len() {
+                                return Err(format!("{block:?} requested twice from one peer"));
                             }
                         }
                     }
@@ -675,19 +708,6 @@ impl Picker {
                 "{missing} missing blocks, counted {}",
                 self.missing_blocks
             ));
-        }
-        for (peer, blocks) in &self.by_peer {
-            for b in blocks {
-                let ok = matches!(
-                    self.progress.get(&b.piece()).map(|p| &p.blocks[b.index() as usize]),
-                    Some(BlockState::Requested(peers)) if peers.contains(peer)
-                );
-                if !ok {
-                    return Err(format!(
-                        "{peer:?} lists {b:?}, which is not requested from it"
-                    ));
-                }
-            }
         }
         Ok(())
     }

@@ -10,13 +10,73 @@ use std::time::{Duration, Instant};
 /// node may send this much at once before the rate applies.
 pub const BURST: Duration = Duration::from_secs(1);
 
-/// Bytes per second with a one-second burst ([`BURST`]).
+/// A token bucket at explicit `now`: the arithmetic behind
+/// [`RateLimiter`], and what the simulator limits its modelled links
+/// with. Holds at most `burst` worth of its rate; starts full.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: u64,
+    burst: Duration,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// `bytes_per_sec` (at least 1), holding `burst` of it.
+    pub fn new(bytes_per_sec: u64, burst: Duration, now: Instant) -> Self {
+        let rate = bytes_per_sec.max(1);
+        Self {
+            rate,
+            burst,
+            tokens: rate as f64 * burst.as_secs_f64(),
+            at: now,
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Changes the rate from now on (debt and tokens carry over).
+    pub fn set_rate(&mut self, bytes_per_sec: u64) {
+        self.rate = bytes_per_sec.max(1);
+    }
+
+    fn cap(&self) -> f64 {
+        self.rate as f64 * self.burst.as_secs_f64()
+    }
+
+    /// Bytes that can be spent at `now` without waiting.
+    pub fn available(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.rate as f64).min(self.cap());
+        tokens.max(0.0) as u64
+    }
+
+    /// Takes `bytes` at `now`, going into debt if need be; returns how
+    /// long to wait before spending more, so the average holds the rate.
+    pub fn take(&mut self, bytes: u64, now: Instant) -> Duration {
+        let rate = self.rate as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(self.cap());
+        self.at = self.at.max(now);
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
+/// Bytes per second with a burst of [`BURST`], shared by every session
+/// of a node (a [`TokenBucket`] behind a lock, read at the wall clock).
 #[derive(Debug)]
 pub struct RateLimiter {
     /// Bytes per second (changeable while running: the testnet's rate
     /// events).
     rate: AtomicU64,
-    state: Mutex<(f64, Instant)>,
+    state: Mutex<TokenBucket>,
 }
 
 impl RateLimiter {
@@ -25,7 +85,7 @@ impl RateLimiter {
         let rate = bytes_per_sec.max(1);
         Self {
             rate: AtomicU64::new(rate),
-            state: Mutex::new((rate as f64 * BURST.as_secs_f64(), Instant::now())),
+            state: Mutex::new(TokenBucket::new(rate, BURST, Instant::now())),
         }
     }
 
@@ -38,36 +98,21 @@ impl RateLimiter {
         self.rate.store(bytes_per_sec.max(1), Ordering::Relaxed);
     }
 
+    fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+        let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        b.set_rate(self.rate());
+        b
+    }
+
     /// Bytes that can be spent now without waiting.
     pub fn available(&self) -> u64 {
-        let rate = self.rate() as f64;
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = *state;
-        let now = (tokens + at.elapsed().as_secs_f64() * rate).min(rate * BURST.as_secs_f64());
-        now.max(0.0) as u64
+        self.bucket().available(Instant::now())
     }
 
     /// Spends `bytes` now (going into debt if need be) and says how long
     /// to wait before spending more, so the average holds the rate.
     pub fn spend(&self, bytes: u64) -> Duration {
-        self.take(bytes, Instant::now())
-    }
-
-    /// Takes `bytes` tokens, going into debt if need be, and returns how
-    /// long the caller must wait for the debt to clear.
-    fn take(&self, bytes: u64, now: Instant) -> Duration {
-        let rate = self.rate() as f64;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = &mut *state;
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate)
-            .min(rate * BURST.as_secs_f64());
-        *at = now;
-        *tokens -= bytes as f64;
-        if *tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-*tokens / rate)
-        }
+        self.bucket().take(bytes, Instant::now())
     }
 
     /// Waits until `bytes` may pass.
@@ -75,7 +120,7 @@ impl RateLimiter {
     /// Cancel-safe in the sense that matters: tokens are taken up front, so
     /// a cancelled wait only makes later callers wait a little longer.
     pub async fn acquire(&self, bytes: u64) {
-        let wait = self.take(bytes, Instant::now());
+        let wait = self.spend(bytes);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -89,19 +134,27 @@ mod tests {
     #[test]
     fn debt_turns_into_waiting_time() {
         let t0 = Instant::now();
-        let r = RateLimiter {
-            rate: AtomicU64::new(1000),
-            state: Mutex::new((1000.0, t0)),
-        };
+        let mut r = TokenBucket::new(1000, Duration::from_secs(1), t0);
         assert_eq!(r.take(1000, t0), Duration::ZERO, "a one-second burst");
         assert_eq!(r.take(500, t0), Duration::from_millis(500));
         // Half a second later the debt is paid.
         assert_eq!(r.take(0, t0 + Duration::from_millis(500)), Duration::ZERO);
-        // Idle time never banks more than one second of tokens.
+        // Idle time never banks more than the burst.
         assert_eq!(r.take(1000, t0 + Duration::from_secs(60)), Duration::ZERO);
         assert_eq!(
             r.take(1, t0 + Duration::from_secs(60)),
             Duration::from_millis(1)
         );
+    }
+
+    #[test]
+    fn a_short_burst_holds_only_its_share_of_the_rate() {
+        let t0 = Instant::now();
+        let mut r = TokenBucket::new(10_000, Duration::from_millis(100), t0);
+        assert_eq!(r.available(t0), 1000);
+        assert_eq!(r.available(t0 + Duration::from_secs(9)), 1000);
+        assert_eq!(r.take(3000, t0), Duration::from_millis(200));
+        assert_eq!(r.available(t0 + Duration::from_millis(100)), 0);
+        assert_eq!(r.available(t0 + Duration::from_millis(300)), 1000);
     }
 }

@@ -11,21 +11,25 @@
 //! - blocks are read from storage only as the stream drains, at most
 //!   `upload_window` bytes ahead of the socket;
 //! - choking the peer rejects everything queued, so it can ask elsewhere.
+//!
+//! Those rules are [`crate::upload`]'s (pure, unit-tested); this task does
+//! the reading, writing and waiting around them.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_choke::PeerKey;
-use sluice_storage::{BLOCK_SIZE, Storage};
+use sluice_storage::Storage;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::framed::{FrameReader, FrameWriter, StreamError};
 use crate::ratelimit::RateLimiter;
+use crate::torrent_core::CloseReason;
+use crate::upload::{Admission, UploadQueue, batch_blocks};
 use crate::wire::{BlockSpec, Message};
 
 /// What a session reports to its torrent.
@@ -35,7 +39,21 @@ pub(crate) enum FromSession {
     /// We sent it a block of this piece, the first of that piece in this
     /// session (what it can pass on).
     Served(PeerKey, u32),
-    Closed(PeerKey, String),
+    Closed(PeerKey, SessionEnd),
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionEnd {
+    /// The torrent closed it.
+    #[error("{0}")]
+    Closed(CloseReason),
+    /// The torrent is gone (its command channel closed: it stopped, or it
+    /// cut this session loose for not keeping up).
+    #[error("torrent stopped")]
+    TorrentGone,
+    #[error(transparent)]
+    Stream(#[from] StreamError),
 }
 
 /// What the torrent tells a session.
@@ -48,7 +66,7 @@ pub(crate) enum ToSession {
     /// At most this many bytes/s to this peer (`None`: only the node's
     /// limit).
     Cap(Option<u64>),
-    Close(String),
+    Close(CloseReason),
 }
 
 /// How long a closing session tries to hand its last bytes to the peer.
@@ -118,9 +136,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     pub(crate) async fn run(mut self) {
         let key = self.key;
         let to_torrent = self.to_torrent.clone();
-        let reason = match self.drive().await {
+        let mut queue = UploadQueue::new(self.limits.max_requests);
+        let reason = match self.drive(&mut queue).await {
             Ok(reason) => reason,
-            Err(e) => e.to_string(),
+            Err(e) => SessionEnd::Stream(e),
         };
         // A peer that stopped reading would hold the close forever.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.writer.close()).await;
@@ -128,9 +147,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
         let _ = to_torrent.send(FromSession::Closed(key, reason)).await;
     }
 
-    async fn drive(&mut self) -> Result<String, StreamError> {
-        let mut queue: VecDeque<BlockSpec> = VecDeque::new();
-        let mut choked = true;
+    async fn drive(&mut self, queue: &mut UploadQueue) -> Result<SessionEnd, StreamError> {
         // A peer we choke may have nothing to say for minutes; a keep-alive
         // at half the idle timeout tells it we are still here.
         let keepalive = self.limits.idle_timeout / 2;
@@ -143,8 +160,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             {
                 self.serve_at = None;
             }
-            if !choked && !queue.is_empty() && self.serve_at.is_none() {
-                self.serve(&mut queue).await?;
+            if queue.ready() && self.serve_at.is_none() {
+                self.serve(queue).await?;
             }
             self.stats
                 .upload_queue
@@ -156,32 +173,32 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             if pending > 0 {
                 last_write = tokio::time::Instant::now();
             }
-            self.flush(choked, &mut queue).await?;
+            self.flush(queue).await?;
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => {
-                    let Some(cmd) = cmd else { return Ok("torrent stopped".into()) };
-                    if let Some(reason) = self.on_command(cmd, &mut choked, &mut queue) {
-                        return Ok(reason);
+                    let Some(cmd) = cmd else { return Ok(SessionEnd::TorrentGone) };
+                    if let Some(reason) = self.on_command(cmd, queue) {
+                        return Ok(SessionEnd::Closed(reason));
                     }
                     // Whatever else is waiting goes out in the same write.
                     while let Ok(cmd) = self.commands.try_recv() {
-                        if let Some(reason) = self.on_command(cmd, &mut choked, &mut queue) {
-                            return Ok(reason);
+                        if let Some(reason) = self.on_command(cmd, queue) {
+                            return Ok(SessionEnd::Closed(reason));
                         }
                     }
                 }
                 msg = self.reader.next() => {
-                    self.on_message(msg?, choked, &mut queue).await?;
+                    self.on_message(msg?, queue).await?;
                     // Take every message already read before serving, so
                     // requests queue up and go out in full batches.
                     while let Some(msg) = self.reader.try_next()? {
-                        self.on_message(msg, choked, &mut queue).await?;
+                        self.on_message(msg, queue).await?;
                     }
                 }
                 // Nothing to read or do: keep serving the queue rather than
                 // wait for the next message, or until the rate allows.
-                () = std::future::ready(()), if !choked && !queue.is_empty() && self.serve_at.is_none() => {}
+                () = std::future::ready(()), if queue.ready() && self.serve_at.is_none() => {}
                 () = tokio::time::sleep_until(self.serve_at.unwrap_or(last_write)), if self.serve_at.is_some() => {}
                 () = tokio::time::sleep_until(last_write + keepalive) => {
                     self.writer.push(&Message::KeepAlive);
@@ -198,11 +215,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     /// side that stopped reading until its own write finished would wait
     /// for the other forever once both muxer windows are full. A peer that
     /// takes nothing for the idle timeout is cut off.
-    async fn flush(
-        &mut self,
-        choked: bool,
-        queue: &mut VecDeque<BlockSpec>,
-    ) -> Result<(), StreamError> {
+    async fn flush(&mut self, queue: &mut UploadQueue) -> Result<(), StreamError> {
         // Most flushes fit in the socket at once: no timers for those
         // (cancel-safe, so a flush cut short here resumes below).
         if let Some(done) = futures::FutureExt::now_or_never(self.writer.flush()) {
@@ -217,7 +230,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 biased;
                 // Cancel-safe: a write cut short resumes on the next turn.
                 done = self.writer.flush() => return done,
-                msg = self.reader.next() => self.on_message(msg?, choked, queue).await?,
+                msg = self.reader.next() => self.on_message(msg?, queue).await?,
                 _ = check.tick() => {
                     // A slow peer that still takes bytes is not idle.
                     if self.writer.pending() < left {
@@ -231,12 +244,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     }
 
     /// Applies a command; `Some(reason)` when the session must end.
-    fn on_command(
-        &mut self,
-        cmd: ToSession,
-        choked: &mut bool,
-        queue: &mut VecDeque<BlockSpec>,
-    ) -> Option<String> {
+    fn on_command(&mut self, cmd: ToSession, queue: &mut UploadQueue) -> Option<CloseReason> {
         match cmd {
             ToSession::Close(reason) => return Some(reason),
             ToSession::Send(m) => self.writer.push(&m),
@@ -251,14 +259,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 self.serve_at = None;
             }
             ToSession::Choke(c) => {
-                *choked = c;
-                if c {
-                    self.writer.push(&Message::Choke);
-                    for spec in queue.drain(..) {
-                        self.writer.push(&Message::Reject(spec));
-                    }
+                let refused = queue.set_choked(c);
+                self.writer.push(if c {
+                    &Message::Choke
                 } else {
-                    self.writer.push(&Message::Unchoke);
+                    &Message::Unchoke
+                });
+                for spec in refused {
+                    self.writer.push(&Message::Reject(spec));
                 }
             }
         }
@@ -268,8 +276,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     async fn on_message(
         &mut self,
         msg: Message,
-        choked: bool,
-        queue: &mut VecDeque<BlockSpec>,
+        queue: &mut UploadQueue,
     ) -> Result<(), StreamError> {
         self.last_read = tokio::time::Instant::now();
         match msg {
@@ -280,13 +287,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                     .layout()
                     .block_at(spec.piece, spec.offset, spec.len)
                     .is_some_and(|b| self.storage.has_piece(b.piece()));
-                if choked || !held || queue.len() >= self.limits.max_requests as usize {
+                if let Admission::Rejected(_) = queue.request(spec, held) {
                     self.writer.push(&Message::Reject(spec));
-                } else {
-                    queue.push_back(spec);
                 }
             }
-            Message::Cancel(spec) => queue.retain(|q| *q != spec),
+            Message::Cancel(spec) => queue.cancel(spec),
             Message::Piece {
                 piece,
                 offset,
@@ -340,16 +345,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
 
     /// Reads up to one upload window of queued blocks (one blocking call)
     /// and writes them out.
-    async fn serve(&mut self, queue: &mut VecDeque<BlockSpec>) -> Result<(), StreamError> {
-        let mut per_batch = (self.limits.upload_window / BLOCK_SIZE).max(1) as usize;
+    async fn serve(&mut self, queue: &mut UploadQueue) -> Result<(), StreamError> {
         // Under a rate limit, read no more than it lets us send now.
-        for limit in [self.cap.as_ref(), self.up_limit.as_deref()]
+        let available = [self.cap.as_ref(), self.up_limit.as_deref()]
             .into_iter()
             .flatten()
-        {
-            per_batch = per_batch.min((limit.available() / u64::from(BLOCK_SIZE)).max(1) as usize);
-        }
-        let batch: Vec<BlockSpec> = queue.drain(..queue.len().min(per_batch)).collect();
+            .map(RateLimiter::available);
+        let batch = queue.next_batch(batch_blocks(self.limits.upload_window, available));
         // Blocks in the page cache are read here and now; the rest (a cold
         // disk) in one call on the blocking pool, so no read stalls this
         // thread. Measured: reading cached blocks in place rather than
@@ -418,7 +420,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
             }
             // Bound what sits in our buffer to the upload window.
             if self.writer.pending() >= self.limits.upload_window as usize {
-                self.flush(false, queue).await?;
+                self.flush(queue).await?;
             }
         }
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
@@ -429,19 +431,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
     /// Starts checking the first piece still queued that is not checked
     /// yet (looking at a few pieces at most), unless a read-ahead of this
     /// session runs or the node's read-aheads are all taken.
-    fn start_read_ahead(&mut self, queue: &VecDeque<BlockSpec>) {
+    fn start_read_ahead(&mut self, queue: &UploadQueue) {
         /// Distinct pieces looked at: the queue holds a few at a time.
         const LOOK_AT: usize = 4;
         if self.read_ahead.as_ref().is_some_and(|a| !a.is_finished()) {
             return;
         }
         let layout = self.storage.layout();
-        let mut last = None;
         let next = queue
-            .iter()
-            .map(|s| s.piece)
-            .filter(|&p| last.replace(p) != Some(p))
-            .take(LOOK_AT)
+            .upcoming_pieces(LOOK_AT)
             .filter_map(|p| layout.piece(p))
             .find(|&p| !self.storage.is_checked(p));
         if let Some(piece) = next
@@ -472,7 +470,7 @@ mod tests {
 
     use std::sync::atomic::AtomicU64;
 
-    use sluice_storage::{CreateOptions, StorageConfig, create};
+    use sluice_storage::{BLOCK_SIZE, CreateOptions, StorageConfig, create};
     use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 
     use super::*;
@@ -500,7 +498,7 @@ mod tests {
     /// Tells the session to close and waits for it to end.
     async fn close(commands_tx: mpsc::Sender<ToSession>, task: tokio::task::JoinHandle<()>) {
         commands_tx
-            .send(ToSession::Close("test over".into()))
+            .send(ToSession::Close(CloseReason::ShuttingDown))
             .await
             .unwrap();
         tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
@@ -596,8 +594,8 @@ mod tests {
             .await
             .expect("the session ends within twice the idle timeout");
         match closed {
-            Some(FromSession::Closed(_, reason)) => {
-                assert!(reason.contains("sent nothing for 120s"), "{reason}");
+            Some(FromSession::Closed(_, SessionEnd::Stream(StreamError::Timeout(d)))) => {
+                assert_eq!(d, idle);
             }
             other => panic!("expected Closed, got {other:?}"),
         }

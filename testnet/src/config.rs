@@ -41,7 +41,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::units::serde_units;
+use sluice_storage::units::serde_units;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -13,7 +13,7 @@
 //! - [`report`]: report.json, report.md and the terminal summary;
 //! - [`plot`]: the SVG plots;
 //! - [`bound`]: Kumar & Ross's lower bound on distribution time;
-//! - [`units`]: sizes and rates with units (shared with the CLI).
+//! - sizes and rates with units come from `sluice_storage::units`.
 
 pub mod bound;
 pub mod config;
@@ -21,7 +21,6 @@ pub mod plot;
 mod process;
 pub mod report;
 pub mod run;
-pub mod units;
 
 pub use config::{Action, ChokerKind, Config, Discovery, Event, Role, Transport};
 pub use report::Report;

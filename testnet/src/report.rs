@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::{BoundInput, kumar_ross};
 use crate::config::{Config, Role};
-use crate::units::{format_rate, format_size};
+use sluice_storage::units::{format_rate, format_size};
 
 /// One sample of one node.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -207,7 +207,7 @@ fn a_hash_failure_returns_the_piece_and_names_the_senders() {
     let b = p.next_request(P2, &mut r).unwrap();
     p.block_received(P1, a);
     p.block_received(P2, b);
-    let mut senders = p.hash_failed(a.piece());
+    let mut senders = p.hash_failed(a.piece()).senders;
     senders.sort();
     let mut want = vec![(a.index(), P1), (b.index(), P2)];
     want.sort();
