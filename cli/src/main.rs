@@ -102,6 +102,11 @@ enum Command {
     /// with capped links, free-riders and slow disks; a live view, then a
     /// report with plots.
     Testnet(testnet::TestnetArgs),
+    /// The same swarm in simulated time: every node the real torrent
+    /// rules (choker, picker, windows, write queue) on modelled links and
+    /// disks, thousands of nodes on one machine; deterministic by --seed.
+    /// The same flags, scenario files and report as `testnet`.
+    Sim(testnet::SimArgs),
     /// Check data on disk against a .torrent; exit 0 only when complete.
     Verify {
         torrent: PathBuf,
@@ -201,6 +206,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Peers(args) => inspect::peers(args),
         Command::Top(args) => top::top(args),
         Command::Testnet(args) => testnet::testnet(args),
+        Command::Sim(args) => testnet::sim(args),
         Command::Verify {
             torrent,
             path,

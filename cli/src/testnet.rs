@@ -115,6 +115,23 @@ pub(crate) struct TestnetArgs {
     processes: bool,
 }
 
+/// `sluice sim`: the scenario flags of `sluice testnet`, and the model's.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SimArgs {
+    #[command(flatten)]
+    scenario: TestnetArgs,
+    /// One-way delay of every message, milliseconds [default: 2].
+    #[arg(long, value_name = "MS")]
+    latency: Option<f64>,
+    /// Peers each node is handed when it joins and every 30 s, as a
+    /// tracker or the DHT would [default: 50].
+    #[arg(long)]
+    peers: Option<usize>,
+    /// Most peers a node keeps (its torrent's max_peers) [default: 64].
+    #[arg(long)]
+    max_peers: Option<usize>,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ChokerArg {
     TitForTat,
@@ -203,16 +220,98 @@ impl TestnetArgs {
     }
 }
 
-fn default_report_dir() -> PathBuf {
+fn default_report_dir(kind: &str) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    std::env::temp_dir().join(format!("sluice-testnet-{stamp}-{}", std::process::id()))
+    std::env::temp_dir().join(format!("sluice-{kind}-{stamp}-{}", std::process::id()))
+}
+
+pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
+    let a = &args.scenario;
+    let not_here = [
+        (a.processes, "--processes"),
+        (a.keep_running, "--keep-running"),
+        (a.keep_data, "--keep-data"),
+        (a.transport.is_some(), "--transport"),
+        (a.discovery.is_some(), "--discovery"),
+        (a.peers_per_node.is_some(), "--peers-per-node"),
+    ];
+    if let Some((_, flag)) = not_here.iter().find(|(given, _)| *given) {
+        anyhow::bail!("{flag} is for real nodes (sluice testnet); a simulation has none");
+    }
+    let config = a.config()?;
+    if config.processes {
+        anyhow::bail!("the scenario sets `processes`; a simulation runs no processes");
+    }
+    let mut options = sluice_testnet::SimOptions::default();
+    if let Some(ms) = args.latency {
+        if !(ms.is_finite() && (0.0..=10_000.0).contains(&ms)) {
+            anyhow::bail!("--latency must be between 0 and 10000 milliseconds");
+        }
+        options.latency = Duration::from_secs_f64(ms / 1e3);
+    }
+    if let Some(p) = args.peers {
+        options.peers = p;
+    }
+    if let Some(m) = args.max_peers {
+        if m == 0 {
+            anyhow::bail!("--max-peers must be at least 1");
+        }
+        options.max_peers = m;
+    }
+    let dir = a
+        .report
+        .clone()
+        .unwrap_or_else(|| default_report_dir("sim"));
+    if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "the report directory {} is not empty; remove it or give another --report",
+            dir.display()
+        );
+    }
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("--report {} is a file; give a directory", dir.display());
+    }
+    println!(
+        "sim: {} nodes ({} seeders, {} free-riders, {} slow disks), {}; report in {}",
+        config.nodes,
+        config.seeders,
+        config.free_riders,
+        config.slow_disks,
+        sluice_storage::units::format_size(config.size),
+        dir.display()
+    );
+    let started = Instant::now();
+    let sim = sluice_testnet::Sim::new(config, options)?;
+    let report = sim.run(|p| {
+        println!(
+            "t = {:6.1} s simulated: {}/{} complete ({:.1} s wall, {} events)",
+            p.simulated_seconds,
+            p.complete,
+            p.downloading,
+            started.elapsed().as_secs_f64(),
+            p.events
+        );
+    })?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    report.write(&dir)?;
+    println!();
+    print!("{}", report.summary());
+    println!("report: {}", dir.join("report.md").display());
+    Ok(if report.timed_out {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
     let config = args.config()?;
-    let dir = args.report.clone().unwrap_or_else(default_report_dir);
+    let dir = args
+        .report
+        .clone()
+        .unwrap_or_else(|| default_report_dir("testnet"));
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!("--report {} is a file; give a directory", dir.display());
     }

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How much a bucket holds, as time at its rate: it starts full, so a
-/// node may send this much at once before the rate applies.
-pub const BURST: Duration = Duration::from_secs(1);
+/// node may send this much at once before the rate applies. Short, so a
+/// limited node holds its rate over any stretch longer than this, and a
+/// testnet cannot beat Kumar & Ross's bound by its bursts (a sender
+/// further into debt waits it off: a batch of blocks is still sent whole).
+pub const BURST: Duration = Duration::from_millis(100);
 
 /// A token bucket at explicit `now`: the arithmetic behind
 /// [`RateLimiter`], and what the simulator limits its modelled links

@@ -361,6 +361,20 @@ pub struct CoreStats {
     pub peers: Vec<(PeerKey, PeerStats)>,
 }
 
+/// [`TorrentCore::summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreSummary {
+    /// Every piece verified and flushed.
+    pub complete: bool,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub hash_failures: u64,
+    pub banned_peers: usize,
+    pub peers: usize,
+    /// Peers we do not choke.
+    pub unchoked: usize,
+}
+
 /// Who we sent a piece to, for telling peers that pass pieces on from
 /// those that keep them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1515,6 +1529,20 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
         };
         let decisions = choker.on_peers_changed(now, mode, &snaps, &mut self.rng);
         self.apply(decisions);
+    }
+
+    /// A few totals, cheaply (no per-peer rows, no rates): what a
+    /// simulator samples thousands of cores for.
+    pub fn summary(&self) -> CoreSummary {
+        CoreSummary {
+            complete: self.flushed_complete,
+            downloaded: self.downloaded,
+            uploaded: self.uploaded,
+            hash_failures: self.hash_failures,
+            banned_peers: self.offenders.banned.len(),
+            peers: self.peers.len(),
+            unchoked: self.peers.values().filter(|p| !p.am_choking()).count(),
+        }
     }
 
     /// The core's numbers at `now`.

@@ -8,9 +8,11 @@
 //! d_min the slowest peer's download, N the number of peers and u_i their
 //! uploads. No schedule can beat it; a good swarm comes close.
 //!
-//! Rate limits that are token buckets let a node send a burst before the
-//! rate applies (sluice's hold one second's worth and start full), so
-//! each term is shortened by that burst: otherwise a run could "beat" it.
+//! The formula as published, nothing subtracted, so sluice's ratios
+//! compare with other clients' measured against it. Rate limits are token
+//! buckets that may send a burst before the rate applies; sluice's hold
+//! at most 100 ms of their rate (`ratelimit::BURST`), little enough that
+//! a run cannot meaningfully beat the bound.
 
 /// What the bound needs, in bytes and bytes per second. `None` rates are
 /// unlimited.
@@ -25,8 +27,6 @@ pub struct BoundInput {
     /// Each downloading peer's download (the smaller of its download
     /// limit and its disk); `None` for unlimited.
     pub peers_down: Vec<Option<f64>>,
-    /// Seconds' worth of its rate a limited node may send at once first.
-    pub burst_secs: f64,
 }
 
 /// T_min in seconds, or `None` when nothing is limited (no finite bound
@@ -54,10 +54,7 @@ pub fn kumar_ross(input: &BoundInput) -> Option<f64> {
     if let (Some(us), Some(sum)) = (input.seeders_up, sum_peers) {
         terms.push(n * f / (us + sum));
     }
-    terms
-        .into_iter()
-        .max_by(f64::total_cmp)
-        .map(|t| (t - input.burst_secs).max(0.0))
+    terms.into_iter().max_by(f64::total_cmp)
 }
 
 #[cfg(test)]
@@ -72,7 +69,6 @@ mod tests {
             seeders_up: Some(us),
             peers_up: up.iter().map(|&u| Some(u)).collect(),
             peers_down: down.to_vec(),
-            burst_secs: 0.0,
         }
     }
 
@@ -115,7 +111,6 @@ mod tests {
             seeders_up: None,
             peers_up: vec![None],
             peers_down: vec![None],
-            burst_secs: 0.0,
         };
         assert_eq!(kumar_ross(&b), None);
         assert_eq!(
@@ -126,14 +121,5 @@ mod tests {
             }),
             Some(0.0)
         );
-    }
-
-    #[test]
-    fn a_burst_shortens_the_bound_by_its_length() {
-        // The 10 s seeder term, with a 1 s burst: 9 s.
-        let mut i = input(10.0 * MB, &[5.0 * MB], &[None]);
-        i.burst_secs = 1.0;
-        let b = kumar_ross(&i).unwrap();
-        assert!((b - 9.0).abs() < 1e-9, "{b}");
     }
 }

@@ -21,7 +21,9 @@ pub mod plot;
 mod process;
 pub mod report;
 pub mod run;
+pub mod sim;
 
 pub use config::{Action, ChokerKind, Config, Discovery, Event, Role, Transport};
 pub use report::Report;
 pub use run::{NodeView, Testnet};
+pub use sim::{Sim, SimOptions};

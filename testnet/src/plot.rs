@@ -89,8 +89,13 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
         .draw()
 }
 
+/// The run's own time: simulated seconds for a simulation.
 fn x_max(report: &Report) -> f64 {
-    report.wall_seconds.max(1.0)
+    report
+        .simulated
+        .as_ref()
+        .map_or(report.wall_seconds, |s| s.seconds)
+        .max(1.0)
 }
 
 fn progress(report: &Report, path: &Path) -> Result<()> {

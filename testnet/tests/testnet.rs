@@ -192,54 +192,6 @@ async fn liars_are_banned_and_churned_nodes_resume() -> Result<()> {
     Ok(())
 }
 
-/// With capped uploads, tit-for-tat holds a free-rider back: it finishes
-/// after every contributor, and the seeder, which sees that the pieces
-/// only it sent the free-rider never reach anyone else, gives it less
-/// than a contributor's share.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn free_riders_finish_last_when_uploads_are_capped() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    // Big enough that the free-rider's head start (before anyone has
-    // judged it) is small next to the whole download.
-    let config = Config {
-        size: 16 * MIB,
-        up_rate: Some(1_000_000),
-        seeder_up_rate: Some(2_000_000),
-        slow_disks: 0,
-        disk_queue: 2 * MIB,
-        ..small()
-    };
-    let (testnet, report) = run(config, dir.path()).await?;
-    testnet.shutdown().await?;
-    assert!(!report.timed_out);
-    let slowest = |role| {
-        report
-            .nodes
-            .iter()
-            .filter(|n| n.role == role)
-            .filter_map(|n| n.completion_seconds)
-            .max_by(f64::total_cmp)
-    };
-    let (Some(free), Some(contributors)) = (slowest(Role::FreeRider), slowest(Role::Leecher))
-    else {
-        panic!("incomplete run: {:?}", report.by_role);
-    };
-    assert!(
-        free > contributors,
-        "free-rider done after {free:.1} s, slowest contributor {contributors:.1} s"
-    );
-    assert_eq!(report.free_riders_finished_last, Some(true));
-    // The seeder sent the free-rider less than an even share (1/5).
-    let seeder_up: u64 = report
-        .nodes
-        .iter()
-        .filter(|n| n.role == Role::Seeder)
-        .map(|n| n.uploaded)
-        .sum();
-    let to_free = report.totals.seeders_to_free_riders;
-    assert!(
-        to_free * 5 < seeder_up,
-        "the seeder sent the free-rider {to_free} of {seeder_up} bytes"
-    );
-    Ok(())
-}
+// Who finishes first (free-riders after contributors) is a question of
+// order in time: it is asked of the simulator, on its fake clock
+// (`tests/sim.rs`), not of real nodes racing on a loaded machine.
