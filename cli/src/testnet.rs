@@ -127,6 +127,10 @@ pub(crate) struct SimArgs {
     /// tracker or the DHT would [default: 50].
     #[arg(long)]
     peers: Option<usize>,
+    /// A node dials the peers it is handed while it has fewer than this
+    /// (as a real node does with those it discovers) [default: 24].
+    #[arg(long)]
+    dial_until: Option<usize>,
     /// Most peers a node keeps (its torrent's max_peers) [default: 64].
     #[arg(long)]
     max_peers: Option<usize>,
@@ -253,6 +257,9 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
     }
     if let Some(p) = args.peers {
         options.peers = p;
+    }
+    if let Some(d) = args.dial_until {
+        options.dial_until = d;
     }
     if let Some(m) = args.max_peers {
         if m == 0 {

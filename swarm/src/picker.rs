@@ -24,7 +24,7 @@
 //! received (from one peer) → verified with its piece. A failed request,
 //! a departed peer or a hash failure send blocks back to missing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rand::{Rng, RngCore};
 use sluice_choke::PeerKey;
@@ -103,6 +103,9 @@ impl Progress {
 struct PeerPieces {
     bits: Bitfield,
     lacking: u32,
+    /// Of those, the ones not started (candidates): with none, the
+    /// candidate buckets need not be searched for this peer.
+    startable: u32,
 }
 
 /// A peer's announcement the picker cannot use.
@@ -140,6 +143,10 @@ pub struct Picker {
     availability: Vec<u32>,
     /// Pieces with at least one block requested or received.
     progress: BTreeMap<PieceIndex, Progress>,
+    /// Of those, the ones with a missing block, fewest missing first: the
+    /// partial piece to finish is the first here the peer has (an index
+    /// over `progress`, kept by [`reindex`]).
+    open: BTreeSet<(u32, PieceIndex)>,
     /// Pieces we could start (not held, not in progress) by availability.
     candidates: Candidates,
     /// What each peer has announced (one bit per piece), and how many of
@@ -167,6 +174,7 @@ impl Picker {
             availability: vec![0; n],
             candidates,
             progress: BTreeMap::new(),
+            open: BTreeSet::new(),
             peers: HashMap::new(),
             layout,
             config,
@@ -259,7 +267,18 @@ impl Picker {
         }
         self.count(&bits, true);
         let lacking = bits.iter_ones().filter(|&i| !self.have[i]).count() as u32;
-        self.peers.insert(peer, PeerPieces { bits, lacking });
+        let startable = bits
+            .iter_ones()
+            .filter(|&i| self.candidates.contains(i))
+            .count() as u32;
+        self.peers.insert(
+            peer,
+            PeerPieces {
+                bits,
+                lacking,
+                startable,
+            },
+        );
         Ok(())
     }
 
@@ -271,6 +290,7 @@ impl Picker {
         let entry = self.peers.entry(peer).or_insert_with(|| PeerPieces {
             bits: Bitfield::repeat(false, n),
             lacking: 0,
+            startable: 0,
         });
         let i = piece.as_usize();
         if entry.bits[i] {
@@ -279,6 +299,9 @@ impl Picker {
         entry.bits.set(i, true);
         if !self.have[i] {
             entry.lacking += 1;
+        }
+        if self.candidates.contains(i) {
+            entry.startable += 1;
         }
         self.availability[i] += 1;
         self.candidates
@@ -299,6 +322,9 @@ impl Picker {
         if !self.have[i] {
             entry.lacking -= 1;
         }
+        if self.candidates.contains(i) {
+            entry.startable -= 1;
+        }
         self.availability[i] -= 1;
         self.candidates
             .set_availability(i as u32, self.availability[i]);
@@ -314,6 +340,12 @@ impl Picker {
         let state = &mut progress.blocks[block.index() as usize];
         if matches!(state, BlockState::Received(_)) {
             *state = BlockState::Missing;
+            reindex(
+                &mut self.open,
+                block.piece(),
+                progress.missing,
+                progress.missing + 1,
+            );
             progress.missing += 1;
             self.missing_blocks += 1;
         }
@@ -369,6 +401,12 @@ impl Picker {
             peers.retain(|&p| p != peer);
             if peers.is_empty() {
                 *state = BlockState::Missing;
+                reindex(
+                    &mut self.open,
+                    block.piece(),
+                    progress.missing,
+                    progress.missing + 1,
+                );
                 progress.missing += 1;
                 self.missing_blocks += 1;
             }
@@ -399,6 +437,12 @@ impl Picker {
         let cancel = match state {
             BlockState::Received(_) => return Received::Unrequested,
             BlockState::Missing => {
+                reindex(
+                    &mut self.open,
+                    block.piece(),
+                    progress.missing,
+                    progress.missing - 1,
+                );
                 progress.missing -= 1;
                 self.missing_blocks -= 1;
                 Vec::new()
@@ -448,16 +492,20 @@ impl Picker {
                         dropped.extend(peers.iter().map(|&peer| (peer, block)));
                     }
                 }
+                reindex(&mut self.open, piece, p.missing, 0);
                 u64::from(p.missing)
             }
             None => u64::from(self.layout.blocks_in_piece(piece)),
         };
         self.missing_blocks -= missing;
         self.have.set(piece.as_usize(), true);
+        let was_candidate = self.candidates.remove(piece.get()).is_some();
         for p in self.peers.values_mut().filter(|p| p.bits[piece.as_usize()]) {
             p.lacking -= 1;
+            if was_candidate {
+                p.startable -= 1;
+            }
         }
-        self.candidates.remove(piece.get());
         self.have_count += 1;
         dropped
     }
@@ -474,6 +522,7 @@ impl Picker {
         self.missing_blocks += u64::from(self.layout.blocks_in_piece(piece));
         for p in self.peers.values_mut().filter(|p| p.bits[i]) {
             p.lacking += 1;
+            p.startable += 1;
         }
         self.candidates.insert(piece.get(), self.availability[i]);
     }
@@ -489,6 +538,7 @@ impl Picker {
         };
         let senders = &mut failed.senders;
         progress.owner = None;
+        let was = progress.missing;
         for (i, state) in progress.blocks.iter_mut().enumerate() {
             match std::mem::replace(state, BlockState::Missing) {
                 BlockState::Received(p) => {
@@ -508,6 +558,7 @@ impl Picker {
                 BlockState::Missing => {}
             }
         }
+        reindex(&mut self.open, piece, was, progress.missing);
         let mut distinct: Vec<PeerKey> = senders.iter().map(|(_, p)| *p).collect();
         distinct.sort();
         distinct.dedup();
@@ -520,33 +571,41 @@ impl Picker {
     pub fn next_request(&mut self, peer: PeerKey, rng: &mut dyn RngCore) -> Option<BlockRef> {
         // The map is moved out for the duration (a pointer swap, not a
         // rehash), so `self` can be borrowed mutably beside the bitfield.
-        let peers = std::mem::take(&mut self.peers);
+        let mut peers = std::mem::take(&mut self.peers);
         let pick = peers
             .get(&peer)
-            .and_then(|entry| self.pick(peer, &entry.bits, rng));
+            .and_then(|entry| self.pick(peer, entry, rng));
+        if let Some((block, true)) = pick {
+            // A new piece: no longer a candidate at any peer.
+            let i = block.piece().as_usize();
+            for p in peers.values_mut().filter(|p| p.bits[i]) {
+                p.startable -= 1;
+            }
+        }
         self.peers = peers;
-        pick
+        pick.map(|(block, _)| block)
     }
 
+    /// The next block for `peer`, and whether it starts a new piece.
     fn pick(
         &mut self,
         peer: PeerKey,
-        peer_has: &Bitfield,
+        entry: &PeerPieces,
         rng: &mut dyn RngCore,
-    ) -> Option<BlockRef> {
+    ) -> Option<(BlockRef, bool)> {
+        let peer_has = &entry.bits;
         let has = |p: PieceIndex| peer_has.get(p.as_usize()).is_some_and(|b| *b);
         // 1. The partial piece closest to done that has a missing block.
         let partial = self
-            .progress
+            .open
             .iter()
-            .filter(|(p, prog)| prog.missing > 0 && has(**p) && prog.open_to(peer))
-            .min_by_key(|(_, prog)| prog.missing)
-            .map(|(p, _)| *p);
+            .map(|&(_, p)| p)
+            .find(|p| has(*p) && self.progress[p].open_to(peer));
         if let Some(piece) = partial {
-            return Some(self.take_missing(peer, piece));
+            return Some((self.take_missing(peer, piece), false));
         }
         // 2. A new piece: random first, then rarest first.
-        if self.missing_blocks > 0 {
+        if self.missing_blocks > 0 && entry.startable > 0 {
             let piece = if self.have_count < self.config.random_first {
                 self.candidates.random(peer_has, rng)
             } else {
@@ -555,7 +614,7 @@ impl Picker {
             if let Some(i) = piece {
                 let piece = self.layout.piece(i).expect("candidates are valid pieces");
                 self.start(piece);
-                return Some(self.take_missing(peer, piece));
+                return Some((self.take_missing(peer, piece), true));
             }
         }
         // 3. Endgame: a block outstanding elsewhere, fewest requesters first.
@@ -591,12 +650,13 @@ impl Picker {
         {
             peers.push(peer);
         }
-        Some(block)
+        Some((block, false))
     }
 
     fn start(&mut self, piece: PieceIndex) {
         let n = self.layout.blocks_in_piece(piece);
         self.candidates.remove(piece.get());
+        reindex(&mut self.open, piece, 0, n);
         self.progress.insert(
             piece,
             Progress {
@@ -616,6 +676,12 @@ impl Picker {
             .position(|b| *b == BlockState::Missing)
             .expect("a piece with missing > 0 has a missing block");
         progress.blocks[i] = BlockState::Requested(vec![peer]);
+        reindex(
+            &mut self.open,
+            piece,
+            progress.missing,
+            progress.missing - 1,
+        );
         progress.missing -= 1;
         if progress.retry {
             progress.owner = Some(peer);
@@ -695,6 +761,17 @@ impl Picker {
             ));
         }
         for (peer, p) in &self.peers {
+            let startable = p
+                .bits
+                .iter_ones()
+                .filter(|&i| self.candidates.contains(i))
+                .count() as u32;
+            if startable != p.startable {
+                return Err(format!(
+                    "{peer:?} has {startable} pieces not started, counted {}",
+                    p.startable
+                ));
+            }
             let lacking = p.bits.iter_ones().filter(|&i| !self.have[i]).count() as u32;
             if lacking != p.lacking {
                 return Err(format!(
@@ -703,6 +780,19 @@ impl Picker {
                 ));
             }
         }
+        let open: BTreeSet<(u32, PieceIndex)> = self
+            .progress
+            .iter()
+            .filter(|(_, prog)| prog.missing > 0)
+            .map(|(p, prog)| (prog.missing, *p))
+            .collect();
+        if open != self.open {
+            return Err(format!(
+                "pieces with missing blocks: {} indexed, {} in progress",
+                self.open.len(),
+                open.len()
+            ));
+        }
         if missing != self.missing_blocks {
             return Err(format!(
                 "{missing} missing blocks, counted {}",
@@ -710,6 +800,17 @@ impl Picker {
             ));
         }
         Ok(())
+    }
+}
+
+/// Moves `piece` in the index of partial pieces from `old` to `new`
+/// missing blocks (a piece with none missing is not in it).
+fn reindex(open: &mut BTreeSet<(u32, PieceIndex)>, piece: PieceIndex, old: u32, new: u32) {
+    if old > 0 {
+        open.remove(&(old, piece));
+    }
+    if new > 0 {
+        open.insert((new, piece));
     }
 }
 
@@ -743,6 +844,10 @@ impl Candidates {
         self.slot[piece as usize] = Some((availability, self.buckets[a].len() as u32));
         self.buckets[a].push(piece);
         self.len += 1;
+    }
+
+    fn contains(&self, piece: usize) -> bool {
+        self.slot.get(piece).is_some_and(Option::is_some)
     }
 
     /// Removes `piece` if it is a candidate; returns its availability.

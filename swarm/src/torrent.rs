@@ -295,14 +295,22 @@ impl Driver {
         cancel: CancellationToken,
     ) {
         let mut stop_reply = None;
+        // One timer, moved when the core's deadline moves (not a new one
+        // per loop turn: the loop turns once per batch of blocks).
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(self.core.poll_timeout()));
+        tokio::pin!(timer);
         loop {
             let deadline = tokio::time::Instant::from_std(self.core.poll_timeout());
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 // Housekeeping and commands first, so a flood of peer
                 // traffic cannot starve timeouts, rechokes or a stop.
-                () = tokio::time::sleep_until(deadline) => self.on_tick(),
+                () = &mut timer => self.on_tick(),
                 cmd = commands.recv() => match cmd {
                     Some(Command::AddPeer { peer_id, reader, writer, remote_max, opened_by_us }) => {
                         self.add_peer(peer_id, reader, writer, remote_max, opened_by_us);

@@ -1031,7 +1031,9 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
         let Some(peer) = self.peers.get_mut(&key) else {
             return false;
         };
-        if want {
+        // Only a peer that unchokes us can take a request (its unchoke
+        // asks for a fill when it comes).
+        if want && !peer.peer_choking {
             self.want_fill = true;
         }
         if want == peer.am_interested {

@@ -136,9 +136,13 @@ pub struct Simulated {
     pub events: u64,
     /// One-way delay of every message.
     pub latency_ms: f64,
-    /// Peers each node was handed; most it kept.
+    /// Peers each node was handed; it dialed them while it had fewer
+    /// than `dial_until`, and kept at most `max_peers`.
     pub peers: usize,
+    pub dial_until: usize,
     pub max_peers: usize,
+    /// Peers of the nodes still running at the end: fewest, median, most.
+    pub peers_at_end: [usize; 3],
 }
 
 fn median(sorted: &[f64]) -> Option<f64> {
@@ -432,7 +436,27 @@ impl Report {
     pub fn markdown(&self) -> String {
         let c = &self.scenario;
         let mut s = String::new();
-        let _ = writeln!(s, "# sluice testnet report\n");
+        match &self.simulated {
+            None => {
+                let _ = writeln!(s, "# sluice testnet report\n");
+            }
+            Some(sim) => {
+                let _ = writeln!(
+                    s,
+                    "# sluice sim report\n\nSimulated: every node the real torrent core on modelled links ({:.1} ms per message) and disks; each node handed {} peers, dialing them while it had fewer than {} and keeping at most {} (at the end: {} fewest, {} median, {} most). {:.1} simulated seconds in {:.1} s of wall time ({} events); the times below are simulated.\n",
+                    sim.latency_ms,
+                    sim.peers,
+                    sim.dial_until,
+                    sim.max_peers,
+                    sim.peers_at_end[0],
+                    sim.peers_at_end[1],
+                    sim.peers_at_end[2],
+                    sim.seconds,
+                    self.wall_seconds,
+                    sim.events
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "{} nodes ({} seeders, {} free-riders, {} slow disks), {} in pieces of {}, {} choker, rechoke {} s, seed {}; wall time {:.1} s{}.\n",

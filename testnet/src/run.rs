@@ -409,6 +409,9 @@ impl Testnet {
                 p.check_running()?;
             }
             self.sample(t).await;
+            // Completions just sampled may make a leave-after-copies due:
+            // it happens now, even when this is the run's last sample.
+            self.apply_events(t, &mut done_events).await?;
             let views: Vec<NodeView> = self.nodes.iter().map(|n| n.view.clone()).collect();
             on_sample(t, &views);
             let waiting_to_join = self

@@ -32,7 +32,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ pub struct SimOptions {
     pub latency: Duration,
     /// Peers a node is handed when it joins and re-announces. Default 50.
     pub peers: usize,
+    /// A node dials those it is handed while it has fewer peers than this
+    /// (others dial it too, up to `max_peers`). Default: what a real node
+    /// does, `sluice_node::MAX_DISCOVERED_PEERS` (24).
+    pub dial_until: usize,
     /// Most peers a node keeps (the torrent's `max_peers`). Default 64.
     pub max_peers: usize,
 }
@@ -85,6 +89,7 @@ impl Default for SimOptions {
         Self {
             latency: Duration::from_millis(2),
             peers: 50,
+            dial_until: sluice_node::MAX_DISCOVERED_PEERS,
             max_peers: TorrentConfig::default().max_peers(),
         }
     }
@@ -183,7 +188,7 @@ struct Link {
     remote_key: PeerKey,
     upload: UploadQueue,
     /// Pieces we sent it a block of (the first one is reported).
-    served: Vec<bool>,
+    served: Bitfield,
     cap: Option<TokenBucket>,
     /// A capped session may send again from then.
     cap_ok_at: Time,
@@ -207,8 +212,10 @@ struct SimNode {
     book: Rc<RefCell<Book>>,
     links: BTreeMap<PeerKey, Link>,
     by_remote: BTreeMap<usize, PeerKey>,
-    /// Sessions in upload round-robin order.
-    rr: VecDeque<PeerKey>,
+    /// Sessions we do not choke (the only ones that can have requests to
+    /// serve), and the one served last: the uplink goes round them.
+    unchoked: BTreeSet<PeerKey>,
+    served_last: PeerKey,
     uplink_busy: bool,
     uplink_wake: Option<Time>,
     downlink_free: Time,
@@ -296,6 +303,10 @@ pub struct Sim {
     /// Event bodies by slot (the heap orders small keys only).
     slots: Vec<Option<Event>>,
     free_slots: Vec<usize>,
+    /// Events due one latency from when they were made — most of them,
+    /// every message — in order already: a queue, not the heap.
+    wire: VecDeque<(Time, u64, Event)>,
+    latency: Time,
     nodes: Vec<SimNode>,
     rng: StdRng,
     events_processed: u64,
@@ -350,7 +361,8 @@ impl Sim {
                 })),
                 links: BTreeMap::new(),
                 by_remote: BTreeMap::new(),
-                rr: VecDeque::new(),
+                unchoked: BTreeSet::new(),
+                served_last: PeerKey(0),
                 uplink_busy: false,
                 uplink_wake: None,
                 downlink_free: 0,
@@ -383,6 +395,7 @@ impl Sim {
             .max(nanos(expected) / MAX_SIM_SAMPLES as u64)
             .max(1);
         let done_events = vec![false; config.events.len()];
+        let latency = options.latency;
         Ok(Self {
             rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
             config,
@@ -395,6 +408,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
+            wire: VecDeque::new(),
+            latency: nanos(latency),
             nodes,
             events_processed: 0,
             sample_every,
@@ -404,6 +419,13 @@ impl Sim {
     }
 
     fn at(&mut self, t: Time, ev: Event) {
+        let t = t.max(self.now);
+        self.seq += 1;
+        if t == self.now + self.latency {
+            // `now` never goes back, so these come in time order.
+            self.wire.push_back((t, self.seq, ev));
+            return;
+        }
         let slot = match self.free_slots.pop() {
             Some(s) => {
                 self.slots[s] = Some(ev);
@@ -414,8 +436,25 @@ impl Sim {
                 self.slots.len() - 1
             }
         };
-        self.seq += 1;
-        self.queue.push(Reverse((t.max(self.now), self.seq, slot)));
+        self.queue.push(Reverse((t, self.seq, slot)));
+    }
+
+    /// The next event in (time, order made) order, from the queue or the
+    /// heap.
+    fn next_event(&mut self) -> Option<(Time, Event)> {
+        let from_wire = match (self.wire.front(), self.queue.peek()) {
+            (Some(&(t, seq, _)), Some(&Reverse((ht, hseq, _)))) => (t, seq) < (ht, hseq),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if from_wire {
+            let (t, _, ev) = self.wire.pop_front().expect("peeked");
+            return Some((t, ev));
+        }
+        let Reverse((t, _, slot)) = self.queue.pop()?;
+        let ev = self.slots[slot].take().expect("a queued event has a body");
+        self.free_slots.push(slot);
+        Some((t, ev))
     }
 
     fn instant(&self) -> Instant {
@@ -448,9 +487,7 @@ impl Sim {
         let timeout = nanos(Duration::from_secs_f64(self.config.timeout));
         let mut timed_out = false;
         let mut next_progress = 0;
-        while let Some(Reverse((t, _, slot))) = self.queue.pop() {
-            let ev = self.slots[slot].take().expect("a queued event has a body");
-            self.free_slots.push(slot);
+        while let Some((t, ev)) = self.next_event() {
             if t > timeout {
                 timed_out = true;
                 self.now = timeout;
@@ -711,7 +748,7 @@ impl Sim {
         n.life += 1;
         n.links.clear();
         n.by_remote.clear();
-        n.rr.clear();
+        n.unchoked.clear();
         n.disk.clear();
         n.partial.clear();
         n.uplink_busy = false;
@@ -725,8 +762,8 @@ impl Sim {
     /// to those with room.
     fn announce(&mut self, i: usize) {
         let max = self.options.max_peers;
-        let have = self.nodes[i].links.len();
-        if have >= self.options.peers.min(max) {
+        let enough = self.options.dial_until.min(max);
+        if self.nodes[i].links.len() >= enough {
             return;
         }
         let mut running: Vec<usize> = (0..self.nodes.len())
@@ -735,7 +772,7 @@ impl Sim {
         running.shuffle(&mut self.rng);
         running.truncate(self.options.peers);
         for j in running {
-            if self.nodes[i].links.len() >= max {
+            if self.nodes[i].links.len() >= enough {
                 break;
             }
             if self.nodes[j].links.len() < max && !self.nodes[i].by_remote.contains_key(&j) {
@@ -791,20 +828,19 @@ impl Sim {
                 remote,
                 remote_key,
                 upload: UploadQueue::new(max),
-                served: vec![false; pieces],
+                served: Bitfield::repeat(false, pieces),
                 cap: None,
                 cap_ok_at: 0,
             },
         );
         n.by_remote.insert(remote, key);
-        n.rr.push_back(key);
     }
 
     fn unlink(&mut self, node: usize, key: PeerKey) {
         let n = &mut self.nodes[node];
         if let Some(l) = n.links.remove(&key) {
             n.by_remote.remove(&l.remote);
-            n.rr.retain(|k| *k != key);
+            n.unchoked.remove(&key);
         }
     }
 
@@ -880,6 +916,12 @@ impl Sim {
                     }
                 }
                 Action::Choke { peer, choke } => {
+                    let n = &mut self.nodes[i];
+                    if choke {
+                        n.unchoked.remove(&peer);
+                    } else if n.links.contains_key(&peer) {
+                        n.unchoked.insert(peer);
+                    }
                     if let Some(l) = self.nodes[i].links.get_mut(&peer) {
                         let refused = l.upload.set_choked(choke);
                         let (r, rk) = (l.remote, l.remote_key);
@@ -959,10 +1001,10 @@ impl Sim {
         }
         let mut held_until: Option<Time> = None;
         let mut pick = None;
-        for _ in 0..n.rr.len() {
-            let key = n.rr.pop_front().expect("counted");
-            n.rr.push_back(key);
-            let l = n.links.get_mut(&key).expect("rr lists linked sessions");
+        let last = n.served_last;
+        let after = n.unchoked.range(PeerKey(last.0 + 1)..);
+        for &key in after.chain(n.unchoked.range(..=last)) {
+            let l = n.links.get(&key).expect("unchoked sessions are linked");
             if !l.upload.ready() {
                 continue;
             }
@@ -983,6 +1025,7 @@ impl Sim {
             }
             return;
         };
+        n.served_last = key;
         let l = n.links.get_mut(&key).expect("picked");
         let spec = l.upload.next_batch(1)[0];
         let len = u64::from(spec.len);
@@ -1012,7 +1055,7 @@ impl Sim {
             return;
         };
         let (to, remote_key) = (l.remote, l.remote_key);
-        let first = !std::mem::replace(&mut l.served[spec.piece as usize], true);
+        let first = !l.served.replace(spec.piece as usize, true);
         let len = u64::from(spec.len);
         // Its download pipe: after the wire's delay, behind what it is
         // already taking in.
@@ -1258,11 +1301,24 @@ impl Sim {
             timed_out,
             nodes,
         );
+        let mut peers: Vec<usize> = self
+            .nodes
+            .iter()
+            .filter(|n| n.core.is_some())
+            .map(|n| n.links.len())
+            .collect();
+        peers.sort_unstable();
         report.simulated = Some(Simulated {
+            peers_at_end: [
+                peers.first().copied().unwrap_or(0),
+                peers.get(peers.len() / 2).copied().unwrap_or(0),
+                peers.last().copied().unwrap_or(0),
+            ],
             seconds: self.secs(),
             events: self.events_processed,
             latency_ms: self.options.latency.as_secs_f64() * 1e3,
             peers: self.options.peers,
+            dial_until: self.options.dial_until,
             max_peers: self.options.max_peers,
         });
         report

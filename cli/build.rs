@@ -1,0 +1,54 @@
+//! Probes for what some CLI tests drive, so that a machine without it
+//! shows those tests as skipped (ignored) rather than passed: `tmux` (a
+//! real terminal for `sluice top`), and network and mount namespaces
+//! (`ip`, `unshare` and the right to use them: the mDNS and full-disk
+//! tests). With
+//! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
+//! one fails the build instead.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "cargo reads what a build script prints"
+)]
+
+use std::process::Command;
+
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_tmux)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_namespaces)");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TMUX");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_NAMESPACES");
+    for bin in [
+        "/usr/bin/tmux",
+        "/usr/sbin/ip",
+        "/bin/ip",
+        "/usr/bin/unshare",
+    ] {
+        println!("cargo::rerun-if-changed={bin}");
+    }
+    if !runs("tmux", &["-V"]) {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_TMUX").is_none(),
+            "SLUICE_REQUIRE_TMUX is set but tmux is not installed"
+        );
+        println!("cargo::rustc-cfg=sluice_no_tmux");
+    }
+    // Making (and at once dropping) a network and a mount namespace tells
+    // whether the tests can: root alone is not enough in a container
+    // without CAP_SYS_ADMIN.
+    let able = runs("ip", &["-V"]) && runs("unshare", &["-n", "-m", "true"]);
+    if !able {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_NAMESPACES").is_none(),
+            "SLUICE_REQUIRE_NAMESPACES is set but this machine cannot make network and mount namespaces (root, `ip`, `unshare`)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_namespaces");
+    }
+}
