@@ -24,10 +24,21 @@ pub struct WindowConfig {
     max_timeout: Duration,
 }
 
+/// How long a peer's queue of our requests should take to drain: half a
+/// second. Long enough to keep a link busy across any round trip under
+/// that, at the rate it delivers, and to let the rate grow. Not longer:
+/// every block requested from one peer is a block no other peer is asked
+/// for (outside endgame), so a deep queue at one uploader leaves the
+/// others unchoking us with nothing to send. In `sluice sim`, 1,000 nodes
+/// with capped uploads finished at 1.24x Kumar & Ross's bound with 3 s
+/// (libtorrent's `request_queue_time`), 1.14x with 1 s and 1.08x with
+/// 0.5 s; at 100 nodes 1.16x, 1.09x, 1.05x.
+pub const DEFAULT_TARGET_QUEUE_TIME: Duration = Duration::from_millis(500);
+
 impl Default for WindowConfig {
     fn default() -> Self {
         Self {
-            target_queue_time: Duration::from_secs(3),
+            target_queue_time: DEFAULT_TARGET_QUEUE_TIME,
             min: 2,
             max: 250,
             min_timeout: Duration::from_secs(2),
@@ -38,7 +49,7 @@ impl Default for WindowConfig {
 
 impl WindowConfig {
     /// How long a peer's queue of our requests should take to drain at its
-    /// measured rate. Default 3 s.
+    /// measured rate. Default [`DEFAULT_TARGET_QUEUE_TIME`] (500 ms).
     pub fn with_target_queue_time(mut self, d: Duration) -> Self {
         self.target_queue_time = d;
         self
@@ -148,8 +159,8 @@ mod tests {
     fn window_follows_the_rate_within_its_bounds() {
         let w = RequestWindow::new(WindowConfig::default(), 500);
         assert_eq!(w.size(0.0), 2, "never below the minimum");
-        // 1 MB/s × 3 s / 16 KiB = 183.1 → 184.
-        assert_eq!(w.size(1_000_000.0), 184);
+        // 1 MB/s × 0.5 s / 16 KiB = 30.5 → 31.
+        assert_eq!(w.size(1_000_000.0), 31);
         assert_eq!(w.size(1e12), 250, "our maximum");
         let w = RequestWindow::new(WindowConfig::default(), 10);
         assert_eq!(w.size(1e12), 10, "the peer's maximum");
