@@ -313,6 +313,11 @@ impl Driver {
                 () = &mut timer => self.on_tick(),
                 cmd = commands.recv() => match cmd {
                     Some(Command::AddPeer { peer_id, reader, writer, remote_max, opened_by_us }) => {
+                        // What the storage found first (a piece lost, say),
+                        // so the new peer hears what we hold now.
+                        while let Ok(ev) = storage_events.try_recv() {
+                            self.core.on_storage(Instant::now(), ev);
+                        }
                         self.add_peer(peer_id, reader, writer, remote_max, opened_by_us);
                     }
                     Some(Command::Stop(reply)) => {

@@ -185,6 +185,10 @@ type Core = TorrentCore<u32, SimQueue>;
 #[derive(Debug)]
 struct Link {
     remote: usize,
+    /// The remote's life when the connection was made: what reaches it
+    /// after it stopped (and maybe restarted, numbering its sessions
+    /// afresh) is dropped, never taken by a new session.
+    remote_life: u32,
     remote_key: PeerKey,
     upload: UploadQueue,
     /// Pieces we sent it a block of (the first one is reported).
@@ -236,9 +240,11 @@ struct SimNode {
     completed_at: Option<f64>,
     rejoin_at: Option<Time>,
     restarts: usize,
-    /// Bytes moved in earlier lives (a restarted core counts from zero).
+    /// Bytes moved and time throttled in earlier lives (a restarted core
+    /// and write queue count from zero).
     carried_down: u64,
     carried_up: u64,
+    carried_throttled: Duration,
     downloaded: u64,
     uploaded: u64,
     hash_failures: u64,
@@ -381,6 +387,7 @@ impl Sim {
                 restarts: 0,
                 carried_down: 0,
                 carried_up: 0,
+                carried_throttled: Duration::ZERO,
                 downloaded: 0,
                 uploaded: 0,
                 hash_failures: 0,
@@ -390,9 +397,11 @@ impl Sim {
                 samples: Vec::new(),
             })
             .collect();
-        let expected = Duration::from_secs_f64(config.timeout.min(3600.0));
+        // Spread over the longest the run may take, so the whole curve
+        // fits in the samples kept.
+        let longest = nanos(Duration::from_secs_f64(config.timeout));
         let sample_every = nanos(SAMPLE_INTERVAL)
-            .max(nanos(expected) / MAX_SIM_SAMPLES as u64)
+            .max(longest / MAX_SIM_SAMPLES as u64)
             .max(1);
         let done_events = vec![false; config.events.len()];
         let latency = options.latency;
@@ -498,6 +507,7 @@ impl Sim {
             self.events_processed += 1;
             if matches!(ev, Event::Sample) {
                 self.sample();
+                self.leave_after_copies();
                 if self.finished() {
                     break;
                 }
@@ -511,6 +521,9 @@ impl Sim {
             self.handle(ev);
         }
         let wall = wall.elapsed().as_secs_f64();
+        // Totals as they are at the end, not at the last sample (its row
+        // is not kept: the curves end where sampling did).
+        self.refresh_totals();
         Ok(self.report(wall, timed_out))
     }
 
@@ -720,13 +733,12 @@ impl Sim {
     /// Ends a node's life: its sessions close at their other ends, its
     /// queued writes are lost (not its verified pieces).
     fn stop(&mut self, i: usize) {
-        let links: Vec<(PeerKey, usize, PeerKey)> = self.nodes[i]
+        let links: Vec<(usize, u32, PeerKey)> = self.nodes[i]
             .links
-            .iter()
-            .map(|(k, l)| (*k, l.remote, l.remote_key))
+            .values()
+            .map(|l| (l.remote, l.remote_life, l.remote_key))
             .collect();
-        for (_, remote, remote_key) in links {
-            let life = self.nodes[remote].life;
+        for (remote, life, remote_key) in links {
             self.at(
                 self.now + nanos(self.options.latency),
                 Event::Closed {
@@ -736,12 +748,14 @@ impl Sim {
                 },
             );
         }
+        let now = self.instant();
         let n = &mut self.nodes[i];
         if let Some(core) = n.core.take() {
             let s = core.summary();
             n.carried_down += s.downloaded;
             n.carried_up += s.uploaded;
             n.banned = n.banned.max(s.banned_peers);
+            n.carried_throttled += n.book.borrow().credits.stats(now).throttled_total;
         }
         n.downloaded = n.carried_down;
         n.uploaded = n.carried_up;
@@ -821,11 +835,13 @@ impl Sim {
 
     fn link(&mut self, node: usize, key: PeerKey, remote: usize, remote_key: PeerKey, max: u32) {
         let pieces = self.layout.num_pieces() as usize;
+        let remote_life = self.nodes[remote].life;
         let n = &mut self.nodes[node];
         n.links.insert(
             key,
             Link {
                 remote,
+                remote_life,
                 remote_key,
                 upload: UploadQueue::new(max),
                 served: Bitfield::repeat(false, pieces),
@@ -839,7 +855,11 @@ impl Sim {
     fn unlink(&mut self, node: usize, key: PeerKey) {
         let n = &mut self.nodes[node];
         if let Some(l) = n.links.remove(&key) {
-            n.by_remote.remove(&l.remote);
+            // Only if it still names this session (a newer one to the
+            // same remote may have taken the entry).
+            if n.by_remote.get(&l.remote) == Some(&key) {
+                n.by_remote.remove(&l.remote);
+            }
             n.unchoked.remove(&key);
         }
     }
@@ -856,8 +876,8 @@ impl Sim {
                     .is_some_and(|(b, c)| c.have()[b.piece().as_usize()]);
                 let link = self.nodes[to].links.get_mut(&key).expect("checked");
                 if let Admission::Rejected(_) = link.upload.request(spec, held) {
-                    let (remote, remote_key) = (link.remote, link.remote_key);
-                    self.send(remote, remote_key, Message::Reject(spec));
+                    let to = (link.remote, link.remote_life, link.remote_key);
+                    self.send(to, Message::Reject(spec));
                 } else {
                     self.kick_uplink(to);
                 }
@@ -877,15 +897,15 @@ impl Sim {
         }
     }
 
-    /// Sends `message` to `remote`'s session `remote_key`.
-    fn send(&mut self, remote: usize, remote_key: PeerKey, message: Message) {
-        let life = self.nodes[remote].life;
+    /// Sends `message` to the session (node, its life, key) `to`.
+    fn send(&mut self, to: (usize, u32, PeerKey), message: Message) {
+        let (node, life, key) = to;
         self.at(
             self.now + nanos(self.options.latency),
             Event::Deliver {
-                to: remote,
+                to: node,
                 life,
-                key: remote_key,
+                key,
                 message,
             },
         );
@@ -911,8 +931,8 @@ impl Sim {
             match action {
                 Action::Send { peer, message } => {
                     if let Some(l) = self.nodes[i].links.get(&peer) {
-                        let (r, rk) = (l.remote, l.remote_key);
-                        self.send(r, rk, message);
+                        let to = (l.remote, l.remote_life, l.remote_key);
+                        self.send(to, message);
                     }
                 }
                 Action::Choke { peer, choke } => {
@@ -924,18 +944,15 @@ impl Sim {
                     }
                     if let Some(l) = self.nodes[i].links.get_mut(&peer) {
                         let refused = l.upload.set_choked(choke);
-                        let (r, rk) = (l.remote, l.remote_key);
-                        self.send(
-                            r,
-                            rk,
-                            if choke {
-                                Message::Choke
-                            } else {
-                                Message::Unchoke
-                            },
-                        );
+                        let to = (l.remote, l.remote_life, l.remote_key);
+                        let m = if choke {
+                            Message::Choke
+                        } else {
+                            Message::Unchoke
+                        };
+                        self.send(to, m);
                         for spec in refused {
-                            self.send(r, rk, Message::Reject(spec));
+                            self.send(to, Message::Reject(spec));
                         }
                     }
                 }
@@ -947,8 +964,7 @@ impl Sim {
                 }
                 Action::Close { peer, .. } => {
                     if let Some(l) = self.nodes[i].links.get(&peer) {
-                        let (to, key) = (l.remote, l.remote_key);
-                        let life = self.nodes[to].life;
+                        let (to, life, key) = (l.remote, l.remote_life, l.remote_key);
                         self.at(
                             self.now + nanos(self.options.latency),
                             Event::Closed { to, life, key },
@@ -1054,7 +1070,7 @@ impl Sim {
         let Some(l) = self.nodes[i].links.get_mut(&key) else {
             return;
         };
-        let (to, remote_key) = (l.remote, l.remote_key);
+        let (to, life, remote_key) = (l.remote, l.remote_life, l.remote_key);
         let first = !l.served.replace(spec.piece as usize, true);
         let len = u64::from(spec.len);
         // Its download pipe: after the wire's delay, behind what it is
@@ -1065,7 +1081,6 @@ impl Sim {
             arrive = arrive.max(r.downlink_free) + transfer(len, down);
             r.downlink_free = arrive;
         }
-        let life = self.nodes[to].life;
         self.at(
             arrive,
             Event::Block {
@@ -1171,9 +1186,14 @@ impl Sim {
         let complete = n.core.as_ref().is_some_and(|c| c.summary().complete);
         if complete && n.completed_at.is_none() && n.plan.role.downloads() {
             n.completed_at = Some(secs);
-        } else {
-            return;
+            self.leave_after_copies();
         }
+    }
+
+    /// Seeders waiting for so many complete copies leave once there are
+    /// (checked as nodes complete, and at every sample as the testnet
+    /// does, so `copies = 0` leaves at once).
+    fn leave_after_copies(&mut self) {
         let copies = self
             .nodes
             .iter()
@@ -1232,25 +1252,38 @@ impl Sim {
         self.at(back, Event::Rejoin(i));
     }
 
+    /// Brings every running node's totals up to now; returns each one's
+    /// write-queue use (`None` for a node not running).
+    fn refresh_totals(&mut self) -> Vec<Option<u64>> {
+        let now = self.instant();
+        self.nodes
+            .iter_mut()
+            .map(|n| {
+                let core = n.core.as_ref()?;
+                let s = core.summary();
+                let q = n.book.borrow().credits.stats(now);
+                n.downloaded = n.carried_down + s.downloaded;
+                n.uploaded = n.carried_up + s.uploaded;
+                n.banned = n.banned.max(s.banned_peers);
+                n.peak_disk = n.peak_disk.max(q.used_bytes());
+                Some(q.used_bytes())
+            })
+            .collect()
+    }
+
     fn sample(&mut self) {
         let t = self.secs();
         let pieces = f64::from(self.layout.num_pieces().max(1));
-        let now = self.instant();
-        for n in &mut self.nodes {
-            let Some(core) = n.core.as_ref() else {
+        let used = self.refresh_totals();
+        for (n, used) in self.nodes.iter_mut().zip(used) {
+            let Some(used) = used else {
                 continue;
             };
-            let s = core.summary();
-            let q = n.book.borrow().credits.stats(now);
-            n.downloaded = n.carried_down + s.downloaded;
-            n.uploaded = n.carried_up + s.uploaded;
-            n.banned = n.banned.max(s.banned_peers);
-            n.peak_disk = n.peak_disk.max(q.used_bytes());
             if n.samples.len() < MAX_SIM_SAMPLES {
                 n.samples.push(Sample {
                     t,
                     progress: f64::from(n.verified_count) / pieces,
-                    disk_used: q.used_bytes(),
+                    disk_used: used,
                     downloaded: n.downloaded,
                     uploaded: n.uploaded,
                 });
@@ -1285,7 +1318,11 @@ impl Sim {
                     restarts: n.restarts,
                     peak_disk_bytes: n.peak_disk,
                     disk_capacity_bytes: self.config.disk_queue,
-                    throttled_seconds: q.throttled_total.as_secs_f64(),
+                    throttled_seconds: (n.carried_throttled
+                        + n.core
+                            .as_ref()
+                            .map_or(Duration::ZERO, |_| q.throttled_total))
+                    .as_secs_f64(),
                     uploaded_to_free_riders: n.to_free_riders,
                     peak_rss_bytes: None,
                     samples: n.samples.clone(),
