@@ -291,7 +291,13 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
     );
     let started = Instant::now();
     let sim = sluice_testnet::Sim::new(config, options)?;
+    let mut shown: Option<Instant> = None;
     let report = sim.run(|p| {
+        // A line every few seconds of wall time, whatever the pace.
+        if shown.is_some_and(|s| s.elapsed() < REDRAW * 5) {
+            return;
+        }
+        shown = Some(Instant::now());
         println!(
             "t = {:6.1} s simulated: {}/{} complete ({:.1} s wall, {} events)",
             p.simulated_seconds,

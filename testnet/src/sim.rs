@@ -474,7 +474,8 @@ impl Sim {
         self.now as f64 / 1e9
     }
 
-    /// Runs to the end; `on_progress` is called every simulated 10 s.
+    /// Runs to the end; `on_progress` is called at every sample (the
+    /// caller decides how often to show it).
     pub fn run(mut self, mut on_progress: impl FnMut(Progress)) -> Result<Report> {
         let wall = Instant::now();
         for i in 0..self.nodes.len() {
@@ -495,7 +496,6 @@ impl Sim {
         self.at(0, Event::Sample);
         let timeout = nanos(Duration::from_secs_f64(self.config.timeout));
         let mut timed_out = false;
-        let mut next_progress = 0;
         while let Some((t, ev)) = self.next_event() {
             if t > timeout {
                 timed_out = true;
@@ -511,10 +511,7 @@ impl Sim {
                 if self.finished() {
                     break;
                 }
-                if self.now >= next_progress {
-                    next_progress = self.now + nanos(Duration::from_secs(10));
-                    on_progress(self.progress());
-                }
+                on_progress(self.progress());
                 self.at(self.now + self.sample_every, Event::Sample);
                 continue;
             }
