@@ -312,11 +312,7 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
     println!();
     print!("{}", report.summary());
     println!("report: {}", dir.join("report.md").display());
-    Ok(if report.timed_out {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code(&report))
 }
 
 pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
@@ -384,11 +380,16 @@ async fn run(testnet: &mut Testnet, dir: &std::path::Path, args: &TestnetArgs) -
         }
         let _ = (&mut ctrl_c).await;
     }
-    Ok(if report.timed_out {
+    Ok(exit_code(&report))
+}
+
+/// 1 when the run timed out (not every downloading node completed).
+fn exit_code(report: &sluice_testnet::Report) -> ExitCode {
+    if report.timed_out {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// Removes the bulk of a run (content, nodes' copies and data dirs),

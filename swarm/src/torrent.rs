@@ -39,9 +39,7 @@ use crate::framed::{FrameReader, FrameWriter};
 use crate::ratelimit::RateLimiter;
 use crate::session::{FromSession, Session, SessionLimits, SessionStats, ToSession};
 use crate::torrent_core::{Action, TorrentCore};
-pub use crate::torrent_core::{
-    ChokerChoice, CloseReason, DISK_RETRY, PeerStats, TorrentConfig, WITHDRAW_FOR,
-};
+pub use crate::torrent_core::{ChokerChoice, PeerStats, TorrentConfig};
 
 /// Session events handled per loop turn before the core's actions are
 /// carried out (requests then go out in batches, not one per block).

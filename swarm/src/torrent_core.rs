@@ -370,9 +370,6 @@ pub struct CoreSummary {
     pub uploaded: u64,
     pub hash_failures: u64,
     pub banned_peers: usize,
-    pub peers: usize,
-    /// Peers we do not choke.
-    pub unchoked: usize,
 }
 
 /// Who we sent a piece to, for telling peers that pass pieces on from
@@ -635,11 +632,6 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
     /// Whether `id` is banned.
     pub fn is_banned(&self, id: I) -> bool {
         self.offenders.banned.contains(&id)
-    }
-
-    /// Whether we choke `key` now (the choker's last decision).
-    pub fn am_choking(&self, key: PeerKey) -> Option<bool> {
-        self.peers.get(&key).map(Peer::am_choking)
     }
 
     /// Our requests outstanding to `key`.
@@ -1542,8 +1534,6 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
             uploaded: self.uploaded,
             hash_failures: self.hash_failures,
             banned_peers: self.offenders.banned.len(),
-            peers: self.peers.len(),
-            unchoked: self.peers.values().filter(|p| !p.am_choking()).count(),
         }
     }
 
@@ -1557,7 +1547,7 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
                 *key,
                 PeerStats {
                     peer_id: p.id.to_string(),
-                    am_choking: p.decision.as_ref().is_none_or(|d| !d.unchoke),
+                    am_choking: p.am_choking(),
                     am_interested: p.am_interested,
                     peer_choking: p.peer_choking,
                     peer_interested: p.peer_interested,

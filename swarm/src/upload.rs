@@ -86,10 +86,6 @@ impl UploadQueue {
         }
     }
 
-    pub fn is_choked(&self) -> bool {
-        self.choked
-    }
-
     /// Requests waiting.
     pub fn len(&self) -> usize {
         self.queue.len()

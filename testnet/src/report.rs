@@ -63,6 +63,40 @@ pub struct NodeReport {
     pub samples: Vec<Sample>,
 }
 
+impl NodeReport {
+    /// A node of `plan` that joined, left and completed when given, with
+    /// every count zero (callers fill in what they measured).
+    pub fn of_plan(
+        plan: &crate::config::NodePlan,
+        joined_at: Option<f64>,
+        left_at: Option<f64>,
+        completed_at: Option<f64>,
+    ) -> Self {
+        Self {
+            name: plan.name.clone(),
+            role: plan.role,
+            up_rate: plan.up_rate,
+            down_rate: plan.down_rate,
+            slow_disk_rate: plan.disk_rate,
+            joined_at,
+            left_at,
+            completed_at,
+            completion_seconds: completed_at.zip(joined_at).map(|(c, j)| c - j),
+            downloaded: 0,
+            uploaded: 0,
+            hash_failures: 0,
+            banned_peers: 0,
+            restarts: 0,
+            peak_disk_bytes: 0,
+            disk_capacity_bytes: 0,
+            throttled_seconds: 0.0,
+            uploaded_to_free_riders: 0,
+            peak_rss_bytes: None,
+            samples: Vec::new(),
+        }
+    }
+}
+
 /// Completion times of one role.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoleSummary {

@@ -881,18 +881,6 @@ impl Testnet {
             .nodes
             .iter()
             .map(|n| NodeReport {
-                name: n.plan.name.clone(),
-                role: n.plan.role,
-                up_rate: n.plan.up_rate,
-                down_rate: n.plan.down_rate,
-                slow_disk_rate: n.plan.disk_rate,
-                joined_at: n.joined_at,
-                left_at: n.left_at,
-                completed_at: n.completed_at,
-                completion_seconds: match (n.completed_at, n.joined_at) {
-                    (Some(c), Some(j)) => Some(c - j),
-                    _ => None,
-                },
                 downloaded: n.downloaded,
                 uploaded: n.uploaded,
                 hash_failures: n.hash_failures,
@@ -904,6 +892,7 @@ impl Testnet {
                 uploaded_to_free_riders: n.to_free_riders,
                 peak_rss_bytes: n.peak_rss,
                 samples: n.samples.clone(),
+                ..NodeReport::of_plan(&n.plan, n.joined_at, n.left_at, n.completed_at)
             })
             .collect();
         let info = self.meta.info();
