@@ -1,9 +1,11 @@
 //! Probes for what some CLI tests drive, so that a machine without it
 //! shows those tests as skipped (ignored) rather than passed: `tmux` (a
-//! real terminal for `sluice top`), and network and mount namespaces
+//! real terminal for `sluice top`), libtorrent (the BitTorrent interop
+//! tests' peer), and network and mount namespaces
 //! (`ip`, `unshare` and the right to use them: the mDNS and full-disk
 //! tests). With
-//! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
+//! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_LIBTORRENT=1` /
+//! `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
 //! one fails the build instead.
 
 #![allow(
@@ -22,6 +24,9 @@ fn runs(program: &str, args: &[&str]) -> bool {
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(sluice_no_tmux)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_libtorrent)");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_LIBTORRENT");
+    println!("cargo::rerun-if-changed=/usr/lib/python3/dist-packages");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_namespaces)");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TMUX");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_NAMESPACES");
@@ -39,6 +44,16 @@ fn main() {
             "SLUICE_REQUIRE_TMUX is set but tmux is not installed"
         );
         println!("cargo::rustc-cfg=sluice_no_tmux");
+    }
+    // libtorrent (Debian's python3-libtorrent) is the BitTorrent peer the
+    // interop tests trade with.
+    if !runs("/usr/bin/python3", &["-c", "import libtorrent"]) {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_LIBTORRENT").is_none(),
+            "SLUICE_REQUIRE_LIBTORRENT is set but /usr/bin/python3 cannot import libtorrent \
+             (apt-get install python3-libtorrent)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_libtorrent");
     }
     // Making (and at once dropping) a network and a mount namespace tells
     // whether the tests can: root alone is not enough in a container

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sluice_node::api::{ApiClient, PeerInfo, TorrentInfo};
+use sluice_swarm::torrent::Transport;
 
 use sluice_storage::units::{format_rate, format_size};
 
@@ -232,14 +233,15 @@ pub(crate) fn flags(p: &PeerInfo) -> String {
 /// The `sluice peers` table.
 pub(crate) fn peer_table(peers: &[PeerInfo]) -> String {
     let mut out = format!(
-        "{:<8} {:<21} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
-        "PEER", "ADDR", "FLAGS", "REASON", "DOWN/s", "UP/s", "WINDOW", "UPQ"
+        "{:<8} {:<21} {:<16} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
+        "PEER", "ADDR", "CLIENT", "FLAGS", "REASON", "DOWN/s", "UP/s", "WINDOW", "UPQ"
     );
     for p in peers {
         out.push_str(&format!(
-            "{:<8} {:<21} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
+            "{:<8} {:<21} {:<16} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
             short_id(&p.stats.peer_id),
             clip(&p.addr.as_deref().map(short_addr).unwrap_or_default(), 21),
+            clip(&client(p), 16),
             flags(p),
             clip(&p.stats.choke_reason, 30),
             format_rate(p.stats.down_rate),
@@ -252,6 +254,16 @@ pub(crate) fn peer_table(peers: &[PeerInfo]) -> String {
         ));
     }
     out
+}
+
+/// Which wire and client: `bt libtorrent/2.0.8`, `bt` (no name given),
+/// or `sluice` (a libp2p peer is a sluice node).
+pub(crate) fn client(p: &PeerInfo) -> String {
+    match (p.stats.transport, &p.stats.client) {
+        (Transport::Bt, Some(name)) => format!("bt {name}"),
+        (Transport::Bt, None) => "bt".into(),
+        (Transport::Libp2p, _) => "sluice (libp2p)".into(),
+    }
 }
 
 /// `/ip4/127.0.0.1/tcp/4001` → `127.0.0.1:4001` (QUIC gets a `/quic`).

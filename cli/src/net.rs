@@ -22,6 +22,31 @@ use sluice_storage::units::{format_size, parse_rate, parse_size};
 /// Exit code after Ctrl-C stopped an incomplete download.
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// A peer given on the command line: a libp2p node, or a BitTorrent
+/// client at `HOST:PORT`.
+#[derive(Debug, Clone)]
+pub(crate) enum PeerArg {
+    Libp2p(Multiaddr),
+    Bt(SocketAddr),
+}
+
+fn parse_peer(s: &str) -> Result<PeerArg, String> {
+    if s.starts_with('/') {
+        return parse_multiaddr(s).map(PeerArg::Libp2p);
+    }
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .map(PeerArg::Bt)
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "{s:?} is neither a multiaddr nor HOST:PORT ({e}); e.g. \
+             /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… or 127.0.0.1:6881"
+        )),
+    }
+}
+
 fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
     s.parse().map_err(|e| {
         format!("{s:?} is not a multiaddr ({e}); e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…")
@@ -39,9 +64,19 @@ pub(crate) struct NetArgs {
     /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port).
     #[arg(long, value_parser = parse_multiaddr)]
     listen: Vec<Multiaddr>,
-    /// A peer to connect to, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… (repeatable).
-    #[arg(long, value_parser = parse_multiaddr)]
-    peer: Vec<Multiaddr>,
+    /// A peer to connect to (repeatable): a sluice node's multiaddr, e.g.
+    /// /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…, or a BitTorrent client's
+    /// HOST:PORT, e.g. 127.0.0.1:6881.
+    #[arg(long, value_parser = parse_peer)]
+    peer: Vec<PeerArg>,
+    /// Where to accept BitTorrent peers (plaintext TCP; default: any
+    /// free port on all interfaces).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bt_listen: SocketAddr,
+    /// Speak no BitTorrent: no listener (given HOST:PORT peers are
+    /// refused).
+    #[arg(long, conflicts_with = "bt_listen")]
+    no_bt: bool,
     /// A DHT node to join, ending in /p2p/PEER_ID (repeatable); peers of
     /// the torrent are then found through provider records.
     #[arg(long, value_parser = parse_multiaddr)]
@@ -239,6 +274,7 @@ fn node_config(
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
         .with_api(api)
         .with_listen(listen)
+        .with_bt_listen((!net.no_bt).then_some(net.bt_listen))
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())
         .with_up_rate(net.up_rate)
@@ -259,6 +295,58 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+impl NetArgs {
+    /// The BitTorrent peers given; an error if BitTorrent is off.
+    fn bt_peers(&self) -> Result<Vec<SocketAddr>> {
+        let peers: Vec<SocketAddr> = self
+            .peer
+            .iter()
+            .filter_map(|p| match p {
+                PeerArg::Bt(a) => Some(*a),
+                PeerArg::Libp2p(_) => None,
+            })
+            .collect();
+        if self.no_bt && !peers.is_empty() {
+            anyhow::bail!(
+                "--peer {} is a BitTorrent peer, but --no-bt turns BitTorrent off",
+                peers[0]
+            );
+        }
+        Ok(peers)
+    }
+
+    /// The libp2p peers given.
+    fn libp2p_peers(&self) -> Vec<Multiaddr> {
+        self.peer
+            .iter()
+            .filter_map(|p| match p {
+                PeerArg::Libp2p(a) => Some(a.clone()),
+                PeerArg::Bt(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Dials the BitTorrent peers given for a torrent (in the background,
+/// with retries).
+fn connect_bt(node: &NodeHandle, torrent: &TorrentHandle, peers: &[SocketAddr]) -> Result<()> {
+    for &addr in peers {
+        node.add_bt_peer(torrent.info_hash(), addr)?;
+    }
+    Ok(())
+}
+
+/// Prints where BitTorrent peers reach us (a wildcard address as
+/// 127.0.0.1, which always works from this machine).
+fn print_bt(node: &NodeHandle) {
+    if let Some(mut addr) = node.bt_addr() {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        println!("bittorrent: {addr}");
+    }
 }
 
 async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
@@ -295,6 +383,7 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
         anyhow::bail!("{} does not exist", args.path.display());
     }
     let config = node_config(&args.net, None, None)?;
+    let bt_peers = args.net.bt_peers()?;
     let meta = match &args.torrent {
         Some(t) => read_torrent(t)?,
         None => {
@@ -310,9 +399,10 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
         }
     };
     runtime()?.block_on(async move {
-        let node = start(config, &args.net.peer).await?;
+        let node = start(config, &args.net.libp2p_peers()).await?;
         let content = crate::content_at(meta.info(), &args.path);
         let torrent = node.add_torrent(Arc::clone(&meta), content).await?;
+        connect_bt(&node, &torrent, &bt_peers)?;
         let s = torrent.stats();
         if s.verified_pieces < s.total_pieces {
             eprintln!(
@@ -333,6 +423,7 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
         for a in addrs {
             println!("peer:      {a}");
         }
+        print_bt(&node);
         print_api(&node);
         println!("seeding; Ctrl-C to stop");
         until_ctrl_c(node).await
@@ -407,6 +498,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         );
     }
     let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
+    let bt_peers = args.net.bt_peers()?;
     let data_dir = config.data_dir().to_owned();
     if let Source::Fetch { info_hash, .. } = &source {
         // Fetched before: resume without asking anyone.
@@ -427,7 +519,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         // and seeding after it is not lost between two listeners.
         let mut interrupts =
             tokio::signal::unix::signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
-        let mut peers = args.net.peer.clone();
+        let mut peers = args.net.libp2p_peers();
         if let Source::Fetch { hints, .. } = &source {
             peers.extend(hints.iter().cloned());
         }
@@ -475,6 +567,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
             r = node.add_torrent(Arc::clone(&meta), content.clone()) => r?,
             _ = interrupts.recv() => interrupted_while("opening the torrent"),
         };
+        connect_bt(&node, &torrent, &bt_peers)?;
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
         }
@@ -487,6 +580,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
                     for a in node.listen_addrs().await {
                         println!("peer:      {a}");
                     }
+                    print_bt(&node);
                     print_api(&node);
                     interrupts.recv().await;
                     eprintln!("stopping…");
@@ -506,7 +600,12 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
 pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
     let config = node_config(&args.net, None, None)?;
     runtime()?.block_on(async move {
-        let node = start(config, &args.net.peer).await?;
+        if !args.net.bt_peers()?.is_empty() {
+            anyhow::bail!(
+                "sluice node serves no torrent: BitTorrent peers (HOST:PORT) need seed or get"
+            );
+        }
+        let node = start(config, &args.net.libp2p_peers()).await?;
         for a in node.listen_addrs().await {
             println!("peer:      {a}");
         }

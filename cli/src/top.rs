@@ -18,7 +18,7 @@ use ratatui::widgets::{Block, Cell, Paragraph, Row, Sparkline, Table, TableState
 use ratatui::{DefaultTerminal, Frame};
 use sluice_node::api::{ApiClient, NodeInfo, PeerInfo, TorrentInfo};
 
-use crate::inspect::{ApiArgs, flags, short_id};
+use crate::inspect::{ApiArgs, client, flags, short_id};
 use sluice_storage::units::{format_rate, format_size};
 
 /// Samples kept for the sparklines (one per refresh).
@@ -317,6 +317,7 @@ fn draw_peers(f: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.peers.iter().map(|p| {
         Row::new([
             Cell::from(short_id(&p.stats.peer_id).to_owned()),
+            Cell::from(client(p)),
             Cell::from(flags(p)),
             Cell::from(p.stats.choke_reason.clone()),
             Cell::from(format_rate(p.stats.down_rate)),
@@ -336,6 +337,7 @@ fn draw_peers(f: &mut Frame<'_>, area: Rect, app: &App) {
         rows,
         [
             Constraint::Length(8),
+            Constraint::Length(16),
             Constraint::Length(5),
             Constraint::Min(16),
             Constraint::Length(10),
@@ -345,8 +347,10 @@ fn draw_peers(f: &mut Frame<'_>, area: Rect, app: &App) {
         ],
     )
     .header(
-        Row::new(["PEER", "FLAGS", "REASON", "DOWN/s", "UP/s", "WINDOW", "UPQ"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
+        Row::new([
+            "PEER", "CLIENT", "FLAGS", "REASON", "DOWN/s", "UP/s", "WINDOW", "UPQ",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(Block::bordered().title(title));
     f.render_widget(table, area);

@@ -345,12 +345,15 @@ async fn peers(State(state): State<ApiState>, UrlPath(ih): UrlPath<String>) -> R
         .peers
         .iter()
         .map(|p| {
-            let addr = p
-                .peer_id
-                .parse::<PeerId>()
-                .ok()
-                .and_then(|id| addrs.get(&id))
-                .map(ToString::to_string);
+            let addr = match p.socket_addr {
+                Some(a) => Some(a.to_string()),
+                None => p
+                    .peer_id
+                    .parse::<PeerId>()
+                    .ok()
+                    .and_then(|id| addrs.get(&id))
+                    .map(ToString::to_string),
+            };
             PeerInfo {
                 stats: p.clone(),
                 addr,

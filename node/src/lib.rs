@@ -70,6 +70,14 @@ pub enum NodeError {
     Dial { addr: Multiaddr, reason: String },
     #[error("the control API on {addr} is not on loopback, so it needs a token (--api-token)")]
     ApiNeedsToken { addr: SocketAddr },
+    #[error("cannot listen for BitTorrent peers on {addr}")]
+    BtListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no torrent {0} on this node")]
+    NoSuchTorrent(InfoHash),
     #[error("cannot serve the control API on {addr}")]
     Api {
         addr: SocketAddr,
@@ -83,6 +91,7 @@ pub enum NodeError {
 pub struct NodeConfig {
     data_dir: PathBuf,
     listen: Vec<Multiaddr>,
+    bt_listen: Option<SocketAddr>,
     mdns: bool,
     up_rate: Option<u64>,
     down_rate: Option<u64>,
@@ -104,6 +113,7 @@ impl NodeConfig {
         Self {
             data_dir: data_dir.into(),
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+            bt_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             mdns: true,
             up_rate: None,
             down_rate: None,
@@ -167,6 +177,14 @@ impl NodeConfig {
     /// itself again). Default 30 s.
     pub fn with_discovery_interval(mut self, d: Duration) -> Self {
         self.discovery_interval = d.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Where to accept BitTorrent peers (TCP), or `None` for no
+    /// BitTorrent listener (peers can still be dialed). Default
+    /// `127.0.0.1:0`.
+    pub fn with_bt_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.bt_listen = addr;
         self
     }
 
@@ -267,6 +285,9 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     tracker: TaskTracker,
     api_addr: Option<SocketAddr>,
+    /// Our BitTorrent peer id (fresh each start, as clients do).
+    bt_peer_id: [u8; 20],
+    bt_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -306,6 +327,15 @@ impl Node {
                 // An empty token would let in requests without one.
                 let token = api.token.clone().filter(|t| !t.is_empty());
                 Some((listener, addr, token))
+            }
+        };
+        let bt_listener = match config.bt_listen {
+            None => None,
+            Some(addr) => {
+                let bind = |source| NodeError::BtListen { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+                let local = listener.local_addr().map_err(bind)?;
+                Some((listener, local))
             }
         };
         let keypair = data_dir.identity()?;
@@ -369,8 +399,23 @@ impl Node {
             cancel: cancel.clone(),
             tracker: tracker.clone(),
             api_addr: api.as_ref().map(|(_, addr, _)| *addr),
+            bt_peer_id: sluice_swarm::bt::new_peer_id(&mut rand::thread_rng()),
+            bt_addr: bt_listener.as_ref().map(|(_, addr)| *addr),
             config: Arc::new(config),
         };
+        if let Some((listener, addr)) = bt_listener {
+            tracker.spawn(bt_accept_loop(
+                listener,
+                Arc::clone(&torrents),
+                handle.bt_peer_id,
+                tracker.clone(),
+                cancel.clone(),
+                Arc::new(tokio::sync::Semaphore::new(
+                    handle.config.max_pending_handshakes,
+                )),
+            ));
+            info!(%addr, "listening for BitTorrent peers");
+        }
         if let Some((listener, addr, token)) = api {
             api::write_api_file(handle.data_dir.path(), addr)
                 .map_err(|source| NodeError::Api { addr, source })?;
@@ -443,6 +488,46 @@ impl NodeHandle {
     /// Where the control API listens, if it runs.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// Where BitTorrent peers reach us, if we listen for them.
+    pub fn bt_addr(&self) -> Option<SocketAddr> {
+        self.bt_addr
+    }
+
+    /// Connects to a BitTorrent peer for torrent `ih`, trying again with
+    /// backoff ([`BT_RETRY_MIN`] doubling to [`BT_RETRY_MAX`]) until one
+    /// connection is made or the node stops. Returns at once; the attempt
+    /// runs as a task of the node.
+    pub fn add_bt_peer(&self, ih: InfoHash, addr: SocketAddr) -> Result<(), NodeError> {
+        let torrent = lock(&self.torrents)
+            .get(&ih)
+            .cloned()
+            .ok_or(NodeError::NoSuchTorrent(ih))?;
+        let ours = sluice_swarm::bt::wire::Handshake::ours(torrent.bt_info_hash(), self.bt_peer_id);
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            let mut wait = BT_RETRY_MIN;
+            loop {
+                let attempt = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = sluice_swarm::bt::connect(addr, ours) => r,
+                };
+                match attempt {
+                    Ok((stream, theirs)) => {
+                        debug!(%addr, "BitTorrent peer connected");
+                        return torrent.add_bt_peer(stream, addr, theirs, true).await;
+                    }
+                    Err(e) => debug!(%addr, error = %e, "cannot connect to a BitTorrent peer"),
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(BT_RETRY_MAX);
+            }
+        });
+        Ok(())
     }
 
     /// Changes the node's upload limit while it runs. Only a node started
@@ -1050,6 +1135,63 @@ async fn accept_loop(
     }
 }
 
+/// Accepts BitTorrent connections: reads the handshake, finds the torrent
+/// it names, answers and hands the connection over. At most `pending`
+/// connections are in their handshake at once; more are closed at once.
+async fn bt_accept_loop(
+    listener: tokio::net::TcpListener,
+    torrents: Torrents,
+    peer_id: [u8; 20],
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    pending: Arc<tokio::sync::Semaphore>,
+) {
+    use sluice_swarm::bt;
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (mut stream, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors, say: back off rather than spin.
+                warn!(error = %e, "accepting a BitTorrent connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            debug!(%addr, "BitTorrent connection refused: too many pending handshakes");
+            continue;
+        };
+        let torrents = Arc::clone(&torrents);
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            let theirs = match bt::read_handshake(&mut stream).await {
+                Ok(h) => h,
+                Err(e) => return debug!(%addr, error = %e, "incoming BitTorrent handshake failed"),
+            };
+            let torrent = lock(&torrents)
+                .values()
+                .find(|t| t.bt_info_hash() == theirs.info_hash)
+                .cloned();
+            let Some(torrent) = torrent else {
+                return debug!(%addr, info_hash = %hex::encode(theirs.info_hash), "BitTorrent peer for a torrent we do not have");
+            };
+            if theirs.peer_id == peer_id {
+                return debug!(%addr, "connected to ourselves");
+            }
+            let ours = bt::wire::Handshake::ours(theirs.info_hash, peer_id);
+            match bt::write_handshake(&mut stream, &ours).await {
+                Ok(()) => torrent.add_bt_peer(stream, addr, theirs, false).await,
+                Err(e) => debug!(%addr, error = %e, "incoming BitTorrent handshake failed"),
+            }
+        });
+    }
+}
+
 /// Answers metadata requests from peers fetching a torrent we have.
 /// At most [`MAX_METADATA_STREAMS`] streams are served at once, and
 /// [`MAX_METADATA_STREAMS_PER_PEER`] from one peer; more are dropped.
@@ -1126,6 +1268,10 @@ pub const MAX_LOOKUPS: usize = 64;
 
 /// How long [`NodeHandle::dial`] waits for a connection.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait before dialing a BitTorrent peer again.
+pub const BT_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to dial a BitTorrent peer.
+pub const BT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for a torrent before giving up on it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

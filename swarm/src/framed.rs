@@ -1,11 +1,14 @@
-//! Reading and writing `/sluice/pieces/1` frames on a byte stream.
+//! Reading and writing a wire's messages on a byte stream, through its
+//! [`Codec`] (the `/sluice/pieces/1` frames by default).
 
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::wire::{MAX_FRAME, Message, WireError};
+use crate::bt::wire::Extra;
+use crate::codec::{Codec, Inbound, SluiceCodec};
+use crate::wire::{Message, WireError};
 
 /// Why a peer's stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -25,30 +28,38 @@ pub enum StreamError {
 /// The read half: a buffer that never holds more than one frame beyond
 /// what has been decoded.
 #[derive(Debug)]
-pub struct FrameReader<R> {
+pub struct FrameReader<R, C = SluiceCodec> {
     io: R,
+    codec: C,
     buf: BytesMut,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R) -> Self {
-        Self {
-            io,
-            buf: BytesMut::with_capacity(2 * (MAX_FRAME + 4)),
-        }
+        Self::with_codec(io, SluiceCodec, BytesMut::new())
+    }
+}
+
+impl<R: AsyncRead + Unpin, C: Codec> FrameReader<R, C> {
+    /// A reader decoding with `codec`, starting with bytes already read
+    /// from `io` (what a handshake read past its own end).
+    pub fn with_codec(io: R, codec: C, read: BytesMut) -> Self {
+        let mut buf = BytesMut::with_capacity(2 * (codec.max_frame() + 4));
+        buf.extend_from_slice(&read);
+        Self { io, codec, buf }
     }
 
     /// The next message already in the buffer, without reading more.
-    pub fn try_next(&mut self) -> Result<Option<Message>, StreamError> {
-        Ok(Message::decode(&mut self.buf)?)
+    pub fn try_next(&mut self) -> Result<Option<Inbound>, StreamError> {
+        Ok(self.codec.decode(&mut self.buf)?)
     }
 
     /// The next message.
     ///
     /// Cancel-safe: bytes read before cancellation stay in the buffer.
-    pub async fn next(&mut self) -> Result<Message, StreamError> {
+    pub async fn next(&mut self) -> Result<Inbound, StreamError> {
         loop {
-            if let Some(m) = Message::decode(&mut self.buf)? {
+            if let Some(m) = self.codec.decode(&mut self.buf)? {
                 return Ok(m);
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
@@ -60,8 +71,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// The write half, batching messages into one buffer per flush.
 #[derive(Debug)]
-pub struct FrameWriter<W> {
+pub struct FrameWriter<W, C = SluiceCodec> {
     io: W,
+    codec: C,
     buf: BytesMut,
     /// Bytes written to `io` since its last flush.
     unflushed: bool,
@@ -69,16 +81,33 @@ pub struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(io: W) -> Self {
+        Self::with_codec(io, SluiceCodec)
+    }
+}
+
+impl<W: AsyncWrite + Unpin, C: Codec> FrameWriter<W, C> {
+    pub fn with_codec(io: W, codec: C) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(4 * (MAX_FRAME + 4)),
+            buf: BytesMut::with_capacity(4 * (codec.max_frame().min(64 * 1024) + 4)),
+            codec,
             unflushed: false,
         }
     }
 
     /// Queues a message for the next flush.
     pub fn push(&mut self, m: &Message) {
-        m.encode(&mut self.buf);
+        self.codec.encode(m, &mut self.buf);
+    }
+
+    /// Queues a message only the BitTorrent wire has (a session's reply).
+    pub fn push_extra(&mut self, e: &Extra) {
+        e.encode(&mut self.buf);
+    }
+
+    /// Queues bytes already encoded for this wire.
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes queued and not yet written.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_storage::InfoHash;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use crate::codec::Inbound;
 use crate::framed::{FrameReader, FrameWriter, StreamError};
 use crate::torrent::{PeerReader, PeerWriter};
 use crate::wire::{Message, VERSION};
@@ -43,17 +44,17 @@ async fn read_hello(reader: &mut PeerReader) -> Result<Hello, StreamError> {
         .await
         .map_err(|_| StreamError::Timeout(HANDSHAKE_TIMEOUT))??;
     match first {
-        Message::Handshake {
+        Inbound::Core(Message::Handshake {
             version: VERSION,
             info_hash,
             pieces,
             max_requests,
-        } => Ok(Hello {
+        }) => Ok(Hello {
             info_hash: InfoHash(info_hash),
             pieces,
             max_requests,
         }),
-        Message::Handshake { version, .. } => Err(StreamError::Protocol(format!(
+        Inbound::Core(Message::Handshake { version, .. }) => Err(StreamError::Protocol(format!(
             "protocol version {version}, we speak {VERSION}"
         ))),
         other => Err(StreamError::Protocol(format!(

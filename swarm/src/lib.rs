@@ -11,9 +11,14 @@
 //! - [`magnet`]: magnet links with a v2 info-hash and multiaddr hints.
 //! - [`window`]: per-peer request-window sizing and request timeouts.
 //!
+//! - [`bt`]: the BitTorrent peer wire (BEP 3/6/10/52) over TCP, a second
+//!   kind of session for the same core; [`codec`] is what both wires
+//!   implement.
 //! - [`transport`]: the libp2p swarm; [`torrent`] and its sessions drive
 //!   the piece protocol.
 
+pub mod bt;
+pub mod codec;
 pub mod framed;
 pub mod handshake;
 pub mod magnet;

@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::bt::wire::Extra;
+use crate::codec::{Codec, Inbound, SluiceCodec};
 use crate::framed::{FrameReader, FrameWriter, StreamError};
 use crate::ratelimit::RateLimiter;
 use crate::torrent_core::CloseReason;
@@ -93,12 +95,18 @@ pub(crate) struct SessionStats {
     /// Bytes in our write buffer, not yet taken by the stream (sampled
     /// before each flush).
     pub(crate) upload_buffered: AtomicU64,
+    /// The client name a BitTorrent peer gave (BEP 10 `v`).
+    pub(crate) client: std::sync::OnceLock<String>,
 }
 
-pub(crate) struct Session<R, W> {
+/// Most requests we let a BitTorrent peer's `reqq` promise us: beyond it
+/// the request window's own maximum rules anyway.
+const MAX_REQQ: u32 = 10_000;
+
+pub(crate) struct Session<R, W, C = SluiceCodec> {
     pub(crate) key: PeerKey,
-    pub(crate) reader: FrameReader<R>,
-    pub(crate) writer: FrameWriter<W>,
+    pub(crate) reader: FrameReader<R, C>,
+    pub(crate) writer: FrameWriter<W, C>,
     pub(crate) storage: Arc<Storage>,
     pub(crate) to_torrent: mpsc::Sender<FromSession>,
     pub(crate) commands: mpsc::Receiver<ToSession>,
@@ -122,7 +130,7 @@ pub(crate) struct Session<R, W> {
     pub(crate) serve_at: Option<tokio::time::Instant>,
 }
 
-impl<R, W> std::fmt::Debug for Session<R, W> {
+impl<R, W, C> std::fmt::Debug for Session<R, W, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("key", &self.key)
@@ -130,7 +138,7 @@ impl<R, W> std::fmt::Debug for Session<R, W> {
     }
 }
 
-impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Session<R, W, C> {
     /// Runs until the stream ends, the torrent says to close, or the peer
     /// breaks the protocol; reports why to the torrent.
     pub(crate) async fn run(mut self) {
@@ -275,10 +283,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
 
     async fn on_message(
         &mut self,
-        msg: Message,
+        msg: Inbound,
         queue: &mut UploadQueue,
     ) -> Result<(), StreamError> {
         self.last_read = tokio::time::Instant::now();
+        let msg = match msg {
+            Inbound::Core(m) => m,
+            Inbound::Bt(extra) => return self.on_extra(extra).await,
+        };
         match msg {
             Message::KeepAlive => {}
             Message::Request(spec) => {
@@ -316,6 +328,34 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<R, W> {
                 return Err(StreamError::Protocol("a second handshake".into()));
             }
             other => self.forward(other).await?,
+        }
+        Ok(())
+    }
+
+    /// What only the BitTorrent wire says.
+    async fn on_extra(&mut self, extra: Extra) -> Result<(), StreamError> {
+        match extra {
+            Extra::ExtHandshake(h) => {
+                if let Some(client) = h.client {
+                    let _ = self.stats.client.set(client);
+                }
+                if let Some(reqq) = h.reqq {
+                    self.forward(Message::MaxRequests(reqq.clamp(1, MAX_REQQ)))
+                        .await?;
+                }
+            }
+            // We hold every piece layer of the torrents we serve, but do
+            // not serve them yet: a peer that asks is told so at once.
+            Extra::HashRequest(spec) => self.writer.push_extra(&Extra::HashReject(spec)),
+            // We ask for no hashes and offer no extended messages; what
+            // we did not ask for is dropped. Allowed-fast pieces, suggestions
+            // and DHT ports are hints we do not use.
+            Extra::Hashes { .. }
+            | Extra::HashReject(_)
+            | Extra::Extended { .. }
+            | Extra::AllowedFast(_)
+            | Extra::Suggest(_)
+            | Extra::Port(_) => {}
         }
         Ok(())
     }
@@ -505,10 +545,14 @@ mod tests {
     }
 
     async fn next(peer: &mut FrameReader<ReadHalf<DuplexStream>>) -> Message {
-        tokio::time::timeout(WAIT, peer.next())
+        let m = tokio::time::timeout(WAIT, peer.next())
             .await
             .expect("a message in time")
-            .expect("stream open")
+            .expect("stream open");
+        match m {
+            crate::codec::Inbound::Core(m) => m,
+            other => panic!("a BitTorrent-only message on our wire: {other:?}"),
+        }
     }
 
     struct Running {

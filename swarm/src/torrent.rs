@@ -35,11 +35,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::bt::BtRemote;
+use crate::bt::wire::{BtCodec, Handshake};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::ratelimit::RateLimiter;
 use crate::session::{FromSession, Session, SessionLimits, SessionStats, ToSession};
 use crate::torrent_core::{Action, TorrentCore};
 pub use crate::torrent_core::{ChokerChoice, PeerStats, TorrentConfig};
+use crate::wire::Message;
 
 /// Session events handled per loop turn before the core's actions are
 /// carried out (requests then go out in batches, not one per block).
@@ -51,6 +54,48 @@ pub type PeerStream = Compat<libp2p::Stream>;
 pub type PeerReader = FrameReader<ReadHalf<PeerStream>>;
 /// A session's write half.
 pub type PeerWriter = FrameWriter<WriteHalf<PeerStream>>;
+
+/// A peer as the torrent knows it, whatever its transport: what strikes,
+/// bans and duplicate sessions go by.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Remote {
+    Libp2p(PeerId),
+    Bt(BtRemote),
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Libp2p(p) => p.fmt(f),
+            Remote::Bt(b) => b.fmt(f),
+        }
+    }
+}
+
+impl Remote {
+    fn transport(&self) -> Transport {
+        match self {
+            Remote::Libp2p(_) => Transport::Libp2p,
+            Remote::Bt(_) => Transport::Bt,
+        }
+    }
+}
+
+/// Which wire a peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `/sluice/pieces/1` over a libp2p stream.
+    #[default]
+    Libp2p,
+    /// The BitTorrent peer wire over TCP.
+    Bt,
+}
+
+/// Requests a BitTorrent peer is assumed to queue until its extension
+/// handshake says (`reqq`; libtorrent's default is 500, older clients
+/// 250).
+const BT_DEFAULT_REQQ: u32 = 250;
 
 /// A torrent's live numbers, published every tick.
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +133,12 @@ enum Command {
         remote_max: u32,
         opened_by_us: bool,
     },
+    AddBtPeer {
+        stream: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+        theirs: Handshake,
+        opened_by_us: bool,
+    },
     Stop(oneshot::Sender<Result<(), String>>),
 }
 
@@ -95,6 +146,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::AddPeer { peer_id, .. } => write!(f, "AddPeer({peer_id})"),
+            Command::AddBtPeer { addr, .. } => write!(f, "AddBtPeer({addr})"),
             Command::Stop(_) => f.write_str("Stop"),
         }
     }
@@ -166,6 +218,32 @@ impl TorrentHandle {
         let _ = self.commands.send(cmd).await;
     }
 
+    /// Hands over a BitTorrent connection after the handshakes (theirs
+    /// named this torrent). `opened_by_us`: we dialed it.
+    ///
+    /// Cancel-safe.
+    pub async fn add_bt_peer(
+        &self,
+        stream: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+        theirs: Handshake,
+        opened_by_us: bool,
+    ) {
+        let cmd = Command::AddBtPeer {
+            stream,
+            addr,
+            theirs,
+            opened_by_us,
+        };
+        let _ = self.commands.send(cmd).await;
+    }
+
+    /// The 20 bytes a BitTorrent handshake names this torrent by: the v2
+    /// info-hash truncated (BEP 52).
+    pub fn bt_info_hash(&self) -> [u8; 20] {
+        bt_info_hash(self.info_hash)
+    }
+
     /// Stops requesting, closes every session, lets the writer finish what
     /// is queued and flushes the resume file.
     ///
@@ -177,6 +255,14 @@ impl TorrentHandle {
         }
         rx.await.unwrap_or(Ok(()))
     }
+}
+
+/// The 20 bytes a BitTorrent handshake names a v2 torrent by (BEP 52:
+/// the SHA-256 info-hash truncated).
+pub fn bt_info_hash(ih: InfoHash) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out.copy_from_slice(&ih.0[..20]);
+    out
 }
 
 /// Node-wide settings a torrent needs.
@@ -191,7 +277,9 @@ type Flushing = tokio::task::JoinHandle<Result<(), sluice_storage::StorageError>
 
 /// The driver's end of one session.
 struct Link {
-    peer_id: PeerId,
+    id: Remote,
+    /// A BitTorrent peer's address (a libp2p peer's is the swarm's).
+    addr: Option<std::net::SocketAddr>,
     commands: mpsc::Sender<ToSession>,
     stats: Arc<SessionStats>,
     /// Block bytes the session had written when the core last heard.
@@ -199,7 +287,9 @@ struct Link {
 }
 
 struct Driver {
-    core: TorrentCore<PeerId, WriteQueue>,
+    core: TorrentCore<Remote, WriteQueue>,
+    /// The layout BitTorrent codecs share (made for the first such peer).
+    layout: Option<Arc<sluice_storage::Layout>>,
     storage: Arc<Storage>,
     config: TorrentConfig,
     limits: SharedLimits,
@@ -225,7 +315,7 @@ pub fn spawn_torrent(
 ) -> TorrentHandle {
     let now = Instant::now();
     let mut core = TorrentCore::new(
-        local_id,
+        Remote::Libp2p(local_id),
         storage.layout().clone(),
         storage.verified(),
         config.clone(),
@@ -269,6 +359,7 @@ pub fn spawn_torrent(
     };
     let driver = Driver {
         core,
+        layout: None,
         storage,
         config,
         limits,
@@ -316,7 +407,21 @@ impl Driver {
                         while let Ok(ev) = storage_events.try_recv() {
                             self.core.on_storage(Instant::now(), ev);
                         }
-                        self.add_peer(peer_id, reader, writer, remote_max, opened_by_us);
+                        let id = Remote::Libp2p(peer_id);
+                        if let Some((key, rx, stats)) = self.admit(id, remote_max, opened_by_us) {
+                            self.spawn_session(key, reader, writer, rx, stats);
+                        } else {
+                            self.tracker.spawn(async move {
+                                let mut writer = writer;
+                                let _ = writer.close().await;
+                            });
+                        }
+                    }
+                    Some(Command::AddBtPeer { stream, addr, theirs, opened_by_us }) => {
+                        while let Ok(ev) = storage_events.try_recv() {
+                            self.core.on_storage(Instant::now(), ev);
+                        }
+                        self.add_bt_peer(stream, addr, theirs, opened_by_us);
                     }
                     Some(Command::Stop(reply)) => {
                         stop_reply = Some(reply);
@@ -376,25 +481,22 @@ impl Driver {
         }
     }
 
-    fn add_peer(
+    /// Asks the core to take a peer; on success, its link is made (the
+    /// session is spawned by the caller with the receiver).
+    fn admit(
         &mut self,
-        peer_id: PeerId,
-        reader: PeerReader,
-        mut writer: PeerWriter,
+        id: Remote,
         remote_max: u32,
         opened_by_us: bool,
-    ) {
+    ) -> Option<(PeerKey, mpsc::Receiver<ToSession>, Arc<SessionStats>)> {
         let key = match self
             .core
-            .peer_opened(Instant::now(), peer_id, opened_by_us, remote_max)
+            .peer_opened(Instant::now(), id, opened_by_us, remote_max)
         {
             Ok(key) => key,
             Err(refusal) => {
-                debug!(%peer_id, %refusal, "refusing peer");
-                self.tracker.spawn(async move {
-                    let _ = writer.close().await;
-                });
-                return;
+                debug!(peer_id = %id, %refusal, "refusing peer");
+                return None;
             }
         };
         // Its channel holds a full window of requests and then some; one
@@ -402,19 +504,46 @@ impl Driver {
         let capacity = self.config.max_requests() as usize + 64;
         let (tx, rx) = mpsc::channel(capacity);
         let stats = Arc::new(SessionStats::default());
+        debug!(peer_id = %id, peer = key.0, "session started");
+        self.links.insert(
+            key,
+            Link {
+                id,
+                addr: None,
+                commands: tx,
+                stats: Arc::clone(&stats),
+                uploaded_seen: 0,
+            },
+        );
+        self.sessions_changed();
+        Some((key, rx, stats))
+    }
+
+    fn spawn_session<R, W, C>(
+        &mut self,
+        key: PeerKey,
+        reader: FrameReader<R, C>,
+        writer: FrameWriter<W, C>,
+        commands: mpsc::Receiver<ToSession>,
+        stats: Arc<SessionStats>,
+    ) where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        C: crate::codec::Codec,
+    {
         let session = Session {
             key,
             reader,
             writer,
             storage: Arc::clone(&self.storage),
             to_torrent: self.events_tx.clone(),
-            commands: rx,
+            commands,
             limits: SessionLimits {
                 max_requests: self.config.max_requests(),
                 upload_window: self.config.upload_window,
                 idle_timeout: self.config.idle_timeout,
             },
-            stats: Arc::clone(&stats),
+            stats,
             up_limit: self.limits.up.clone(),
             down_limit: self.limits.down.clone(),
             cap: None,
@@ -424,17 +553,43 @@ impl Driver {
             serve_at: None,
         };
         self.tracker.spawn(session.run());
-        debug!(%peer_id, peer = key.0, "session started");
-        self.links.insert(
-            key,
-            Link {
-                peer_id,
-                commands: tx,
-                stats,
-                uploaded_seen: 0,
-            },
+    }
+
+    fn add_bt_peer(
+        &mut self,
+        stream: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+        theirs: Handshake,
+        opened_by_us: bool,
+    ) {
+        let id = Remote::Bt(BtRemote {
+            ip: addr.ip(),
+            peer_id: theirs.peer_id,
+        });
+        let Some((key, rx, stats)) = self.admit(id, BT_DEFAULT_REQQ, opened_by_us) else {
+            return; // dropping the stream closes it
+        };
+        if let Some(link) = self.links.get_mut(&key) {
+            link.addr = Some(addr);
+        }
+        let layout = Arc::clone(
+            self.layout
+                .get_or_insert_with(|| Arc::new(self.storage.layout().clone())),
         );
-        self.sessions_changed();
+        let codec = BtCodec::new(layout, &theirs);
+        let (r, w) = stream.into_split();
+        let reader = FrameReader::with_codec(r, codec.clone(), bytes::BytesMut::new());
+        let writer = FrameWriter::with_codec(w, codec);
+        self.spawn_session(key, reader, writer, rx, stats);
+        // Our bitfield (queued by the core) goes first, then our extension
+        // handshake: BEP 6 wants the bitfield straight after the handshake.
+        self.carry_out();
+        if theirs.extended() {
+            self.tell(
+                key,
+                ToSession::Send(Message::MaxRequests(self.config.max_requests())),
+            );
+        }
     }
 
     fn on_session(&mut self, ev: FromSession) {
@@ -498,7 +653,7 @@ impl Driver {
             return;
         };
         if link.commands.try_send(cmd).is_err() {
-            debug!(peer_id = %link.peer_id, "session not keeping up");
+            debug!(peer_id = %link.id, "session not keeping up");
             self.links.remove(&key);
             self.sessions_changed();
             self.core.peer_closed(Instant::now(), key);
@@ -506,7 +661,14 @@ impl Driver {
     }
 
     fn sessions_changed(&mut self) {
-        let ids: HashSet<PeerId> = self.links.values().map(|l| l.peer_id).collect();
+        let ids: HashSet<PeerId> = self
+            .links
+            .values()
+            .filter_map(|l| match l.id {
+                Remote::Libp2p(p) => Some(p),
+                Remote::Bt(_) => None,
+            })
+            .collect();
         self.sessions_tx.send_replace(Arc::new(ids));
     }
 
@@ -534,6 +696,9 @@ impl Driver {
             .into_iter()
             .map(|(key, mut p)| {
                 if let Some(link) = self.links.get(&key) {
+                    p.transport = link.id.transport();
+                    p.client = link.stats.client.get().cloned();
+                    p.socket_addr = link.addr;
                     p.upload_queue = link.stats.upload_queue.load(Ordering::Relaxed);
                     p.upload_buffered_bytes = link.stats.upload_buffered.load(Ordering::Relaxed);
                 }

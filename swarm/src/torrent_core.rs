@@ -300,6 +300,13 @@ pub enum Action<K> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStats {
     pub peer_id: String,
+    /// The wire it speaks (the driver knows; the core says `libp2p`).
+    pub transport: crate::torrent::Transport,
+    /// Its client name, where its wire says (BitTorrent's BEP 10 `v`).
+    pub client: Option<String>,
+    /// A BitTorrent peer's address (the API shows it as `addr`).
+    #[serde(skip)]
+    pub socket_addr: Option<std::net::SocketAddr>,
     /// We refuse to upload to it.
     pub am_choking: bool,
     /// It has pieces we lack.
@@ -1547,6 +1554,9 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
                 *key,
                 PeerStats {
                     peer_id: p.id.to_string(),
+                    transport: Default::default(),
+                    client: None,
+                    socket_addr: None,
                     am_choking: p.am_choking(),
                     am_interested: p.am_interested,
                     peer_choking: p.peer_choking,

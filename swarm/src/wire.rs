@@ -103,6 +103,10 @@ pub enum WireError {
     BadLength { kind: u8, len: usize },
     #[error("bitfield chunk starts at piece {0}, not a multiple of 8")]
     Misaligned(u32),
+    #[error("not a BitTorrent handshake")]
+    NotBitTorrent,
+    #[error("bitfield of {got} bytes for a torrent that needs {want}")]
+    BitfieldLength { got: usize, want: usize },
 }
 
 impl Message {
