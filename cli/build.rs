@@ -1,11 +1,12 @@
 //! Probes for what some CLI tests drive, so that a machine without it
 //! shows those tests as skipped (ignored) rather than passed: `tmux` (a
 //! real terminal for `sluice top`), libtorrent (the BitTorrent interop
-//! tests' peer), and network and mount namespaces
+//! tests' peer), opentracker (their tracker), and network and mount namespaces
 //! (`ip`, `unshare` and the right to use them: the mDNS and full-disk
 //! tests). With
 //! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_LIBTORRENT=1` /
-//! `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
+//! `SLUICE_REQUIRE_OPENTRACKER=1` / `SLUICE_REQUIRE_NAMESPACES=1` (CI) a
+//! missing
 //! one fails the build instead.
 
 #![allow(
@@ -25,6 +26,9 @@ fn runs(program: &str, args: &[&str]) -> bool {
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(sluice_no_tmux)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_libtorrent)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_opentracker)");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_OPENTRACKER");
+    println!("cargo::rerun-if-changed=/usr/bin/opentracker");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_LIBTORRENT");
     println!("cargo::rerun-if-changed=/usr/lib/python3/dist-packages");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_namespaces)");
@@ -54,6 +58,15 @@ fn main() {
              (apt-get install python3-libtorrent)"
         );
         println!("cargo::rustc-cfg=sluice_no_libtorrent");
+    }
+    // opentracker is the real tracker the tracker tests announce to.
+    if !std::path::Path::new("/usr/bin/opentracker").exists() {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_OPENTRACKER").is_none(),
+            "SLUICE_REQUIRE_OPENTRACKER is set but opentracker is not installed \
+             (apt-get install opentracker)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_opentracker");
     }
     // Making (and at once dropping) a network and a mount namespace tells
     // whether the tests can: root alone is not enough in a container

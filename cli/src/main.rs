@@ -49,28 +49,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Make a BitTorrent v2 .torrent from a file or directory.
-    Create {
-        /// The file or directory to share.
-        path: PathBuf,
-        /// Where to write the .torrent (default: NAME.torrent here).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Piece size, a power of two ≥ 16KiB (default: from the total size).
-        #[arg(long, value_parser = parse_size)]
-        piece_size: Option<u64>,
-        /// Torrent name (default: the file or directory name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Hashing threads (default: every core).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Leave out the creation date, so the same files give the same bytes.
-        #[arg(long)]
-        no_date: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Create(CreateArgs),
     /// Describe a .torrent: name, files, piece size, info-hash.
     Show {
         torrent: PathBuf,
@@ -189,15 +168,7 @@ fn init_logging(cli: &Cli) {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Create {
-            path,
-            output,
-            piece_size,
-            name,
-            threads,
-            no_date,
-            json,
-        } => create(&path, output, piece_size, name, threads, no_date, json),
+        Command::Create(args) => create(args),
         Command::Show { torrent, json } => show(&torrent, json),
         Command::Seed(args) => net::seed(args),
         Command::Get(args) => net::get(args),
@@ -216,6 +187,35 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
+/// `sluice create`'s flags.
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// The file or directory to share.
+    path: PathBuf,
+    /// Where to write the .torrent (default: NAME.torrent here).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Piece size, a power of two ≥ 16KiB (default: from the total size).
+    #[arg(long, value_parser = parse_size)]
+    piece_size: Option<u64>,
+    /// Torrent name (default: the file or directory name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Hashing threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Leave out the creation date, so the same files give the same bytes.
+    #[arg(long)]
+    no_date: bool,
+    /// A tracker's announce URL, http(s):// or udp:// (repeatable;
+    /// each its own tier, tried in the order given).
+    #[arg(long, value_parser = parse_tracker)]
+    tracker: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Where a torrent's content is, given `path`: a single-file torrent may be
 /// given the directory that holds its file.
 pub(crate) fn content_at(info: &sluice_storage::Info, path: &Path) -> PathBuf {
@@ -226,14 +226,26 @@ pub(crate) fn content_at(info: &sluice_storage::Info, path: &Path) -> PathBuf {
     }
 }
 
-/// The magnet link of a torrent, without peer hints.
-fn magnet_of(info: &sluice_storage::Info) -> String {
+/// The magnet link of a torrent: its trackers (the first of each tier),
+/// no peer hints.
+pub(crate) fn magnet_of(meta: &Metainfo) -> sluice_swarm::magnet::Magnet {
     sluice_swarm::magnet::Magnet {
-        info_hash: info.info_hash(),
-        name: Some(info.name().to_owned()),
+        info_hash: meta.info().info_hash(),
+        name: Some(meta.info().name().to_owned()),
         peers: Vec::new(),
+        bt_peers: Vec::new(),
+        trackers: meta
+            .trackers()
+            .iter()
+            .filter_map(|tier| tier.first().cloned())
+            .collect(),
     }
-    .to_string()
+}
+
+fn parse_tracker(s: &str) -> Result<String, String> {
+    sluice_swarm::tracker::TrackerUrl::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) fn read_torrent(path: &Path) -> Result<Metainfo> {
@@ -315,15 +327,18 @@ struct Created {
     seconds: f64,
 }
 
-fn create(
-    path: &Path,
-    output: Option<PathBuf>,
-    piece_size: Option<u64>,
-    name: Option<String>,
-    threads: Option<usize>,
-    no_date: bool,
-    json: bool,
-) -> Result<ExitCode> {
+fn create(args: CreateArgs) -> Result<ExitCode> {
+    let CreateArgs {
+        path,
+        output,
+        piece_size,
+        name,
+        threads,
+        no_date,
+        tracker: trackers,
+        json,
+    } = args;
+    let path = path.as_path();
     let piece_length = piece_size
         .map(|p| u32::try_from(p).map_err(|_| anyhow::anyhow!("--piece-size {p} is too large")))
         .transpose()?;
@@ -337,7 +352,8 @@ fn create(
         .with_piece_length(piece_length)
         .with_name(name)
         .with_threads(threads.unwrap_or_else(default_threads))
-        .with_creation_date(date);
+        .with_creation_date(date)
+        .with_trackers(trackers);
     let (default_name, files) = sluice_storage::create::scan(path)?;
     let total: u64 = files.iter().map(|f| f.length).sum();
     // Check where the result goes before spending minutes hashing.
@@ -362,7 +378,7 @@ fn create(
     write_torrent(&output, meta.to_bytes())?;
     let created = Created {
         info_hash: info.info_hash().to_string(),
-        magnet: magnet_of(info),
+        magnet: magnet_of(&meta).to_string(),
         torrent: output,
         name: info.name().to_owned(),
         total_size: info.total_size(),
@@ -408,6 +424,7 @@ struct Shown<'a> {
     name: &'a str,
     info_hash: String,
     magnet: String,
+    trackers: &'a [Vec<String>],
     total_size: u64,
     piece_length: u32,
     pieces: u32,
@@ -427,7 +444,8 @@ fn show(path: &Path, json: bool) -> Result<ExitCode> {
     let shown = Shown {
         name: info.name(),
         info_hash: info.info_hash().to_string(),
-        magnet: magnet_of(info),
+        magnet: magnet_of(&meta).to_string(),
+        trackers: meta.trackers(),
         total_size: info.total_size(),
         piece_length: info.piece_length(),
         pieces: sluice_storage::Layout::new(info).num_pieces(),
@@ -448,6 +466,9 @@ fn show(path: &Path, json: bool) -> Result<ExitCode> {
     println!("name:        {}", shown.name);
     println!("info-hash:   {}", shown.info_hash);
     println!("magnet:      {}", shown.magnet);
+    for (i, tier) in shown.trackers.iter().enumerate() {
+        println!("tracker:     tier {i}: {}", tier.join(" "));
+    }
     println!(
         "size:        {} ({} bytes)",
         format_size(shown.total_size),

@@ -413,11 +413,8 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
             );
         }
         let addrs = node.listen_addrs().await;
-        let magnet = Magnet {
-            info_hash: meta.info().info_hash(),
-            name: Some(meta.info().name().to_owned()),
-            peers: addrs.clone(),
-        };
+        let mut magnet = crate::magnet_of(&meta);
+        magnet.peers = addrs.clone();
         println!("info-hash: {}", meta.info().info_hash());
         println!("magnet:    {magnet}");
         for a in addrs {
@@ -449,6 +446,23 @@ enum Source {
         info_hash: InfoHash,
         hints: Vec<Multiaddr>,
     },
+}
+
+/// What a magnet link adds to `--peer` and the torrent's own trackers.
+#[derive(Debug, Default)]
+struct LinkHints {
+    bt_peers: Vec<SocketAddr>,
+    trackers: Vec<String>,
+}
+
+fn link_hints(arg: &str) -> LinkHints {
+    match arg.parse::<Magnet>() {
+        Ok(m) if arg.starts_with("magnet:") => LinkHints {
+            bt_peers: m.bt_peers,
+            trackers: m.trackers,
+        },
+        _ => LinkHints::default(),
+    }
 }
 
 fn parse_source(arg: &str) -> Result<Source> {
@@ -498,7 +512,13 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         );
     }
     let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
-    let bt_peers = args.net.bt_peers()?;
+    let hints = if args.net.no_bt {
+        LinkHints::default()
+    } else {
+        link_hints(&args.source)
+    };
+    let mut bt_peers = args.net.bt_peers()?;
+    bt_peers.extend(&hints.bt_peers);
     let data_dir = config.data_dir().to_owned();
     if let Source::Fetch { info_hash, .. } = &source {
         // Fetched before: resume without asking anyone.
@@ -568,6 +588,9 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
             _ = interrupts.recv() => interrupted_while("opening the torrent"),
         };
         connect_bt(&node, &torrent, &bt_peers)?;
+        if !hints.trackers.is_empty() {
+            node.add_trackers(torrent.info_hash(), hints.trackers)?;
+        }
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
         }

@@ -1,8 +1,10 @@
 //! The BitTorrent peer wire, end to end with real processes on
 //! 127.0.0.1: sluice with sluice (no libp2p path at all), and sluice with
 //! libtorrent 2.0 (Debian's `python3-libtorrent`, driven by
-//! `tests/lt_peer.py`) both ways. Content must arrive byte-identical, and
-//! libtorrent's own recheck must pass on what sluice sent it.
+//! `tests/lt_peer.py`) both ways, and peers that find each other only
+//! through a real tracker (Debian's `opentracker`, over HTTP and UDP).
+//! Content must arrive byte-identical, and libtorrent's own recheck must
+//! pass on what sluice sent it.
 //!
 //! Without libtorrent the build script marks its tests ignored (skipped),
 //! unless `SLUICE_REQUIRE_LIBTORRENT=1` (CI), when the build fails.
@@ -20,6 +22,9 @@ use serde_json::Value;
 /// Longest wait for a process to say something or finish.
 const WAIT: Duration = Duration::from_secs(90);
 const PYTHON: &str = "/usr/bin/python3";
+/// Output lines a child may have waiting (it blocks beyond: nothing here
+/// prints more than a few).
+const LINES: usize = 1024;
 
 /// A child process killed when the test ends, however it ends, with its
 /// stdout lines arriving on a channel (so every wait has a timeout).
@@ -38,7 +43,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
+        let (tx, lines) = mpsc::sync_channel(LINES);
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -121,6 +126,11 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
 /// A multi-file torrent whose files end mid-block (v2 pads each file to a
 /// piece on this wire), with an empty file, and its `.torrent`.
 fn album(d: &Path) -> PathBuf {
+    album_with(d, &[])
+}
+
+/// [`album`], announcing to `trackers`.
+fn album_with(d: &Path, trackers: &[String]) -> PathBuf {
     let root = d.join("seed/album");
     std::fs::create_dir_all(root.join("disc1")).unwrap();
     std::fs::write(root.join("disc1/a.flac"), content(300_001, 1)).unwrap();
@@ -128,19 +138,19 @@ fn album(d: &Path) -> PathBuf {
     std::fs::write(root.join("notes.txt"), content(100, 3)).unwrap();
     std::fs::write(root.join("empty.txt"), b"").unwrap();
     let torrent = d.join("album.torrent");
-    let o = sluice(
-        &[
-            "create",
-            "seed/album",
-            "--piece-size",
-            "32KiB",
-            "-o",
-            torrent.to_str().unwrap(),
-        ],
-        d,
-    )
-    .output()
-    .unwrap();
+    let mut args = vec![
+        "create".to_owned(),
+        "seed/album".into(),
+        "--piece-size".into(),
+        "32KiB".into(),
+        "-o".into(),
+        torrent.to_str().unwrap().into(),
+    ];
+    for t in trackers {
+        args.extend(["--tracker".into(), t.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = sluice(&args, d).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     torrent
 }
@@ -181,26 +191,76 @@ fn sluice_seed(d: &Path, torrent: &Path) -> (Proc, String) {
     (seed, addr)
 }
 
-/// `sluice get` into `got/` from one BitTorrent peer; must succeed.
-fn sluice_get(d: &Path, torrent: &Path, peer: &str) {
-    let get = Proc::spawn(
-        sluice(
-            &[
-                "get",
-                torrent.to_str().unwrap(),
-                "-o",
-                "got",
-                "--data-dir",
-                "get-data",
-                "--no-mdns",
-                "--peer",
-                peer,
-            ],
-            d,
-        ),
-        "sluice get",
-    );
+/// `sluice get` into `got/` from one BitTorrent peer (or, with none,
+/// whoever its trackers name); must succeed.
+fn sluice_get(d: &Path, torrent: &Path, peer: Option<&str>) {
+    let mut args = vec![
+        "get",
+        torrent.to_str().unwrap(),
+        "-o",
+        "got",
+        "--data-dir",
+        "get-data",
+        "--no-mdns",
+    ];
+    if let Some(p) = peer {
+        args.extend(["--peer", p]);
+    }
+    let get = Proc::spawn(sluice(&args, d), "sluice get");
     assert!(get.wait(), "sluice get failed");
+}
+
+/// Debian's opentracker on 127.0.0.1 (HTTP and UDP on one port), taking
+/// announces for `torrent` only (Debian builds it with a whitelist).
+struct Tracker {
+    _proc: Proc,
+    port: u16,
+}
+
+impl Tracker {
+    fn start(d: &Path, torrent: &Path) -> Self {
+        let o = sluice(&["show", torrent.to_str().unwrap(), "--json"], d)
+            .output()
+            .unwrap();
+        let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+        // A v2 torrent is announced by its info-hash truncated to 20 bytes.
+        let ih = &shown["info_hash"].as_str().unwrap()[..40];
+        let dir = d.join("tracker");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("whitelist"), format!("{ih}\n")).unwrap();
+        // A free port for TCP and UDP alike (opentracker takes no 0).
+        let port = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
+        };
+        let mut cmd = Command::new("/usr/bin/opentracker");
+        let p = port.to_string();
+        cmd.args(["-i", "127.0.0.1", "-p", &p, "-P", &p, "-d"])
+            .arg(&dir)
+            .args(["-w", "whitelist"])
+            .current_dir(&dir);
+        let proc = Proc::spawn(cmd, "opentracker");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "opentracker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { _proc: proc, port }
+    }
+
+    fn http(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
+    fn udp(&self) -> String {
+        format!("udp://127.0.0.1:{}", self.port)
+    }
 }
 
 #[test]
@@ -210,7 +270,7 @@ fn sluice_and_sluice_over_the_bittorrent_wire_alone() {
     let torrent = album(d);
     let (_seed, addr) = sluice_seed(d, &torrent);
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
-    sluice_get(d, &torrent, &addr);
+    sluice_get(d, &torrent, Some(&addr));
     same_tree(&d.join("seed/album"), &d.join("got/album"));
 }
 
@@ -260,6 +320,49 @@ fn sluice_downloads_from_libtorrent() {
         "libtorrent seed",
     );
     let port = lt.line("port");
-    sluice_get(d, &torrent, &format!("127.0.0.1:{port}"));
+    sluice_get(d, &torrent, Some(&format!("127.0.0.1:{port}")));
+    same_tree(&d.join("seed/album"), &d.join("got/album"));
+}
+
+/// Two sluice nodes that know nothing of each other but the tracker in
+/// the `.torrent`: over HTTP, then over UDP.
+#[test]
+#[cfg_attr(
+    sluice_no_opentracker,
+    ignore = "needs opentracker: apt-get install opentracker"
+)]
+fn sluice_peers_meet_through_a_tracker_over_http_and_udp() {
+    for udp in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // The tracker needs the info-hash first; trackers are outside the
+        // info dict, so the hash is the same with or without them.
+        let tracker = Tracker::start(d, &album(d));
+        let url = if udp { tracker.udp() } else { tracker.http() };
+        let torrent = album_with(d, &[url]);
+        let (_seed, _) = sluice_seed(d, &torrent);
+        sluice_get(d, &torrent, None);
+        same_tree(&d.join("seed/album"), &d.join("got/album"));
+    }
+}
+
+/// libtorrent seeds and announces to the tracker; sluice, given only the
+/// `.torrent`, finds it there.
+#[test]
+#[cfg_attr(
+    any(sluice_no_libtorrent, sluice_no_opentracker),
+    ignore = "needs libtorrent and opentracker: apt-get install python3-libtorrent opentracker"
+)]
+fn sluice_finds_libtorrent_through_a_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tracker = Tracker::start(d, &album(d));
+    let torrent = album_with(d, &[tracker.http()]);
+    let lt = Proc::spawn(
+        lt_peer(&["seed", torrent.to_str().unwrap(), "seed", "120"], d),
+        "libtorrent seed",
+    );
+    lt.line("port");
+    sluice_get(d, &torrent, None);
     same_tree(&d.join("seed/album"), &d.join("got/album"));
 }

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod datadir;
+pub mod tracker;
 
 pub use libp2p::{Multiaddr, PeerId};
 
@@ -76,6 +77,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make an HTTP client for trackers: {0}")]
+    Http(String),
     #[error("no torrent {0} on this node")]
     NoSuchTorrent(InfoHash),
     #[error("cannot serve the control API on {addr}")]
@@ -288,6 +291,8 @@ pub struct NodeHandle {
     /// Our BitTorrent peer id (fresh each start, as clients do).
     bt_peer_id: [u8; 20],
     bt_addr: Option<SocketAddr>,
+    /// For HTTP(S) trackers.
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -400,6 +405,10 @@ impl Node {
             tracker: tracker.clone(),
             api_addr: api.as_ref().map(|(_, addr, _)| *addr),
             bt_peer_id: sluice_swarm::bt::new_peer_id(&mut rand::thread_rng()),
+            http: reqwest::Client::builder()
+                .user_agent(sluice_swarm::bt::wire::CLIENT_NAME)
+                .build()
+                .map_err(|e| NodeError::Http(e.to_string()))?,
             bt_addr: bt_listener.as_ref().map(|(_, addr)| *addr),
             config: Arc::new(config),
         };
@@ -500,10 +509,66 @@ impl NodeHandle {
     /// connection is made or the node stops. Returns at once; the attempt
     /// runs as a task of the node.
     pub fn add_bt_peer(&self, ih: InfoHash, addr: SocketAddr) -> Result<(), NodeError> {
-        let torrent = lock(&self.torrents)
+        let torrent = self.torrent(ih)?;
+        self.dial_bt(torrent, addr, true);
+        Ok(())
+    }
+
+    /// Announces torrent `ih` to these trackers (each its own tier, tried
+    /// in order) besides those its `.torrent` names, and dials the peers
+    /// they give. Does nothing when BitTorrent is off.
+    pub fn add_trackers(&self, ih: InfoHash, urls: Vec<String>) -> Result<(), NodeError> {
+        let torrent = self.torrent(ih)?;
+        let tiers = urls.into_iter().map(|u| vec![u]).collect();
+        self.announce(torrent, tiers);
+        Ok(())
+    }
+
+    fn torrent(&self, ih: InfoHash) -> Result<TorrentHandle, NodeError> {
+        lock(&self.torrents)
             .get(&ih)
             .cloned()
-            .ok_or(NodeError::NoSuchTorrent(ih))?;
+            .ok_or(NodeError::NoSuchTorrent(ih))
+    }
+
+    /// Starts announcing `torrent` to `tiers` (a task until the node stops).
+    fn announce(&self, torrent: TorrentHandle, tiers: Vec<Vec<String>>) {
+        let Some(bt) = self.bt_addr else { return };
+        if tiers.is_empty() {
+            return;
+        }
+        let me = tracker::Me {
+            peer_id: self.bt_peer_id,
+            port: bt.port(),
+        };
+        let node = self.clone();
+        let for_dial = torrent.clone();
+        let dial = move |addr: SocketAddr| {
+            // Not ourselves, and not a peer we are connected to already.
+            let ours = addr.port() == bt.port()
+                && (addr.ip().is_loopback() || bt.ip().is_unspecified() || addr.ip() == bt.ip());
+            let connected = for_dial
+                .stats()
+                .peers
+                .iter()
+                .any(|p| p.socket_addr == Some(addr));
+            if !ours && !connected {
+                node.dial_bt(for_dial.clone(), addr, false);
+            }
+        };
+        self.tracker.spawn(tracker::announce_loop(
+            torrent,
+            tiers,
+            me,
+            self.http.clone(),
+            dial,
+            self.cancel.clone(),
+        ));
+    }
+
+    /// Dials a BitTorrent peer for `torrent` as a task of the node: once,
+    /// or (`retry`) until connected, with backoff.
+    fn dial_bt(&self, torrent: TorrentHandle, addr: SocketAddr, retry: bool) {
         let ours = sluice_swarm::bt::wire::Handshake::ours(torrent.bt_info_hash(), self.bt_peer_id);
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
@@ -520,6 +585,9 @@ impl NodeHandle {
                     }
                     Err(e) => debug!(%addr, error = %e, "cannot connect to a BitTorrent peer"),
                 }
+                if !retry {
+                    return;
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}
@@ -527,7 +595,6 @@ impl NodeHandle {
                 wait = (wait * 2).min(BT_RETRY_MAX);
             }
         });
-        Ok(())
     }
 
     /// Changes the node's upload limit while it runs. Only a node started
@@ -622,6 +689,7 @@ impl NodeHandle {
         );
         lock(&self.torrents).insert(ih, handle.clone());
         let _ = self.commands.send(Command::Announce(ih)).await;
+        self.announce(handle.clone(), handle.metainfo().trackers().to_vec());
         Ok(handle)
     }
 

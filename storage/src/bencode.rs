@@ -83,9 +83,40 @@ pub struct DecodeError {
 
 /// Decodes exactly one value spanning all of `input`.
 pub fn decode(input: &[u8]) -> Result<Value<'_>, DecodeError> {
-    let mut d = Decoder { input, pos: 0 };
+    whole(Decoder {
+        input,
+        pos: 0,
+        sorted: true,
+    })
+}
+
+/// Like [`decode`], but dict keys may come in any order (never twice):
+/// what real `.torrent` files and trackers send. Every dict keeps its raw
+/// bytes, so an info-hash is still taken over exactly what was sent.
+pub fn decode_lenient(input: &[u8]) -> Result<Value<'_>, DecodeError> {
+    whole(Decoder {
+        input,
+        pos: 0,
+        sorted: false,
+    })
+}
+
+/// Decodes one value at the start of `input` (keys in any order) and
+/// says how many bytes it took: a `ut_metadata` message is a dict
+/// followed by raw data.
+pub fn decode_prefix(input: &[u8]) -> Result<(Value<'_>, usize), DecodeError> {
+    let mut d = Decoder {
+        input,
+        pos: 0,
+        sorted: false,
+    };
     let value = d.value(0)?;
-    if d.pos != input.len() {
+    Ok((value, d.pos))
+}
+
+fn whole(mut d: Decoder<'_>) -> Result<Value<'_>, DecodeError> {
+    let value = d.value(0)?;
+    if d.pos != d.input.len() {
         return Err(d.err("trailing bytes after the value"));
     }
     Ok(value)
@@ -94,6 +125,8 @@ pub fn decode(input: &[u8]) -> Result<Value<'_>, DecodeError> {
 struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
+    /// Refuse dict keys out of order (canonical bencode).
+    sorted: bool,
 }
 
 impl<'a> Decoder<'a> {
@@ -142,7 +175,7 @@ impl<'a> Decoder<'a> {
                     }
                     let key_at = self.pos;
                     let key = self.bytes()?;
-                    if last.is_some_and(|l| l >= key) {
+                    if self.sorted && last.is_some_and(|l| l >= key) {
                         return Err(DecodeError {
                             offset: key_at,
                             reason: "dict keys are not in sorted order or repeat",
@@ -150,7 +183,12 @@ impl<'a> Decoder<'a> {
                     }
                     last = Some(key);
                     let value = self.value(depth + 1)?;
-                    entries.insert(key, value);
+                    if entries.insert(key, value).is_some() {
+                        return Err(DecodeError {
+                            offset: key_at,
+                            reason: "dict key repeats",
+                        });
+                    }
                 }
                 self.pos += 1;
                 Ok(Value::Dict(Dict {
@@ -279,6 +317,29 @@ pub fn encode_into(value: &Value<'_>, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unsorted keys: refused by `decode`, taken by `decode_lenient` with
+    /// the dict's raw bytes as sent; a repeated key is refused by both.
+    #[test]
+    fn lenient_decoding_takes_unsorted_keys_and_keeps_raw_bytes() {
+        let input = b"d1:bi1e1:ad1:zi0e1:yi0eee";
+        assert!(decode(input).is_err());
+        let Value::Dict(d) = decode_lenient(input).unwrap() else {
+            panic!("not a dict")
+        };
+        assert_eq!(d.raw, input);
+        assert_eq!(d.get(b"b"), Some(&Value::Int(1)));
+        let Some(Value::Dict(inner)) = d.get(b"a") else {
+            panic!("no inner dict")
+        };
+        assert_eq!(inner.raw, b"d1:zi0e1:yi0ee");
+        for bad in [&b"d1:ai1e1:ai2ee"[..], b"d1:bi1e1:bi1ee"] {
+            assert!(decode_lenient(bad).is_err(), "{bad:?}");
+        }
+        let (v, used) = decode_prefix(b"d1:ai1eeRAWDATA").unwrap();
+        assert_eq!(used, 8);
+        assert!(matches!(v, Value::Dict(_)));
+    }
 
     #[test]
     fn round_trips_canonical_input() {

@@ -16,6 +16,7 @@ pub struct CreateOptions {
     name: Option<String>,
     threads: usize,
     creation_date: Option<i64>,
+    trackers: Vec<String>,
 }
 
 impl Default for CreateOptions {
@@ -25,6 +26,7 @@ impl Default for CreateOptions {
             name: None,
             threads: default_threads(),
             creation_date: None,
+            trackers: Vec::new(),
         }
     }
 }
@@ -53,6 +55,13 @@ impl CreateOptions {
     /// default: none, so the same files always give the same bytes.
     pub fn with_creation_date(mut self, date: Option<i64>) -> Self {
         self.creation_date = date;
+        self
+    }
+
+    /// Tracker URLs (`announce`, and `announce-list` with each in its own
+    /// tier, tried in this order); default none.
+    pub fn with_trackers(mut self, urls: Vec<String>) -> Self {
+        self.trackers = urls;
         self
     }
 }
@@ -199,6 +208,7 @@ pub fn create(
         &infos,
         &layers,
         options.creation_date,
+        &options.trackers,
     )?)
 }
 

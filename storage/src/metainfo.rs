@@ -131,7 +131,7 @@ impl Info {
                 format!("is {} bytes; the limit is {MAX_TORRENT_BYTES}", raw.len()),
             ));
         }
-        let value = bencode::decode(raw)?;
+        let value = bencode::decode_lenient(raw)?;
         let Value::Dict(dict) = &value else {
             return Err(field_err("info", "is not a dict"));
         };
@@ -359,7 +359,48 @@ pub struct Metainfo {
     /// One entry per file, parallel to `info.files()`: the piece layer, empty
     /// for files of at most one piece.
     piece_layers: Vec<Vec<Hash>>,
+    /// Tracker URLs in tiers (BEP 12 `announce-list`, else `announce`).
+    trackers: Vec<Vec<String>>,
     bytes: Vec<u8>,
+}
+
+/// Most tracker URLs kept from a `.torrent` (all tiers together).
+pub const MAX_TRACKERS: usize = 64;
+/// Longest tracker URL kept.
+const MAX_TRACKER_URL: usize = 2048;
+
+/// `announce-list` (tiers of URLs), else `announce`; URLs that are not
+/// UTF-8, too long, or beyond [`MAX_TRACKERS`] are dropped (a tracker is a
+/// hint, not part of what the info-hash covers).
+fn parse_trackers(top: &Dict<'_>) -> Vec<Vec<String>> {
+    let url = |v: &Value<'_>| match v {
+        Value::Bytes(b) if !b.is_empty() && b.len() <= MAX_TRACKER_URL => {
+            std::str::from_utf8(b).ok().map(|s| s.trim().to_owned())
+        }
+        _ => None,
+    };
+    let mut kept = 0;
+    let mut tiers = Vec::new();
+    if let Some(Value::List(list)) = top.get(b"announce-list") {
+        for tier in list {
+            let Value::List(urls) = tier else { continue };
+            let urls: Vec<String> = urls
+                .iter()
+                .filter_map(url)
+                .take(MAX_TRACKERS - kept)
+                .collect();
+            kept += urls.len();
+            if !urls.is_empty() {
+                tiers.push(urls);
+            }
+        }
+    }
+    if tiers.is_empty()
+        && let Some(u) = top.get(b"announce").and_then(url)
+    {
+        tiers.push(vec![u]);
+    }
+    tiers
 }
 
 impl Metainfo {
@@ -371,7 +412,9 @@ impl Metainfo {
                 format!("is {} bytes; the limit is {MAX_TORRENT_BYTES}", bytes.len()),
             ));
         }
-        let value = bencode::decode(bytes)?;
+        // Real torrents are not always canonical (keys out of order): the
+        // info-hash is taken over the info dict's bytes as they are.
+        let value = bencode::decode_lenient(bytes)?;
         let Value::Dict(top) = &value else {
             return Err(field_err("torrent", "is not a dict"));
         };
@@ -430,6 +473,7 @@ impl Metainfo {
         Ok(Self {
             info,
             piece_layers,
+            trackers: parse_trackers(top),
             bytes: bytes.to_vec(),
         })
     }
@@ -442,6 +486,7 @@ impl Metainfo {
         files: &[FileInfo],
         piece_layers: &[Vec<Hash>],
         creation_date: Option<i64>,
+        trackers: &[String],
     ) -> Result<Self, MetainfoError> {
         let mut tree = Dict::new();
         for file in files {
@@ -477,6 +522,15 @@ impl Metainfo {
         if let Some(date) = creation_date {
             top.insert(b"creation date", Value::Int(date));
         }
+        // Each tracker its own tier: tried in the order given (BEP 12).
+        if let Some(first) = trackers.first() {
+            top.insert(b"announce", Value::Bytes(first.as_bytes()));
+            let tiers = trackers
+                .iter()
+                .map(|t| Value::List(vec![Value::Bytes(t.as_bytes())]))
+                .collect();
+            top.insert(b"announce-list", Value::List(tiers));
+        }
         // Parse what we made: the same checks guard both directions.
         Self::from_bytes(&bencode::encode(&Value::Dict(top)))
     }
@@ -490,6 +544,11 @@ impl Metainfo {
         &self.piece_layers[file]
     }
 
+    /// Tracker URLs in tiers, tried tier by tier (BEP 12).
+    pub fn trackers(&self) -> &[Vec<String>] {
+        &self.trackers
+    }
+
     /// The `.torrent` bytes exactly as read or built.
     pub fn to_bytes(&self) -> &[u8] {
         &self.bytes
@@ -501,7 +560,7 @@ impl Metainfo {
     /// else is passed on.
     pub fn extras(&self) -> Vec<u8> {
         let mut out = Dict::new();
-        if let Ok(Value::Dict(top)) = bencode::decode(&self.bytes) {
+        if let Ok(Value::Dict(top)) = bencode::decode_lenient(&self.bytes) {
             for key in EXTRA_KEYS {
                 if let Some(v) = top.get(key) {
                     out.insert(key, v.clone());
@@ -602,7 +661,7 @@ mod tests {
             length: len,
             pieces_root: Some(root),
         };
-        Metainfo::build("f", piece_length, &[file], &[layer], None).unwrap()
+        Metainfo::build("f", piece_length, &[file], &[layer], None, &[]).unwrap()
     }
 
     #[test]

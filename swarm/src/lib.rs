@@ -28,6 +28,7 @@ pub mod ratelimit;
 mod session;
 pub mod torrent;
 pub mod torrent_core;
+pub mod tracker;
 pub mod transport;
 pub mod upload;
 pub mod window;

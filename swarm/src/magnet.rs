@@ -4,13 +4,16 @@
 //! `xt` carries the v2 info-hash as a multihash (`0x12` SHA-256, `0x20`
 //! 32 bytes long). A hybrid link may also carry a v1 `urn:btih:` topic,
 //! which is ignored; a v1-only link is refused, since sluice speaks v2
-//! alone. `x.pe` (BEP 9's peer address) holds a multiaddr here, ideally
-//! ending in `/p2p/<peer id>`. Other parameters (`tr`, `ws`, …) are
-//! ignored. A link is untrusted input: its length and its number of hints
-//! are bounded and every part is checked, errors name the part.
+//! alone. `x.pe` (BEP 9's peer address) holds a multiaddr (a sluice
+//! node, ideally ending in `/p2p/<peer id>`) or `HOST:PORT` (a BitTorrent
+//! peer). `tr` names trackers. Other parameters (`ws`, …) are ignored. A
+//! link is untrusted input: its length and its number of hints are
+//! bounded and every part is checked, errors name the part.
 
 use std::fmt;
 use std::str::FromStr;
+
+use std::net::SocketAddr;
 
 use libp2p::Multiaddr;
 use sluice_storage::InfoHash;
@@ -19,6 +22,8 @@ use sluice_storage::InfoHash;
 pub const MAX_LINK: usize = 16 * 1024;
 /// Most `x.pe` peer hints in one link.
 pub const MAX_HINTS: usize = 64;
+/// Most `tr` trackers in one link.
+pub const MAX_TRACKERS: usize = 16;
 /// The multihash prefix of a SHA-256 digest: code 0x12, length 0x20.
 const SHA256_MULTIHASH: &str = "1220";
 
@@ -28,8 +33,12 @@ pub struct Magnet {
     pub info_hash: InfoHash,
     /// `dn`: a display name, nothing vouches for it.
     pub name: Option<String>,
-    /// `x.pe`: peers to try first.
+    /// `x.pe`: sluice nodes to try first.
     pub peers: Vec<Multiaddr>,
+    /// `x.pe`: BitTorrent peers (`HOST:PORT`) to try first.
+    pub bt_peers: Vec<SocketAddr>,
+    /// `tr`: trackers, each its own tier.
+    pub trackers: Vec<String>,
 }
 
 /// Why a magnet link was refused; each names the part at fault.
@@ -51,8 +60,10 @@ pub enum MagnetError {
     BadHex(String),
     #[error("the magnet link has two different v2 info-hashes")]
     TwoHashes,
-    #[error("x.pe={value}: not a multiaddr ({reason})")]
+    #[error("x.pe={value}: not a multiaddr or HOST:PORT ({reason})")]
     BadPeer { value: String, reason: String },
+    #[error("the magnet link has more than {MAX_TRACKERS} tr trackers")]
+    TooManyTrackers,
     #[error("the magnet link has more than {MAX_HINTS} x.pe peer hints")]
     TooManyPeers,
     #[error("{0}: bad %-escape")]
@@ -73,6 +84,8 @@ impl FromStr for Magnet {
         let mut v1 = false;
         let mut name = None;
         let mut peers = Vec::new();
+        let mut bt_peers = Vec::new();
+        let mut trackers = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -90,17 +103,35 @@ impl FromStr for Magnet {
                 }
                 "dn" => name = Some(decode(raw, true)?),
                 "x.pe" => {
-                    if peers.len() == MAX_HINTS {
+                    if peers.len() + bt_peers.len() == MAX_HINTS {
                         return Err(MagnetError::TooManyPeers);
                     }
                     let value = decode(raw, false)?;
-                    let addr = value.parse().map_err(|e: libp2p::multiaddr::Error| {
-                        MagnetError::BadPeer {
-                            value: value.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                    peers.push(addr);
+                    if value.starts_with('/') {
+                        let addr = value.parse().map_err(|e: libp2p::multiaddr::Error| {
+                            MagnetError::BadPeer {
+                                value: value.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?;
+                        peers.push(addr);
+                    } else {
+                        // A literal address: a link must not make us
+                        // resolve names (or wait on DNS) to parse it.
+                        let addr = value.parse().map_err(|e: std::net::AddrParseError| {
+                            MagnetError::BadPeer {
+                                value: value.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?;
+                        bt_peers.push(addr);
+                    }
+                }
+                "tr" => {
+                    if trackers.len() == MAX_TRACKERS {
+                        return Err(MagnetError::TooManyTrackers);
+                    }
+                    trackers.push(decode(raw, false)?);
                 }
                 _ => {}
             }
@@ -114,6 +145,8 @@ impl FromStr for Magnet {
             info_hash,
             name,
             peers,
+            bt_peers,
+            trackers,
         })
     }
 }
@@ -175,11 +208,16 @@ impl fmt::Display for Magnet {
             out.push_str("&dn=");
             encode(name, b"", &mut out);
         }
-        for peer in &self.peers {
+        for tr in &self.trackers {
+            out.push_str("&tr=");
+            encode(tr, b"", &mut out);
+        }
+        let peers = self.peers.iter().map(ToString::to_string);
+        for peer in peers.chain(self.bt_peers.iter().map(ToString::to_string)) {
             out.push_str("&x.pe=");
             // Slashes and colons read better as they are; both are legal
             // in a query.
-            encode(&peer.to_string(), b"/:", &mut out);
+            encode(&peer, b"/:", &mut out);
         }
         f.write_str(&out)
     }
@@ -206,10 +244,20 @@ mod tests {
                     .expect("multiaddr"),
                 "/ip6/::1/udp/4001/quic-v1".parse().expect("multiaddr"),
             ],
+            bt_peers: vec![
+                "127.0.0.1:6881".parse().expect("addr"),
+                "[::1]:6882".parse().expect("addr"),
+            ],
+            trackers: vec![
+                "udp://t.example:6969/announce".into(),
+                "http://t/a?k=1".into(),
+            ],
         };
         let link = m.to_string();
         assert!(link.starts_with(&format!("magnet:?xt=urn:btmh:1220{HEX}&dn=my%20file%20%26")));
         assert!(link.contains("&x.pe=/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW"));
+        assert!(link.contains("&x.pe=127.0.0.1:6881"));
+        assert!(link.contains("&tr=udp%3A%2F%2Ft.example%3A6969%2Fannounce"));
         assert_eq!(parse(&link), Ok(m));
     }
 
@@ -222,6 +270,7 @@ mod tests {
         assert_eq!(m.info_hash.to_string(), HEX);
         assert_eq!(m.name.as_deref(), Some("a b"));
         assert!(m.peers.is_empty());
+        assert_eq!(m.trackers, ["udp://x"]);
     }
 
     #[test]
