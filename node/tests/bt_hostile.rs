@@ -106,7 +106,7 @@ async fn broken_bittorrent_peers_are_cut_off_and_a_flood_is_rejected() -> Result
     b.put_u8(5);
     b.put_bytes(0xff, n.div_ceil(8));
     s.write_all(&b).await?;
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         until_closed(&mut s).await;
     }
 
