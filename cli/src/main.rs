@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use sluice_storage::{CreateOptions, Metainfo, default_threads};
+use sluice_storage::{CreateOptions, MetaVersion, Metainfo, default_threads};
 
 use sluice_storage::units::{format_size, parse_size};
 
@@ -207,6 +207,14 @@ struct CreateArgs {
     /// Leave out the creation date, so the same files give the same bytes.
     #[arg(long)]
     no_date: bool,
+    /// BitTorrent v2 only (default: hybrid, v2 with a v1 part, as
+    /// libtorrent 2.0 makes, so v1-only clients such as Transmission 3
+    /// can join too).
+    #[arg(long, conflicts_with = "hybrid")]
+    v2: bool,
+    /// Hybrid v1 + v2 (the default).
+    #[arg(long)]
+    hybrid: bool,
     /// A tracker's announce URL, http(s):// or udp:// (repeatable;
     /// each its own tier, tried in the order given).
     #[arg(long, value_parser = parse_tracker)]
@@ -231,6 +239,7 @@ pub(crate) fn content_at(info: &sluice_storage::Info, path: &Path) -> PathBuf {
 pub(crate) fn magnet_of(meta: &Metainfo) -> sluice_swarm::magnet::Magnet {
     sluice_swarm::magnet::Magnet {
         info_hash: meta.info().info_hash(),
+        v1_info_hash: meta.info().v1_info_hash(),
         name: Some(meta.info().name().to_owned()),
         peers: Vec::new(),
         bt_peers: Vec::new(),
@@ -336,6 +345,8 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         threads,
         no_date,
         tracker: trackers,
+        v2,
+        hybrid: _,
         json,
     } = args;
     let path = path.as_path();
@@ -353,7 +364,12 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         .with_name(name)
         .with_threads(threads.unwrap_or_else(default_threads))
         .with_creation_date(date)
-        .with_trackers(trackers);
+        .with_trackers(trackers)
+        .with_version(if v2 {
+            MetaVersion::V2
+        } else {
+            MetaVersion::Hybrid
+        });
     let (default_name, files) = sluice_storage::create::scan(path)?;
     let total: u64 = files.iter().map(|f| f.length).sum();
     // Check where the result goes before spending minutes hashing.
@@ -422,7 +438,10 @@ fn write_torrent(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Serialize)]
 struct Shown<'a> {
     name: &'a str,
+    version: MetaVersion,
     info_hash: String,
+    /// A hybrid's v1 info-hash (what v1 clients and trackers know).
+    v1_info_hash: Option<String>,
     magnet: String,
     trackers: &'a [Vec<String>],
     total_size: u64,
@@ -443,7 +462,9 @@ fn show(path: &Path, json: bool) -> Result<ExitCode> {
     let info = meta.info();
     let shown = Shown {
         name: info.name(),
+        version: info.version(),
         info_hash: info.info_hash().to_string(),
+        v1_info_hash: info.v1_info_hash().map(hex::encode),
         magnet: magnet_of(&meta).to_string(),
         trackers: meta.trackers(),
         total_size: info.total_size(),
@@ -465,6 +486,9 @@ fn show(path: &Path, json: bool) -> Result<ExitCode> {
     }
     println!("name:        {}", shown.name);
     println!("info-hash:   {}", shown.info_hash);
+    if let Some(v1) = &shown.v1_info_hash {
+        println!("v1 hash:     {v1} (hybrid)");
+    }
     println!("magnet:      {}", shown.magnet);
     for (i, tier) in shown.trackers.iter().enumerate() {
         println!("tracker:     tier {i}: {}", tier.join(" "));

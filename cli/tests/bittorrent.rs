@@ -126,11 +126,14 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
 /// A multi-file torrent whose files end mid-block (v2 pads each file to a
 /// piece on this wire), with an empty file, and its `.torrent`.
 fn album(d: &Path) -> PathBuf {
-    album_with(d, &[])
+    album_with(d, &[], KINDS[1])
 }
 
-/// [`album`], announcing to `trackers`.
-fn album_with(d: &Path, trackers: &[String]) -> PathBuf {
+/// What `sluice create` makes: v2 only, or hybrid (the default).
+const KINDS: [&str; 2] = ["--v2", "--hybrid"];
+
+/// [`album`], announcing to `trackers`, of a kind from [`KINDS`].
+fn album_with(d: &Path, trackers: &[String], kind: &str) -> PathBuf {
     let root = d.join("seed/album");
     std::fs::create_dir_all(root.join("disc1")).unwrap();
     std::fs::write(root.join("disc1/a.flac"), content(300_001, 1)).unwrap();
@@ -145,6 +148,7 @@ fn album_with(d: &Path, trackers: &[String]) -> PathBuf {
         "32KiB".into(),
         "-o".into(),
         torrent.to_str().unwrap().into(),
+        kind.into(),
     ];
     for t in trackers {
         args.extend(["--tracker".into(), t.clone()]);
@@ -223,11 +227,15 @@ impl Tracker {
             .output()
             .unwrap();
         let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
-        // A v2 torrent is announced by its info-hash truncated to 20 bytes.
-        let ih = &shown["info_hash"].as_str().unwrap()[..40];
+        // A v2 torrent is announced by its info-hash truncated to 20
+        // bytes, a hybrid by that and its v1 info-hash.
+        let mut list = format!("{}\n", &shown["info_hash"].as_str().unwrap()[..40]);
+        if let Some(v1) = shown["v1_info_hash"].as_str() {
+            list.push_str(&format!("{v1}\n"));
+        }
         let dir = d.join("tracker");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("whitelist"), format!("{ih}\n")).unwrap();
+        std::fs::write(dir.join("whitelist"), list).unwrap();
         // A free port for TCP and UDP alike (opentracker takes no 0).
         let port = loop {
             let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -280,9 +288,15 @@ fn sluice_and_sluice_over_the_bittorrent_wire_alone() {
     ignore = "needs libtorrent: apt-get install python3-libtorrent"
 )]
 fn libtorrent_downloads_from_sluice_and_its_recheck_passes() {
+    for kind in KINDS {
+        libtorrent_downloads_from_sluice(kind);
+    }
+}
+
+fn libtorrent_downloads_from_sluice(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let torrent = album(d);
+    let torrent = album_with(d, &[], kind);
     let (_seed, addr) = sluice_seed(d, &torrent);
     std::fs::create_dir_all(d.join("lt")).unwrap();
     let lt = Proc::spawn(
@@ -312,9 +326,15 @@ fn libtorrent_downloads_from_sluice_and_its_recheck_passes() {
     ignore = "needs libtorrent: apt-get install python3-libtorrent"
 )]
 fn sluice_downloads_from_libtorrent() {
+    for kind in KINDS {
+        sluice_downloads_from_libtorrent_as(kind);
+    }
+}
+
+fn sluice_downloads_from_libtorrent_as(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let torrent = album(d);
+    let torrent = album_with(d, &[], kind);
     let lt = Proc::spawn(
         lt_peer(&["seed", torrent.to_str().unwrap(), "seed", "120"], d),
         "libtorrent seed",
@@ -339,7 +359,7 @@ fn sluice_peers_meet_through_a_tracker_over_http_and_udp() {
         // info dict, so the hash is the same with or without them.
         let tracker = Tracker::start(d, &album(d));
         let url = if udp { tracker.udp() } else { tracker.http() };
-        let torrent = album_with(d, &[url]);
+        let torrent = album_with(d, &[url], KINDS[1]);
         let (_seed, _) = sluice_seed(d, &torrent);
         sluice_get(d, &torrent, None);
         same_tree(&d.join("seed/album"), &d.join("got/album"));
@@ -357,7 +377,7 @@ fn sluice_finds_libtorrent_through_a_tracker() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let tracker = Tracker::start(d, &album(d));
-    let torrent = album_with(d, &[tracker.http()]);
+    let torrent = album_with(d, &[tracker.http()], KINDS[1]);
     let lt = Proc::spawn(
         lt_peer(&["seed", torrent.to_str().unwrap(), "seed", "120"], d),
         "libtorrent seed",

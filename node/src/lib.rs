@@ -537,9 +537,24 @@ impl NodeHandle {
         if tiers.is_empty() {
             return;
         }
+        // A hybrid is announced under both of its names: peers that know
+        // either one find us.
+        for info_hash in torrent.bt_info_hashes() {
+            self.announce_as(torrent.clone(), info_hash, tiers.clone(), bt);
+        }
+    }
+
+    fn announce_as(
+        &self,
+        torrent: TorrentHandle,
+        info_hash: [u8; 20],
+        tiers: Vec<Vec<String>>,
+        bt: SocketAddr,
+    ) {
         let me = tracker::Me {
             peer_id: self.bt_peer_id,
             port: bt.port(),
+            info_hash,
         };
         let node = self.clone();
         let for_dial = torrent.clone();
@@ -1243,7 +1258,7 @@ async fn bt_accept_loop(
             };
             let torrent = lock(&torrents)
                 .values()
-                .find(|t| t.bt_info_hash() == theirs.info_hash)
+                .find(|t| t.bt_info_hashes().contains(&theirs.info_hash))
                 .cloned();
             let Some(torrent) = torrent else {
                 return debug!(%addr, info_hash = %hex::encode(theirs.info_hash), "BitTorrent peer for a torrent we do not have");

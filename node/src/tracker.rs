@@ -45,6 +45,8 @@ pub const STOP_ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Me {
     pub(crate) peer_id: [u8; 20],
     pub(crate) port: u16,
+    /// The name announced under (a hybrid has two).
+    pub(crate) info_hash: [u8; 20],
 }
 
 /// One torrent's trackers, tier by tier.
@@ -149,7 +151,7 @@ fn announce_of(torrent: &TorrentHandle, me: Me, key: u32, event: Event) -> Annou
     let s = torrent.stats();
     let have = u64::from(s.verified_pieces) * u64::from(s.piece_length);
     Announce {
-        info_hash: torrent.bt_info_hash(),
+        info_hash: me.info_hash,
         peer_id: me.peer_id,
         port: me.port,
         uploaded: s.uploaded,

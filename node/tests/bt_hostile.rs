@@ -117,7 +117,7 @@ async fn broken_bittorrent_peers_are_cut_off_and_a_flood_is_rejected() -> Result
         theirs.fast() && theirs.extended(),
         "sluice speaks BEP 6 and 10"
     );
-    let mut codec = BtCodec::new(Arc::clone(&layout), &handshake(ih, 5));
+    let mut codec = BtCodec::new(Arc::clone(&layout), true, &handshake(ih, 5));
     const FLOOD: u32 = 2000;
     let mut out = BytesMut::new();
     for i in 0..FLOOD {
@@ -175,7 +175,7 @@ async fn broken_bittorrent_peers_are_cut_off_and_a_flood_is_rejected() -> Result
 
 /// A BitTorrent peer that has everything, unchokes everyone, and answers
 /// every request with garbage of the right length.
-async fn liar(listener: tokio::net::TcpListener, layout: Arc<Layout>, ih: [u8; 20]) {
+async fn liar(listener: tokio::net::TcpListener, layout: Arc<Layout>) {
     while let Ok((mut s, _)) = listener.accept().await {
         let layout = Arc::clone(&layout);
         tokio::spawn(async move {
@@ -186,11 +186,12 @@ async fn liar(listener: tokio::net::TcpListener, layout: Arc<Layout>, ih: [u8; 2
             let Ok(theirs) = Handshake::decode(&hs) else {
                 return;
             };
-            let ours = handshake(ih, 0xbd);
+            // Echoes the name it was asked by (a hybrid has two).
+            let ours = handshake(theirs.info_hash, 0xbd);
             if s.write_all(&ours.encode()).await.is_err() {
                 return;
             }
-            let mut codec = BtCodec::new(layout, &theirs);
+            let mut codec = BtCodec::new(layout, true, &theirs);
             let mut out = BytesMut::new();
             codec.encode(&Message::HaveAll, &mut out);
             codec.encode(&Message::Unchoke, &mut out);
@@ -231,10 +232,9 @@ async fn a_bittorrent_liar_is_banned_and_a_libp2p_seeder_completes_the_download(
     let dir = tempfile::tempdir()?;
     let (root, meta) = make_content(dir.path());
     let layout = Arc::new(Layout::new(meta.info()));
-    let ih = bt_info_hash(meta.info().info_hash());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let liar_addr = listener.local_addr()?;
-    let liar = tokio::spawn(liar(listener, layout, ih));
+    let liar = tokio::spawn(liar(listener, layout));
 
     let seeder = node(dir.path(), "seeder", |c| c.with_bt_listen(None)).await;
     seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;

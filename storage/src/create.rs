@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use crate::error::StorageError;
-use crate::hash::{default_threads, hash_pieces};
+use crate::hash::{default_threads, hash_pieces, hash_pieces_hybrid};
 use crate::layout::Layout;
 use crate::merkle::{FileTree, Hash};
-use crate::metainfo::{FileInfo, MAX_FILES, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, Metainfo};
+use crate::metainfo::{
+    FileInfo, MAX_FILES, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, MetaVersion, Metainfo, Sha1Hash,
+};
 
 /// Options for [`create`].
 #[derive(Debug, Clone)]
@@ -17,6 +19,7 @@ pub struct CreateOptions {
     threads: usize,
     creation_date: Option<i64>,
     trackers: Vec<String>,
+    version: MetaVersion,
 }
 
 impl Default for CreateOptions {
@@ -27,6 +30,7 @@ impl Default for CreateOptions {
             threads: default_threads(),
             creation_date: None,
             trackers: Vec::new(),
+            version: MetaVersion::Hybrid,
         }
     }
 }
@@ -55,6 +59,13 @@ impl CreateOptions {
     /// default: none, so the same files always give the same bytes.
     pub fn with_creation_date(mut self, date: Option<i64>) -> Self {
         self.creation_date = date;
+        self
+    }
+
+    /// v2 only, or hybrid (v2 with a v1 part, so v1-only clients can
+    /// join); default hybrid, as libtorrent 2.0 makes.
+    pub fn with_version(mut self, version: MetaVersion) -> Self {
+        self.version = version;
         self
     }
 
@@ -179,7 +190,24 @@ pub fn create(
     };
     let layout = Layout::from_lengths(piece_length, files.iter().map(|f| f.length));
     let paths: Vec<PathBuf> = files.iter().map(|f| f.disk_path.clone()).collect();
-    let hashes = hash_pieces(&layout, &paths, options.threads, progress);
+    let (hashes, v1): (Vec<Option<Hash>>, Option<Vec<Option<Sha1Hash>>>) = match options.version {
+        MetaVersion::V2 => (
+            hash_pieces(&layout, &paths, options.threads, progress),
+            None,
+        ),
+        MetaVersion::Hybrid => {
+            // A lone file has no pad file after it (libtorrent's rule).
+            let pad = files.len() > 1;
+            let both = hash_pieces_hybrid(&layout, &paths, options.threads, progress, pad);
+            let v2 = both.iter().map(|h| h.map(|(v2, _)| v2)).collect();
+            let v1 = both.iter().map(|h| h.map(|(_, v1)| v1)).collect();
+            (v2, Some(v1))
+        }
+    };
+    let v1: Option<Vec<Sha1Hash>> = v1
+        .map(|v| v.into_iter().collect::<Option<_>>())
+        .map(|v| v.ok_or_else(|| input(root, "changed or vanished while hashing")))
+        .transpose()?;
 
     let mut infos = Vec::with_capacity(files.len());
     let mut layers = Vec::with_capacity(files.len());
@@ -209,6 +237,7 @@ pub fn create(
         &layers,
         options.creation_date,
         &options.trackers,
+        v1.as_deref(),
     )?)
 }
 

@@ -10,8 +10,11 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sha1::{Digest, Sha1};
+
 use crate::layout::Layout;
 use crate::merkle::{BLOCK_SIZE, Hash, leaf_hash};
+use crate::metainfo::Sha1Hash;
 
 /// Largest read issued at once.
 const READ_CHUNK: usize = 4 * 1024 * 1024;
@@ -33,11 +36,43 @@ pub fn hash_pieces(
     threads: usize,
     progress: &AtomicU64,
 ) -> Vec<Option<Hash>> {
+    hash_all(layout, paths, threads, progress, None)
+        .into_iter()
+        .map(|h| h.map(|(v2, _)| v2))
+        .collect()
+}
+
+/// [`hash_pieces`], and each piece's v1 hash as a hybrid torrent has it:
+/// SHA-1 of the piece, padded with zeros to the piece length when `pad`
+/// (the pad file after each file of a multi-file torrent; a single file
+/// has none), read once for both.
+pub fn hash_pieces_hybrid(
+    layout: &Layout,
+    paths: &[PathBuf],
+    threads: usize,
+    progress: &AtomicU64,
+    pad: bool,
+) -> Vec<Option<(Hash, Sha1Hash)>> {
+    hash_all(layout, paths, threads, progress, Some(pad))
+        .into_iter()
+        .map(|h| h.map(|(v2, v1)| (v2, v1.expect("asked for"))))
+        .collect()
+}
+
+type PieceHashes = (Hash, Option<Sha1Hash>);
+
+fn hash_all(
+    layout: &Layout,
+    paths: &[PathBuf],
+    threads: usize,
+    progress: &AtomicU64,
+    v1: Option<bool>,
+) -> Vec<Option<PieceHashes>> {
     let per_batch = u64::from((READ_CHUNK as u32 / layout.piece_length()).max(1));
     // u64: a u32 counter could wrap past the last piece and start over.
     let next = AtomicU64::new(0);
     let mut out = vec![None; layout.num_pieces() as usize];
-    let results: Vec<Vec<(u32, Option<Hash>)>> = std::thread::scope(|s| {
+    let results: Vec<Vec<(u32, Option<PieceHashes>)>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -53,7 +88,7 @@ pub fn hash_pieces(
                         let (start, end) = (start as u32, (start + per_batch).min(pieces) as u32);
                         for index in start..end {
                             let piece = layout.piece(index).expect("index < num_pieces");
-                            done.push((index, w.hash_piece(layout, paths, piece, progress)));
+                            done.push((index, w.hash_piece(layout, paths, piece, progress, v1)));
                         }
                     }
                     done
@@ -85,13 +120,15 @@ impl Worker {
         paths: &[PathBuf],
         piece: crate::layout::PieceIndex,
         progress: &AtomicU64,
-    ) -> Option<Hash> {
+        v1: Option<bool>,
+    ) -> Option<PieceHashes> {
         let range = layout.piece_range(piece);
         if self.file.as_ref().is_none_or(|(i, _)| *i != range.file) {
             self.file = Some((range.file, File::open(&paths[range.file]).ok()));
         }
         let file = self.file.as_ref().and_then(|(_, f)| f.as_ref())?;
         self.leaves.clear();
+        let mut sha1 = v1.map(|_| Sha1::new());
         let mut done = 0usize;
         let len = range.len as usize;
         while done < len {
@@ -101,9 +138,24 @@ impl Worker {
                 .ok()?;
             self.leaves
                 .extend(self.buf[..n].chunks(BLOCK_SIZE as usize).map(leaf_hash));
+            if let Some(h) = &mut sha1 {
+                h.update(&self.buf[..n]);
+            }
             done += n;
             progress.fetch_add(n as u64, Ordering::Relaxed);
         }
-        Some(layout.piece_tree(piece).piece_hash(&self.leaves))
+        let v1 = sha1.map(|mut h| {
+            // The pad file's zeros up to the piece length.
+            let pad = if v1 == Some(true) {
+                layout.piece_length() as usize - len
+            } else {
+                0
+            };
+            self.buf.clear();
+            self.buf.resize(pad, 0);
+            h.update(&self.buf);
+            h.finalize().into()
+        });
+        Some((layout.piece_tree(piece).piece_hash(&self.leaves), v1))
     }
 }

@@ -202,6 +202,18 @@ impl Layout {
         (self.block_len(block) == len).then_some(block)
     }
 
+    /// The piece of a 16 KiB block that lies wholly in the padding after
+    /// a piece's data (the pad file a hybrid torrent's v1 part puts after
+    /// each file: zeros a v1 peer may ask for), if it is one.
+    pub fn pad_block(&self, piece: u32, offset: u32, len: u32) -> Option<PieceIndex> {
+        let p = self.piece(piece)?;
+        let in_pad = len == BLOCK_SIZE
+            && offset.is_multiple_of(BLOCK_SIZE)
+            && offset >= self.piece_len(p)
+            && offset.checked_add(len)? <= self.piece_length;
+        in_pad.then_some(p)
+    }
+
     pub fn blocks(&self, piece: PieceIndex) -> impl Iterator<Item = BlockRef> + use<> {
         (0..self.blocks_in_piece(piece)).map(move |block| BlockRef { piece, block })
     }

@@ -35,10 +35,10 @@ pub mod units;
 
 pub use create::{CreateOptions, auto_piece_length, create};
 pub use error::StorageError;
-pub use hash::{default_threads, hash_pieces};
+pub use hash::{default_threads, hash_pieces, hash_pieces_hybrid};
 pub use layout::{Bitfield, BlockRef, FileRange, Layout, PieceIndex};
 pub use merkle::{BLOCK_SIZE, Hash};
-pub use metainfo::{FileInfo, Info, InfoHash, Metainfo, MetainfoError};
+pub use metainfo::{FileInfo, Info, InfoHash, MetaVersion, Metainfo, MetainfoError, Sha1Hash};
 pub use queue::{Credit, QueueStats, ReserveError, WriteQueue};
 pub use storage::{
     Storage, StorageConfig, StorageEvent, content_paths, expected_piece_hash, recheck,

@@ -1,5 +1,10 @@
-//! BitTorrent v2 (BEP 52) metainfo: parse and validate untrusted `.torrent`
-//! bytes, and build them.
+//! BitTorrent v2 (BEP 52) metainfo, and hybrid torrents (a v2 info dict
+//! that also carries a v1 `files` list with pad files and SHA-1 `pieces`):
+//! parse and validate untrusted `.torrent` bytes, and build them.
+//!
+//! A hybrid's v1 part must describe exactly the v2 files, each padded to
+//! a whole piece (BEP 47 pad files), so v1 piece *i* is v2 piece *i* plus
+//! zeros: one layout serves both.
 //!
 //! Everything a peer or a file can put here is checked once, at this
 //! boundary: path components, sizes, piece length, and that every piece
@@ -8,6 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use crate::bencode::{self, Dict, Value};
@@ -112,6 +118,29 @@ impl FileInfo {
     }
 }
 
+/// Which BitTorrent versions a torrent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetaVersion {
+    /// BEP 52 only.
+    V2,
+    /// BEP 52 and a v1 part (SHA-1 pieces over files padded to pieces).
+    Hybrid,
+}
+
+/// A v1 info-hash or piece hash: SHA-1.
+pub type Sha1Hash = [u8; 20];
+
+/// The v1 part of a hybrid torrent.
+#[derive(Debug, Clone)]
+struct V1Part {
+    /// SHA-1 of each piece, padded with zeros to the piece length (but a
+    /// single file's last piece).
+    pieces: Vec<Sha1Hash>,
+    /// SHA-1 of the info dict: what v1 peers and trackers know it by.
+    info_hash: Sha1Hash,
+}
+
 /// The validated `info` dict.
 #[derive(Debug, Clone)]
 pub struct Info {
@@ -119,7 +148,115 @@ pub struct Info {
     piece_length: u32,
     files: Vec<FileInfo>,
     info_hash: InfoHash,
+    v1: Option<V1Part>,
     raw: Vec<u8>,
+}
+
+/// The pad after a file of `length` bytes to the next piece boundary.
+pub fn pad_after(length: u64, piece_length: u32) -> u64 {
+    let rem = length % u64::from(piece_length);
+    if rem == 0 {
+        0
+    } else {
+        u64::from(piece_length) - rem
+    }
+}
+
+/// Checks a hybrid's v1 part against its (validated) v2 files.
+fn parse_v1_part(
+    dict: &Dict<'_>,
+    pieces: &[u8],
+    files: &[FileInfo],
+    name: &str,
+    piece_length: u32,
+    num_pieces: u64,
+) -> Result<V1Part, MetainfoError> {
+    if !pieces.len().is_multiple_of(20) || pieces.len() as u64 / 20 != num_pieces {
+        return Err(field_err(
+            "info.pieces",
+            format!(
+                "is {} bytes; the files' {num_pieces} pieces need {}",
+                pieces.len(),
+                num_pieces * 20
+            ),
+        ));
+    }
+    let differ = |why: String| {
+        field_err(
+            "info.files",
+            format!("the v1 part describes other files than the v2 file tree: {why}"),
+        )
+    };
+    match (dict.get(b"files"), dict.get(b"length")) {
+        (Some(Value::List(list)), None) => {
+            let mut want = files.iter().peekable();
+            let mut pad_due = 0u64;
+            for (i, entry) in list.iter().enumerate() {
+                let Value::Dict(f) = entry else {
+                    return Err(differ(format!("entry {i} is not a dict")));
+                };
+                let length = match f.get(b"length") {
+                    Some(Value::Int(n)) => u64::try_from(*n)
+                        .map_err(|_| differ(format!("entry {i} has length {n}")))?,
+                    _ => return Err(differ(format!("entry {i} has no length"))),
+                };
+                let is_pad = matches!(f.get(b"attr"), Some(Value::Bytes(a)) if a.contains(&b'p'));
+                if is_pad {
+                    if length != pad_due {
+                        return Err(differ(format!(
+                            "pad file {i} is {length} bytes, the file before it needs {pad_due}"
+                        )));
+                    }
+                    pad_due = 0;
+                    continue;
+                }
+                if pad_due != 0 {
+                    return Err(differ(format!("no pad file before entry {i}")));
+                }
+                let path: Vec<&[u8]> = match f.get(b"path") {
+                    Some(Value::List(p)) => p
+                        .iter()
+                        .map(|c| match c {
+                            Value::Bytes(b) => Ok(*b),
+                            _ => Err(differ(format!("entry {i}'s path is not strings"))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(differ(format!("entry {i} has no path"))),
+                };
+                let Some(v2) = want.next() else {
+                    return Err(differ(format!("entry {i} is extra")));
+                };
+                let same_path = path.len() == v2.path.len()
+                    && path.iter().zip(&v2.path).all(|(a, b)| *a == b.as_bytes());
+                if !same_path || length != v2.length {
+                    return Err(differ(format!(
+                        "entry {i} is not {} ({} bytes)",
+                        v2.display_path(),
+                        v2.length
+                    )));
+                }
+                pad_due = pad_after(length, piece_length);
+            }
+            // The last file's pad is optional (libtorrent writes it).
+            if let Some(missing) = want.next() {
+                return Err(differ(format!("{} is missing", missing.display_path())));
+            }
+        }
+        (None, Some(Value::Int(n))) => {
+            let single = files.len() == 1 && files[0].path == [name];
+            if !single || u64::try_from(*n).ok() != Some(files[0].length) {
+                return Err(differ("a single-file v1 part for other files".into()));
+            }
+        }
+        _ => return Err(differ("neither `files` nor `length`".into())),
+    }
+    Ok(V1Part {
+        pieces: pieces
+            .chunks_exact(20)
+            .map(|c| c.try_into().expect("chunks of 20"))
+            .collect(),
+        info_hash: Sha1::digest(dict.raw).into(),
+    })
 }
 
 impl Info {
@@ -200,11 +337,19 @@ impl Info {
                 format!("{total} bytes in {piece_length}-byte pieces is more than 2^32 pieces"),
             ));
         }
+        let v1 = match dict.get(b"pieces") {
+            None => None,
+            Some(Value::Bytes(p)) => {
+                Some(parse_v1_part(dict, p, &files, &name, piece_length, pieces)?)
+            }
+            Some(_) => return Err(field_err("info.pieces", "is not a string")),
+        };
         Ok(Self {
             name,
             piece_length,
             files,
             info_hash: InfoHash::of_info_bytes(dict.raw),
+            v1,
             raw: dict.raw.to_vec(),
         })
     }
@@ -227,6 +372,27 @@ impl Info {
         self.info_hash
     }
 
+    /// Which versions it speaks.
+    pub fn version(&self) -> MetaVersion {
+        if self.v1.is_some() {
+            MetaVersion::Hybrid
+        } else {
+            MetaVersion::V2
+        }
+    }
+
+    /// The v1 info-hash (SHA-1 of the info dict) of a hybrid torrent.
+    pub fn v1_info_hash(&self) -> Option<Sha1Hash> {
+        self.v1.as_ref().map(|v| v.info_hash)
+    }
+
+    /// A hybrid's v1 hash of piece `index`: SHA-1 of the piece padded
+    /// with zeros to the piece length (a single-file torrent's last piece
+    /// is not padded).
+    pub fn v1_piece_hash(&self, index: u32) -> Option<&Sha1Hash> {
+        self.v1.as_ref()?.pieces.get(index as usize)
+    }
+
     /// The bencoded `info` dict exactly as received.
     pub fn raw(&self) -> &[u8] {
         &self.raw
@@ -240,8 +406,16 @@ impl Info {
     /// A single-file torrent has one file at the top of the file tree; its
     /// content is that file. Otherwise the content is a directory named
     /// after the torrent.
+    ///
+    /// A hybrid follows its v1 part, as libtorrent does: one file is
+    /// single only when it is named after the torrent (v1's `length`
+    /// form); a directory holding one file stays a directory.
     pub fn is_single_file(&self) -> bool {
-        self.files.len() == 1 && self.files[0].path.len() == 1
+        let one = self.files.len() == 1 && self.files[0].path.len() == 1;
+        match self.v1 {
+            None => one,
+            Some(_) => one && self.files[0].path[0] == self.name,
+        }
     }
 }
 
@@ -487,6 +661,7 @@ impl Metainfo {
         piece_layers: &[Vec<Hash>],
         creation_date: Option<i64>,
         trackers: &[String],
+        v1_pieces: Option<&[Sha1Hash]>,
     ) -> Result<Self, MetainfoError> {
         let mut tree = Dict::new();
         for file in files {
@@ -504,6 +679,49 @@ impl Metainfo {
             .insert(b"meta version", Value::Int(2))
             .insert(b"name", Value::Bytes(name.as_bytes()))
             .insert(b"piece length", Value::Int(i64::from(piece_length)));
+        // A hybrid's v1 part, as libtorrent 2.0 writes it: the files in
+        // file-tree order, each but the empty ones followed by a pad file
+        // `.pad/<length>` to the piece boundary (the last one too), unless
+        // there is only one file.
+        let pad_names: Vec<String> = files
+            .iter()
+            .map(|f| pad_after(f.length, piece_length).to_string())
+            .collect();
+        let flat_v1: Vec<u8> = v1_pieces.map(|p| p.concat()).unwrap_or_default();
+        if v1_pieces.is_some() {
+            // v1's single-file form names the file by the torrent's name.
+            let single = files.len() == 1 && files[0].path == [name];
+            if single {
+                info.insert(b"length", Value::Int(files[0].length as i64));
+            } else {
+                let mut list = Vec::new();
+                for (f, pad) in files.iter().zip(&pad_names) {
+                    let mut entry = Dict::new();
+                    entry.insert(b"length", Value::Int(f.length as i64)).insert(
+                        b"path",
+                        Value::List(f.path.iter().map(|c| Value::Bytes(c.as_bytes())).collect()),
+                    );
+                    list.push(Value::Dict(entry));
+                    let pad_len = pad_after(f.length, piece_length);
+                    if pad_len > 0 && files.len() > 1 {
+                        let mut entry = Dict::new();
+                        entry
+                            .insert(b"attr", Value::Bytes(b"p"))
+                            .insert(b"length", Value::Int(pad_len as i64))
+                            .insert(
+                                b"path",
+                                Value::List(vec![
+                                    Value::Bytes(b".pad"),
+                                    Value::Bytes(pad.as_bytes()),
+                                ]),
+                            );
+                        list.push(Value::Dict(entry));
+                    }
+                }
+                info.insert(b"files", Value::List(list));
+            }
+            info.insert(b"pieces", Value::Bytes(&flat_v1));
+        }
         let info_bytes = bencode::encode(&Value::Dict(info));
         // Re-decode so `info` borrows from the exact bytes that are hashed.
         let info_value = bencode::decode(&info_bytes)?;
@@ -661,7 +879,7 @@ mod tests {
             length: len,
             pieces_root: Some(root),
         };
-        Metainfo::build("f", piece_length, &[file], &[layer], None, &[]).unwrap()
+        Metainfo::build("f", piece_length, &[file], &[layer], None, &[], None).unwrap()
     }
 
     #[test]

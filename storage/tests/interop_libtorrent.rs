@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use sluice_storage::{CreateOptions, Layout, Metainfo, create};
+use sluice_storage::{CreateOptions, Layout, MetaVersion, Metainfo, create};
 
 const PYTHON: &str = "/usr/bin/python3";
 const B: usize = 16 * 1024;
@@ -58,15 +58,28 @@ fn write(path: &Path, len: usize, seed: u64) {
     std::fs::write(path, content(len, seed)).unwrap();
 }
 
-/// Compares one layout. `root` is the file or directory to share.
+/// Compares one layout, as v2 only and as hybrid. `root` is the file or
+/// directory to share.
 fn check(root: &Path, piece_length: u32) -> Result<()> {
+    for version in [MetaVersion::V2, MetaVersion::Hybrid] {
+        check_version(root, piece_length, version).with_context(|| format!("{version:?}"))?;
+    }
+    Ok(())
+}
+
+fn check_version(root: &Path, piece_length: u32, version: MetaVersion) -> Result<()> {
     let work = root.parent().unwrap();
     let theirs_path = work.join("libtorrent.torrent");
+    let kind = match version {
+        MetaVersion::V2 => "v2",
+        MetaVersion::Hybrid => "hybrid",
+    };
     python(&[
         "create",
         root.to_str().unwrap(),
         &piece_length.to_string(),
         theirs_path.to_str().unwrap(),
+        kind,
     ])?;
     let theirs = Metainfo::from_bytes(&std::fs::read(&theirs_path)?)
         .context("sluice refused libtorrent's torrent")?;
@@ -75,6 +88,7 @@ fn check(root: &Path, piece_length: u32) -> Result<()> {
         root,
         &CreateOptions::default()
             .with_piece_length(Some(piece_length))
+            .with_version(version)
             .with_threads(2),
         &AtomicU64::new(0),
     )?;
@@ -91,6 +105,8 @@ fn check(root: &Path, piece_length: u32) -> Result<()> {
         String::from_utf8_lossy(theirs.info().raw()),
     );
     ensure!(ours.info().files() == theirs.info().files(), "files differ");
+    ensure!(ours.info().version() == version && theirs.info().version() == version);
+    ensure!(ours.info().v1_info_hash() == theirs.info().v1_info_hash());
     for i in 0..ours.info().files().len() {
         ensure!(
             ours.piece_layer(i) == theirs.piece_layer(i),
@@ -105,6 +121,10 @@ fn check(root: &Path, piece_length: u32) -> Result<()> {
     ensure!(
         seen["info_hash"] == info.info_hash().to_string(),
         "libtorrent info-hash {seen}"
+    );
+    ensure!(
+        seen["v1_info_hash"].as_str() == info.v1_info_hash().map(hex::encode).as_deref(),
+        "libtorrent v1 info-hash {seen}"
     );
     // libtorrent names a single-file torrent after its file (which is
     // also the torrent's name unless a directory held that one file).

@@ -1,6 +1,7 @@
 # Helper for tests/interop_libtorrent.rs: libtorrent (Debian's
 # python3-libtorrent) as the reference BitTorrent v2 implementation.
-#   create CONTENT PIECE_SIZE OUT  -> writes a v2-only .torrent made by libtorrent
+#   create CONTENT PIECE_SIZE OUT KIND -> writes a .torrent made by libtorrent,
+#                                    KIND v2 (v2 only) or hybrid (its default)
 #   inspect TORRENT                -> prints what libtorrent reads from a .torrent, as JSON
 import json
 import os
@@ -10,10 +11,11 @@ import libtorrent as lt
 
 mode = sys.argv[1]
 if mode == "create":
-    content, piece_size, out = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    content, piece_size, out, kind = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     fs = lt.file_storage()
     lt.add_files(fs, content)
-    ct = lt.create_torrent(fs, piece_size, flags=lt.create_torrent.v2_only)
+    flags = {"v2": lt.create_torrent.v2_only, "hybrid": 0}[kind]
+    ct = lt.create_torrent(fs, piece_size, flags=flags)
     lt.set_piece_hashes(ct, os.path.dirname(os.path.abspath(content)))
     with open(out, "wb") as f:
         f.write(lt.bencode(ct.generate()))
@@ -33,6 +35,7 @@ elif mode == "inspect":
     print(json.dumps({
         "name": ti.name(),
         "info_hash": str(ti.info_hashes().v2),
+        "v1_info_hash": str(ti.info_hashes().v1) if ti.info_hashes().has_v1() else None,
         "piece_length": ti.piece_length(),
         "num_pieces": ti.num_pieces(),
         "files": files,

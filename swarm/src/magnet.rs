@@ -31,6 +31,9 @@ const SHA256_MULTIHASH: &str = "1220";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Magnet {
     pub info_hash: InfoHash,
+    /// `xt=urn:btih:`: a hybrid torrent's v1 info-hash (SHA-1), which
+    /// v1-only clients know it by.
+    pub v1_info_hash: Option<[u8; 20]>,
     /// `dn`: a display name, nothing vouches for it.
     pub name: Option<String>,
     /// `x.pe`: sluice nodes to try first.
@@ -82,6 +85,7 @@ impl FromStr for Magnet {
             .ok_or(MagnetError::NotMagnet)?;
         let mut info_hash = None;
         let mut v1 = false;
+        let mut v1_info_hash = None;
         let mut name = None;
         let mut peers = Vec::new();
         let mut bt_peers = Vec::new();
@@ -97,8 +101,14 @@ impl FromStr for Magnet {
                             return Err(MagnetError::TwoHashes);
                         }
                         info_hash = Some(ih);
-                    } else if value.starts_with("urn:btih:") {
+                    } else if let Some(h) = value.strip_prefix("urn:btih:") {
                         v1 = true;
+                        // 40 hex digits (32 base32 ones, the old form, are
+                        // taken as a v1 topic and otherwise ignored).
+                        let mut out = [0u8; 20];
+                        if hex::decode_to_slice(h, &mut out).is_ok() {
+                            v1_info_hash = Some(out);
+                        }
                     }
                 }
                 "dn" => name = Some(decode(raw, true)?),
@@ -143,6 +153,7 @@ impl FromStr for Magnet {
         };
         Ok(Self {
             info_hash,
+            v1_info_hash,
             name,
             peers,
             bt_peers,
@@ -203,7 +214,11 @@ fn encode(s: &str, keep: &[u8], out: &mut String) {
 
 impl fmt::Display for Magnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = format!("magnet:?xt=urn:btmh:{SHA256_MULTIHASH}{}", self.info_hash);
+        let mut out = String::from("magnet:?");
+        if let Some(v1) = &self.v1_info_hash {
+            out.push_str(&format!("xt=urn:btih:{}&", hex::encode(v1)));
+        }
+        out.push_str(&format!("xt=urn:btmh:{SHA256_MULTIHASH}{}", self.info_hash));
         if let Some(name) = &self.name {
             out.push_str("&dn=");
             encode(name, b"", &mut out);
@@ -237,6 +252,7 @@ mod tests {
     fn round_trip_with_name_and_hints() {
         let m = Magnet {
             info_hash: HEX.parse().expect("hex"),
+            v1_info_hash: Some([0xab; 20]),
             name: Some("my file & more+ü.bin".into()),
             peers: vec![
                 "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWGzB6Nar6B38oyN5iYsLDYbnEEB8sW8rrZDMtSz7gGLaX"
@@ -254,7 +270,10 @@ mod tests {
             ],
         };
         let link = m.to_string();
-        assert!(link.starts_with(&format!("magnet:?xt=urn:btmh:1220{HEX}&dn=my%20file%20%26")));
+        assert!(link.starts_with(&format!(
+            "magnet:?xt=urn:btih:{}&xt=urn:btmh:1220{HEX}&dn=my%20file%20%26",
+            "ab".repeat(20)
+        )));
         assert!(link.contains("&x.pe=/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW"));
         assert!(link.contains("&x.pe=127.0.0.1:6881"));
         assert!(link.contains("&tr=udp%3A%2F%2Ft.example%3A6969%2Fannounce"));

@@ -71,6 +71,9 @@ pub(crate) enum ToSession {
     Close(CloseReason),
 }
 
+/// A block of pad-file zeros.
+static ZEROS: [u8; sluice_storage::BLOCK_SIZE as usize] = [0; sluice_storage::BLOCK_SIZE as usize];
+
 /// How long a closing session tries to hand its last bytes to the peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -294,11 +297,12 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         match msg {
             Message::KeepAlive => {}
             Message::Request(spec) => {
-                let held = self
-                    .storage
-                    .layout()
+                let layout = self.storage.layout();
+                let piece = layout
                     .block_at(spec.piece, spec.offset, spec.len)
-                    .is_some_and(|b| self.storage.has_piece(b.piece()));
+                    .map(|b| b.piece())
+                    .or_else(|| layout.pad_block(spec.piece, spec.offset, spec.len));
+                let held = piece.is_some_and(|p| self.storage.has_piece(p));
                 if let Admission::Rejected(_) = queue.request(spec, held) {
                     self.writer.push(&Message::Reject(spec));
                 }
@@ -402,12 +406,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         )> = batch
             .into_iter()
             .map(|spec| {
-                let cached = self
-                    .storage
-                    .layout()
-                    .block_at(spec.piece, spec.offset, spec.len)
-                    .and_then(|b| self.storage.read_block_cached(b))
-                    .map(Ok);
+                let layout = self.storage.layout();
+                let cached = match layout.block_at(spec.piece, spec.offset, spec.len) {
+                    Some(b) => self.storage.read_block_cached(b).map(Ok),
+                    // Pad zeros (a v1 peer of a hybrid torrent asks).
+                    None => layout
+                        .pad_block(spec.piece, spec.offset, spec.len)
+                        .map(|_| Ok(Bytes::from_static(&ZEROS))),
+                };
                 (spec, cached)
             })
             .collect();

@@ -25,8 +25,8 @@ use libp2p::PeerId;
 use serde::Serialize;
 use sluice_choke::PeerKey;
 use sluice_storage::{
-    BLOCK_SIZE, Bitfield, Credit, InfoHash, Metainfo, QueueStats, ReserveError, Storage,
-    StorageEvent, WriteQueue,
+    BLOCK_SIZE, Bitfield, Credit, InfoHash, MetaVersion, Metainfo, QueueStats, ReserveError,
+    Storage, StorageEvent, WriteQueue,
 };
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -238,10 +238,24 @@ impl TorrentHandle {
         let _ = self.commands.send(cmd).await;
     }
 
-    /// The 20 bytes a BitTorrent handshake names this torrent by: the v2
-    /// info-hash truncated (BEP 52).
+    /// The 20 bytes we name this torrent by in BitTorrent handshakes we
+    /// open: a hybrid's v1 info-hash (v1-only clients know no other), else
+    /// the v2 info-hash truncated (BEP 52).
     pub fn bt_info_hash(&self) -> [u8; 20] {
-        bt_info_hash(self.info_hash)
+        self.metainfo
+            .info()
+            .v1_info_hash()
+            .unwrap_or_else(|| bt_info_hash(self.info_hash))
+    }
+
+    /// Every 20-byte name BitTorrent peers and trackers may know this
+    /// torrent by: a hybrid's v1 info-hash and the truncated v2 one.
+    pub fn bt_info_hashes(&self) -> Vec<[u8; 20]> {
+        let v2 = bt_info_hash(self.info_hash);
+        match self.metainfo.info().v1_info_hash() {
+            Some(v1) => vec![v1, v2],
+            None => vec![v2],
+        }
     }
 
     /// Stops requesting, closes every session, lets the writer finish what
@@ -576,7 +590,11 @@ impl Driver {
             self.layout
                 .get_or_insert_with(|| Arc::new(self.storage.layout().clone())),
         );
-        let codec = BtCodec::new(layout, &theirs);
+        // libtorrent pads every file to a piece on the wire, but a hybrid
+        // of one file (v1's single-file form has no pad file).
+        let info = self.storage.metainfo().info();
+        let pad = !(info.version() == MetaVersion::Hybrid && info.files().len() == 1);
+        let codec = BtCodec::new(layout, pad, &theirs);
         let (r, w) = stream.into_split();
         let reader = FrameReader::with_codec(r, codec.clone(), bytes::BytesMut::new());
         let writer = FrameWriter::with_codec(w, codec);

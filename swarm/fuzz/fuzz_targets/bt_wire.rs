@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     if flags & 1 == 0 {
         theirs.reserved = [0; 8];
     }
-    let mut codec = BtCodec::new(layout, &theirs);
+    let mut codec = BtCodec::new(layout, true, &theirs);
     let cut = usize::from(flags >> 1) % (data.len() + 1);
     let mut buf = BytesMut::new();
     for part in [&data[..cut], &data[cut..]] {

@@ -11,11 +11,12 @@
 //!   without the fast extension; `MaxRequests` becomes an extension
 //!   handshake carrying `reqq`; the core's bitfield chunks become one
 //!   `bitfield` message.
-//! - v2 torrents pad every file to a whole piece on this wire
+//! - v2 and hybrid torrents pad every file to a whole piece on this wire
 //!   (libtorrent 2.0 adds a pad file after each, the last included), so
 //!   every block is 16 KiB here: a file's short last block is asked for
 //!   and sent as 16 KiB, the tail zeros. The codec maps between those
 //!   and the core's exact block lengths, which it knows from the layout.
+//!   (A hybrid of one file has no pad file: its last block is exact.)
 //! - Lengths are checked before anything is buffered: a bitfield must be
 //!   exactly the torrent's length (spare bits are the core's to check),
 //!   every other message at most [`MAX_MESSAGE`].
@@ -313,6 +314,8 @@ pub struct BtCodec {
     pieces: u32,
     /// The torrent's blocks, to map padded 16 KiB blocks to exact ones.
     layout: Arc<Layout>,
+    /// Short blocks travel padded to 16 KiB.
+    pad: bool,
     fast: bool,
     extended: bool,
     /// Bytes of a bitfield being written in chunks still to come.
@@ -320,10 +323,13 @@ pub struct BtCodec {
 }
 
 impl BtCodec {
-    pub fn new(layout: Arc<Layout>, theirs: &Handshake) -> Self {
+    /// `pad`: files are padded to whole pieces on the wire (v2, and
+    /// hybrids of more than one file).
+    pub fn new(layout: Arc<Layout>, pad: bool, theirs: &Handshake) -> Self {
         Self {
             pieces: layout.num_pieces(),
             layout,
+            pad,
             fast: theirs.fast(),
             extended: theirs.extended(),
             bitfield_left: 0,
@@ -342,17 +348,13 @@ impl BtCodec {
 
     /// A block as the peer names it (16 KiB) to the core's exact one.
     fn exact_spec(&self, mut b: BlockSpec) -> BlockSpec {
-        if b.len == BLOCK_SIZE
+        if self.pad
+            && b.len == BLOCK_SIZE
             && let Some(len) = self.exact_len(b.piece, b.offset)
         {
             b.len = len;
         }
         b
-    }
-
-    /// A block as the core names it to how this wire does: 16 KiB.
-    fn wire_spec(b: &BlockSpec) -> [u32; 3] {
-        [b.piece, b.offset, b.len.max(BLOCK_SIZE)]
     }
 
     fn bitfield_bytes(&self) -> usize {
@@ -374,7 +376,11 @@ impl Codec for BtCodec {
     }
 
     fn encode(&mut self, m: &Message, dst: &mut BytesMut) {
-        let spec = Self::wire_spec;
+        let pad = self.pad;
+        let spec = |b: &BlockSpec| {
+            let len = if pad { b.len.max(BLOCK_SIZE) } else { b.len };
+            [b.piece, b.offset, len]
+        };
         match m {
             Message::KeepAlive => dst.put_u32(0),
             // The BitTorrent handshake is not a message (see `Handshake`).
@@ -426,7 +432,11 @@ impl Codec for BtCodec {
                 offset,
                 data,
             } => {
-                let padded = data.len().max(BLOCK_SIZE as usize);
+                let padded = if self.pad {
+                    data.len().max(BLOCK_SIZE as usize)
+                } else {
+                    data.len()
+                };
                 dst.reserve(4 + 9 + padded);
                 dst.put_u32(9 + padded as u32);
                 dst.put_u8(id::PIECE);
@@ -501,7 +511,8 @@ impl Codec for BtCodec {
                 let piece = body.get_u32();
                 let offset = body.get_u32();
                 // A padded block: the tail is the pad file's zeros.
-                if body.len() == BLOCK_SIZE as usize
+                if self.pad
+                    && body.len() == BLOCK_SIZE as usize
                     && let Some(len) = self.exact_len(piece, offset)
                 {
                     body.truncate(len as usize);

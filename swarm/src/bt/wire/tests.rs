@@ -12,7 +12,7 @@ fn layout(pieces: u32) -> Arc<Layout> {
 }
 
 fn full() -> BtCodec {
-    BtCodec::new(layout(PIECES), &Handshake::ours([1; 20], [2; 20]))
+    BtCodec::new(layout(PIECES), true, &Handshake::ours([1; 20], [2; 20]))
 }
 
 fn plain() -> BtCodec {
@@ -21,7 +21,7 @@ fn plain() -> BtCodec {
         info_hash: [1; 20],
         peer_id: [2; 20],
     };
-    BtCodec::new(layout(PIECES), &h)
+    BtCodec::new(layout(PIECES), true, &h)
 }
 
 fn spec() -> BlockSpec {
@@ -195,7 +195,7 @@ fn a_plain_peer_hears_only_bep_3() {
 /// The core's bitfield chunks become one message.
 #[test]
 fn bitfield_chunks_become_one_message() {
-    let mut c = BtCodec::new(layout(8 * 5), &Handshake::ours([0; 20], [0; 20]));
+    let mut c = BtCodec::new(layout(8 * 5), true, &Handshake::ours([0; 20], [0; 20]));
     let mut b = BytesMut::new();
     c.encode(
         &Message::Bitfield {
@@ -274,6 +274,31 @@ fn a_short_block_travels_padded() {
             len: BLOCK_SIZE
         })))
     );
+}
+
+/// A hybrid of one file has no pad file: its short last block travels
+/// at its exact length.
+#[test]
+fn without_padding_a_short_block_travels_exact() {
+    let mut c = BtCodec::new(layout(PIECES), false, &Handshake::ours([1; 20], [2; 20]));
+    let short = BlockSpec {
+        piece: 20,
+        offset: 0,
+        len: SHORT,
+    };
+    let mut b = BytesMut::new();
+    c.encode(&Message::Request(short), &mut b);
+    assert_eq!(&b[13..], &SHORT.to_be_bytes());
+    b.clear();
+    let data = Bytes::from(vec![9u8; SHORT as usize]);
+    let piece = Message::Piece {
+        piece: 20,
+        offset: 0,
+        data,
+    };
+    c.encode(&piece, &mut b);
+    assert_eq!(b.len(), 4 + 9 + SHORT as usize);
+    assert_eq!(c.decode(&mut b).unwrap(), Some(Inbound::Core(piece)));
 }
 
 #[test]
