@@ -308,6 +308,7 @@ fn libtorrent_downloads_from_sluice(kind: &str) {
         panic!("libtorrent's report is not JSON ({e}): {line}");
     });
     assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["rechecked"], true, "{report}");
     assert_eq!(report["pieces"], report["total"], "recheck: {report}");
     assert!(
         report["clients"]

@@ -3,10 +3,12 @@
     lt_peer.py seed TORRENT DIR TIMEOUT
         Checks DIR against TORRENT, prints `port N` once it seeds every
         piece, and seeds until stdin closes or TIMEOUT seconds pass.
-    lt_peer.py get TORRENT DIR PEER TIMEOUT
+    lt_peer.py get TORRENT DIR PEER TIMEOUT [--no-recheck]
         Downloads TORRENT into DIR from PEER (HOST:PORT), then rechecks
-        the data with libtorrent's own hashing and prints one JSON line:
-        {"finished": bool, "pieces": n, "total": n, "peer_client": "..."}.
+        the data with libtorrent's own hashing (unless --no-recheck, for
+        benchmarks) and prints one JSON line:
+        {"finished": bool, "pieces": n, "total": n, "clients": [...],
+         "seconds": time from adding the torrent to having every piece}.
 
 Loopback only: no DHT, LSD, UPnP, NAT-PMP or uTP; plaintext (sluice
 speaks no MSE/PE).
@@ -30,10 +32,13 @@ def session():
         "enable_incoming_utp": False,
         "enable_outgoing_utp": False,
         "allow_multiple_connections_per_ip": True,
+        # Keep seed-to-seed connections, so who we traded with is still
+        # there to ask once the download is done.
+        "close_redundant_connections": False,
         "out_enc_policy": lt.enc_policy.pe_disabled,
         "in_enc_policy": lt.enc_policy.pe_disabled,
         "alert_mask": lt.alert.category_t.error_notification
-        | lt.alert.category_t.peer_notification,
+        | lt.alert.category_t.status_notification,
     })
 
 
@@ -67,8 +72,9 @@ def seed(torrent, save, timeout):
             break
 
 
-def get(torrent, save, peer, timeout):
-    deadline = time.time() + timeout
+def get(torrent, save, peer, timeout, recheck=True):
+    started = time.time()
+    deadline = started + timeout
     ses = session()
     h = add(ses, torrent, save)
     host, port = peer.rsplit(":", 1)
@@ -86,21 +92,30 @@ def get(torrent, save, peer, timeout):
         return True
 
     finished = wait_for(deadline, done)
+    seconds = time.time() - started
+    # Peers whose extension handshake came in the last moments.
+    wait_for(min(deadline, time.time() + 2), lambda: done() and bool(clients))
     total = h.torrent_file().num_pieces()
-    pieces = 0
-    if finished:
-        # libtorrent's own check of what it downloaded.
+    pieces = h.status().num_pieces
+    rechecked = False
+    if finished and recheck:
+        # libtorrent's own check of what it downloaded: every piece read
+        # back from disk and hashed; the count is what passed.
+        ses.pop_alerts()
         h.force_recheck()
-        wait_for(deadline, lambda: h.status().state not in (
-            lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data)
-            and h.status().progress > 0 or h.status().is_seeding)
-        wait_for(deadline, lambda: h.status().is_seeding)
+
+        def checked():
+            return any(isinstance(a, lt.torrent_checked_alert) for a in ses.pop_alerts())
+
+        rechecked = wait_for(deadline, checked)
         pieces = h.status().num_pieces
     print(json.dumps({
         "finished": finished,
         "pieces": pieces,
         "total": total,
         "clients": sorted(clients),
+        "rechecked": rechecked,
+        "seconds": seconds,
     }), flush=True)
 
 
@@ -109,6 +124,7 @@ if __name__ == "__main__":
     if cmd == "seed":
         seed(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     elif cmd == "get":
-        get(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+        get(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]),
+            recheck="--no-recheck" not in sys.argv[6:])
     else:
         sys.exit(f"unknown command {cmd}")
