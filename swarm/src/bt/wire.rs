@@ -220,13 +220,32 @@ impl ExtHandshake {
     /// Ours: client name, queue depth, and `metadata_size` when we have
     /// the info dict. (We do not offer `ut_metadata` yet: `m` is empty.)
     pub fn encode(reqq: u32, metadata_size: Option<usize>) -> Vec<u8> {
-        let mut d = Dict::new();
-        d.insert(b"m", Value::Dict(Dict::new()));
-        if let Some(size) = metadata_size {
-            d.insert(b"metadata_size", Value::Int(size as i64));
+        Self {
+            client: Some(CLIENT_NAME.to_owned()),
+            reqq: Some(reqq),
+            ut_metadata: None,
+            metadata_size: metadata_size.and_then(|s| u32::try_from(s).ok()),
         }
-        d.insert(b"reqq", Value::Int(i64::from(reqq)));
-        d.insert(b"v", Value::Bytes(CLIENT_NAME.as_bytes()));
+        .to_bytes()
+    }
+
+    /// The bencoded dict (what follows the extended message's id 0).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut m = Dict::new();
+        if let Some(id) = self.ut_metadata {
+            m.insert(b"ut_metadata", Value::Int(i64::from(id)));
+        }
+        let mut d = Dict::new();
+        d.insert(b"m", Value::Dict(m));
+        if let Some(size) = self.metadata_size {
+            d.insert(b"metadata_size", Value::Int(i64::from(size)));
+        }
+        if let Some(reqq) = self.reqq {
+            d.insert(b"reqq", Value::Int(i64::from(reqq)));
+        }
+        if let Some(v) = &self.client {
+            d.insert(b"v", Value::Bytes(v.as_bytes()));
+        }
         bencode::encode(&Value::Dict(d))
     }
 }
@@ -259,7 +278,7 @@ impl Extra {
     /// Writes a message only the BitTorrent wire has (our replies).
     pub fn encode(&self, dst: &mut BytesMut) {
         match self {
-            Extra::ExtHandshake(_) => debug_assert!(false, "use ExtHandshake::encode"),
+            Extra::ExtHandshake(h) => encode_ext_handshake(&h.to_bytes(), dst),
             Extra::Extended { id: ext, payload } => {
                 dst.put_u32(2 + payload.len() as u32);
                 dst.put_u8(id::EXTENDED);

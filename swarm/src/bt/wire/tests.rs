@@ -80,6 +80,12 @@ fn core_samples() -> Vec<Message> {
 
 fn extra_samples() -> Vec<Extra> {
     vec![
+        Extra::ExtHandshake(ExtHandshake {
+            client: Some("libtorrent/2.0.8".into()),
+            reqq: Some(500),
+            ut_metadata: Some(2),
+            metadata_size: Some(12_345),
+        }),
         Extra::Extended {
             id: 3,
             payload: Bytes::from_static(b"d8:msg_typei0e5:piecei0ee"),
