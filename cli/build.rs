@@ -1,12 +1,13 @@
 //! Probes for what some CLI tests drive, so that a machine without it
 //! shows those tests as skipped (ignored) rather than passed: `tmux` (a
 //! real terminal for `sluice top`), libtorrent (the BitTorrent interop
-//! tests' peer), opentracker (their tracker), and network and mount namespaces
+//! tests' peer), Transmission (another), opentracker (their tracker), and
+//! network and mount namespaces
 //! (`ip`, `unshare` and the right to use them: the mDNS and full-disk
 //! tests). With
 //! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_LIBTORRENT=1` /
-//! `SLUICE_REQUIRE_OPENTRACKER=1` / `SLUICE_REQUIRE_NAMESPACES=1` (CI) a
-//! missing
+//! `SLUICE_REQUIRE_OPENTRACKER=1` / `SLUICE_REQUIRE_TRANSMISSION=1` /
+//! `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
 //! one fails the build instead.
 
 #![allow(
@@ -27,6 +28,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(sluice_no_tmux)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_libtorrent)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_opentracker)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_transmission)");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TRANSMISSION");
+    println!("cargo::rerun-if-changed=/usr/bin/transmission-cli");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_OPENTRACKER");
     println!("cargo::rerun-if-changed=/usr/bin/opentracker");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_LIBTORRENT");
@@ -67,6 +71,15 @@ fn main() {
              (apt-get install opentracker)"
         );
         println!("cargo::rustc-cfg=sluice_no_opentracker");
+    }
+    // Transmission 3 (v1 torrents only) is the second BitTorrent client.
+    if !std::path::Path::new("/usr/bin/transmission-cli").exists() {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_TRANSMISSION").is_none(),
+            "SLUICE_REQUIRE_TRANSMISSION is set but transmission-cli is not installed \
+             (apt-get install transmission-cli)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_transmission");
     }
     // Making (and at once dropping) a network and a mount namespace tells
     // whether the tests can: root alone is not enough in a container

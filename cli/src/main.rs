@@ -208,10 +208,13 @@ struct CreateArgs {
     #[arg(long)]
     no_date: bool,
     /// BitTorrent v2 only (default: hybrid, v2 with a v1 part, as
-    /// libtorrent 2.0 makes, so v1-only clients such as Transmission 3
-    /// can join too).
-    #[arg(long, conflicts_with = "hybrid")]
+    /// libtorrent 2.0 makes, for v1-only clients too).
+    #[arg(long, conflicts_with_all = ["hybrid", "v1"])]
     v2: bool,
+    /// BitTorrent v1 only (SHA-1 pieces over the files end to end; what
+    /// clients without v2, such as Transmission 3, can open).
+    #[arg(long, conflicts_with = "hybrid")]
+    v1: bool,
     /// Hybrid v1 + v2 (the default).
     #[arg(long)]
     hybrid: bool,
@@ -346,6 +349,7 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         no_date,
         tracker: trackers,
         v2,
+        v1,
         hybrid: _,
         json,
     } = args;
@@ -365,10 +369,10 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
         .with_threads(threads.unwrap_or_else(default_threads))
         .with_creation_date(date)
         .with_trackers(trackers)
-        .with_version(if v2 {
-            MetaVersion::V2
-        } else {
-            MetaVersion::Hybrid
+        .with_version(match (v1, v2) {
+            (true, _) => MetaVersion::V1,
+            (_, true) => MetaVersion::V2,
+            _ => MetaVersion::Hybrid,
         });
     let (default_name, files) = sluice_storage::create::scan(path)?;
     let total: u64 = files.iter().map(|f| f.length).sum();
@@ -486,8 +490,16 @@ fn show(path: &Path, json: bool) -> Result<ExitCode> {
     }
     println!("name:        {}", shown.name);
     println!("info-hash:   {}", shown.info_hash);
-    if let Some(v1) = &shown.v1_info_hash {
-        println!("v1 hash:     {v1} (hybrid)");
+    println!(
+        "version:     {}",
+        match shown.version {
+            MetaVersion::V1 => "BitTorrent v1",
+            MetaVersion::V2 => "BitTorrent v2",
+            MetaVersion::Hybrid => "hybrid (v1 + v2)",
+        }
+    );
+    if let (Some(v1), MetaVersion::Hybrid) = (&shown.v1_info_hash, shown.version) {
+        println!("v1 hash:     {v1}");
     }
     println!("magnet:      {}", shown.magnet);
     for (i, tier) in shown.trackers.iter().enumerate() {

@@ -4,7 +4,10 @@
 //! `tests/lt_peer.py`) both ways, and peers that find each other only
 //! through a real tracker (Debian's `opentracker`, over HTTP and UDP).
 //! Content must arrive byte-identical, and libtorrent's own recheck must
-//! pass on what sluice sent it.
+//! pass on what sluice sent it. Transmission 3 (Debian's `transmission-cli`)
+//! trades v1 torrents with sluice both ways through opentracker, in a
+//! network namespace of the test's own: Transmission refuses peers on
+//! 127.0.0.0/8, so the peers there use a veth pair's private addresses.
 //!
 //! Without libtorrent the build script marks its tests ignored (skipped),
 //! unless `SLUICE_REQUIRE_LIBTORRENT=1` (CI), when the build fails.
@@ -96,7 +99,7 @@ impl Drop for Proc {
     }
 }
 
-fn sluice(args: &[&str], cwd: &Path) -> Command {
+fn sluice(args: &[impl AsRef<std::ffi::OsStr>], cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.args(args).current_dir(cwd);
     c
@@ -129,8 +132,8 @@ fn album(d: &Path) -> PathBuf {
     album_with(d, &[], KINDS[1])
 }
 
-/// What `sluice create` makes: v2 only, or hybrid (the default).
-const KINDS: [&str; 2] = ["--v2", "--hybrid"];
+/// What `sluice create` makes: v2 only, hybrid (the default), v1 only.
+const KINDS: [&str; 3] = ["--v2", "--hybrid", "--v1"];
 
 /// [`album`], announcing to `trackers`, of a kind from [`KINDS`].
 fn album_with(d: &Path, trackers: &[String], kind: &str) -> PathBuf {
@@ -174,25 +177,26 @@ fn same_tree(a: &Path, b: &Path) {
 /// A seeding sluice, answering BitTorrent only (no mDNS; its libp2p
 /// address is never given out).
 fn sluice_seed(d: &Path, torrent: &Path) -> (Proc, String) {
-    let seed = Proc::spawn(
-        sluice(
-            &[
-                "seed",
-                "seed/album",
-                "--torrent",
-                torrent.to_str().unwrap(),
-                "--data-dir",
-                "seed-data",
-                "--no-mdns",
-                "--bt-listen",
-                "127.0.0.1:0",
-            ],
-            d,
-        ),
-        "sluice seed",
-    );
+    let seed = Proc::spawn(sluice(&seed_args(torrent, "127.0.0.1"), d), "sluice seed");
     let addr = seed.line("bittorrent:");
     (seed, addr)
+}
+
+/// `sluice seed` of the album, listening for BitTorrent peers on `ip`.
+fn seed_args(torrent: &Path, ip: &str) -> Vec<String> {
+    [
+        "seed",
+        "seed/album",
+        "--torrent",
+        torrent.to_str().unwrap(),
+        "--data-dir",
+        "seed-data",
+        "--no-mdns",
+        "--bt-listen",
+        &format!("{ip}:0"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// `sluice get` into `got/` from one BitTorrent peer (or, with none,
@@ -219,16 +223,23 @@ fn sluice_get(d: &Path, torrent: &Path, peer: Option<&str>) {
 struct Tracker {
     _proc: Proc,
     port: u16,
+    ip: String,
 }
 
 impl Tracker {
     fn start(d: &Path, torrent: &Path) -> Self {
+        Self::start_in(d, torrent, None, "127.0.0.1")
+    }
+
+    /// On `ip`, inside `ns` if given.
+    fn start_in(d: &Path, torrent: &Path, ns: Option<&Netns>, ip: &str) -> Self {
         let o = sluice(&["show", torrent.to_str().unwrap(), "--json"], d)
             .output()
             .unwrap();
         let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
         // A v2 torrent is announced by its info-hash truncated to 20
-        // bytes, a hybrid by that and its v1 info-hash.
+        // bytes, a hybrid by that and its v1 info-hash, a v1 torrent by
+        // its (40-digit) info-hash.
         let mut list = format!("{}\n", &shown["info_hash"].as_str().unwrap()[..40]);
         if let Some(v1) = shown["v1_info_hash"].as_str() {
             list.push_str(&format!("{v1}\n"));
@@ -244,30 +255,60 @@ impl Tracker {
                 break port;
             }
         };
-        let mut cmd = Command::new("/usr/bin/opentracker");
         let p = port.to_string();
-        cmd.args(["-i", "127.0.0.1", "-p", &p, "-P", &p, "-d"])
-            .arg(&dir)
-            .args(["-w", "whitelist"])
-            .current_dir(&dir);
+        let dir_arg = dir.to_str().unwrap();
+        let args = [
+            "-i",
+            ip,
+            "-p",
+            &p,
+            "-P",
+            &p,
+            "-d",
+            dir_arg,
+            "-w",
+            "whitelist",
+        ];
+        let mut cmd = match ns {
+            Some(ns) => ns.command("/usr/bin/opentracker", &args),
+            None => {
+                let mut c = Command::new("/usr/bin/opentracker");
+                c.args(args);
+                c
+            }
+        };
+        cmd.current_dir(&dir);
         let proc = Proc::spawn(cmd, "opentracker");
+        // Up once it takes a connection (inside the namespace, ask there).
         let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let probe = format!("import socket; socket.create_connection(('{ip}', {port}), 1)");
+        let up = || match ns {
+            None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            Some(ns) => ns
+                .command(PYTHON, &["-c", &probe])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        };
+        while !up() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "opentracker did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { _proc: proc, port }
+        Self {
+            _proc: proc,
+            port,
+            ip: ip.to_owned(),
+        }
     }
 
     fn http(&self) -> String {
-        format!("http://127.0.0.1:{}/announce", self.port)
+        format!("http://{}:{}/announce", self.ip, self.port)
     }
 
     fn udp(&self) -> String {
-        format!("udp://127.0.0.1:{}", self.port)
+        format!("udp://{}:{}", self.ip, self.port)
     }
 }
 
@@ -386,4 +427,179 @@ fn sluice_finds_libtorrent_through_a_tracker() {
     lt.line("port");
     sluice_get(d, &torrent, None);
     same_tree(&d.join("seed/album"), &d.join("got/album"));
+}
+
+/// Three network namespaces of the test's own on one bridge, a private
+/// address each; deleted on drop. Three, because Transmission 3 keeps one
+/// peer per address: each sluice node it meets needs an address of its
+/// own. The tracker and the seeder are in the first ([`Netns::A`]),
+/// Transmission in the second, the downloading sluice in the third.
+struct Netns([String; 3]);
+
+impl Netns {
+    /// The tracker's and the seeder's address, in the first namespace.
+    const A: &str = "10.232.0.1";
+
+    fn create(tag: &str) -> Self {
+        let pid = std::process::id();
+        let names = ["a", "b", "c"].map(|x| format!("sluice-bt-{tag}-{x}-{pid}"));
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        for n in &names {
+            let _ = ip(&["netns", "del", n]);
+            assert!(ip(&["netns", "add", n]), "cannot make a network namespace");
+        }
+        let ns = Self(names);
+        let [a, b, c] = [0, 1, 2].map(|i| ns.0[i].as_str());
+        for args in [
+            &["-n", a, "link", "set", "lo", "up"][..],
+            &["-n", b, "link", "set", "lo", "up"],
+            &["-n", c, "link", "set", "lo", "up"],
+            &["-n", a, "link", "add", "br0", "type", "bridge"],
+            &["-n", a, "addr", "add", "10.232.0.1/24", "dev", "br0"],
+            &["-n", a, "link", "set", "br0", "up"],
+            &[
+                "-n", a, "link", "add", "vb", "type", "veth", "peer", "name", "v0", "netns", b,
+            ],
+            &[
+                "-n", a, "link", "add", "vc", "type", "veth", "peer", "name", "v0", "netns", c,
+            ],
+            &["-n", a, "link", "set", "vb", "master", "br0", "up"],
+            &["-n", a, "link", "set", "vc", "master", "br0", "up"],
+            &["-n", b, "addr", "add", "10.232.0.2/24", "dev", "v0"],
+            &["-n", c, "addr", "add", "10.232.0.3/24", "dev", "v0"],
+            &["-n", b, "link", "set", "v0", "up"],
+            &["-n", c, "link", "set", "v0", "up"],
+        ] {
+            assert!(ip(args), "ip {args:?} failed");
+        }
+        ns
+    }
+
+    /// A command in the first namespace.
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        self.command_in(0, program, args)
+    }
+
+    fn command_in(&self, which: usize, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0[which], program])
+            .args(args);
+        c
+    }
+
+    /// `sluice ARGS` in namespace `which`.
+    fn sluice(&self, which: usize, args: &[&str], cwd: &Path) -> Command {
+        let mut c = self.command_in(which, env!("CARGO_BIN_EXE_sluice"), args);
+        c.current_dir(cwd);
+        c
+    }
+
+    /// `transmission-cli`, in the second namespace, downloading (or, with
+    /// the data there, seeding) `torrent` into `dir` on peer port `port`.
+    fn transmission(&self, d: &Path, torrent: &Path, dir: &str, port: u16) -> Proc {
+        let config = d.join(format!("{dir}-config"));
+        // TCP only (sluice speaks no µTP), and nothing that reaches out
+        // of the namespace's own peers.
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(
+            config.join("settings.json"),
+            r#"{"utp-enabled": false, "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "port-forwarding-enabled": false}"#,
+        )
+        .unwrap();
+        let mut c = self.command_in(
+            1,
+            "/usr/bin/transmission-cli",
+            &[
+                "-g",
+                config.to_str().unwrap(),
+                "-w",
+                d.join(dir).to_str().unwrap(),
+                "-p",
+                &port.to_string(),
+                "-et",
+                "-M",
+                torrent.to_str().unwrap(),
+            ],
+        );
+        c.current_dir(d);
+        Proc::spawn(c, "transmission-cli")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Waits until every file of the album with data under `got` equals the
+/// seed's. (Transmission 3 creates no empty files.)
+fn until_same_tree(d: &Path, got: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    let same = || {
+        ["disc1/a.flac", "cover.jpg", "notes.txt"].iter().all(|f| {
+            std::fs::read(d.join("seed/album").join(f)).ok()
+                == std::fs::read(d.join(got).join("album").join(f)).ok()
+        })
+    };
+    while !same() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{got}/album is not the seed's within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Transmission downloads a v1 torrent from `sluice seed`, finding it
+/// through the tracker; then `sluice get` downloads it from Transmission
+/// alone.
+#[test]
+#[cfg_attr(
+    any(sluice_no_transmission, sluice_no_opentracker, sluice_no_namespaces),
+    ignore = "needs transmission-cli, opentracker, and root with `ip` for a network namespace"
+)]
+fn sluice_and_transmission_trade_a_v1_torrent_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ns = Netns::create("tr");
+    let tracker = Tracker::start_in(d, &album_with(d, &[], "--v1"), Some(&ns), Netns::A);
+    let torrent = album_with(d, &[tracker.http()], "--v1");
+
+    // sluice seeds; Transmission downloads.
+    let args = seed_args(&torrent, Netns::A);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let seed = Proc::spawn(ns.sluice(0, &args, d), "sluice seed");
+    seed.line("bittorrent:");
+    let tr = ns.transmission(d, &torrent, "tr", 51401);
+    until_same_tree(d, "tr");
+    drop(seed);
+
+    // Transmission seeds what it downloaded; sluice gets it from there.
+    let get = Proc::spawn(
+        ns.sluice(
+            2,
+            &[
+                "get",
+                torrent.to_str().unwrap(),
+                "-o",
+                "got",
+                "--data-dir",
+                "get-data",
+                "--no-mdns",
+            ],
+            d,
+        ),
+        "sluice get",
+    );
+    assert!(get.wait(), "sluice get from Transmission failed");
+    same_tree(&d.join("seed/album"), &d.join("got/album"));
+    drop(tr);
 }

@@ -156,7 +156,7 @@ fn bad_input_gets_one_line_and_exit_2() {
         (&["create", "missing"], "missing"),
         (&["create", "f", "-o", "outdir"], "outdir"),
         (&["show", "missing.torrent"], "missing.torrent"),
-        (&["show", "junk.torrent"], "info.meta version"),
+        (&["show", "junk.torrent"], "info.piece length: missing"),
         (&["verify", "junk.torrent", "f"], "junk.torrent"),
         (
             &["get", "missing.torrent", "-o", "dl"],

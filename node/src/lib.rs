@@ -293,6 +293,11 @@ pub struct NodeHandle {
     bt_addr: Option<SocketAddr>,
     /// For HTTP(S) trackers.
     http: reqwest::Client,
+    /// When each BitTorrent address was last dialed for a torrent, so one
+    /// is dialed at most once per [`BT_REDIAL_AFTER`] (two announce tasks
+    /// of a hybrid name the same peers, and two connections opened at
+    /// once from one side would each replace the other at the far end).
+    bt_dialed: Arc<Mutex<HashMap<(InfoHash, SocketAddr), tokio::time::Instant>>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -405,6 +410,7 @@ impl Node {
             tracker: tracker.clone(),
             api_addr: api.as_ref().map(|(_, addr, _)| *addr),
             bt_peer_id: sluice_swarm::bt::new_peer_id(&mut rand::thread_rng()),
+            bt_dialed: Arc::default(),
             http: reqwest::Client::builder()
                 .user_agent(sluice_swarm::bt::wire::CLIENT_NAME)
                 .build()
@@ -584,6 +590,20 @@ impl NodeHandle {
     /// Dials a BitTorrent peer for `torrent` as a task of the node: once,
     /// or (`retry`) until connected, with backoff.
     fn dial_bt(&self, torrent: TorrentHandle, addr: SocketAddr, retry: bool) {
+        {
+            let now = tokio::time::Instant::now();
+            let mut dialed = lock(&self.bt_dialed);
+            let key = (torrent.info_hash(), addr);
+            if dialed.get(&key).is_some_and(|t| now - *t < BT_REDIAL_AFTER) {
+                return;
+            }
+            if dialed.len() >= MAX_BT_DIALED {
+                dialed.retain(|_, t| now - *t < BT_REDIAL_AFTER);
+            }
+            if dialed.len() < MAX_BT_DIALED {
+                dialed.insert(key, now);
+            }
+        }
         let ours = sluice_swarm::bt::wire::Handshake::ours(torrent.bt_info_hash(), self.bt_peer_id);
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
@@ -596,7 +616,7 @@ impl NodeHandle {
                 match attempt {
                     Ok((stream, theirs)) => {
                         debug!(%addr, "BitTorrent peer connected");
-                        return torrent.add_bt_peer(stream, addr, theirs, true).await;
+                        return torrent.add_bt_peer(stream, addr, theirs, ours, true).await;
                     }
                     Err(e) => debug!(%addr, error = %e, "cannot connect to a BitTorrent peer"),
                 }
@@ -1268,7 +1288,7 @@ async fn bt_accept_loop(
             }
             let ours = bt::wire::Handshake::ours(theirs.info_hash, peer_id);
             match bt::write_handshake(&mut stream, &ours).await {
-                Ok(()) => torrent.add_bt_peer(stream, addr, theirs, false).await,
+                Ok(()) => torrent.add_bt_peer(stream, addr, theirs, ours, false).await,
                 Err(e) => debug!(%addr, error = %e, "incoming BitTorrent handshake failed"),
             }
         });
@@ -1355,6 +1375,10 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BT_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to dial a BitTorrent peer.
 pub const BT_RETRY_MAX: Duration = Duration::from_secs(60);
+/// A BitTorrent address is dialed for a torrent at most once this often.
+pub const BT_REDIAL_AFTER: Duration = Duration::from_secs(30);
+/// Most (torrent, address) dial times remembered.
+const MAX_BT_DIALED: usize = 4096;
 
 /// How long shutdown waits for a torrent before giving up on it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

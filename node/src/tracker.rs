@@ -95,7 +95,10 @@ pub(crate) async fn announce_loop(
     let key: u32 = rand::thread_rng().r#gen();
     let mut stats = torrent.watch();
     let mut event = Event::Started;
-    let mut was_complete = torrent.stats().complete;
+    // A torrent that starts with every piece (a seeder) never announces
+    // `completed`: it downloaded nothing.
+    let start = torrent.stats();
+    let mut was_complete = start.verified_pieces == start.total_pieces;
     let mut backoff = BACKOFF_MIN;
     loop {
         let a = announce_of(&torrent, me, key, event);

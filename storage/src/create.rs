@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use crate::error::StorageError;
-use crate::hash::{default_threads, hash_pieces, hash_pieces_hybrid};
+use crate::hash::{default_threads, hash_pieces, hash_pieces_hybrid, hash_pieces_v1};
 use crate::layout::Layout;
 use crate::merkle::{FileTree, Hash};
 use crate::metainfo::{
@@ -62,8 +62,8 @@ impl CreateOptions {
         self
     }
 
-    /// v2 only, or hybrid (v2 with a v1 part, so v1-only clients can
-    /// join); default hybrid, as libtorrent 2.0 makes.
+    /// v1 only, v2 only, or hybrid (v2 with a v1 part, so v1-only
+    /// clients can join); default hybrid, as libtorrent 2.0 makes.
     pub fn with_version(mut self, version: MetaVersion) -> Self {
         self.version = version;
         self
@@ -98,6 +98,15 @@ pub struct SourceFile {
 /// Symlinks are followed; empty directories are skipped (v2 cannot express
 /// them); anything that is not a regular file is refused.
 pub fn scan(root: &Path) -> Result<(String, Vec<SourceFile>), StorageError> {
+    let (name, mut files) = scan_in_walk_order(root)?;
+    // File-tree order: bytewise by path components (bencode dict order).
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((name, files))
+}
+
+/// [`scan`], in the order the directories list their entries, depth
+/// first: the order libtorrent puts a v1 torrent's files in.
+fn scan_in_walk_order(root: &Path) -> Result<(String, Vec<SourceFile>), StorageError> {
     let meta = std::fs::metadata(root).map_err(StorageError::io("reading", root))?;
     let name = root
         .canonicalize()
@@ -121,8 +130,6 @@ pub fn scan(root: &Path) -> Result<(String, Vec<SourceFile>), StorageError> {
     if files.is_empty() {
         return Err(input(root, "contains no files"));
     }
-    // File-tree order: bytewise by path components (bencode dict order).
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((name, files))
 }
 
@@ -170,7 +177,13 @@ pub fn create(
     options: &CreateOptions,
     progress: &AtomicU64,
 ) -> Result<Metainfo, StorageError> {
-    let (default_name, mut files) = scan(root)?;
+    // v1 keeps the directories' own order, as libtorrent does (so a v1
+    // torrent of the same files matches libtorrent's on this machine).
+    let (default_name, mut files) = if options.version == MetaVersion::V1 {
+        scan_in_walk_order(root)?
+    } else {
+        scan(root)?
+    };
     let name = options.name.clone().unwrap_or(default_name);
     if root.is_file() {
         // A single file is stored under the torrent's name. (A directory
@@ -188,9 +201,13 @@ pub fn create(
             ));
         }
     };
+    if options.version == MetaVersion::V1 {
+        return create_v1(root, &name, files, piece_length, options, progress);
+    }
     let layout = Layout::from_lengths(piece_length, files.iter().map(|f| f.length));
     let paths: Vec<PathBuf> = files.iter().map(|f| f.disk_path.clone()).collect();
     let (hashes, v1): (Vec<Option<Hash>>, Option<Vec<Option<Sha1Hash>>>) = match options.version {
+        MetaVersion::V1 => unreachable!("made above"),
         MetaVersion::V2 => (
             hash_pieces(&layout, &paths, options.threads, progress),
             None,
@@ -238,6 +255,47 @@ pub fn create(
         options.creation_date,
         &options.trackers,
         v1.as_deref(),
+    )?)
+}
+
+/// A v1-only torrent, as libtorrent 2.0 makes one: the files in the order
+/// the directories list them (depth first), no pad files, SHA-1 pieces
+/// over the files end to end.
+fn create_v1(
+    root: &Path,
+    name: &str,
+    files: Vec<SourceFile>,
+    piece_length: u32,
+    options: &CreateOptions,
+    progress: &AtomicU64,
+) -> Result<Metainfo, StorageError> {
+    if files.iter().all(|f| f.length == 0) {
+        return Err(input(
+            root,
+            "holds no data: a v1 torrent needs at least one byte",
+        ));
+    }
+    let layout = Layout::end_to_end(piece_length, files.iter().map(|f| f.length));
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.disk_path.clone()).collect();
+    let pieces: Vec<Sha1Hash> = hash_pieces_v1(&layout, &paths, options.threads, progress)
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| input(root, "changed or vanished while hashing"))?;
+    let infos: Vec<FileInfo> = files
+        .iter()
+        .map(|f| FileInfo {
+            path: f.path.clone(),
+            length: f.length,
+            pieces_root: None,
+        })
+        .collect();
+    Ok(Metainfo::build_v1(
+        name,
+        piece_length,
+        &infos,
+        &pieces,
+        options.creation_date,
+        &options.trackers,
     )?)
 }
 

@@ -36,9 +36,23 @@ pub fn hash_pieces(
     threads: usize,
     progress: &AtomicU64,
 ) -> Vec<Option<Hash>> {
-    hash_all(layout, paths, threads, progress, None)
+    hash_all(layout, paths, threads, progress, V1::No)
         .into_iter()
         .map(|h| h.map(|(v2, _)| v2))
+        .collect()
+}
+
+/// Each piece's v1 hash (SHA-1) alone, for a v1 torrent (pieces over the
+/// files end to end, no padding).
+pub fn hash_pieces_v1(
+    layout: &Layout,
+    paths: &[PathBuf],
+    threads: usize,
+    progress: &AtomicU64,
+) -> Vec<Option<Sha1Hash>> {
+    hash_all(layout, paths, threads, progress, V1::Only)
+        .into_iter()
+        .map(|h| h.and_then(|(_, v1)| v1))
         .collect()
 }
 
@@ -53,7 +67,8 @@ pub fn hash_pieces_hybrid(
     progress: &AtomicU64,
     pad: bool,
 ) -> Vec<Option<(Hash, Sha1Hash)>> {
-    hash_all(layout, paths, threads, progress, Some(pad))
+    let mode = if pad { V1::Padded } else { V1::Unpadded };
+    hash_all(layout, paths, threads, progress, mode)
         .into_iter()
         .map(|h| h.map(|(v2, v1)| (v2, v1.expect("asked for"))))
         .collect()
@@ -61,12 +76,26 @@ pub fn hash_pieces_hybrid(
 
 type PieceHashes = (Hash, Option<Sha1Hash>);
 
+/// Which SHA-1 a piece gets besides (or instead of) its v2 hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum V1 {
+    /// None: v2 only.
+    No,
+    /// A hybrid's, padded with zeros to the piece length.
+    Padded,
+    /// A hybrid's of one file: as it is.
+    Unpadded,
+    /// A v1 torrent's, instead of the v2 hash (pieces over files end to
+    /// end have no leaves).
+    Only,
+}
+
 fn hash_all(
     layout: &Layout,
     paths: &[PathBuf],
     threads: usize,
     progress: &AtomicU64,
-    v1: Option<bool>,
+    v1: V1,
 ) -> Vec<Option<PieceHashes>> {
     let per_batch = u64::from((READ_CHUNK as u32 / layout.piece_length()).max(1));
     // u64: a u32 counter could wrap past the last piece and start over.
@@ -120,33 +149,42 @@ impl Worker {
         paths: &[PathBuf],
         piece: crate::layout::PieceIndex,
         progress: &AtomicU64,
-        v1: Option<bool>,
+        v1: V1,
     ) -> Option<PieceHashes> {
         let range = layout.piece_range(piece);
-        if self.file.as_ref().is_none_or(|(i, _)| *i != range.file) {
-            self.file = Some((range.file, File::open(&paths[range.file]).ok()));
-        }
-        let file = self.file.as_ref().and_then(|(_, f)| f.as_ref())?;
         self.leaves.clear();
-        let mut sha1 = v1.map(|_| Sha1::new());
-        let mut done = 0usize;
+        let mut sha1 = (v1 != V1::No).then(Sha1::new);
+        // A v1 torrent's pieces have no leaves (and may span files).
+        let want_leaves = v1 != V1::Only;
         let len = range.len as usize;
-        while done < len {
-            let n = (len - done).min(READ_CHUNK);
-            self.buf.resize(n, 0);
-            file.read_exact_at(&mut self.buf[..n], range.offset + done as u64)
-                .ok()?;
-            self.leaves
-                .extend(self.buf[..n].chunks(BLOCK_SIZE as usize).map(leaf_hash));
-            if let Some(h) = &mut sha1 {
-                h.update(&self.buf[..n]);
+        // One range, but in a v1 layout, where a piece may span files (its
+        // leaves then mean nothing and are not used).
+        for seg in layout.segments(range) {
+            if self.file.as_ref().is_none_or(|(i, _)| *i != seg.file) {
+                self.file = Some((seg.file, File::open(&paths[seg.file]).ok()));
             }
-            done += n;
-            progress.fetch_add(n as u64, Ordering::Relaxed);
+            let file = self.file.as_ref().and_then(|(_, f)| f.as_ref())?;
+            let mut done = 0usize;
+            let seg_len = seg.len as usize;
+            while done < seg_len {
+                let n = (seg_len - done).min(READ_CHUNK);
+                self.buf.resize(n, 0);
+                file.read_exact_at(&mut self.buf[..n], seg.offset + done as u64)
+                    .ok()?;
+                if want_leaves {
+                    self.leaves
+                        .extend(self.buf[..n].chunks(BLOCK_SIZE as usize).map(leaf_hash));
+                }
+                if let Some(h) = &mut sha1 {
+                    h.update(&self.buf[..n]);
+                }
+                done += n;
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         let v1 = sha1.map(|mut h| {
             // The pad file's zeros up to the piece length.
-            let pad = if v1 == Some(true) {
+            let pad = if v1 == V1::Padded {
                 layout.piece_length() as usize - len
             } else {
                 0
@@ -156,6 +194,11 @@ impl Worker {
             h.update(&self.buf);
             h.finalize().into()
         });
-        Some((layout.piece_tree(piece).piece_hash(&self.leaves), v1))
+        let v2 = if want_leaves {
+            layout.piece_tree(piece).piece_hash(&self.leaves)
+        } else {
+            [0; 32]
+        };
+        Some((v2, v1))
     }
 }

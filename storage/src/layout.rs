@@ -4,6 +4,11 @@
 //! spans two files and a block maps to one byte range of one file. Pieces are
 //! numbered through the files in file-tree order; empty files hold no piece.
 //!
+//! A v1 torrent's pieces run over its files end to end instead: the layout
+//! then has one span, the files back to back, and [`Layout::segments`]
+//! splits a range of it into the files' own ranges (a piece, or a block,
+//! may cross from one file into the next).
+//!
 //! Indices are validated once: a [`PieceIndex`] is only made by
 //! [`Layout::piece`] and a [`BlockRef`] by [`Layout::block`], so nothing
 //! downstream re-checks bounds.
@@ -68,10 +73,11 @@ impl fmt::Debug for BlockRef {
     }
 }
 
-/// A byte range of one file.
+/// A byte range of one file (of a v1 layout: of the files end to end,
+/// until [`Layout::segments`] splits it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileRange {
-    /// Index into [`Info::files`].
+    /// Index into [`Info::files`] (0 in a v1 layout's span).
     pub file: usize,
     pub offset: u64,
     pub len: u32,
@@ -84,17 +90,89 @@ struct FileSpan {
     pieces: u32,
 }
 
+/// See [`Layout::segments`].
+#[derive(Debug)]
+pub struct Segments<'a> {
+    files: Option<&'a [(u64, u64)]>,
+    next: FileRange,
+    left: u64,
+}
+
+impl Iterator for Segments<'_> {
+    type Item = FileRange;
+
+    fn next(&mut self) -> Option<FileRange> {
+        if self.left == 0 {
+            return None;
+        }
+        let Some(files) = self.files else {
+            self.left = 0;
+            return Some(self.next);
+        };
+        let at = self.next.offset;
+        // The first non-empty file ending after `at`.
+        let i = files.partition_point(|&(start, len)| start + len <= at);
+        let (start, len) = *files.get(i)?;
+        let n = self.left.min(start + len - at);
+        self.left -= n;
+        self.next.offset += n;
+        Some(FileRange {
+            file: i,
+            offset: at - start,
+            len: n as u32,
+        })
+    }
+}
+
 /// The piece/block geometry of one torrent.
 #[derive(Debug, Clone)]
 pub struct Layout {
     piece_length: u32,
     files: Vec<FileSpan>,
     num_pieces: u32,
+    /// A v1 layout: where each file starts in the one span, and its length.
+    end_to_end: Option<Vec<(u64, u64)>>,
 }
 
 impl Layout {
     pub fn new(info: &Info) -> Self {
-        Self::from_lengths(info.piece_length(), info.files().iter().map(|f| f.length))
+        let lengths = info.files().iter().map(|f| f.length);
+        if info.version() == crate::metainfo::MetaVersion::V1 {
+            Self::end_to_end(info.piece_length(), lengths)
+        } else {
+            Self::from_lengths(info.piece_length(), lengths)
+        }
+    }
+
+    /// A v1 layout: pieces over the files end to end.
+    pub fn end_to_end(piece_length: u32, lengths: impl IntoIterator<Item = u64>) -> Self {
+        let mut start = 0u64;
+        let files: Vec<(u64, u64)> = lengths
+            .into_iter()
+            .map(|len| {
+                let at = start;
+                start += len;
+                (at, len)
+            })
+            .collect();
+        let mut span = Self::from_lengths(piece_length, [start]);
+        span.end_to_end = Some(files);
+        span
+    }
+
+    /// The files' own ranges that make up `range`, in order (one, but in a
+    /// v1 layout, where a range may cross files; empty files are skipped).
+    pub fn segments(&self, range: FileRange) -> Segments<'_> {
+        Segments {
+            files: self.end_to_end.as_deref(),
+            next: range,
+            left: u64::from(range.len),
+        }
+    }
+
+    /// How many files the torrent has (a v1 layout's, not its one span).
+    pub fn real_files(&self) -> usize {
+        self.end_to_end.as_ref().map_or(self.files.len(), Vec::len)
     }
 
     /// A layout for files of these lengths, in order. The caller guarantees
@@ -118,12 +196,16 @@ impl Layout {
             piece_length,
             files,
             num_pieces: next,
+            end_to_end: None,
         }
     }
 
     /// Length of file `file` in bytes.
     pub fn file_len(&self, file: usize) -> u64 {
-        self.files[file].length
+        match &self.end_to_end {
+            Some(files) => files[file].1,
+            None => self.files[file].length,
+        }
     }
 
     pub fn piece_length(&self) -> u32 {
@@ -245,6 +327,51 @@ mod tests {
     use crate::metainfo::FileInfo;
 
     const B: u64 = BLOCK_SIZE as u64;
+
+    /// v1: pieces over the files end to end; a range splits at file ends
+    /// and skips empty files; the last piece is short.
+    #[test]
+    fn end_to_end_segments_cross_files() {
+        let l = Layout::end_to_end(2 * BLOCK_SIZE, [10_000, 0, 30_000, 5]);
+        assert_eq!(l.num_pieces(), 2);
+        assert_eq!(l.real_files(), 4);
+        assert_eq!(l.file_len(2), 30_000);
+        let p0 = l.piece(0).unwrap();
+        let segs: Vec<FileRange> = l.segments(l.piece_range(p0)).collect();
+        assert_eq!(
+            segs,
+            [
+                FileRange {
+                    file: 0,
+                    offset: 0,
+                    len: 10_000
+                },
+                FileRange {
+                    file: 2,
+                    offset: 0,
+                    len: 2 * BLOCK_SIZE - 10_000
+                },
+            ]
+        );
+        let p1 = l.piece(1).unwrap();
+        assert_eq!(l.piece_len(p1), 40_005 - 2 * BLOCK_SIZE);
+        let last = l.blocks(p1).last().unwrap();
+        let segs: Vec<FileRange> = l.segments(l.block_range(last)).collect();
+        assert_eq!(
+            segs.last(),
+            Some(&FileRange {
+                file: 3,
+                offset: 0,
+                len: 5
+            })
+        );
+        let total: u32 = segs.iter().map(|r| r.len).sum();
+        assert_eq!(total, l.block_len(last));
+        // A v2 layout's range is its own one segment.
+        let v2 = Layout::from_lengths(2 * BLOCK_SIZE, [10_000, 30_000]);
+        let r = v2.piece_range(v2.piece(1).unwrap());
+        assert_eq!(v2.segments(r).collect::<Vec<_>>(), [r]);
+    }
 
     /// A layout from file lengths only (Layout never looks at the roots).
     fn layout(piece_length: u32, lengths: &[u64]) -> Layout {

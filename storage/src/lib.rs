@@ -35,7 +35,7 @@ pub mod units;
 
 pub use create::{CreateOptions, auto_piece_length, create};
 pub use error::StorageError;
-pub use hash::{default_threads, hash_pieces, hash_pieces_hybrid};
+pub use hash::{default_threads, hash_pieces, hash_pieces_hybrid, hash_pieces_v1};
 pub use layout::{Bitfield, BlockRef, FileRange, Layout, PieceIndex};
 pub use merkle::{BLOCK_SIZE, Hash};
 pub use metainfo::{FileInfo, Info, InfoHash, MetaVersion, Metainfo, MetainfoError, Sha1Hash};

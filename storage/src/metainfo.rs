@@ -37,13 +37,31 @@ pub const MAX_TOTAL_PATH_BYTES: usize = 64 * 1024 * 1024;
 /// in 1 MiB pieces take 32 MiB.
 pub const MAX_TORRENT_BYTES: usize = 64 * 1024 * 1024;
 
-/// The v2 info-hash: SHA-256 of the bencoded `info` dict.
+/// What a torrent is known by: the v2 info-hash (SHA-256 of the bencoded
+/// `info` dict) of a v2 or hybrid torrent; for a v1-only torrent its v1
+/// info-hash (SHA-1) followed by 12 zero bytes, shown as 40 hex digits
+/// (a SHA-256 digest ending in 96 zero bits does not happen).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InfoHash(pub [u8; 32]);
 
 impl InfoHash {
     pub fn of_info_bytes(info: &[u8]) -> Self {
         Self(Sha256::digest(info).into())
+    }
+
+    /// A v1-only torrent's key: its SHA-1 info-hash, zero-extended.
+    pub fn of_v1(v1: Sha1Hash) -> Self {
+        let mut out = [0u8; 32];
+        out[..20].copy_from_slice(&v1);
+        Self(out)
+    }
+
+    /// The v1 info-hash, if this is a v1-only torrent's key.
+    pub fn as_v1(&self) -> Option<Sha1Hash> {
+        self.0[20..]
+            .iter()
+            .all(|&b| b == 0)
+            .then(|| self.0[..20].try_into().expect("20 bytes"))
     }
 
     /// First 8 hex digits, for logs.
@@ -54,7 +72,10 @@ impl InfoHash {
 
 impl fmt::Display for InfoHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        match self.as_v1() {
+            Some(v1) => f.write_str(&hex::encode(v1)),
+            None => f.write_str(&hex::encode(self.0)),
+        }
     }
 }
 
@@ -67,12 +88,19 @@ impl fmt::Debug for InfoHash {
 impl FromStr for InfoHash {
     type Err = MetainfoError;
 
+    /// 64 hex digits (v2), or 40 (a v1-only torrent's).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| MetainfoError::Field {
+        let bad = || MetainfoError::Field {
             field: "info-hash".into(),
-            reason: format!("{s:?} is not 64 hex digits"),
-        })?;
+            reason: format!("{s:?} is not 64 (v2) or 40 (v1) hex digits"),
+        };
+        if s.len() == 40 {
+            let mut v1 = [0u8; 20];
+            hex::decode_to_slice(s, &mut v1).map_err(|_| bad())?;
+            return Ok(Self::of_v1(v1));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| bad())?;
         Ok(Self(out))
     }
 }
@@ -122,6 +150,8 @@ impl FileInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MetaVersion {
+    /// BEP 3 only: SHA-1 piece hashes over the files end to end.
+    V1,
     /// BEP 52 only.
     V2,
     /// BEP 52 and a v1 part (SHA-1 pieces over files padded to pieces).
@@ -139,6 +169,8 @@ struct V1Part {
     pieces: Vec<Sha1Hash>,
     /// SHA-1 of the info dict: what v1 peers and trackers know it by.
     info_hash: Sha1Hash,
+    /// The `length` form: one file, named after the torrent.
+    single: bool,
 }
 
 /// The validated `info` dict.
@@ -149,6 +181,8 @@ pub struct Info {
     files: Vec<FileInfo>,
     info_hash: InfoHash,
     v1: Option<V1Part>,
+    /// It has a v2 part (file tree, piece layers).
+    v2: bool,
     raw: Vec<u8>,
 }
 
@@ -256,6 +290,7 @@ fn parse_v1_part(
             .map(|c| c.try_into().expect("chunks of 20"))
             .collect(),
         info_hash: Sha1::digest(dict.raw).into(),
+        single: dict.get(b"length").is_some(),
     })
 }
 
@@ -281,37 +316,14 @@ impl Info {
             Some(Value::Int(v)) => {
                 return Err(field_err(
                     "info.meta version",
-                    format!("version {v} is not supported (sluice reads BitTorrent v2)"),
+                    format!("version {v} is not supported (sluice reads BitTorrent v1 and v2)"),
                 ));
             }
             Some(_) => return Err(field_err("info.meta version", "is not an integer")),
-            None => {
-                return Err(field_err(
-                    "info.meta version",
-                    "missing: this is a BitTorrent v1 torrent; sluice reads v2 only",
-                ));
-            }
+            None => return Self::from_v1_dict(dict),
         }
-        let name = match dict.get(b"name") {
-            Some(Value::Bytes(b)) => path_component(|| "info.name".into(), b)?,
-            Some(_) => return Err(field_err("info.name", "is not a string")),
-            None => return Err(field_err("info.name", "missing")),
-        };
-        let piece_length = match dict.get(b"piece length") {
-            Some(Value::Int(n)) => u32::try_from(*n)
-                .ok()
-                .filter(|n| {
-                    n.is_power_of_two() && (MIN_PIECE_LENGTH..=MAX_PIECE_LENGTH).contains(n)
-                })
-                .ok_or_else(|| {
-                    field_err(
-                        "info.piece length",
-                        format!("{n} is not a power of two between 16 KiB and 256 MiB"),
-                    )
-                })?,
-            Some(_) => return Err(field_err("info.piece length", "is not an integer")),
-            None => return Err(field_err("info.piece length", "missing")),
-        };
+        let name = name_of(dict)?;
+        let piece_length = piece_length_of(dict)?;
         let tree = match dict.get(b"file tree") {
             Some(Value::Dict(d)) => d,
             Some(_) => return Err(field_err("info.file tree", "is not a dict")),
@@ -350,6 +362,137 @@ impl Info {
             files,
             info_hash: InfoHash::of_info_bytes(dict.raw),
             v1,
+            v2: true,
+            raw: dict.raw.to_vec(),
+        })
+    }
+
+    /// A v1-only info dict (BEP 3): `pieces`, and `length` (one file named
+    /// after the torrent) or `files`. Pad files (BEP 47) are kept as
+    /// files, as clients without BEP 47 keep them.
+    fn from_v1_dict(dict: &Dict<'_>) -> Result<Self, MetainfoError> {
+        let name = name_of(dict)?;
+        let piece_length = piece_length_of(dict)?;
+        let mut files = Vec::new();
+        let single = dict.get(b"length").is_some();
+        match (dict.get(b"length"), dict.get(b"files")) {
+            (Some(Value::Int(n)), None) => {
+                let length = u64::try_from(*n)
+                    .map_err(|_| field_err("info.length", format!("{n} is negative")))?;
+                files.push(FileInfo {
+                    path: vec![name.clone()],
+                    length,
+                    pieces_root: None,
+                });
+            }
+            (None, Some(Value::List(list))) => {
+                let mut total_path_bytes = 0usize;
+                for (i, entry) in list.iter().enumerate() {
+                    let field = |what: &str| format!("info.files[{i}]{what}");
+                    let Value::Dict(f) = entry else {
+                        return Err(field_err(field(""), "is not a dict"));
+                    };
+                    let length = match f.get(b"length") {
+                        Some(Value::Int(n)) => u64::try_from(*n)
+                            .map_err(|_| field_err(field(".length"), format!("{n} is negative")))?,
+                        _ => return Err(field_err(field(".length"), "missing or not an integer")),
+                    };
+                    let Some(Value::List(parts)) = f.get(b"path") else {
+                        return Err(field_err(field(".path"), "missing or not a list"));
+                    };
+                    if parts.is_empty() {
+                        return Err(field_err(field(".path"), "is empty"));
+                    }
+                    let mut path = Vec::with_capacity(parts.len());
+                    for c in parts {
+                        let Value::Bytes(b) = c else {
+                            return Err(field_err(
+                                field(".path"),
+                                "has a part that is not a string",
+                            ));
+                        };
+                        path.push(path_component(|| field(".path"), b)?);
+                    }
+                    let bytes = path.iter().map(|c| c.len() + 1).sum::<usize>();
+                    if bytes > MAX_PATH {
+                        return Err(field_err(
+                            field(".path"),
+                            format!("is longer than {MAX_PATH} bytes"),
+                        ));
+                    }
+                    total_path_bytes += bytes;
+                    if total_path_bytes > MAX_TOTAL_PATH_BYTES {
+                        return Err(field_err(
+                            "info.files",
+                            format!("file paths add up to more than {MAX_TOTAL_PATH_BYTES} bytes"),
+                        ));
+                    }
+                    if files.len() == MAX_FILES {
+                        return Err(field_err(
+                            "info.files",
+                            format!("more than {MAX_FILES} files"),
+                        ));
+                    }
+                    files.push(FileInfo {
+                        path,
+                        length,
+                        pieces_root: None,
+                    });
+                }
+                // Two files at one path would overwrite each other.
+                let mut seen = std::collections::HashSet::new();
+                for f in &files {
+                    if !seen.insert(&f.path) {
+                        return Err(field_err(
+                            "info.files",
+                            format!("{} is listed twice", f.display_path()),
+                        ));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => return Err(field_err("info", "has both length and files")),
+            _ => return Err(field_err("info.files", "missing (and no length)")),
+        }
+        let total: u64 = files
+            .iter()
+            .try_fold(0u64, |acc, f| acc.checked_add(f.length))
+            .ok_or_else(|| field_err("info.files", "total size overflows 64 bits"))?;
+        if total == 0 {
+            return Err(field_err("info", "the torrent holds no data"));
+        }
+        let pieces = total.div_ceil(u64::from(piece_length));
+        if pieces > u64::from(u32::MAX) {
+            return Err(field_err(
+                "info.piece length",
+                format!("{total} bytes in {piece_length}-byte pieces is more than 2^32 pieces"),
+            ));
+        }
+        let hashes = match dict.get(b"pieces") {
+            Some(Value::Bytes(p)) if p.len() as u64 == pieces * 20 => *p,
+            Some(Value::Bytes(p)) => {
+                return Err(field_err(
+                    "info.pieces",
+                    format!("is {} bytes; {pieces} pieces need {}", p.len(), pieces * 20),
+                ));
+            }
+            Some(_) => return Err(field_err("info.pieces", "is not a string")),
+            None => return Err(field_err("info.pieces", "missing")),
+        };
+        let v1_hash: Sha1Hash = Sha1::digest(dict.raw).into();
+        Ok(Self {
+            name,
+            piece_length,
+            files,
+            info_hash: InfoHash::of_v1(v1_hash),
+            v1: Some(V1Part {
+                pieces: hashes
+                    .chunks_exact(20)
+                    .map(|c| c.try_into().expect("chunks of 20"))
+                    .collect(),
+                info_hash: v1_hash,
+                single,
+            }),
+            v2: false,
             raw: dict.raw.to_vec(),
         })
     }
@@ -374,21 +517,20 @@ impl Info {
 
     /// Which versions it speaks.
     pub fn version(&self) -> MetaVersion {
-        if self.v1.is_some() {
-            MetaVersion::Hybrid
-        } else {
-            MetaVersion::V2
+        match (self.v1.is_some(), self.v2) {
+            (true, true) => MetaVersion::Hybrid,
+            (true, false) => MetaVersion::V1,
+            _ => MetaVersion::V2,
         }
     }
 
-    /// The v1 info-hash (SHA-1 of the info dict) of a hybrid torrent.
+    /// The v1 info-hash (SHA-1 of the info dict) of a v1 or hybrid torrent.
     pub fn v1_info_hash(&self) -> Option<Sha1Hash> {
         self.v1.as_ref().map(|v| v.info_hash)
     }
 
-    /// A hybrid's v1 hash of piece `index`: SHA-1 of the piece padded
-    /// with zeros to the piece length (a single-file torrent's last piece
-    /// is not padded).
+    /// The v1 hash of piece `index`: SHA-1 of the piece (a hybrid's padded
+    /// with zeros to the piece length, but a single file's last piece).
     pub fn v1_piece_hash(&self, index: u32) -> Option<&Sha1Hash> {
         self.v1.as_ref()?.pieces.get(index as usize)
     }
@@ -411,11 +553,34 @@ impl Info {
     /// single only when it is named after the torrent (v1's `length`
     /// form); a directory holding one file stays a directory.
     pub fn is_single_file(&self) -> bool {
-        let one = self.files.len() == 1 && self.files[0].path.len() == 1;
-        match self.v1 {
-            None => one,
-            Some(_) => one && self.files[0].path[0] == self.name,
+        match &self.v1 {
+            None => self.files.len() == 1 && self.files[0].path.len() == 1,
+            Some(v1) => v1.single,
         }
+    }
+}
+
+fn name_of(dict: &Dict<'_>) -> Result<String, MetainfoError> {
+    match dict.get(b"name") {
+        Some(Value::Bytes(b)) => path_component(|| "info.name".into(), b),
+        Some(_) => Err(field_err("info.name", "is not a string")),
+        None => Err(field_err("info.name", "missing")),
+    }
+}
+
+fn piece_length_of(dict: &Dict<'_>) -> Result<u32, MetainfoError> {
+    match dict.get(b"piece length") {
+        Some(Value::Int(n)) => u32::try_from(*n)
+            .ok()
+            .filter(|n| n.is_power_of_two() && (MIN_PIECE_LENGTH..=MAX_PIECE_LENGTH).contains(n))
+            .ok_or_else(|| {
+                field_err(
+                    "info.piece length",
+                    format!("{n} is not a power of two between 16 KiB and 256 MiB"),
+                )
+            }),
+        Some(_) => Err(field_err("info.piece length", "is not an integer")),
+        None => Err(field_err("info.piece length", "missing")),
     }
 }
 
@@ -740,16 +905,51 @@ impl Metainfo {
         if let Some(date) = creation_date {
             top.insert(b"creation date", Value::Int(date));
         }
-        // Each tracker its own tier: tried in the order given (BEP 12).
-        if let Some(first) = trackers.first() {
-            top.insert(b"announce", Value::Bytes(first.as_bytes()));
-            let tiers = trackers
-                .iter()
-                .map(|t| Value::List(vec![Value::Bytes(t.as_bytes())]))
-                .collect();
-            top.insert(b"announce-list", Value::List(tiers));
-        }
+        insert_trackers(&mut top, trackers);
         // Parse what we made: the same checks guard both directions.
+        Self::from_bytes(&bencode::encode(&Value::Dict(top)))
+    }
+
+    /// Builds a v1-only `.torrent`: `files` in the order their bytes run
+    /// end to end, `pieces` the SHA-1 of each piece over them.
+    pub fn build_v1(
+        name: &str,
+        piece_length: u32,
+        files: &[FileInfo],
+        pieces: &[Sha1Hash],
+        creation_date: Option<i64>,
+        trackers: &[String],
+    ) -> Result<Self, MetainfoError> {
+        let flat = pieces.concat();
+        let mut info = Dict::new();
+        if files.len() == 1 && files[0].path == [name] {
+            info.insert(b"length", Value::Int(files[0].length as i64));
+        } else {
+            let list = files
+                .iter()
+                .map(|f| {
+                    let mut entry = Dict::new();
+                    entry.insert(b"length", Value::Int(f.length as i64)).insert(
+                        b"path",
+                        Value::List(f.path.iter().map(|c| Value::Bytes(c.as_bytes())).collect()),
+                    );
+                    Value::Dict(entry)
+                })
+                .collect();
+            info.insert(b"files", Value::List(list));
+        }
+        info.insert(b"name", Value::Bytes(name.as_bytes()))
+            .insert(b"piece length", Value::Int(i64::from(piece_length)))
+            .insert(b"pieces", Value::Bytes(&flat));
+        let info_bytes = bencode::encode(&Value::Dict(info));
+        let info_value = bencode::decode(&info_bytes)?;
+        let mut top = Dict::new();
+        top.insert(b"created by", Value::Bytes(CREATED_BY.as_bytes()))
+            .insert(b"info", info_value);
+        if let Some(date) = creation_date {
+            top.insert(b"creation date", Value::Int(date));
+        }
+        insert_trackers(&mut top, trackers);
         Self::from_bytes(&bencode::encode(&Value::Dict(top)))
     }
 
@@ -825,6 +1025,19 @@ impl Metainfo {
         top.insert(b"info", info_value)
             .insert(b"piece layers", Value::Dict(layer_dict));
         Self::from_bytes(&bencode::encode(&Value::Dict(top)))
+    }
+}
+
+/// `announce` and `announce-list`, each tracker its own tier: tried in
+/// the order given (BEP 12).
+fn insert_trackers<'a>(top: &mut Dict<'a>, trackers: &'a [String]) {
+    if let Some(first) = trackers.first() {
+        top.insert(b"announce", Value::Bytes(first.as_bytes()));
+        let tiers = trackers
+            .iter()
+            .map(|t| Value::List(vec![Value::Bytes(t.as_bytes())]))
+            .collect();
+        top.insert(b"announce-list", Value::List(tiers));
     }
 }
 

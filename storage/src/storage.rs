@@ -20,10 +20,10 @@ use tracing::{debug, warn};
 
 use crate::cache::PieceCache;
 use crate::error::StorageError;
-use crate::hash::{default_threads, hash_pieces};
-use crate::layout::{Bitfield, BlockRef, Layout, PieceIndex};
+use crate::hash::{default_threads, hash_pieces, hash_pieces_v1};
+use crate::layout::{Bitfield, BlockRef, FileRange, Layout, PieceIndex};
 use crate::merkle::{BLOCK_SIZE, Hash, leaf_hash};
-use crate::metainfo::{Info, Metainfo};
+use crate::metainfo::{Info, MetaVersion, Metainfo, Sha1Hash};
 use crate::queue::{Credit, QueueStats, WriteQueue};
 use crate::resume;
 
@@ -248,6 +248,13 @@ pub fn expected_piece_hash(meta: &Metainfo, layout: &Layout, piece: PieceIndex) 
 pub fn recheck(meta: &Metainfo, content: &Path, threads: usize, progress: &AtomicU64) -> Bitfield {
     let layout = Layout::new(meta.info());
     let paths = content_paths(meta.info(), content);
+    if meta.info().version() == MetaVersion::V1 {
+        let hashes = hash_pieces_v1(&layout, &paths, threads, progress);
+        return layout
+            .pieces()
+            .map(|p| hashes[p.as_usize()].as_ref() == meta.info().v1_piece_hash(p.get()))
+            .collect();
+    }
     let hashes = hash_pieces(&layout, &paths, threads, progress);
     layout
         .pieces()
@@ -331,6 +338,21 @@ impl Writes {
 struct Partial {
     leaves: Vec<Option<Hash>>,
     have: u32,
+    /// A v1 piece's SHA-1 over its blocks so far, and the next block it
+    /// takes: blocks hashed as they are written, in order. `None` once one
+    /// came out of order (the piece is then read back whole at the end),
+    /// and for v2 pieces, which verify from their leaves.
+    sha1: Option<(sha1::Sha1, u32)>,
+}
+
+impl Partial {
+    fn new(blocks: usize, v1: bool) -> Self {
+        Self {
+            leaves: vec![None; blocks],
+            have: 0,
+            sha1: v1.then(|| (sha1::Sha1::default(), 0)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -482,7 +504,7 @@ impl Storage {
             layout
                 .pieces()
                 .filter(|p| verified[p.as_usize()])
-                .map(|p| layout.piece_file(p))
+                .flat_map(|p| layout.segments(layout.piece_range(p)).map(|r| r.file))
                 .collect()
         } else {
             BTreeSet::new()
@@ -676,7 +698,8 @@ impl Storage {
         if self.fits_read_cache(piece) {
             let data = self.inner.read_piece(piece)?;
             let leaves: Vec<Hash> = data.chunks(BLOCK_SIZE as usize).map(leaf_hash).collect();
-            self.inner.check_leaves(piece, &leaves, stamp)?;
+            let sha1 = self.inner.v1_only().then(|| sha1_of(&data));
+            self.inner.check_leaves(piece, &leaves, sha1, stamp)?;
             self.keep_leaves(piece, leaves);
             let data = Bytes::from(data);
             let whole = data.len();
@@ -684,13 +707,22 @@ impl Storage {
             return Ok(self.slice(&data, block));
         }
         // Block by block: a large piece is never held whole.
+        let mut sha1 = self.inner.v1_only().then(sha1::Sha1::default);
         let leaves = self
             .inner
             .layout
             .blocks(piece)
-            .map(|b| self.inner.read_raw(b).map(|d| leaf_hash(&d)))
+            .map(|b| {
+                self.inner.read_raw(b).map(|d| {
+                    if let Some(h) = &mut sha1 {
+                        sha1::Digest::update(h, &d);
+                    }
+                    leaf_hash(&d)
+                })
+            })
             .collect::<Result<Vec<Hash>, _>>()?;
-        self.inner.check_leaves(piece, &leaves, stamp)?;
+        let sha1 = sha1.map(|h| sha1::Digest::finalize(h).into());
+        self.inner.check_leaves(piece, &leaves, sha1, stamp)?;
         let leaves = self.keep_leaves(piece, leaves);
         self.checked_block(block, &leaves, stamp)
     }
@@ -795,7 +827,15 @@ impl Storage {
         } else {
             None
         };
-        let range = self.inner.layout.block_range(block);
+        let mut segments = self
+            .inner
+            .layout
+            .segments(self.inner.layout.block_range(block));
+        let range = segments.next()?;
+        if segments.next().is_some() {
+            // Across two files (v1): the blocking read.
+            return None;
+        }
         let file = self.inner.files.get(range.file).ok()?;
         let buf = nowait::pread(&file, range.len as usize, range.offset)?;
         // A mismatch is left to the blocking read, which drops the piece.
@@ -854,18 +894,25 @@ impl Inner {
 
     /// A block as it is on disk, unchecked.
     fn read_raw(&self, block: BlockRef) -> Result<Bytes, StorageError> {
-        let range = self.layout.block_range(block);
-        Ok(Bytes::from(self.read_at(
-            range.file,
-            range.len,
-            range.offset,
-        )?))
+        Ok(Bytes::from(
+            self.read_range(self.layout.block_range(block))?,
+        ))
     }
 
     /// A whole piece as it is on disk, unchecked.
     fn read_piece(&self, piece: PieceIndex) -> Result<Vec<u8>, StorageError> {
-        let range = self.layout.piece_range(piece);
-        self.read_at(range.file, range.len, range.offset)
+        self.read_range(self.layout.piece_range(piece))
+    }
+
+    /// A range of the layout, from as many files as it spans.
+    fn read_range(&self, range: FileRange) -> Result<Vec<u8>, StorageError> {
+        let mut segments = self.layout.segments(range);
+        let first = segments.next().expect("a range of at least one byte");
+        let mut out = self.read_at(first.file, first.len, first.offset)?;
+        for r in segments {
+            out.extend_from_slice(&self.read_at(r.file, r.len, r.offset)?);
+        }
+        Ok(out)
     }
 
     /// `len` bytes of file `file` from `offset`.
@@ -876,19 +923,61 @@ impl Inner {
     }
 
     /// Checks a verified piece's leaf hashes (just read from disk) against
-    /// the piece layer; a mismatch loses the piece.
+    /// the piece layer, or for a v1 torrent its SHA-1; a mismatch loses the
+    /// piece.
     fn check_leaves(
         &self,
         piece: PieceIndex,
         leaves: &[Hash],
+        sha1: Option<Sha1Hash>,
         stamp: u32,
     ) -> Result<(), StorageError> {
-        if self.layout.piece_tree(piece).piece_hash(leaves)
-            == expected_piece_hash(&self.meta, &self.layout, piece)
-        {
+        if self.piece_matches(piece, leaves, sha1) {
             Ok(())
         } else {
             Err(self.lose(piece, stamp))
+        }
+    }
+
+    /// A v1-only torrent: pieces verify by SHA-1, not from leaf hashes.
+    fn v1_only(&self) -> bool {
+        self.meta.info().version() == MetaVersion::V1
+    }
+
+    /// Whether a piece with these leaf hashes (v2) or this SHA-1 (v1) is
+    /// the torrent's.
+    fn piece_matches(&self, piece: PieceIndex, leaves: &[Hash], sha1: Option<Sha1Hash>) -> bool {
+        if self.v1_only() {
+            sha1.is_some() && sha1.as_ref() == self.meta.info().v1_piece_hash(piece.get())
+        } else {
+            self.layout.piece_tree(piece).piece_hash(leaves)
+                == expected_piece_hash(&self.meta, &self.layout, piece)
+        }
+    }
+
+    /// Feeds a just-written block of a v1 piece to its SHA-1, if it is
+    /// the next one; one out of order ends the running hash.
+    fn v1_hash_in_order(&self, block: BlockRef, data: &[u8]) {
+        let piece = block.piece();
+        let blocks = self.layout.blocks_in_piece(piece) as usize;
+        // Taken out to hash, so the lock is not held for it (only this
+        // thread touches a partial's hash).
+        let taken = {
+            let mut p = self.pieces();
+            let partial = p
+                .partial
+                .entry(piece)
+                .or_insert_with(|| Partial::new(blocks, true));
+            match partial.sha1.take() {
+                Some((h, next)) if next == block.index() => Some(h),
+                _ => None,
+            }
+        };
+        if let Some(mut h) = taken {
+            sha1::Digest::update(&mut h, data);
+            if let Some(partial) = self.pieces().partial.get_mut(&piece) {
+                partial.sha1 = Some((h, block.index() + 1));
+            }
         }
     }
 
@@ -988,11 +1077,12 @@ impl Inner {
     /// it may wait while the device's queue is full, which slows this
     /// writer as a slow disk should.
     fn start_writeback(&self, piece: PieceIndex) {
-        let range = self.layout.piece_range(piece);
-        if let Ok(file) = self.files.get(range.file)
-            && let Err(e) = writeback::start(&file, range.offset, u64::from(range.len))
-        {
-            debug!(%piece, error = %e, "early writeback refused");
+        for range in self.layout.segments(self.layout.piece_range(piece)) {
+            if let Ok(file) = self.files.get(range.file)
+                && let Err(e) = writeback::start(&file, range.offset, u64::from(range.len))
+            {
+                debug!(%piece, error = %e, "early writeback refused");
+            }
         }
     }
 
@@ -1010,10 +1100,22 @@ impl Inner {
         }
         let leaf = leaf_hash(&data);
         let range = self.layout.block_range(block);
-        let written = self.files.get(range.file).and_then(|f| {
-            f.write_all_at(&data, range.offset)
-                .map_err(StorageError::io("writing", &self.files.paths[range.file]))
+        let mut at = 0usize;
+        let mut touched = Vec::with_capacity(1);
+        let written = self.layout.segments(range).try_for_each(|r| {
+            let part = &data[at..at + r.len as usize];
+            at += r.len as usize;
+            touched.push(r.file);
+            self.files.get(r.file).and_then(|f| {
+                f.write_all_at(part, r.offset)
+                    .map_err(StorageError::io("writing", &self.files.paths[r.file]))
+            })
         });
+        // A v1 piece is hashed as its blocks come, in order; one out of
+        // order leaves it to a read at the end.
+        if written.is_ok() && self.v1_only() {
+            self.v1_hash_in_order(block, &data);
+        }
         // Written (or failed): the bytes leave the queue now, before any
         // event reports on them.
         drop(data);
@@ -1029,12 +1131,13 @@ impl Inner {
         }
         let finished = {
             let mut p = self.pieces();
-            p.dirty.insert(range.file);
+            p.dirty.extend(touched);
             let blocks = self.layout.blocks_in_piece(piece) as usize;
-            let partial = p.partial.entry(piece).or_insert_with(|| Partial {
-                leaves: vec![None; blocks],
-                have: 0,
-            });
+            let v1 = self.v1_only();
+            let partial = p
+                .partial
+                .entry(piece)
+                .or_insert_with(|| Partial::new(blocks, v1));
             partial.leaves[block.index() as usize] = Some(leaf);
             partial.have += 1;
             if partial.have as usize == blocks {
@@ -1044,9 +1147,17 @@ impl Inner {
             }
         };
         let Some(done) = finished else { return };
+        let sha1 = match done.sha1 {
+            Some((h, next)) if next as usize == done.leaves.len() => {
+                Some(sha1::Digest::finalize(h).into())
+            }
+            // Out of order: read back whole (v1 only; a read error fails
+            // the piece, which is then fetched again).
+            _ if self.v1_only() => self.read_piece(piece).ok().map(|d| sha1_of(&d)),
+            _ => None,
+        };
         let leaves: Vec<Hash> = done.leaves.into_iter().flatten().collect();
-        let ok = self.layout.piece_tree(piece).piece_hash(&leaves)
-            == expected_piece_hash(&self.meta, &self.layout, piece);
+        let ok = self.piece_matches(piece, &leaves, sha1);
         if ok {
             let mut p = self.pieces();
             p.verified.set(piece.as_usize(), true);
@@ -1245,6 +1356,10 @@ fn initial_pieces(
         recheck(meta, content, config.hash_threads, &AtomicU64::new(0)),
         true,
     )
+}
+
+fn sha1_of(data: &[u8]) -> Sha1Hash {
+    <sha1::Sha1 as sha1::Digest>::digest(data).into()
 }
 
 /// Creates the file (and its directories) at its full length, sparse.

@@ -54,7 +54,7 @@ pub enum MagnetError {
     #[error("the magnet link has no xt=urn:btmh:1220… (v2 info-hash)")]
     MissingTopic,
     #[error(
-        "the magnet link is BitTorrent v1 only (xt=urn:btih:…); sluice needs a v2 info-hash (xt=urn:btmh:1220…)"
+        "the magnet link is BitTorrent v1 only (xt=urn:btih:…): sluice cannot fetch a v1 torrent's metadata from peers yet; give it the .torrent, or a link with a v2 info-hash (xt=urn:btmh:1220…)"
     )]
     V1Only,
     #[error("xt={0}: the multihash must be SHA-256 (urn:btmh:1220 followed by 64 hex digits)")]
@@ -215,10 +215,17 @@ fn encode(s: &str, keep: &[u8], out: &mut String) {
 impl fmt::Display for Magnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = String::from("magnet:?");
-        if let Some(v1) = &self.v1_info_hash {
-            out.push_str(&format!("xt=urn:btih:{}&", hex::encode(v1)));
+        let v1 = self.v1_info_hash.or_else(|| self.info_hash.as_v1());
+        if let Some(v1) = &v1 {
+            out.push_str(&format!("xt=urn:btih:{}", hex::encode(v1)));
         }
-        out.push_str(&format!("xt=urn:btmh:{SHA256_MULTIHASH}{}", self.info_hash));
+        // A v1-only torrent has no v2 topic.
+        if self.info_hash.as_v1().is_none() {
+            if v1.is_some() {
+                out.push('&');
+            }
+            out.push_str(&format!("xt=urn:btmh:{SHA256_MULTIHASH}{}", self.info_hash));
+        }
         if let Some(name) = &self.name {
             out.push_str("&dn=");
             encode(name, b"", &mut out);

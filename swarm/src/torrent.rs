@@ -137,6 +137,7 @@ enum Command {
         stream: tokio::net::TcpStream,
         addr: std::net::SocketAddr,
         theirs: Handshake,
+        ours: Handshake,
         opened_by_us: bool,
     },
     Stop(oneshot::Sender<Result<(), String>>),
@@ -219,7 +220,8 @@ impl TorrentHandle {
     }
 
     /// Hands over a BitTorrent connection after the handshakes (theirs
-    /// named this torrent). `opened_by_us`: we dialed it.
+    /// named this torrent; ours is what we sent). `opened_by_us`: we
+    /// dialed it.
     ///
     /// Cancel-safe.
     pub async fn add_bt_peer(
@@ -227,12 +229,14 @@ impl TorrentHandle {
         stream: tokio::net::TcpStream,
         addr: std::net::SocketAddr,
         theirs: Handshake,
+        ours: Handshake,
         opened_by_us: bool,
     ) {
         let cmd = Command::AddBtPeer {
             stream,
             addr,
             theirs,
+            ours,
             opened_by_us,
         };
         let _ = self.commands.send(cmd).await;
@@ -253,7 +257,8 @@ impl TorrentHandle {
     pub fn bt_info_hashes(&self) -> Vec<[u8; 20]> {
         let v2 = bt_info_hash(self.info_hash);
         match self.metainfo.info().v1_info_hash() {
-            Some(v1) => vec![v1, v2],
+            Some(v1) if v1 != v2 => vec![v1, v2],
+            Some(v1) => vec![v1],
             None => vec![v2],
         }
     }
@@ -422,7 +427,7 @@ impl Driver {
                             self.core.on_storage(Instant::now(), ev);
                         }
                         let id = Remote::Libp2p(peer_id);
-                        if let Some((key, rx, stats)) = self.admit(id, remote_max, opened_by_us) {
+                        if let Some((key, rx, stats)) = self.admit(id, None, remote_max, opened_by_us) {
                             self.spawn_session(key, reader, writer, rx, stats);
                         } else {
                             self.tracker.spawn(async move {
@@ -431,11 +436,11 @@ impl Driver {
                             });
                         }
                     }
-                    Some(Command::AddBtPeer { stream, addr, theirs, opened_by_us }) => {
+                    Some(Command::AddBtPeer { stream, addr, theirs, ours, opened_by_us }) => {
                         while let Ok(ev) = storage_events.try_recv() {
                             self.core.on_storage(Instant::now(), ev);
                         }
-                        self.add_bt_peer(stream, addr, theirs, opened_by_us);
+                        self.add_bt_peer(stream, addr, theirs, ours, opened_by_us);
                     }
                     Some(Command::Stop(reply)) => {
                         stop_reply = Some(reply);
@@ -500,13 +505,18 @@ impl Driver {
     fn admit(
         &mut self,
         id: Remote,
+        local: Option<Remote>,
         remote_max: u32,
         opened_by_us: bool,
     ) -> Option<(PeerKey, mpsc::Receiver<ToSession>, Arc<SessionStats>)> {
-        let key = match self
-            .core
-            .peer_opened(Instant::now(), id, opened_by_us, remote_max)
-        {
+        let now = Instant::now();
+        let opened = match local {
+            Some(local) => self
+                .core
+                .peer_opened_as(now, id, local, opened_by_us, remote_max),
+            None => self.core.peer_opened(now, id, opened_by_us, remote_max),
+        };
+        let key = match opened {
             Ok(key) => key,
             Err(refusal) => {
                 debug!(peer_id = %id, %refusal, "refusing peer");
@@ -574,13 +584,22 @@ impl Driver {
         stream: tokio::net::TcpStream,
         addr: std::net::SocketAddr,
         theirs: Handshake,
+        ours: Handshake,
         opened_by_us: bool,
     ) {
         let id = Remote::Bt(BtRemote {
             ip: addr.ip(),
             peer_id: theirs.peer_id,
         });
-        let Some((key, rx, stats)) = self.admit(id, BT_DEFAULT_REQQ, opened_by_us) else {
+        // When both ends dial each other, both keep the connection opened
+        // by the lower peer id: the tie is broken by BitTorrent peer ids,
+        // which both ends know (the address part is the same on our side).
+        let local = Remote::Bt(BtRemote {
+            ip: addr.ip(),
+            peer_id: ours.peer_id,
+        });
+        let Some((key, rx, stats)) = self.admit(id, Some(local), BT_DEFAULT_REQQ, opened_by_us)
+        else {
             return; // dropping the stream closes it
         };
         if let Some(link) = self.links.get_mut(&key) {
@@ -590,10 +609,15 @@ impl Driver {
             self.layout
                 .get_or_insert_with(|| Arc::new(self.storage.layout().clone())),
         );
-        // libtorrent pads every file to a piece on the wire, but a hybrid
-        // of one file (v1's single-file form has no pad file).
+        // libtorrent pads every file of a v2 torrent to a piece on the
+        // wire, and a hybrid has pad files but when it has one file; a v1
+        // torrent's only short block is its very last.
         let info = self.storage.metainfo().info();
-        let pad = !(info.version() == MetaVersion::Hybrid && info.files().len() == 1);
+        let pad = match info.version() {
+            MetaVersion::V2 => true,
+            MetaVersion::Hybrid => info.files().len() > 1,
+            MetaVersion::V1 => false,
+        };
         let codec = BtCodec::new(layout, pad, &theirs);
         let (r, w) = stream.into_split();
         let reader = FrameReader::with_codec(r, codec.clone(), bytes::BytesMut::new());

@@ -690,13 +690,27 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
         opened_by_us: bool,
         remote_max: u32,
     ) -> Result<PeerKey, Refusal> {
+        self.peer_opened_as(now, id, self.local_id, opened_by_us, remote_max)
+    }
+
+    /// [`Self::peer_opened`], with `local` as our identity when two
+    /// sessions with `id` compete: a wire whose peers know us by another
+    /// identity (BitTorrent's peer id) breaks the tie with that one, so
+    /// both ends keep the same connection.
+    pub fn peer_opened_as(
+        &mut self,
+        now: Instant,
+        id: I,
+        local: I,
+        opened_by_us: bool,
+        remote_max: u32,
+    ) -> Result<PeerKey, Refusal> {
         if self.stopped {
             return Err(Refusal::Stopped);
         }
         // A second session from the same opener means the opener gave the
         // first one up (it restarted, or its end failed before ours
         // noticed): the new one replaces it.
-        let local = self.local_id;
         let opener = |by_us: bool| if by_us { local } else { id };
         let existing = self
             .peers
