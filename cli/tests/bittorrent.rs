@@ -362,6 +362,37 @@ fn libtorrent_downloads_from_sluice(kind: &str) {
     same_tree(&d.join("seed/album"), &d.join("lt/album"));
 }
 
+/// libtorrent, given only a v1 magnet link and the seeder's address,
+/// fetches the info dict from `sluice seed` over `ut_metadata` (BEP 9)
+/// and downloads.
+#[test]
+#[cfg_attr(
+    sluice_no_libtorrent,
+    ignore = "needs libtorrent: apt-get install python3-libtorrent"
+)]
+fn libtorrent_fetches_metadata_from_sluice_by_magnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let torrent = album_with(d, &[], "--v1");
+    let o = sluice(&["show", torrent.to_str().unwrap(), "--json"], d)
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let magnet = shown["magnet"].as_str().unwrap().to_owned();
+    assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
+    let (_seed, addr) = sluice_seed(d, &torrent);
+    std::fs::create_dir_all(d.join("lt")).unwrap();
+    let lt = Proc::spawn(
+        lt_peer(&["get", &magnet, "lt", &addr, "60"], d),
+        "libtorrent get (magnet)",
+    );
+    let line = format!("{{{}", lt.line("{"));
+    let report: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["pieces"], report["total"], "{report}");
+    same_tree(&d.join("seed/album"), &d.join("lt/album"));
+}
+
 #[test]
 #[cfg_attr(
     sluice_no_libtorrent,

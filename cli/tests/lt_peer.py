@@ -3,7 +3,7 @@
     lt_peer.py seed TORRENT DIR TIMEOUT
         Checks DIR against TORRENT, prints `port N` once it seeds every
         piece, and seeds until stdin closes or TIMEOUT seconds pass.
-    lt_peer.py get TORRENT DIR PEER TIMEOUT [--no-recheck]
+    lt_peer.py get TORRENT|MAGNET DIR PEER TIMEOUT [--no-recheck]
         Downloads TORRENT into DIR from PEER (HOST:PORT), then rechecks
         the data with libtorrent's own hashing (unless --no-recheck, for
         benchmarks) and prints one JSON line:
@@ -43,8 +43,13 @@ def session():
 
 
 def add(ses, torrent, save):
-    atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(torrent)
+    """TORRENT is a .torrent file, or a magnet link (the metadata then
+    comes from peers over ut_metadata)."""
+    if torrent.startswith("magnet:"):
+        atp = lt.parse_magnet_uri(torrent)
+    else:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(torrent)
     atp.save_path = save
     return ses.add_torrent(atp)
 
@@ -95,7 +100,8 @@ def get(torrent, save, peer, timeout, recheck=True):
     seconds = time.time() - started
     # Peers whose extension handshake came in the last moments.
     wait_for(min(deadline, time.time() + 2), lambda: done() and bool(clients))
-    total = h.torrent_file().num_pieces()
+    ti = h.torrent_file()
+    total = ti.num_pieces() if ti is not None else 0
     pieces = h.status().num_pieces
     rechecked = False
     if finished and recheck:

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::bt::wire::Extra;
+use crate::bt::wire::{Extra, METADATA_PIECE, MetadataMsg, UT_METADATA_ID};
 use crate::codec::{Codec, Inbound, SluiceCodec};
 use crate::framed::{FrameReader, FrameWriter, StreamError};
 use crate::ratelimit::RateLimiter;
@@ -131,7 +131,15 @@ pub(crate) struct Session<R, W, C = SluiceCodec> {
     /// Upload paused by a rate limit (the node's or this peer's cap) until
     /// then; the session still reads and sends everything else meanwhile.
     pub(crate) serve_at: Option<tokio::time::Instant>,
+    /// A BitTorrent peer's id for `ut_metadata` messages (from its
+    /// extension handshake), and the metadata bytes sent it so far.
+    pub(crate) ut_metadata: Option<u8>,
+    pub(crate) metadata_sent: u64,
 }
+
+/// Most info-dict bytes served to one peer, as multiples of the dict: a
+/// peer that asks for more is refused (nobody needs it twice).
+const METADATA_SERVINGS: u64 = 2;
 
 impl<R, W, C> std::fmt::Debug for Session<R, W, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -343,6 +351,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 if let Some(client) = h.client {
                     let _ = self.stats.client.set(client);
                 }
+                if h.ut_metadata.is_some() {
+                    self.ut_metadata = h.ut_metadata;
+                }
                 if let Some(reqq) = h.reqq {
                     self.forward(Message::MaxRequests(reqq.clamp(1, MAX_REQQ)))
                         .await?;
@@ -351,9 +362,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
             // We hold every piece layer of the torrents we serve, but do
             // not serve them yet: a peer that asks is told so at once.
             Extra::HashRequest(spec) => self.writer.push_extra(&Extra::HashReject(spec)),
-            // We ask for no hashes and offer no extended messages; what
-            // we did not ask for is dropped. Allowed-fast pieces, suggestions
-            // and DHT ports are hints we do not use.
+            Extra::Extended {
+                id: UT_METADATA_ID,
+                payload,
+            } => self.on_metadata(&payload),
+            // We ask for no hashes and offer no other extended messages;
+            // what we did not ask for is dropped. Allowed-fast pieces,
+            // suggestions and DHT ports are hints we do not use.
             Extra::Hashes { .. }
             | Extra::HashReject(_)
             | Extra::Extended { .. }
@@ -362,6 +377,36 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
             | Extra::Port(_) => {}
         }
         Ok(())
+    }
+
+    /// A `ut_metadata` request (BEP 9): the info dict's piece, or a
+    /// reject (no such piece, or this peer had the dict twice already).
+    fn on_metadata(&mut self, payload: &[u8]) {
+        let (Some(their_id), Some((MetadataMsg::Request { piece }, _))) =
+            (self.ut_metadata, MetadataMsg::parse(payload))
+        else {
+            return; // not a request, or a peer that gave no id to answer with
+        };
+        let info = self.storage.metainfo().info().raw();
+        let start = piece as usize * METADATA_PIECE;
+        let limit = METADATA_SERVINGS * info.len() as u64;
+        let reply = if start < info.len() && self.metadata_sent < limit {
+            let chunk = &info[start..(start + METADATA_PIECE).min(info.len())];
+            self.metadata_sent += chunk.len() as u64;
+            let mut out = MetadataMsg::Data {
+                piece,
+                total_size: info.len() as u32,
+            }
+            .to_bytes();
+            out.extend_from_slice(chunk);
+            out
+        } else {
+            MetadataMsg::Reject { piece }.to_bytes()
+        };
+        self.writer.push_extra(&Extra::Extended {
+            id: their_id,
+            payload: reply.into(),
+        });
     }
 
     /// Tells the torrent the first time we send a block of `piece`.
@@ -611,6 +656,8 @@ mod tests {
             last_read: tokio::time::Instant::now(),
             read_ahead: None,
             serve_at: None,
+            ut_metadata: None,
+            metadata_sent: 0,
         };
         Running {
             task: tokio::spawn(session.run()),

@@ -575,6 +575,8 @@ impl Driver {
             last_read: tokio::time::Instant::now(),
             read_ahead: None,
             serve_at: None,
+            ut_metadata: None,
+            metadata_sent: 0,
         };
         self.tracker.spawn(session.run());
     }
@@ -618,7 +620,7 @@ impl Driver {
             MetaVersion::Hybrid => info.files().len() > 1,
             MetaVersion::V1 => false,
         };
-        let codec = BtCodec::new(layout, pad, &theirs);
+        let codec = BtCodec::new(layout, pad, &theirs).with_metadata_size(info.raw().len());
         let (r, w) = stream.into_split();
         let reader = FrameReader::with_codec(r, codec.clone(), bytes::BytesMut::new());
         let writer = FrameWriter::with_codec(w, codec);

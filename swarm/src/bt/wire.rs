@@ -42,6 +42,10 @@ pub const HANDSHAKE_LEN: usize = 68;
 pub const MAX_MESSAGE: usize = 32 * 1024 + 64;
 /// Our client name in the extension handshake (`v`).
 pub const CLIENT_NAME: &str = concat!("sluice ", env!("CARGO_PKG_VERSION"));
+/// The id peers send us `ut_metadata` messages with (BEP 9; ours to pick).
+pub const UT_METADATA_ID: u8 = 2;
+/// A `ut_metadata` piece: the info dict travels in 16 KiB pieces.
+pub const METADATA_PIECE: usize = 16 * 1024;
 
 mod id {
     pub(super) const CHOKE: u8 = 0;
@@ -217,14 +221,15 @@ impl ExtHandshake {
         }
     }
 
-    /// Ours: client name, queue depth, and `metadata_size` when we have
-    /// the info dict. (We do not offer `ut_metadata` yet: `m` is empty.)
+    /// Ours: client name, queue depth, and, when we have the info dict to
+    /// serve, `ut_metadata` and `metadata_size`.
     pub fn encode(reqq: u32, metadata_size: Option<usize>) -> Vec<u8> {
+        let metadata_size = metadata_size.and_then(|s| u32::try_from(s).ok());
         Self {
             client: Some(CLIENT_NAME.to_owned()),
             reqq: Some(reqq),
-            ut_metadata: None,
-            metadata_size: metadata_size.and_then(|s| u32::try_from(s).ok()),
+            ut_metadata: metadata_size.map(|_| UT_METADATA_ID),
+            metadata_size,
         }
         .to_bytes()
     }
@@ -318,6 +323,56 @@ impl Extra {
     }
 }
 
+/// A `ut_metadata` message (BEP 9), as far as a server needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataMsg {
+    Request { piece: u32 },
+    Data { piece: u32, total_size: u32 },
+    Reject { piece: u32 },
+}
+
+impl MetadataMsg {
+    /// Parses the dict at the start of a `ut_metadata` payload; what
+    /// follows it (a data message's bytes) starts at the returned offset.
+    pub fn parse(payload: &[u8]) -> Option<(Self, usize)> {
+        let (Value::Dict(d), used) = bencode::decode_prefix(payload).ok()? else {
+            return None;
+        };
+        let int = |k: &[u8]| match d.get(k) {
+            Some(Value::Int(i)) => u32::try_from(*i).ok(),
+            _ => None,
+        };
+        let piece = int(b"piece")?;
+        let msg = match int(b"msg_type")? {
+            0 => Self::Request { piece },
+            1 => Self::Data {
+                piece,
+                total_size: int(b"total_size")?,
+            },
+            2 => Self::Reject { piece },
+            _ => return None,
+        };
+        Some((msg, used))
+    }
+
+    /// The payload of this message (the dict; a data message's bytes go
+    /// after it).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut d = Dict::new();
+        let (kind, piece) = match *self {
+            Self::Request { piece } => (0, piece),
+            Self::Data { piece, total_size } => {
+                d.insert(b"total_size", Value::Int(i64::from(total_size)));
+                (1, piece)
+            }
+            Self::Reject { piece } => (2, piece),
+        };
+        d.insert(b"msg_type", Value::Int(kind));
+        d.insert(b"piece", Value::Int(i64::from(piece)));
+        bencode::encode(&Value::Dict(d))
+    }
+}
+
 /// Writes an extension handshake.
 pub fn encode_ext_handshake(payload: &[u8], dst: &mut BytesMut) {
     dst.put_u32(2 + payload.len() as u32);
@@ -335,6 +390,8 @@ pub struct BtCodec {
     layout: Arc<Layout>,
     /// Short blocks travel padded to 16 KiB.
     pad: bool,
+    /// The info dict's size, offered over `ut_metadata` (BEP 9).
+    metadata_size: Option<usize>,
     fast: bool,
     extended: bool,
     /// Bytes of a bitfield being written in chunks still to come.
@@ -349,10 +406,18 @@ impl BtCodec {
             pieces: layout.num_pieces(),
             layout,
             pad,
+            metadata_size: None,
             fast: theirs.fast(),
             extended: theirs.extended(),
             bitfield_left: 0,
         }
+    }
+
+    /// Offers the info dict (`size` bytes) over `ut_metadata` in our
+    /// extension handshake.
+    pub fn with_metadata_size(mut self, size: usize) -> Self {
+        self.metadata_size = Some(size);
+        self
     }
 
     /// The exact length of the block at `piece`/`offset`, if there is one.
@@ -443,7 +508,7 @@ impl Codec for BtCodec {
             // peer's own timeout recovers it (as BEP 3 clients expect).
             Message::Reject(_) => {}
             Message::MaxRequests(n) if self.extended => {
-                encode_ext_handshake(&ExtHandshake::encode(*n, None), dst);
+                encode_ext_handshake(&ExtHandshake::encode(*n, self.metadata_size), dst);
             }
             Message::MaxRequests(_) => {}
             Message::Piece {

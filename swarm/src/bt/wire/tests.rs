@@ -440,3 +440,40 @@ fn extension_handshakes_give_client_and_queue_depth() {
         other => panic!("expected an extension handshake, got {other:?}"),
     }
 }
+
+/// BEP 9's messages: a request, a data message with its bytes after the
+/// dict, a reject; anything else is not one.
+#[test]
+fn ut_metadata_messages() {
+    for m in [
+        MetadataMsg::Request { piece: 3 },
+        MetadataMsg::Data {
+            piece: 1,
+            total_size: 40_000,
+        },
+        MetadataMsg::Reject { piece: 9 },
+    ] {
+        let mut bytes = m.to_bytes();
+        let dict_len = bytes.len();
+        bytes.extend_from_slice(b"INFO DICT BYTES");
+        assert_eq!(MetadataMsg::parse(&bytes), Some((m, dict_len)));
+    }
+    assert_eq!(
+        MetadataMsg::parse(b"d8:msg_typei0e5:piecei0ee"),
+        Some((MetadataMsg::Request { piece: 0 }, 25))
+    );
+    for bad in [
+        &b"d8:msg_typei7e5:piecei0ee"[..],
+        b"d5:piecei0ee",
+        b"junk",
+        b"",
+    ] {
+        assert_eq!(MetadataMsg::parse(bad), None, "{bad:?}");
+    }
+    // Ours offers ut_metadata when given the dict's size.
+    let h = ExtHandshake::parse(&ExtHandshake::encode(10, Some(1234)));
+    assert_eq!(
+        (h.ut_metadata, h.metadata_size),
+        (Some(UT_METADATA_ID), Some(1234))
+    );
+}
