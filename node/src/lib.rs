@@ -298,6 +298,8 @@ pub struct NodeHandle {
     /// of a hybrid name the same peers, and two connections opened at
     /// once from one side would each replace the other at the far end).
     bt_dialed: Arc<Mutex<HashMap<(InfoHash, SocketAddr), tokio::time::Instant>>>,
+    /// One permit per BitTorrent dial under way ([`MAX_BT_DIALS`]).
+    bt_dial_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -411,6 +413,7 @@ impl Node {
             api_addr: api.as_ref().map(|(_, addr, _)| *addr),
             bt_peer_id: sluice_swarm::bt::new_peer_id(&mut rand::thread_rng()),
             bt_dialed: Arc::default(),
+            bt_dial_permits: Arc::new(tokio::sync::Semaphore::new(MAX_BT_DIALS)),
             http: reqwest::Client::builder()
                 .user_agent(sluice_swarm::bt::wire::CLIENT_NAME)
                 .build()
@@ -566,8 +569,9 @@ impl NodeHandle {
         let for_dial = torrent.clone();
         let dial = move |addr: SocketAddr| {
             // Not ourselves, and not a peer we are connected to already.
-            let ours = addr.port() == bt.port()
-                && (addr.ip().is_loopback() || bt.ip().is_unspecified() || addr.ip() == bt.ip());
+            // (A peer that is us after all is refused by its peer id.)
+            let ours =
+                addr.port() == bt.port() && (addr.ip().is_loopback() || addr.ip() == bt.ip());
             let connected = for_dial
                 .stats()
                 .peers
@@ -600,13 +604,22 @@ impl NodeHandle {
             if dialed.len() >= MAX_BT_DIALED {
                 dialed.retain(|_, t| now - *t < BT_REDIAL_AFTER);
             }
-            if dialed.len() < MAX_BT_DIALED {
-                dialed.insert(key, now);
+            if dialed.len() >= MAX_BT_DIALED {
+                debug!(%addr, "too many BitTorrent dials remembered; not dialing");
+                return;
             }
+            dialed.insert(key, now);
         }
+        // Dials under way are bounded; a tracker naming a thousand peers
+        // gets the first of them dialed, the rest at its next answer.
+        let Ok(permit) = Arc::clone(&self.bt_dial_permits).try_acquire_owned() else {
+            debug!(%addr, "too many BitTorrent dials under way; not dialing");
+            return;
+        };
         let ours = sluice_swarm::bt::wire::Handshake::ours(torrent.bt_info_hash(), self.bt_peer_id);
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
+            let _permit = permit;
             let mut wait = BT_RETRY_MIN;
             loop {
                 let attempt = tokio::select! {
@@ -1379,6 +1392,8 @@ pub const BT_RETRY_MAX: Duration = Duration::from_secs(60);
 pub const BT_REDIAL_AFTER: Duration = Duration::from_secs(30);
 /// Most (torrent, address) dial times remembered.
 const MAX_BT_DIALED: usize = 4096;
+/// Most BitTorrent dials under way at once (a `--peer` retrying holds one).
+pub const MAX_BT_DIALS: usize = 64;
 
 /// How long shutdown waits for a torrent before giving up on it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

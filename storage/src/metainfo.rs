@@ -171,6 +171,9 @@ struct V1Part {
     info_hash: Sha1Hash,
     /// The `length` form: one file, named after the torrent.
     single: bool,
+    /// A hybrid's last file is followed by a pad file (libtorrent 2.0.4
+    /// and later write one; older ones and others may not).
+    tail_padded: bool,
 }
 
 /// The validated `info` dict.
@@ -194,6 +197,11 @@ pub fn pad_after(length: u64, piece_length: u32) -> u64 {
     } else {
         u64::from(piece_length) - rem
     }
+}
+
+/// A `files` entry marked as a pad file (BEP 47 `attr` containing `p`).
+fn is_pad(entry: &Dict<'_>) -> bool {
+    matches!(entry.get(b"attr"), Some(Value::Bytes(a)) if a.contains(&b'p'))
 }
 
 /// Checks a hybrid's v1 part against its (validated) v2 files.
@@ -221,10 +229,12 @@ fn parse_v1_part(
             format!("the v1 part describes other files than the v2 file tree: {why}"),
         )
     };
+    let mut tail_padded = false;
     match (dict.get(b"files"), dict.get(b"length")) {
         (Some(Value::List(list)), None) => {
             let mut want = files.iter().peekable();
             let mut pad_due = 0u64;
+            let mut last_was_pad = false;
             for (i, entry) in list.iter().enumerate() {
                 let Value::Dict(f) = entry else {
                     return Err(differ(format!("entry {i} is not a dict")));
@@ -234,7 +244,8 @@ fn parse_v1_part(
                         .map_err(|_| differ(format!("entry {i} has length {n}")))?,
                     _ => return Err(differ(format!("entry {i} has no length"))),
                 };
-                let is_pad = matches!(f.get(b"attr"), Some(Value::Bytes(a)) if a.contains(&b'p'));
+                let is_pad = is_pad(f);
+                last_was_pad = is_pad;
                 if is_pad {
                     if length != pad_due {
                         return Err(differ(format!(
@@ -275,6 +286,7 @@ fn parse_v1_part(
             if let Some(missing) = want.next() {
                 return Err(differ(format!("{} is missing", missing.display_path())));
             }
+            tail_padded = last_was_pad || pad_due == 0;
         }
         (None, Some(Value::Int(n))) => {
             let single = files.len() == 1 && files[0].path == [name];
@@ -291,6 +303,7 @@ fn parse_v1_part(
             .collect(),
         info_hash: Sha1::digest(dict.raw).into(),
         single: dict.get(b"length").is_some(),
+        tail_padded,
     })
 }
 
@@ -387,6 +400,7 @@ impl Info {
             }
             (None, Some(Value::List(list))) => {
                 let mut total_path_bytes = 0usize;
+                let mut pads = std::collections::HashSet::new();
                 for (i, entry) in list.iter().enumerate() {
                     let field = |what: &str| format!("info.files[{i}]{what}");
                     let Value::Dict(f) = entry else {
@@ -433,16 +447,20 @@ impl Info {
                             format!("more than {MAX_FILES} files"),
                         ));
                     }
+                    if is_pad(f) {
+                        pads.insert(files.len());
+                    }
                     files.push(FileInfo {
                         path,
                         length,
                         pieces_root: None,
                     });
                 }
-                // Two files at one path would overwrite each other.
+                // Two files at one path would overwrite each other (pad
+                // files are all zeros: libtorrent names them by size).
                 let mut seen = std::collections::HashSet::new();
-                for f in &files {
-                    if !seen.insert(&f.path) {
+                for (i, f) in files.iter().enumerate() {
+                    if !pads.contains(&i) && !seen.insert(&f.path) {
                         return Err(field_err(
                             "info.files",
                             format!("{} is listed twice", f.display_path()),
@@ -491,6 +509,7 @@ impl Info {
                     .collect(),
                 info_hash: v1_hash,
                 single,
+                tail_padded: false,
             }),
             v2: false,
             raw: dict.raw.to_vec(),
@@ -527,6 +546,12 @@ impl Info {
     /// The v1 info-hash (SHA-1 of the info dict) of a v1 or hybrid torrent.
     pub fn v1_info_hash(&self) -> Option<Sha1Hash> {
         self.v1.as_ref().map(|v| v.info_hash)
+    }
+
+    /// A hybrid whose v1 part pads its last file to a whole piece (so v1
+    /// peers see every piece whole).
+    pub fn v1_tail_padded(&self) -> bool {
+        self.v1.as_ref().is_some_and(|v| v.tail_padded)
     }
 
     /// The v1 hash of piece `index`: SHA-1 of the piece (a hybrid's padded

@@ -309,7 +309,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 let piece = layout
                     .block_at(spec.piece, spec.offset, spec.len)
                     .map(|b| b.piece())
-                    .or_else(|| layout.pad_block(spec.piece, spec.offset, spec.len));
+                    .or_else(|| self.pad_block(spec));
                 let held = piece.is_some_and(|p| self.storage.has_piece(p));
                 if let Admission::Rejected(_) = queue.request(spec, held) {
                     self.writer.push(&Message::Reject(spec));
@@ -360,8 +360,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 }
             }
             // We hold every piece layer of the torrents we serve, but do
-            // not serve them yet: a peer that asks is told so at once.
-            Extra::HashRequest(spec) => self.writer.push_extra(&Extra::HashReject(spec)),
+            // not serve them yet: a peer that asks is told so at once (while
+            // it reads what we send; one that does not is not answered).
+            Extra::HashRequest(spec) => {
+                if self.writer.pending() < self.limits.upload_window as usize {
+                    self.writer.push_extra(&Extra::HashReject(spec));
+                }
+            }
             Extra::Extended {
                 id: UT_METADATA_ID,
                 payload,
@@ -379,6 +384,18 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         Ok(())
     }
 
+    /// The piece of a block that lies in a hybrid's pad file, where there
+    /// is one (not after the last file unless the torrent says so).
+    fn pad_block(&self, spec: BlockSpec) -> Option<sluice_storage::PieceIndex> {
+        let info = self.storage.metainfo().info();
+        let layout = self.storage.layout();
+        let p = layout.pad_block(spec.piece, spec.offset, spec.len)?;
+        let padded = info.version() == sluice_storage::MetaVersion::Hybrid
+            && info.files().len() > 1
+            && (p.get() + 1 < layout.num_pieces() || info.v1_tail_padded());
+        padded.then_some(p)
+    }
+
     /// A `ut_metadata` request (BEP 9): the info dict's piece, or a
     /// reject (no such piece, or this peer had the dict twice already).
     fn on_metadata(&mut self, payload: &[u8]) {
@@ -390,7 +407,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         let info = self.storage.metainfo().info().raw();
         let start = piece as usize * METADATA_PIECE;
         let limit = METADATA_SERVINGS * info.len() as u64;
-        let reply = if start < info.len() && self.metadata_sent < limit {
+        // A peer that does not read what we send gets rejects, not more
+        // of our memory (the upload window bounds what waits for it).
+        let reading = self.writer.pending() < self.limits.upload_window as usize;
+        let reply = if start < info.len() && self.metadata_sent < limit && reading {
             let chunk = &info[start..(start + METADATA_PIECE).min(info.len())];
             self.metadata_sent += chunk.len() as u64;
             let mut out = MetadataMsg::Data {
@@ -455,9 +475,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 let cached = match layout.block_at(spec.piece, spec.offset, spec.len) {
                     Some(b) => self.storage.read_block_cached(b).map(Ok),
                     // Pad zeros (a v1 peer of a hybrid torrent asks).
-                    None => layout
-                        .pad_block(spec.piece, spec.offset, spec.len)
-                        .map(|_| Ok(Bytes::from_static(&ZEROS))),
+                    None => self.pad_block(spec).map(|_| Ok(Bytes::from_static(&ZEROS))),
                 };
                 (spec, cached)
             })

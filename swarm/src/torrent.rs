@@ -607,6 +607,9 @@ impl Driver {
         if let Some(link) = self.links.get_mut(&key) {
             link.addr = Some(addr);
         }
+        if !theirs.fast() {
+            self.core.set_choke_discards(key);
+        }
         let layout = Arc::clone(
             self.layout
                 .get_or_insert_with(|| Arc::new(self.storage.layout().clone())),
@@ -620,7 +623,12 @@ impl Driver {
             MetaVersion::Hybrid => info.files().len() > 1,
             MetaVersion::V1 => false,
         };
-        let codec = BtCodec::new(layout, pad, &theirs).with_metadata_size(info.raw().len());
+        // Older libtorrent (before 2.0.4) writes no pad file after a
+        // hybrid's last file: its last block then travels exact.
+        let pad_last = pad && (info.version() == MetaVersion::V2 || info.v1_tail_padded());
+        let codec = BtCodec::new(layout, pad, &theirs)
+            .with_unpadded_tail(!pad_last)
+            .with_metadata_size(info.raw().len());
         let (r, w) = stream.into_split();
         let reader = FrameReader::with_codec(r, codec.clone(), bytes::BytesMut::new());
         let writer = FrameWriter::with_codec(w, codec);

@@ -404,6 +404,9 @@ struct Peer<I, K> {
     id: I,
     /// We opened this session (the peer did otherwise).
     opened_by_us: bool,
+    /// Its choke drops every request we have out to it (BitTorrent
+    /// without BEP 6: no rejects follow a choke).
+    choke_discards: bool,
     connected_at: Instant,
     am_interested: bool,
     peer_choking: bool,
@@ -768,10 +771,20 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
                 spread_pieces: 0,
                 first_sole_at: None,
                 cap: None,
+                choke_discards: false,
             },
         );
         self.peers_changed(now);
         Ok(key)
+    }
+
+    /// The peer's choke drops every request we have out to it (a
+    /// BitTorrent peer without the fast extension, BEP 6), rather than
+    /// each being rejected.
+    pub fn set_choke_discards(&mut self, key: PeerKey) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.choke_discards = true;
+        }
     }
 
     /// The session ended on its own (stream closed, timed out, broke the
@@ -962,7 +975,17 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
                 self.peers_changed(now);
             }
             Message::Choke => {
-                self.peers.get_mut(&key).expect("checked").peer_choking = true;
+                let peer = self.peers.get_mut(&key).expect("checked");
+                peer.peer_choking = true;
+                if peer.choke_discards {
+                    // BEP 3: a choke drops what was asked; nothing answers
+                    // those requests now, so they are free at once.
+                    let dropped = std::mem::take(&mut peer.outstanding);
+                    for block in dropped.into_keys() {
+                        self.picker.request_failed(key, block);
+                    }
+                    self.want_fill = true;
+                }
             }
             Message::Unchoke => {
                 self.peers.get_mut(&key).expect("checked").peer_choking = false;

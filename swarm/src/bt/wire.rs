@@ -390,6 +390,8 @@ pub struct BtCodec {
     layout: Arc<Layout>,
     /// Short blocks travel padded to 16 KiB.
     pad: bool,
+    /// ...but for the torrent's last piece (no pad file after it).
+    unpadded_tail: bool,
     /// The info dict's size, offered over `ut_metadata` (BEP 9).
     metadata_size: Option<usize>,
     fast: bool,
@@ -406,11 +408,24 @@ impl BtCodec {
             pieces: layout.num_pieces(),
             layout,
             pad,
+            unpadded_tail: false,
             metadata_size: None,
             fast: theirs.fast(),
             extended: theirs.extended(),
             bitfield_left: 0,
         }
+    }
+
+    /// The torrent's last piece is not padded on the wire, though the
+    /// others are (a hybrid without a pad file after its last file).
+    pub fn with_unpadded_tail(mut self, on: bool) -> Self {
+        self.unpadded_tail = on;
+        self
+    }
+
+    /// Whether a short block of `piece` travels padded to 16 KiB.
+    fn pads(&self, piece: u32) -> bool {
+        self.pad && !(self.unpadded_tail && piece + 1 == self.pieces)
     }
 
     /// Offers the info dict (`size` bytes) over `ut_metadata` in our
@@ -432,7 +447,7 @@ impl BtCodec {
 
     /// A block as the peer names it (16 KiB) to the core's exact one.
     fn exact_spec(&self, mut b: BlockSpec) -> BlockSpec {
-        if self.pad
+        if self.pads(b.piece)
             && b.len == BLOCK_SIZE
             && let Some(len) = self.exact_len(b.piece, b.offset)
         {
@@ -460,9 +475,12 @@ impl Codec for BtCodec {
     }
 
     fn encode(&mut self, m: &Message, dst: &mut BytesMut) {
-        let pad = self.pad;
         let spec = |b: &BlockSpec| {
-            let len = if pad { b.len.max(BLOCK_SIZE) } else { b.len };
+            let len = if self.pads(b.piece) {
+                b.len.max(BLOCK_SIZE)
+            } else {
+                b.len
+            };
             [b.piece, b.offset, len]
         };
         match m {
@@ -516,7 +534,7 @@ impl Codec for BtCodec {
                 offset,
                 data,
             } => {
-                let padded = if self.pad {
+                let padded = if self.pads(*piece) {
                     data.len().max(BLOCK_SIZE as usize)
                 } else {
                     data.len()
@@ -595,7 +613,7 @@ impl Codec for BtCodec {
                 let piece = body.get_u32();
                 let offset = body.get_u32();
                 // A padded block: the tail is the pad file's zeros.
-                if self.pad
+                if self.pads(piece)
                     && body.len() == BLOCK_SIZE as usize
                     && let Some(len) = self.exact_len(piece, offset)
                 {

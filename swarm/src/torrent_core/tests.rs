@@ -446,6 +446,37 @@ fn no_request_goes_to_a_peer_that_chokes_us() {
     assert!(h.requests(key).is_empty(), "choked again: none");
 }
 
+/// A BitTorrent peer without the fast extension drops our requests when
+/// it chokes us (BEP 3): they are free at once, their credits back, and
+/// the blocks go to another peer without waiting for a timeout. One with
+/// BEP 6 rejects them itself, so its choke leaves them be.
+#[test]
+fn a_choke_from_a_peer_without_rejects_frees_its_requests() {
+    let mut h = Harness::new(8, false, config());
+    let plain = h.seeder(1);
+    h.core.set_choke_discards(plain);
+    let asked = h.requests(plain);
+    assert!(!asked.is_empty());
+    let (_, before) = h.core.outstanding_total();
+    assert!(before > 0);
+    h.say(plain, Message::Choke);
+    let (_, after) = h.core.outstanding_total();
+    assert_eq!(after, 0, "every request to it is dropped, its credit back");
+    let other = h.seeder(2);
+    let again = h.requests(other);
+    assert!(
+        asked.iter().all(|a| again.contains(a)),
+        "the dropped blocks are asked of the other peer at once"
+    );
+    // With rejects (BEP 6) a choke leaves requests to the rejects.
+    let fast = h.seeder(3);
+    let _ = h.requests(fast);
+    let (_, before) = h.core.outstanding_total();
+    h.say(other, Message::Choke);
+    let (_, after) = h.core.outstanding_total();
+    assert_eq!(after, before, "{after} vs {before}");
+}
+
 #[test]
 fn a_seeder_caps_a_peer_that_passes_nothing_on() {
     let config = config().with_choker(ChokerChoice::TitForTat(

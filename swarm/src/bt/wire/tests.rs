@@ -307,6 +307,21 @@ fn without_padding_a_short_block_travels_exact() {
     assert_eq!(c.decode(&mut b).unwrap(), Some(Inbound::Core(piece)));
 }
 
+/// A hybrid with no pad file after its last file: its last piece's short
+/// block travels exact while the others are padded.
+#[test]
+fn an_unpadded_tail_travels_exact() {
+    let mut c = full().with_unpadded_tail(true);
+    let mut b = BytesMut::new();
+    let short = BlockSpec {
+        piece: 20,
+        offset: 0,
+        len: SHORT,
+    };
+    c.encode(&Message::Request(short), &mut b);
+    assert_eq!(&b[13..], &SHORT.to_be_bytes(), "the last piece: exact");
+}
+
 #[test]
 fn bad_messages_are_errors_not_panics() {
     let frame = |len: u32, body: &[u8]| {
