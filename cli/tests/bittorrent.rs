@@ -334,14 +334,13 @@ fn libtorrent_downloads_from_sluice_and_its_recheck_passes() {
     }
 }
 
-fn libtorrent_downloads_from_sluice(kind: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let torrent = album_with(d, &[], kind);
-    let (_seed, addr) = sluice_seed(d, &torrent);
+/// libtorrent downloads `source` (a `.torrent` or a magnet link) into
+/// `lt/` from `peer`; it must finish, and its own recheck pass. Returns
+/// its report.
+fn libtorrent_get(d: &Path, source: &str, peer: &str) -> Value {
     std::fs::create_dir_all(d.join("lt")).unwrap();
     let lt = Proc::spawn(
-        lt_peer(&["get", torrent.to_str().unwrap(), "lt", &addr, "60"], d),
+        lt_peer(&["get", source, "lt", peer, "60"], d),
         "libtorrent get",
     );
     let line = format!("{{{}", lt.line("{"));
@@ -351,6 +350,15 @@ fn libtorrent_downloads_from_sluice(kind: &str) {
     assert_eq!(report["finished"], true, "{report}");
     assert_eq!(report["rechecked"], true, "{report}");
     assert_eq!(report["pieces"], report["total"], "recheck: {report}");
+    report
+}
+
+fn libtorrent_downloads_from_sluice(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let torrent = album_with(d, &[], kind);
+    let (_seed, addr) = sluice_seed(d, &torrent);
+    let report = libtorrent_get(d, torrent.to_str().unwrap(), &addr);
     assert!(
         report["clients"]
             .as_array()
@@ -381,15 +389,7 @@ fn libtorrent_fetches_metadata_from_sluice_by_magnet() {
     let magnet = shown["magnet"].as_str().unwrap().to_owned();
     assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
     let (_seed, addr) = sluice_seed(d, &torrent);
-    std::fs::create_dir_all(d.join("lt")).unwrap();
-    let lt = Proc::spawn(
-        lt_peer(&["get", &magnet, "lt", &addr, "60"], d),
-        "libtorrent get (magnet)",
-    );
-    let line = format!("{{{}", lt.line("{"));
-    let report: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(report["finished"], true, "{report}");
-    assert_eq!(report["pieces"], report["total"], "{report}");
+    libtorrent_get(d, &magnet, &addr);
     same_tree(&d.join("seed/album"), &d.join("lt/album"));
 }
 
