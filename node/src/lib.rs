@@ -567,18 +567,21 @@ impl NodeHandle {
         };
         let node = self.clone();
         let for_dial = torrent.clone();
-        let dial = move |addr: SocketAddr| {
+        let dial = move |addrs: Vec<SocketAddr>| {
             // Not ourselves, and not a peer we are connected to already.
             // (A peer that is us after all is refused by its peer id.)
-            let ours =
-                addr.port() == bt.port() && (addr.ip().is_loopback() || addr.ip() == bt.ip());
-            let connected = for_dial
+            let connected: HashSet<SocketAddr> = for_dial
                 .stats()
                 .peers
                 .iter()
-                .any(|p| p.socket_addr == Some(addr));
-            if !ours && !connected {
-                node.dial_bt(for_dial.clone(), addr, false);
+                .filter_map(|p| p.socket_addr)
+                .collect();
+            for addr in addrs {
+                let ours =
+                    addr.port() == bt.port() && (addr.ip().is_loopback() || addr.ip() == bt.ip());
+                if !ours && !connected.contains(&addr) {
+                    node.dial_bt(for_dial.clone(), addr, false);
+                }
             }
         };
         self.tracker.spawn(tracker::announce_loop(

@@ -78,14 +78,14 @@ impl Tiers {
     }
 }
 
-/// Announces `torrent` to `tiers` until `cancel`, handing every peer a
-/// tracker names to `dial`.
+/// Announces `torrent` to `tiers` until `cancel`, handing the peers each
+/// answer names to `dial`.
 pub(crate) async fn announce_loop(
     torrent: TorrentHandle,
     tiers: Vec<Vec<String>>,
     me: Me,
     http: reqwest::Client,
-    dial: impl Fn(SocketAddr) + Send,
+    dial: impl Fn(Vec<SocketAddr>) + Send,
     cancel: CancellationToken,
 ) {
     let mut tiers = Tiers::new(&tiers, &mut rand::thread_rng());
@@ -109,9 +109,7 @@ pub(crate) async fn announce_loop(
                 if event == Event::Completed {
                     info!("announced completion to the tracker");
                 }
-                for peer in reply.peers {
-                    dial(peer);
-                }
+                dial(reply.peers);
                 event = Event::None;
                 reply.interval
             }

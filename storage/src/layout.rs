@@ -170,11 +170,6 @@ impl Layout {
         }
     }
 
-    /// How many files the torrent has (a v1 layout's, not its one span).
-    pub fn real_files(&self) -> usize {
-        self.end_to_end.as_ref().map_or(self.files.len(), Vec::len)
-    }
-
     /// A layout for files of these lengths, in order. The caller guarantees
     /// the piece count fits in a `u32` (validated [`Info`] does).
     pub fn from_lengths(piece_length: u32, lengths: impl IntoIterator<Item = u64>) -> Self {
@@ -334,7 +329,7 @@ mod tests {
     fn end_to_end_segments_cross_files() {
         let l = Layout::end_to_end(2 * BLOCK_SIZE, [10_000, 0, 30_000, 5]);
         assert_eq!(l.num_pieces(), 2);
-        assert_eq!(l.real_files(), 4);
+        assert_eq!(l.file_len(3), 5);
         assert_eq!(l.file_len(2), 30_000);
         let p0 = l.piece(0).unwrap();
         let segs: Vec<FileRange> = l.segments(l.piece_range(p0)).collect();
