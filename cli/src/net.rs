@@ -186,9 +186,11 @@ pub(crate) struct SeedArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GetArgs {
-    /// What to download: a .torrent file, a magnet link
-    /// (magnet:?xt=urn:btmh:1220…, its x.pe peers are dialed) or a v2
-    /// info-hash (64 hex digits; peers come from the DHT or mDNS).
+    /// What to download: a .torrent file, a magnet link (xt=urn:btmh:1220…
+    /// and/or xt=urn:btih:…; its x.pe peers are dialed, its tr= trackers
+    /// asked) or an info-hash (64 hex digits for v2, 40 for v1; peers come
+    /// from --peer, the DHT or mDNS). The metadata of a link or hash comes
+    /// from sluice nodes and from BitTorrent peers (ut_metadata).
     source: String,
     /// Directory to download into.
     #[arg(short, long)]
@@ -474,7 +476,8 @@ fn parse_source(arg: &str) -> Result<Source> {
         });
     }
     let path = Path::new(arg);
-    if !path.exists() && arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let hex_hash = matches!(arg.len(), 40 | 64) && arg.bytes().all(|b| b.is_ascii_hexdigit());
+    if !path.exists() && hex_hash {
         let info_hash = arg.parse().map_err(anyhow::Error::msg)?;
         return Ok(Source::Fetch {
             info_hash,
@@ -483,7 +486,7 @@ fn parse_source(arg: &str) -> Result<Source> {
     }
     if !path.exists() {
         anyhow::bail!(
-            "{arg}: no such file, and not a magnet link (magnet:?xt=urn:btmh:1220…) or a v2 info-hash (64 hex digits)"
+            "{arg}: no such file, and not a magnet link (magnet:?xt=…) or an info-hash (64 hex digits for v2, 40 for v1)"
         );
     }
     Ok(Source::Torrent(read_torrent(path)?))
@@ -524,7 +527,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         // Fetched before: resume without asking anyone.
         let saved = saved_torrent(&data_dir, *info_hash);
         if let Ok(meta) = read_torrent(&saved)
-            && meta.info().info_hash() == *info_hash
+            && meta.info().known_by(info_hash)
         {
             source = Source::Torrent(meta);
         }
@@ -555,7 +558,12 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
             Source::Fetch { info_hash, .. } => {
                 eprintln!("fetching the torrent's metadata ({info_hash}) from peers…");
                 let fetched = tokio::select! {
-                    r = node.fetch_metadata(info_hash, args.max_metadata) => r?,
+                    r = node.fetch_metadata_with(
+                        info_hash,
+                        args.max_metadata,
+                        bt_peers.clone(),
+                        hints.trackers.clone(),
+                    ) => r?,
                     _ = interrupts.recv() => {
                         eprintln!("interrupted before the metadata arrived");
                         node.shutdown().await.map_err(anyhow::Error::msg)?;

@@ -202,9 +202,14 @@ fn seed_args(torrent: &Path, ip: &str) -> Vec<String> {
 /// `sluice get` into `got/` from one BitTorrent peer (or, with none,
 /// whoever its trackers name); must succeed.
 fn sluice_get(d: &Path, torrent: &Path, peer: Option<&str>) {
+    sluice_get_source(d, torrent.to_str().unwrap(), peer);
+}
+
+/// `sluice get SOURCE` (a `.torrent`, a magnet link, an info-hash).
+fn sluice_get_source(d: &Path, source: &str, peer: Option<&str>) {
     let mut args = vec![
         "get",
-        torrent.to_str().unwrap(),
+        source,
         "-o",
         "got",
         "--data-dir",
@@ -215,7 +220,7 @@ fn sluice_get(d: &Path, torrent: &Path, peer: Option<&str>) {
         args.extend(["--peer", p]);
     }
     let get = Proc::spawn(sluice(&args, d), "sluice get");
-    assert!(get.wait(), "sluice get failed");
+    assert!(get.wait(), "sluice get {source} failed");
 }
 
 /// Debian's opentracker on 127.0.0.1 (HTTP and UDP on one port), taking
@@ -370,8 +375,18 @@ fn libtorrent_downloads_from_sluice(kind: &str) {
     same_tree(&d.join("seed/album"), &d.join("lt/album"));
 }
 
-/// libtorrent, given only a v1 magnet link and the seeder's address,
-/// fetches the info dict from `sluice seed` over `ut_metadata` (BEP 9)
+/// The magnet link `sluice show` gives for `torrent`.
+fn magnet_of(d: &Path, torrent: &Path) -> String {
+    let o = sluice(&["show", torrent.to_str().unwrap(), "--json"], d)
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    shown["magnet"].as_str().unwrap().to_owned()
+}
+
+/// libtorrent, given only a magnet link and the seeder's address, fetches
+/// the info dict from `sluice seed` over `ut_metadata` (BEP 9) and, for
+/// v2 and hybrid torrents, the piece layers by hash requests (BEP 52),
 /// and downloads.
 #[test]
 #[cfg_attr(
@@ -379,18 +394,83 @@ fn libtorrent_downloads_from_sluice(kind: &str) {
     ignore = "needs libtorrent: apt-get install python3-libtorrent"
 )]
 fn libtorrent_fetches_metadata_from_sluice_by_magnet() {
+    each_kind(|d, torrent| {
+        let magnet = magnet_of(d, torrent);
+        let (_seed, addr) = sluice_seed(d, torrent);
+        libtorrent_get(d, &magnet, &addr);
+        same_tree(&d.join("seed/album"), &d.join("lt/album"));
+    });
+}
+
+/// Runs `f` in a fresh directory with an [`album`] of each of [`KINDS`].
+fn each_kind(f: impl Fn(&Path, &Path)) {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let torrent = album_with(dir.path(), &[], kind);
+        f(dir.path(), &torrent);
+    }
+}
+
+/// `sluice get MAGNET` from BitTorrent peers alone: the info dict over
+/// `ut_metadata`, piece layers (v2, hybrid) over hash requests, proven
+/// against the roots; then the download.
+fn sluice_get_magnet(d: &Path, magnet: &str, peer: Option<&str>) {
+    sluice_get_source(d, magnet, peer);
+    same_tree(&d.join("seed/album"), &d.join("got/album"));
+}
+
+#[test]
+fn sluice_fetches_metadata_from_sluice_over_the_bittorrent_wire() {
+    each_kind(|d, torrent| {
+        let (_seed, addr) = sluice_seed(d, torrent);
+        sluice_get_magnet(d, &magnet_of(d, torrent), Some(&addr));
+    });
+}
+
+#[test]
+#[cfg_attr(
+    sluice_no_libtorrent,
+    ignore = "needs libtorrent: apt-get install python3-libtorrent"
+)]
+fn sluice_fetches_metadata_from_libtorrent_by_magnet() {
+    each_kind(|d, torrent| {
+        let lt = Proc::spawn(
+            lt_peer(&["seed", torrent.to_str().unwrap(), "seed", "120"], d),
+            "libtorrent seed",
+        );
+        let peer = format!("127.0.0.1:{}", lt.line("port"));
+        sluice_get_magnet(d, &magnet_of(d, torrent), Some(&peer));
+    });
+}
+
+/// A `btih` magnet naming only a tracker: sluice finds libtorrent seeding
+/// a hybrid there, fetches the info dict and piece layers from it, and
+/// downloads.
+#[test]
+#[cfg_attr(
+    any(sluice_no_libtorrent, sluice_no_opentracker),
+    ignore = "needs libtorrent and opentracker: apt-get install python3-libtorrent opentracker"
+)]
+fn sluice_gets_a_btih_magnet_from_libtorrent_through_a_tracker() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let torrent = album_with(d, &[], "--v1");
+    let tracker = Tracker::start(d, &album(d));
+    let torrent = album_with(d, &[tracker.http()], KINDS[1]);
     let o = sluice(&["show", torrent.to_str().unwrap(), "--json"], d)
         .output()
         .unwrap();
     let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let magnet = shown["magnet"].as_str().unwrap().to_owned();
-    assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
-    let (_seed, addr) = sluice_seed(d, &torrent);
-    libtorrent_get(d, &magnet, &addr);
-    same_tree(&d.join("seed/album"), &d.join("lt/album"));
+    let v1 = shown["v1_info_hash"].as_str().unwrap();
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{v1}&tr={}",
+        tracker.http().replace(':', "%3A").replace('/', "%2F")
+    );
+    let lt = Proc::spawn(
+        lt_peer(&["seed", torrent.to_str().unwrap(), "seed", "120"], d),
+        "libtorrent seed",
+    );
+    lt.line("port");
+    sluice_get_magnet(d, &magnet, None);
 }
 
 #[test]

@@ -32,6 +32,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{identify, kad, mdns};
 use sluice_storage::{InfoHash, Metainfo, Storage, StorageConfig, StorageError, WriteQueue};
+use sluice_swarm::bt::wire::Handshake;
 use sluice_swarm::handshake::{self, Hello};
 use sluice_swarm::metadata::{self, FetchError, METADATA_PROTOCOL};
 use sluice_swarm::ratelimit::RateLimiter;
@@ -585,7 +586,7 @@ impl NodeHandle {
             }
         };
         self.tracker.spawn(tracker::announce_loop(
-            torrent,
+            Some(torrent),
             tiers,
             me,
             self.http.clone(),
@@ -825,6 +826,138 @@ impl NodeHandle {
                 }
                 Ok(Err(e)) => debug!(%peer, error = %e, "no metadata from this peer"),
                 Err(_) => debug!(%peer, "metadata fetch timed out"),
+            }
+        }
+    }
+
+    /// [`fetch_metadata`](Self::fetch_metadata), and from BitTorrent peers
+    /// too: those given (`bt_peers`, asked first) and those the trackers
+    /// name (announced to under the info-hash until the metadata is in).
+    /// Over BitTorrent the info dict comes by BEP 9 `ut_metadata` and the
+    /// piece layers by BEP 52 hash requests, [`MAX_BT_FETCHES`] peers at
+    /// once; a peer that lies or breaks the protocol is not asked again,
+    /// one that failed otherwise after [`BT_FETCH_RETRY`]. Whichever wire
+    /// gives the metadata first wins.
+    ///
+    /// Cancel-safe: dropping it ends the lookups.
+    pub async fn fetch_metadata_with(
+        &self,
+        info_hash: InfoHash,
+        max_bytes: u64,
+        bt_peers: Vec<SocketAddr>,
+        trackers: Vec<String>,
+    ) -> Result<Metainfo, NodeError> {
+        let libp2p = self.fetch_metadata(info_hash, max_bytes);
+        if self.bt_addr.is_none() || (bt_peers.is_empty() && trackers.is_empty()) {
+            return libp2p.await;
+        }
+        let bt = self.fetch_metadata_bt(info_hash, max_bytes, bt_peers, trackers);
+        tokio::select! {
+            r = libp2p => r,
+            r = bt => r,
+        }
+    }
+
+    async fn fetch_metadata_bt(
+        &self,
+        info_hash: InfoHash,
+        max_bytes: u64,
+        given: Vec<SocketAddr>,
+        trackers: Vec<String>,
+    ) -> Result<Metainfo, NodeError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let Some(bt) = self.bt_addr else {
+            return std::future::pending().await;
+        };
+        let name = sluice_swarm::torrent::bt_info_hash(info_hash);
+        let lookup = self.cancel.child_token();
+        let _end_lookup = lookup.clone().drop_guard();
+        // Bounded: a full channel drops a tracker answer, the next one
+        // comes on the tracker's interval.
+        let (found_tx, mut found) = mpsc::channel::<Vec<SocketAddr>>(16);
+        if !trackers.is_empty() {
+            let me = tracker::Me {
+                peer_id: self.bt_peer_id,
+                port: bt.port(),
+                info_hash: name,
+            };
+            self.tracker.spawn(tracker::announce_loop(
+                None,
+                trackers.into_iter().map(|t| vec![t]).collect(),
+                me,
+                self.http.clone(),
+                move |addrs| {
+                    let _ = found_tx.try_send(addrs);
+                },
+                lookup.clone(),
+            ));
+        }
+        let ours = Handshake::ours(name, self.bt_peer_id);
+        let is_us =
+            |a: &SocketAddr| a.port() == bt.port() && (a.ip().is_loopback() || a.ip() == bt.ip());
+        // Every peer heard of, in order (given first), bounded.
+        let mut known: Vec<SocketAddr> = Vec::new();
+        let learn = |known: &mut Vec<SocketAddr>, addrs: Vec<SocketAddr>| {
+            for a in addrs {
+                if !is_us(&a) && !known.contains(&a) && known.len() < MAX_FETCH_JUDGEMENTS {
+                    known.push(a);
+                }
+            }
+        };
+        learn(&mut known, given);
+        let mut rejected: HashSet<SocketAddr> = HashSet::new();
+        let mut asked: HashMap<SocketAddr, tokio::time::Instant> = HashMap::new();
+        let mut attempts = FuturesUnordered::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            while attempts.len() < MAX_BT_FETCHES {
+                let Some(addr) = known.iter().copied().find(|a| {
+                    !rejected.contains(a) && asked.get(a).is_none_or(|t| now - *t >= BT_FETCH_RETRY)
+                }) else {
+                    break;
+                };
+                asked.insert(addr, now);
+                attempts.push(async move {
+                    let attempt = async {
+                        use sluice_swarm::bt::{connect, fetch};
+                        let connect = |ours| async move {
+                            connect(addr, ours)
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        };
+                        let (stream, theirs) = connect(ours).await?;
+                        match fetch::fetch(stream, &theirs, info_hash, max_bytes).await? {
+                            fetch::Fetched::Whole(meta) => Ok(*meta),
+                            // A hybrid's layers, over a connection named
+                            // by its v2 info-hash.
+                            fetch::Fetched::Info(raw) => {
+                                let v2 = InfoHash::of_info_bytes(&raw);
+                                let name = sluice_swarm::torrent::bt_info_hash(v2);
+                                let (stream, theirs) =
+                                    connect(Handshake::ours(name, ours.peer_id)).await?;
+                                fetch::fetch_layers(stream, &theirs, &raw, max_bytes).await
+                            }
+                        }
+                    };
+                    (addr, tokio::time::timeout(FETCH_TIMEOUT, attempt).await)
+                });
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(NodeError::Stopped),
+                Some(addrs) = found.recv() => learn(&mut known, addrs),
+                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => match result {
+                    Ok(Ok(meta)) => {
+                        info!(%addr, info_hash = %info_hash, "metadata fetched from a BitTorrent peer");
+                        return Ok(meta);
+                    }
+                    Ok(Err(e)) if e.is_misbehaviour() => {
+                        warn!(%addr, error = %e, "metadata refused; not asking that peer again");
+                        rejected.insert(addr);
+                    }
+                    Ok(Err(e)) => debug!(%addr, error = %e, "no metadata from this BitTorrent peer"),
+                    Err(_) => debug!(%addr, "metadata fetch timed out"),
+                },
+                () = tokio::time::sleep(BT_FETCH_RETRY / 2) => {}
             }
         }
     }
@@ -1378,6 +1511,11 @@ pub const FETCH_RETRY: Duration = Duration::from_secs(3);
 /// One peer's whole answer must arrive within this; a peer that dribbles
 /// chunks cannot stall the fetch.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// BitTorrent peers asked for metadata at once.
+pub const MAX_BT_FETCHES: usize = 4;
+/// A BitTorrent peer that failed a metadata fetch (without lying) is
+/// asked again after this long.
+pub const BT_FETCH_RETRY: Duration = Duration::from_secs(10);
 /// How long opening a metadata stream to a connected peer may take.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peers remembered by one metadata fetch (asked recently, or refused).

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand::seq::SliceRandom;
-use sluice_swarm::torrent::TorrentHandle;
+use sluice_swarm::torrent::{TorrentHandle, TorrentStats};
 use sluice_swarm::tracker::{
     Announce, AnnounceReply, Event, MAX_RESPONSE, TrackerError, TrackerUrl, http_url, parse_http,
     udp,
@@ -79,9 +79,11 @@ impl Tiers {
 }
 
 /// Announces `torrent` to `tiers` until `cancel`, handing the peers each
-/// answer names to `dial`.
+/// answer names to `dial`. Without a torrent (its metadata is being
+/// fetched) it announces as a leecher that has nothing, and sends no
+/// `stopped`: the torrent's own announces follow.
 pub(crate) async fn announce_loop(
-    torrent: TorrentHandle,
+    torrent: Option<TorrentHandle>,
     tiers: Vec<Vec<String>>,
     me: Me,
     http: reqwest::Client,
@@ -93,15 +95,17 @@ pub(crate) async fn announce_loop(
         return;
     }
     let key: u32 = rand::thread_rng().r#gen();
-    let mut stats = torrent.watch();
+    let mut stats = torrent.as_ref().map(TorrentHandle::watch);
     let mut event = Event::Started;
     // A torrent that starts with every piece (a seeder) never announces
     // `completed`: it downloaded nothing.
-    let start = torrent.stats();
-    let mut was_complete = start.verified_pieces == start.total_pieces;
+    let mut was_complete = torrent.as_ref().is_some_and(|t| {
+        let start = t.stats();
+        start.verified_pieces == start.total_pieces
+    });
     let mut backoff = BACKOFF_MIN;
     loop {
-        let a = announce_of(&torrent, me, key, event);
+        let a = announce_of(torrent.as_ref(), me, key, event);
         let wait = match announce(&mut tiers, &a, &http).await {
             Ok(reply) => {
                 debug!(peers = reply.peers.len(), interval = ?reply.interval, "tracker answered");
@@ -125,15 +129,17 @@ pub(crate) async fn announce_loop(
         loop {
             tokio::select! {
                 () = cancel.cancelled() => {
-                    let a = announce_of(&torrent, me, key, Event::Stopped);
-                    let _ = tokio::time::timeout(STOP_ANNOUNCE_TIMEOUT, announce(&mut tiers, &a, &http)).await;
+                    if torrent.is_some() {
+                        let a = announce_of(torrent.as_ref(), me, key, Event::Stopped);
+                        let _ = tokio::time::timeout(STOP_ANNOUNCE_TIMEOUT, announce(&mut tiers, &a, &http)).await;
+                    }
                     return;
                 }
                 () = tokio::time::sleep_until(until) => break,
-                changed = stats.changed() => {
-                    if changed.is_err() {
+                changed = changed(&mut stats) => {
+                    let Some(stats) = changed else {
                         return; // the torrent is gone
-                    }
+                    };
                     let complete = stats.borrow_and_update().complete;
                     if complete && !was_complete {
                         was_complete = true;
@@ -148,7 +154,33 @@ pub(crate) async fn announce_loop(
     }
 }
 
-fn announce_of(torrent: &TorrentHandle, me: Me, key: u32, event: Event) -> Announce {
+/// The next change of a torrent's stats; never, without a torrent.
+async fn changed(
+    stats: &mut Option<tokio::sync::watch::Receiver<TorrentStats>>,
+) -> Option<&mut tokio::sync::watch::Receiver<TorrentStats>> {
+    match stats {
+        Some(rx) => rx.changed().await.is_ok().then_some(rx),
+        None => std::future::pending().await,
+    }
+}
+
+/// What a fetch of the metadata announces as left: the size is not known
+/// yet, and 0 would make us a seeder.
+const LEFT_UNKNOWN: u64 = 16 * 1024;
+
+fn announce_of(torrent: Option<&TorrentHandle>, me: Me, key: u32, event: Event) -> Announce {
+    let Some(torrent) = torrent else {
+        return Announce {
+            info_hash: me.info_hash,
+            peer_id: me.peer_id,
+            port: me.port,
+            uploaded: 0,
+            downloaded: 0,
+            left: LEFT_UNKNOWN,
+            event,
+            key,
+        };
+    };
     let s = torrent.stats();
     let have = u64::from(s.verified_pieces) * u64::from(s.piece_length);
     Announce {

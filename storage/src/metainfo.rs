@@ -64,6 +64,15 @@ impl InfoHash {
             .then(|| self.0[..20].try_into().expect("20 bytes"))
     }
 
+    /// Whether `info` (a bencoded info dict) is the one this names: its
+    /// SHA-1 for a v1 key, else its SHA-256.
+    pub fn names_info(&self, info: &[u8]) -> bool {
+        match self.as_v1() {
+            Some(v1) => <[u8; 20]>::from(Sha1::digest(info)) == v1,
+            None => Self::of_info_bytes(info) == *self,
+        }
+    }
+
     /// First 8 hex digits, for logs.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])
@@ -532,6 +541,12 @@ impl Info {
 
     pub fn info_hash(&self) -> InfoHash {
         self.info_hash
+    }
+
+    /// Whether `key` names this torrent: its info-hash, or a hybrid's v1
+    /// info-hash (what a `btih` magnet gives).
+    pub fn known_by(&self, key: &InfoHash) -> bool {
+        self.info_hash == *key || self.v1_info_hash().map(InfoHash::of_v1) == Some(*key)
     }
 
     /// Which versions it speaks.
@@ -1047,8 +1062,11 @@ impl Metainfo {
                 }
             }
         }
-        top.insert(b"info", info_value)
-            .insert(b"piece layers", Value::Dict(layer_dict));
+        top.insert(b"info", info_value);
+        // A v1 torrent has no piece layers (its piece hashes are in `info`).
+        if parsed.version() != MetaVersion::V1 {
+            top.insert(b"piece layers", Value::Dict(layer_dict));
+        }
         Self::from_bytes(&bencode::encode(&Value::Dict(top)))
     }
 }

@@ -22,7 +22,7 @@ use crate::cache::PieceCache;
 use crate::error::StorageError;
 use crate::hash::{default_threads, hash_pieces, hash_pieces_v1};
 use crate::layout::{Bitfield, BlockRef, FileRange, Layout, PieceIndex};
-use crate::merkle::{BLOCK_SIZE, Hash, leaf_hash};
+use crate::merkle::{BLOCK_SIZE, FileTree, Hash, PieceTree, leaf_hash};
 use crate::metainfo::{Info, MetaVersion, Metainfo, Sha1Hash};
 use crate::queue::{Credit, QueueStats, WriteQueue};
 use crate::resume;
@@ -464,6 +464,9 @@ struct Inner {
     checked: Condvar,
     /// Whole-piece checks on read so far.
     whole_checks: AtomicU64,
+    /// Files' trees from the piece layer up, built on the first hash
+    /// request for each (at most one per file).
+    piece_trees: Mutex<HashMap<Hash, Arc<PieceTree>>>,
 }
 
 /// An opened torrent on disk. Dropping it (or [`Storage::close`]) lets the
@@ -536,6 +539,7 @@ impl Storage {
             checking: Mutex::new(HashSet::new()),
             checked: Condvar::new(),
             whole_checks: AtomicU64::new(0),
+            piece_trees: Mutex::new(HashMap::new()),
             layout,
             meta,
             config,
@@ -570,6 +574,32 @@ impl Storage {
 
     pub fn layout(&self) -> &Layout {
         &self.inner.layout
+    }
+
+    /// The tree of the file whose `pieces root` is `root`, from its piece
+    /// layer up, to answer BEP 52 hash requests: built on first use and
+    /// kept while the torrent is open. `None` for a root none of our
+    /// files has, or a file without a piece layer (one piece or less).
+    pub fn piece_tree(&self, root: &Hash) -> Option<Arc<PieceTree>> {
+        let mut trees = lock(&self.inner.piece_trees);
+        if let Some(t) = trees.get(root) {
+            return Some(Arc::clone(t));
+        }
+        let meta = &self.inner.meta;
+        let piece_length = meta.info().piece_length();
+        let (i, file) = meta
+            .info()
+            .files()
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.pieces_root.as_ref() == Some(root))?;
+        let shape = FileTree::new(file.length, piece_length);
+        if !shape.has_piece_layer() {
+            return None;
+        }
+        let tree = Arc::new(PieceTree::new(shape, meta.piece_layer(i)));
+        trees.insert(*root, Arc::clone(&tree));
+        Some(tree)
     }
 
     /// The write queue: reserve a credit here before requesting a block.

@@ -1,10 +1,10 @@
-//! Magnet links for BitTorrent v2 torrents, with libp2p peer hints:
-//! `magnet:?xt=urn:btmh:1220<64 hex>&dn=<name>&x.pe=<multiaddr>…`.
+//! Magnet links, with libp2p peer hints:
+//! `magnet:?xt=urn:btmh:1220<64 hex>&xt=urn:btih:<40 hex>&dn=<name>&x.pe=<multiaddr>…`.
 //!
 //! `xt` carries the v2 info-hash as a multihash (`0x12` SHA-256, `0x20`
-//! 32 bytes long). A hybrid link may also carry a v1 `urn:btih:` topic,
-//! which is ignored; a v1-only link is refused, since sluice speaks v2
-//! alone. `x.pe` (BEP 9's peer address) holds a multiaddr (a sluice
+//! 32 bytes long), the v1 info-hash (`urn:btih:`, 40 hex digits or 32
+//! base32 ones), or both (a hybrid). The torrent is known by its v2 hash
+//! where the link gives one, else by its v1 hash. `x.pe` (BEP 9's peer address) holds a multiaddr (a sluice
 //! node, ideally ending in `/p2p/<peer id>`) or `HOST:PORT` (a BitTorrent
 //! peer). `tr` names trackers. Other parameters (`ws`, …) are ignored. A
 //! link is untrusted input: its length and its number of hints are
@@ -51,12 +51,10 @@ pub enum MagnetError {
     NotMagnet,
     #[error("the magnet link is {0} bytes; at most {MAX_LINK} are accepted")]
     TooLong(usize),
-    #[error("the magnet link has no xt=urn:btmh:1220… (v2 info-hash)")]
+    #[error("the magnet link has no info-hash (xt=urn:btmh:1220… for v2, xt=urn:btih:… for v1)")]
     MissingTopic,
-    #[error(
-        "the magnet link is BitTorrent v1 only (xt=urn:btih:…): sluice cannot fetch a v1 torrent's metadata from peers yet; give it the .torrent, or a link with a v2 info-hash (xt=urn:btmh:1220…)"
-    )]
-    V1Only,
+    #[error("xt={0}: a v1 info-hash is 40 hex digits or 32 base32 ones")]
+    BadV1Hash(String),
     #[error("xt={0}: the multihash must be SHA-256 (urn:btmh:1220 followed by 64 hex digits)")]
     WrongMultihash(String),
     #[error("xt={0}: the info-hash is not 64 hex digits")]
@@ -84,7 +82,7 @@ impl FromStr for Magnet {
             .strip_prefix("magnet:?")
             .ok_or(MagnetError::NotMagnet)?;
         let mut info_hash = None;
-        let mut v1 = false;
+        let mut v1: Option<String> = None;
         let mut v1_info_hash = None;
         let mut name = None;
         let mut peers = Vec::new();
@@ -102,13 +100,9 @@ impl FromStr for Magnet {
                         }
                         info_hash = Some(ih);
                     } else if let Some(h) = value.strip_prefix("urn:btih:") {
-                        v1 = true;
-                        // 40 hex digits (32 base32 ones, the old form, are
-                        // taken as a v1 topic and otherwise ignored).
-                        let mut out = [0u8; 20];
-                        if hex::decode_to_slice(h, &mut out).is_ok() {
-                            v1_info_hash = Some(out);
-                        }
+                        // Checked below, if it is the only topic.
+                        v1 = Some(value.clone());
+                        v1_info_hash = parse_btih(h);
                     }
                 }
                 "dn" => name = Some(decode(raw, true)?),
@@ -146,10 +140,11 @@ impl FromStr for Magnet {
                 _ => {}
             }
         }
-        let info_hash = match (info_hash, v1) {
-            (Some(ih), _) => ih,
-            (None, true) => return Err(MagnetError::V1Only),
-            (None, false) => return Err(MagnetError::MissingTopic),
+        let info_hash = match (info_hash, v1_info_hash, v1) {
+            (Some(ih), _, _) => ih,
+            (None, Some(v1), _) => InfoHash::of_v1(v1),
+            (None, None, Some(value)) => return Err(MagnetError::BadV1Hash(value)),
+            (None, None, None) => return Err(MagnetError::MissingTopic),
         };
         Ok(Self {
             info_hash,
@@ -160,6 +155,36 @@ impl FromStr for Magnet {
             trackers,
         })
     }
+}
+
+/// A `btih` topic: 40 hex digits, or 32 base32 ones (RFC 4648, the old
+/// form some links still use).
+fn parse_btih(h: &str) -> Option<[u8; 20]> {
+    let mut out = [0u8; 20];
+    if h.len() == 40 {
+        return hex::decode_to_slice(h, &mut out).ok().map(|()| out);
+    }
+    if h.len() != 32 {
+        return None;
+    }
+    let mut acc: u64 = 0;
+    let mut bits = 0;
+    let mut at = 0;
+    for c in h.bytes() {
+        let v = match c.to_ascii_uppercase() {
+            c @ b'A'..=b'Z' => c - b'A',
+            c @ b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        acc = (acc << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out[at] = (acc >> bits) as u8;
+            at += 1;
+        }
+    }
+    Some(out)
 }
 
 fn parse_multihash(mh: &str, whole: &str) -> Result<InfoHash, MagnetError> {
@@ -310,8 +335,8 @@ mod tests {
             ("http://x".into(), MagnetError::NotMagnet),
             ("magnet:?dn=x".into(), MagnetError::MissingTopic),
             (
-                "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567".into(),
-                MagnetError::V1Only,
+                "magnet:?xt=urn:btih:0123".into(),
+                MagnetError::BadV1Hash("urn:btih:0123".into()),
             ),
             (
                 format!("magnet:?xt=urn:btmh:1114{HEX}"),
@@ -352,6 +377,23 @@ mod tests {
         assert!(
             matches!(&bad_peer, Err(MagnetError::BadPeer { value, .. }) if value == "/ip4/300.0.0.1/tcp/1"),
             "{bad_peer:?}"
+        );
+    }
+
+    #[test]
+    fn v1_links_are_known_by_their_v1_hash_hex_or_base32() {
+        let hex = "0123456789abcdef0123456789abcdef01234567";
+        let m = parse(&format!("magnet:?xt=urn:btih:{hex}")).expect("valid");
+        assert_eq!(m.info_hash.to_string(), hex);
+        assert_eq!(m.info_hash.as_v1().map(hex::encode).as_deref(), Some(hex));
+        // The same 20 bytes in base32.
+        let b32 = parse("magnet:?xt=urn:btih:AERUKZ4JVPG66AJDIVTYTK6N54ASGRLH").expect("valid");
+        assert_eq!(b32.info_hash, m.info_hash);
+        assert_eq!(
+            parse("magnet:?xt=urn:btih:AERUKZ4JVPG66AJDIVTYTK6N54ASGRL1"),
+            Err(MagnetError::BadV1Hash(
+                "urn:btih:AERUKZ4JVPG66AJDIVTYTK6N54ASGRL1".into()
+            ))
         );
     }
 

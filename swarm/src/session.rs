@@ -26,13 +26,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::bt::wire::{Extra, METADATA_PIECE, MetadataMsg, UT_METADATA_ID};
+use crate::bt::wire::{Extra, HashSpec, METADATA_PIECE, MetadataMsg, UT_METADATA_ID};
 use crate::codec::{Codec, Inbound, SluiceCodec};
 use crate::framed::{FrameReader, FrameWriter, StreamError};
 use crate::ratelimit::RateLimiter;
 use crate::torrent_core::CloseReason;
 use crate::upload::{Admission, UploadQueue, batch_blocks};
 use crate::wire::{BlockSpec, Message};
+use sluice_storage::merkle::HashRange;
 
 /// What a session reports to its torrent.
 #[derive(Debug)]
@@ -359,12 +360,18 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                         .await?;
                 }
             }
-            // We hold every piece layer of the torrents we serve, but do
-            // not serve them yet: a peer that asks is told so at once (while
-            // it reads what we send; one that does not is not answered).
+            // BEP 52: the piece layers (and the layers above them) of our
+            // files, with their proofs; block hashes are not kept, so a
+            // request for them is refused. A peer that does not read what
+            // we send is not answered (the upload window bounds what waits
+            // for it).
             Extra::HashRequest(spec) => {
                 if self.writer.pending() < self.limits.upload_window as usize {
-                    self.writer.push_extra(&Extra::HashReject(spec));
+                    let reply = match self.answer_hashes(&spec) {
+                        Some(hashes) => Extra::Hashes { spec, hashes },
+                        None => Extra::HashReject(spec),
+                    };
+                    self.writer.push_extra(&reply);
                 }
             }
             Extra::Extended {
@@ -382,6 +389,18 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
             | Extra::Port(_) => {}
         }
         Ok(())
+    }
+
+    /// The hashes a BEP 52 hash request asks for, with their proof.
+    fn answer_hashes(&self, spec: &HashSpec) -> Option<Bytes> {
+        let tree = self.storage.piece_tree(&spec.pieces_root)?;
+        let hashes = tree.answer(&HashRange {
+            base: spec.base_layer,
+            index: spec.index,
+            count: spec.length,
+            proof_layers: spec.proof_layers,
+        })?;
+        Some(hashes.concat().into())
     }
 
     /// The piece of a block that lies in a hybrid's pad file, where there

@@ -7,6 +7,7 @@
 //!
 //! Connections are plaintext: MSE/PE stream encryption is not spoken.
 
+pub mod fetch;
 pub mod wire;
 
 use std::fmt;

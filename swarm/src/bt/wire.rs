@@ -152,10 +152,14 @@ pub struct HashSpec {
     pub proof_layers: u32,
 }
 
-const HASH_SPEC_LEN: usize = 32 + 4 * 4;
+const HASH_SPEC_LEN: usize = HashSpec::LEN;
 
 impl HashSpec {
-    fn read(body: &mut BytesMut) -> Self {
+    /// Its length on the wire.
+    pub(crate) const LEN: usize = 32 + 4 * 4;
+
+    /// Reads one from `body`, which must hold [`Self::LEN`] bytes.
+    pub(crate) fn read(body: &mut impl Buf) -> Self {
         let mut pieces_root = [0u8; 32];
         body.copy_to_slice(&mut pieces_root);
         Self {
