@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sluice_testnet::{ChokerKind, Config, Discovery, NodeView, Role, Testnet, Transport};
+use sluice_testnet::{ChokerKind, Client, Config, Discovery, NodeView, Role, Testnet, Transport};
 
 use sluice_storage::units::{format_rate, parse_rate, parse_size};
 
@@ -67,9 +67,19 @@ pub(crate) struct TestnetArgs {
     /// Seconds between rechokes [default: 2].
     #[arg(long)]
     rechoke: Option<f64>,
-    /// [default: tcp]
+    /// How nodes talk: libp2p over TCP or QUIC, or the BitTorrent wire
+    /// (bt: nodes dial each other's BitTorrent address; implies
+    /// --discovery fixed) [default: tcp].
     #[arg(long, value_enum)]
     transport: Option<TransportArg>,
+    /// K of the downloading nodes are libtorrent 2.0 (Debian's
+    /// python3-libtorrent) instead of sluice; implies --transport bt. The
+    /// report compares the two side by side [default: 0].
+    #[arg(long, value_name = "K")]
+    libtorrent: Option<usize>,
+    /// K of the seeders are libtorrent 2.0 [default: 0].
+    #[arg(long, value_name = "K")]
+    libtorrent_seeders: Option<usize>,
     /// How nodes find each other: through a DHT node started first, or a
     /// fixed list (every seeder and --peers-per-node earlier nodes)
     /// [default: dht].
@@ -152,6 +162,7 @@ enum DiscoveryArg {
 enum TransportArg {
     Tcp,
     Quic,
+    Bt,
 }
 
 impl TestnetArgs {
@@ -176,7 +187,9 @@ impl TestnetArgs {
             rechoke,
             seed,
             peers_per_node,
-            timeout
+            timeout,
+            libtorrent,
+            libtorrent_seeders
         );
         if self.piece_size.is_some() {
             c.piece_size = self.piece_size;
@@ -210,13 +223,21 @@ impl TestnetArgs {
             c.transport = match t {
                 TransportArg::Tcp => Transport::Tcp,
                 TransportArg::Quic => Transport::Quic,
+                TransportArg::Bt => Transport::Bt,
             };
+        }
+        // libtorrent nodes speak BitTorrent only.
+        if self.transport.is_none() && c.libtorrent + c.libtorrent_seeders > 0 {
+            c.transport = Transport::Bt;
         }
         if let Some(d) = self.discovery {
             c.discovery = match d {
                 DiscoveryArg::Dht => Discovery::Dht,
                 DiscoveryArg::Fixed => Discovery::Fixed,
             };
+        } else if c.transport == Transport::Bt {
+            // The DHT finds libp2p addresses only.
+            c.discovery = Discovery::Fixed;
         }
         c.processes |= self.processes;
         c.validate()?;
@@ -238,6 +259,8 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
         (a.keep_running, "--keep-running"),
         (a.keep_data, "--keep-data"),
         (a.transport.is_some(), "--transport"),
+        (a.libtorrent.is_some(), "--libtorrent"),
+        (a.libtorrent_seeders.is_some(), "--libtorrent-seeders"),
         (a.discovery.is_some(), "--discovery"),
         (a.peers_per_node.is_some(), "--peers-per-node"),
     ];
@@ -247,6 +270,11 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
     let config = a.config()?;
     if config.processes {
         anyhow::bail!("the scenario sets `processes`; a simulation runs no processes");
+    }
+    if config.libtorrent + config.libtorrent_seeders > 0 || config.transport == Transport::Bt {
+        anyhow::bail!(
+            "the scenario has libtorrent nodes or the BitTorrent transport; a simulation models sluice's core alone"
+        );
     }
     let mut options = sluice_testnet::SimOptions::default();
     if let Some(ms) = args.latency {
@@ -453,12 +481,14 @@ impl LiveView {
 }
 
 fn role_tag(n: &NodeView) -> &'static str {
-    match (n.role, n.slow_disk) {
-        (Role::Seeder, _) => "seeder",
-        (Role::FreeRider, _) => "free-rider",
-        (Role::Leecher, true) => "slow disk",
-        (Role::Leecher, false) => "leecher",
-        (Role::Liar, _) => "liar",
+    match (n.role, n.slow_disk, n.client) {
+        (Role::Seeder, _, Client::Libtorrent) => "seeder lt",
+        (Role::Leecher, _, Client::Libtorrent) => "leecher lt",
+        (Role::Seeder, _, _) => "seeder",
+        (Role::FreeRider, _, _) => "free-rider",
+        (Role::Leecher, true, _) => "slow disk",
+        (Role::Leecher, false, _) => "leecher",
+        (Role::Liar, _, _) => "liar",
     }
 }
 

@@ -714,3 +714,84 @@ fn sluice_and_transmission_trade_a_v1_torrent_both_ways() {
     same_tree(&d.join("seed/album"), &d.join("got/album"));
     drop(tr);
 }
+
+/// `sluice testnet` over the BitTorrent wire: first sluice alone, then a
+/// mixed swarm of 4 sluice nodes (the seeder among them) and 2 libtorrent
+/// leechers with capped uploads. Every leecher completes with the exact
+/// content, and sluice's choker gives libtorrent peers regular
+/// (reciprocation) upload slots, not only optimistic ones.
+#[test]
+#[cfg_attr(
+    sluice_no_libtorrent,
+    ignore = "needs libtorrent: apt-get install python3-libtorrent"
+)]
+fn testnets_over_the_bittorrent_wire_alone_and_mixed_with_libtorrent() {
+    for libtorrent in [0, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let report_dir = dir.path().join("report");
+        let lt = libtorrent.to_string();
+        let args = [
+            "testnet",
+            "--transport",
+            "bt",
+            "--libtorrent",
+            &lt,
+            "--nodes",
+            "6",
+            "--size",
+            "8MiB",
+            "--free-riders",
+            "0",
+            "--slow-disk",
+            "0:1MB/s",
+            "--up-rate",
+            "1MB/s",
+            "--seeder-up-rate",
+            "2MB/s",
+            "--timeout",
+            "80",
+            "--keep-data",
+            "--report",
+            report_dir.to_str().unwrap(),
+        ];
+        let run = Proc::spawn(sluice(&args, dir.path()), "sluice testnet");
+        assert!(
+            run.wait(),
+            "sluice testnet --libtorrent {libtorrent} failed"
+        );
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["timed_out"], false, "{report}");
+        let content = std::fs::read(report_dir.join("content.bin")).unwrap();
+        let nodes = report["nodes"].as_array().unwrap();
+        let leechers: Vec<&Value> = nodes.iter().filter(|n| n["role"] == "leecher").collect();
+        assert_eq!(leechers.len(), 5);
+        for n in &leechers {
+            let name = n["name"].as_str().unwrap();
+            assert!(n["completed_at"].is_f64(), "{name} did not complete: {n}");
+            let copy = report_dir.join(format!("nodes/{name}/download/content.bin"));
+            assert!(
+                std::fs::read(&copy).unwrap() == content,
+                "{name} ({}) has different content",
+                n["client"]
+            );
+        }
+        let lt_nodes = leechers
+            .iter()
+            .filter(|n| n["client"] == "libtorrent")
+            .count();
+        assert_eq!(lt_nodes, libtorrent);
+        if libtorrent > 0 {
+            let regular: u64 = nodes
+                .iter()
+                .map(|n| n["libtorrent_regular_unchokes"].as_u64().unwrap())
+                .sum();
+            assert!(
+                regular > 0,
+                "no sluice node gave a libtorrent peer a regular slot"
+            );
+            assert_eq!(report["by_client"].as_array().unwrap().len(), 2, "{report}");
+        }
+    }
+}

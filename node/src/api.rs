@@ -72,6 +72,12 @@ impl Default for ApiConfig {
 pub struct NodeInfo {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
+    /// Where it takes BitTorrent peers (none with `--no-bt`).
+    #[serde(default)]
+    pub bt_addr: Option<SocketAddr>,
+    /// Its BitTorrent peer id, as other nodes' peer lists show it.
+    #[serde(default)]
+    pub bt_peer_id: Option<String>,
     pub uptime_seconds: f64,
     pub version: String,
     pub torrents: usize,
@@ -210,6 +216,8 @@ pub(crate) struct ApiState {
     pub(crate) peer_addrs: PeerAddrs,
     pub(crate) registry: Arc<Registry>,
     pub(crate) token: Option<Arc<str>>,
+    pub(crate) bt_addr: Option<SocketAddr>,
+    pub(crate) bt_peer_id: Option<String>,
 }
 
 /// Serves the API on `listener` until `cancel` fires.
@@ -290,6 +298,8 @@ async fn node_info(State(state): State<ApiState>) -> axum::Json<NodeInfo> {
     axum::Json(NodeInfo {
         peer_id: state.peer_id.to_string(),
         listen_addrs: listen,
+        bt_addr: state.bt_addr,
+        bt_peer_id: state.bt_peer_id.clone(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         torrents,

@@ -446,6 +446,10 @@ impl Node {
                 peer_addrs: Arc::clone(&peer_addrs),
                 registry: Arc::new(registry),
                 token: token.map(Arc::from),
+                bt_addr: handle.bt_addr,
+                bt_peer_id: handle
+                    .bt_addr
+                    .map(|_| sluice_swarm::bt::peer_id_label(&handle.bt_peer_id)),
             };
             tracker.spawn(api::serve(listener, state, cancel.clone()));
             info!(%addr, "control API listening");
@@ -512,6 +516,13 @@ impl NodeHandle {
     /// Where BitTorrent peers reach us, if we listen for them.
     pub fn bt_addr(&self) -> Option<SocketAddr> {
         self.bt_addr
+    }
+
+    /// Our BitTorrent peer id as other nodes' peer lists show it
+    /// ([`sluice_swarm::bt::peer_id_label`]); `None` without BitTorrent.
+    pub fn bt_peer_label(&self) -> Option<String> {
+        self.bt_addr
+            .map(|_| sluice_swarm::bt::peer_id_label(&self.bt_peer_id))
     }
 
     /// Connects to a BitTorrent peer for torrent `ih`, trying again with

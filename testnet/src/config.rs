@@ -57,8 +57,32 @@ pub enum ChokerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
+    /// libp2p over TCP (Noise, Yamux).
     Tcp,
+    /// libp2p over QUIC.
     Quic,
+    /// The BitTorrent peer wire over TCP (plaintext): every node is
+    /// dialed at its BitTorrent address, as libtorrent nodes are.
+    Bt,
+}
+
+/// What runs a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Client {
+    Sluice,
+    /// libtorrent 2.0 (Debian's `python3-libtorrent`), a process of its
+    /// own, over the BitTorrent wire.
+    Libtorrent,
+}
+
+impl Client {
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Sluice => "sluice",
+            Client::Libtorrent => "libtorrent",
+        }
+    }
 }
 
 /// How nodes find each other.
@@ -127,6 +151,12 @@ pub struct Config {
     /// Every node a `sluice` process of its own rather than a node in the
     /// testnet's process.
     pub processes: bool,
+    /// Downloading nodes that are libtorrent 2.0 processes instead of
+    /// sluice nodes (contributors: never free-riders or slow disks).
+    /// Needs the BitTorrent transport.
+    pub libtorrent: usize,
+    /// Seeders that are libtorrent 2.0 processes.
+    pub libtorrent_seeders: usize,
     #[serde(rename = "event")]
     pub events: Vec<Event>,
 }
@@ -156,6 +186,8 @@ impl Default for Config {
             peers_per_node: 8,
             timeout: 600.0,
             processes: false,
+            libtorrent: 0,
+            libtorrent_seeders: 0,
             events: Vec::new(),
         }
     }
@@ -262,6 +294,7 @@ impl Role {
 pub struct NodePlan {
     pub name: String,
     pub role: Role,
+    pub client: Client,
     pub up_rate: Option<u64>,
     pub down_rate: Option<u64>,
     /// Emulated disk speed (slow-disk nodes).
@@ -311,6 +344,31 @@ impl Config {
         if self.size == 0 {
             bail!("--size must be at least one byte");
         }
+        if self.libtorrent + self.libtorrent_seeders > 0 && self.transport != Transport::Bt {
+            bail!(
+                "libtorrent nodes speak BitTorrent: use --transport bt (and --discovery fixed) with --libtorrent"
+            );
+        }
+        if self.transport == Transport::Bt && self.discovery == Discovery::Dht {
+            bail!(
+                "--transport bt needs --discovery fixed: the DHT finds libp2p addresses, not BitTorrent ones"
+            );
+        }
+        if self.libtorrent_seeders > self.seeders {
+            bail!(
+                "--libtorrent-seeders {} is more than the {} seeders",
+                self.libtorrent_seeders,
+                self.seeders
+            );
+        }
+        if self.free_riders + self.slow_disks + self.libtorrent > leechers {
+            bail!(
+                "{} libtorrent nodes do not fit in {leechers} downloading nodes beside {} free-riders and {} slow disks",
+                self.libtorrent,
+                self.free_riders,
+                self.slow_disks
+            );
+        }
         // The range `sluice seed/get --rechoke` takes (what --processes
         // passes on).
         if !(self.rechoke.is_finite() && (0.05..=3600.0).contains(&self.rechoke)) {
@@ -338,6 +396,17 @@ impl Config {
             if !(e.at.is_finite() && e.at >= 0.0) {
                 bail!("event for {}: `at` must be seconds ≥ 0", e.node);
             }
+            let client = self
+                .plan()
+                .into_iter()
+                .find(|n| n.name == e.node)
+                .map(|n| n.client);
+            if client == Some(Client::Libtorrent) && matches!(e.action, Action::UpRate { .. }) {
+                bail!(
+                    "event for {}: up-rate events change sluice nodes only",
+                    e.node
+                );
+            }
             if self.processes && matches!(e.action, Action::UpRate { .. }) {
                 bail!(
                     "event for {}: up-rate events need the nodes in one process (without --processes): a running `sluice` has no way to change its rate",
@@ -356,14 +425,17 @@ impl Config {
         use rand::seq::SliceRandom;
 
         let leechers = self.nodes.saturating_sub(self.seeders + self.liars);
-        let mut kinds: Vec<(Role, bool)> = (0..leechers)
+        let lt_from = self.free_riders + self.slow_disks;
+        let mut kinds: Vec<(Role, bool, Client)> = (0..leechers)
             .map(|i| {
                 if i < self.free_riders {
-                    (Role::FreeRider, false)
-                } else if i < self.free_riders + self.slow_disks {
-                    (Role::Leecher, true)
+                    (Role::FreeRider, false, Client::Sluice)
+                } else if i < lt_from {
+                    (Role::Leecher, true, Client::Sluice)
+                } else if i < lt_from + self.libtorrent {
+                    (Role::Leecher, false, Client::Libtorrent)
                 } else {
-                    (Role::Leecher, false)
+                    (Role::Leecher, false, Client::Sluice)
                 }
             })
             .collect();
@@ -373,6 +445,12 @@ impl Config {
             .map(|i| NodePlan {
                 name: format!("seed-{i}"),
                 role: Role::Seeder,
+                // The last ones, so seed-1 stays a sluice node.
+                client: if i > self.seeders - self.libtorrent_seeders {
+                    Client::Libtorrent
+                } else {
+                    Client::Sluice
+                },
                 up_rate: self.seeder_up_rate,
                 down_rate: None,
                 disk_rate: None,
@@ -382,16 +460,18 @@ impl Config {
         plan.extend((1..=self.liars).map(|i| NodePlan {
             name: format!("liar-{i}"),
             role: Role::Liar,
+            client: Client::Sluice,
             up_rate: self.up_rate,
             down_rate: None,
             disk_rate: None,
             join_at: 0.0,
         }));
         let width = leechers.to_string().len().max(2);
-        for (i, (role, slow)) in kinds.into_iter().enumerate() {
+        for (i, (role, slow, client)) in kinds.into_iter().enumerate() {
             plan.push(NodePlan {
                 name: format!("peer-{:0width$}", i + 1),
                 role,
+                client,
                 up_rate: self.up_rate,
                 down_rate: self.down_rate,
                 disk_rate: slow.then_some(self.slow_disk_rate),

@@ -10,6 +10,7 @@
 //!
 //! - [`config`]: the scenario (flags or a TOML file) and the node plan;
 //! - [`run`]: starting, connecting, events, sampling;
+//! - [`libtorrent`]: libtorrent 2.0 nodes beside sluice's (`--libtorrent K`);
 //! - [`report`]: report.json, report.md and the terminal summary;
 //! - [`plot`]: the SVG plots;
 //! - [`bound`]: Kumar & Ross's lower bound on distribution time;
@@ -17,13 +18,14 @@
 
 pub mod bound;
 pub mod config;
+pub mod libtorrent;
 pub mod plot;
 mod process;
 pub mod report;
 pub mod run;
 pub mod sim;
 
-pub use config::{Action, ChokerKind, Config, Discovery, Event, Role, Transport};
+pub use config::{Action, ChokerKind, Client, Config, Discovery, Event, Role, Transport};
 pub use report::Report;
 pub use run::{NodeView, Testnet};
 pub use sim::{Sim, SimOptions};

@@ -32,6 +32,10 @@ pub(crate) struct Proc {
     pub(crate) peer_id: String,
     /// Its listen addresses, each ending in `/p2p/<peer id>`.
     pub(crate) listen: Vec<Multiaddr>,
+    /// Where it takes BitTorrent peers, and its BitTorrent peer id as
+    /// others' peer lists show it.
+    pub(crate) bt_addr: Option<std::net::SocketAddr>,
+    pub(crate) bt_label: Option<String>,
 }
 
 impl Proc {
@@ -94,6 +98,8 @@ impl Proc {
                     api,
                     peer_id: info.peer_id,
                     listen,
+                    bt_addr: info.bt_addr,
+                    bt_label: info.bt_peer_id,
                 });
             }
             if started.elapsed() > START_WAIT {
@@ -118,15 +124,7 @@ impl Proc {
 
     /// An error if the process has exited (it should run until stopped).
     pub(crate) fn check_running(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!(
-                "{} exited on its own ({status}); its output is in {}",
-                self.name,
-                self.log.display()
-            ),
-            Err(e) => Err(e).with_context(|| format!("checking on {}", self.name)),
-        }
+        still_running(&mut self.child, &self.name, &self.log)
     }
 
     /// The torrent and its peers as the node's API shows them; `None`
@@ -148,32 +146,53 @@ impl Proc {
         if let Some(pid) = self.child.id() {
             interrupt(pid);
         }
-        match tokio::time::timeout(STOP_WAIT, self.child.wait()).await {
-            // 130: stopped before its download was complete (churn); killed
-            // by the signal itself: it came before the process listened
-            // for Ctrl-C (just started), when it had nothing to lose.
-            Ok(Ok(status))
-                if status.success()
-                    || status.code() == Some(130)
-                    || status.signal() == Some(libc::SIGINT) =>
-            {
-                Ok(())
-            }
-            Ok(Ok(status)) => bail!(
-                "{} exited with {status}; its output is in {}",
-                self.name,
-                self.log.display()
-            ),
-            Ok(Err(e)) => Err(e).with_context(|| format!("waiting for {}", self.name)),
-            Err(_) => {
-                let _ = self.child.kill().await;
-                bail!(
-                    "{} did not stop within {STOP_WAIT:?} of Ctrl-C and was killed; its output is in {}",
-                    self.name,
-                    self.log.display()
-                )
-            }
+        // 130: stopped before its download was complete (churn); killed
+        // by the signal itself: it came before the process listened for
+        // Ctrl-C (just started), when it had nothing to lose.
+        let clean = |status: std::process::ExitStatus| {
+            status.success() || status.code() == Some(130) || status.signal() == Some(libc::SIGINT)
+        };
+        wait_stopped(&mut self.child, &self.name, &self.log, STOP_WAIT, clean).await
+    }
+}
+
+/// Waits up to `wait` for `child` (`name`, writing to `log`), asked to
+/// stop, to exit; an exit `clean` does not accept is an error, and so is
+/// one that had to be killed.
+pub(crate) async fn wait_stopped(
+    child: &mut Child,
+    name: &str,
+    log: &Path,
+    wait: Duration,
+    clean: impl Fn(std::process::ExitStatus) -> bool,
+) -> Result<()> {
+    match tokio::time::timeout(wait, child.wait()).await {
+        Ok(Ok(status)) if clean(status) => Ok(()),
+        Ok(Ok(status)) => bail!(
+            "{name} exited with {status}; its output is in {}",
+            log.display()
+        ),
+        Ok(Err(e)) => Err(e).with_context(|| format!("waiting for {name}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!(
+                "{name} did not stop within {wait:?} and was killed; its output is in {}",
+                log.display()
+            )
         }
+    }
+}
+
+/// An error if `child` (`name`, writing to `log`) has exited: a node runs
+/// until the testnet stops it.
+pub(crate) fn still_running(child: &mut Child, name: &str, log: &Path) -> Result<()> {
+    match child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => bail!(
+            "{name} exited on its own ({status}); its output is in {}",
+            log.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("checking on {name}")),
     }
 }
 
@@ -187,7 +206,7 @@ impl Proc {
 /// whose parent is already gone is not started.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code, reason = "prctl(2) in the child before exec")]
-fn stop_with_parent(command: &mut Command) {
+pub(crate) fn stop_with_parent(command: &mut Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe calls (prctl, getppid) and builds an error
@@ -206,7 +225,7 @@ fn stop_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn stop_with_parent(_: &mut Command) {}
+pub(crate) fn stop_with_parent(_: &mut Command) {}
 
 /// Ctrl-C for a child we spawned.
 #[allow(unsafe_code, reason = "kill(2): no safe wrapper in std or tokio")]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::bound::{BoundInput, kumar_ross};
-use crate::config::{Config, Role};
+use crate::config::{Client, Config, Role};
 use sluice_storage::units::{format_rate, format_size};
 
 /// One sample of one node.
@@ -29,6 +29,8 @@ pub struct Sample {
 pub struct NodeReport {
     pub name: String,
     pub role: Role,
+    #[serde(default = "sluice")]
+    pub client: Client,
     pub up_rate: Option<u64>,
     pub down_rate: Option<u64>,
     pub slow_disk_rate: Option<u64>,
@@ -58,6 +60,10 @@ pub struct NodeReport {
     /// Its process's peak resident memory (with `processes`).
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
+    /// Samples × libtorrent peers it held in a regular upload slot (one
+    /// earned by what the peer uploads to it), in a mixed swarm.
+    #[serde(default)]
+    pub libtorrent_regular_unchokes: u64,
     /// The time series behind the plots (not in report.json).
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -75,6 +81,7 @@ impl NodeReport {
         Self {
             name: plan.name.clone(),
             role: plan.role,
+            client: plan.client,
             up_rate: plan.up_rate,
             down_rate: plan.down_rate,
             slow_disk_rate: plan.disk_rate,
@@ -92,9 +99,27 @@ impl NodeReport {
             throttled_seconds: 0.0,
             uploaded_to_free_riders: 0,
             peak_rss_bytes: None,
+            libtorrent_regular_unchokes: 0,
             samples: Vec::new(),
         }
     }
+}
+
+fn sluice() -> Client {
+    Client::Sluice
+}
+
+/// Completion times of the contributing downloaders of one client, in a
+/// swarm of more than one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientSummary {
+    pub client: Client,
+    pub nodes: usize,
+    pub completed: usize,
+    pub median_seconds: Option<f64>,
+    pub max_seconds: Option<f64>,
+    /// What they uploaded, in all.
+    pub uploaded: u64,
 }
 
 /// Completion times of one role.
@@ -144,6 +169,9 @@ pub struct Report {
     pub wall_seconds: f64,
     pub timed_out: bool,
     pub by_role: Vec<RoleSummary>,
+    /// Leechers by client, when the swarm mixes sluice and libtorrent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_client: Vec<ClientSummary>,
     pub bound: BoundReport,
     /// Free-riders' median completion / contributors' median (`None`
     /// without both).
@@ -231,6 +259,29 @@ impl Report {
             })
             .collect();
 
+        let mixed = nodes.iter().any(|n| n.client != Client::Sluice);
+        let by_client: Vec<ClientSummary> = [Client::Sluice, Client::Libtorrent]
+            .into_iter()
+            .filter(|_| mixed)
+            .map(|client| {
+                let of: Vec<&NodeReport> = nodes
+                    .iter()
+                    .filter(|n| n.client == client && n.role == Role::Leecher)
+                    .collect();
+                let mut times: Vec<f64> = of.iter().filter_map(|n| n.completion_seconds).collect();
+                times.sort_by(f64::total_cmp);
+                ClientSummary {
+                    client,
+                    nodes: of.len(),
+                    completed: times.len(),
+                    median_seconds: median(&times),
+                    max_seconds: times.last().copied(),
+                    uploaded: of.iter().map(|n| n.uploaded).sum(),
+                }
+            })
+            .filter(|c| c.nodes > 0)
+            .collect();
+
         // The bound covers the nodes there from the start to the end.
         let stayed: Vec<&NodeReport> = nodes
             .iter()
@@ -316,6 +367,7 @@ impl Report {
             wall_seconds,
             timed_out,
             by_role,
+            by_client,
             bound: BoundReport {
                 bound_seconds,
                 measured_seconds,
@@ -378,6 +430,18 @@ impl Report {
                 r.nodes,
                 secs(r.median_seconds),
                 secs(r.max_seconds)
+            );
+        }
+        for c in &self.by_client {
+            let _ = writeln!(
+                s,
+                "{:<11} {}/{} leechers complete   median {}   slowest {}   uploaded {}",
+                c.client.name(),
+                c.completed,
+                c.nodes,
+                secs(c.median_seconds),
+                secs(c.max_seconds),
+                format_size(c.uploaded)
             );
         }
         match (self.bound.measured_seconds, self.bound.bound_seconds) {
@@ -526,6 +590,33 @@ impl Report {
             );
         }
         let _ = writeln!(s);
+        if !self.by_client.is_empty() {
+            let _ = writeln!(
+                s,
+                "Leechers by client:\n\n| client | nodes | complete | median | slowest | uploaded |\n|---|---|---|---|---|---|"
+            );
+            for c in &self.by_client {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    c.client.name(),
+                    c.nodes,
+                    c.completed,
+                    secs(c.median_seconds),
+                    secs(c.max_seconds),
+                    format_size(c.uploaded)
+                );
+            }
+            let regular: u64 = self
+                .nodes
+                .iter()
+                .map(|n| n.libtorrent_regular_unchokes)
+                .sum();
+            let _ = writeln!(
+                s,
+                "\nsluice nodes held libtorrent peers in regular (reciprocation) upload slots in {regular} peer-samples.\n"
+            );
+        }
         match (self.bound.measured_seconds, self.bound.bound_seconds) {
             (Some(m), Some(b)) => {
                 let _ = writeln!(
@@ -581,7 +672,10 @@ impl Report {
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.1} s |",
                 n.name,
-                n.role.name(),
+                match n.client {
+                    Client::Sluice => n.role.name().to_owned(),
+                    other => format!("{} ({})", n.role.name(), other.name()),
+                },
                 n.up_rate.map_or("-".into(), |r| format_rate(r as f64)),
                 n.slow_disk_rate
                     .map_or("fast".into(), |r| format_rate(r as f64)),

@@ -22,7 +22,8 @@ use sluice_storage::{CreateOptions, Metainfo};
 use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle};
 use tracing::{info, warn};
 
-use crate::config::{Action, ChokerKind, Config, Discovery, NodePlan, Role, Transport};
+use crate::config::{Action, ChokerKind, Client, Config, Discovery, NodePlan, Role, Transport};
+use crate::libtorrent::{LtProc, LtSpec, LtStatus};
 use crate::process::Proc;
 use crate::report::{NodeReport, Report, Sample};
 
@@ -44,6 +45,7 @@ const READ_CACHE: usize = 2 * 1024 * 1024;
 pub struct NodeView {
     pub name: String,
     pub role: Role,
+    pub client: Client,
     pub slow_disk: bool,
     /// Started and not left.
     pub running: bool,
@@ -60,6 +62,13 @@ pub struct NodeView {
     pub disk_capacity: u64,
 }
 
+/// An address a starting node dials.
+#[derive(Debug, Clone)]
+enum Dial {
+    Libp2p(Multiaddr),
+    Bt(SocketAddr),
+}
+
 /// A running node: in this process, or a `sluice` process.
 #[derive(Debug)]
 enum Member {
@@ -68,6 +77,8 @@ enum Member {
         torrent: Option<TorrentHandle>,
     },
     Process(Proc),
+    /// A libtorrent 2.0 process.
+    Libtorrent(LtProc),
 }
 
 impl Member {
@@ -75,6 +86,26 @@ impl Member {
         match self {
             Member::Local { node, .. } => node.peer_id().to_string(),
             Member::Process(p) => p.peer_id.clone(),
+            Member::Libtorrent(p) => format!("libtorrent@{}", p.addr),
+        }
+    }
+
+    /// Its BitTorrent peer id as others' peer lists show it (sluice
+    /// nodes).
+    fn bt_label(&self) -> Option<String> {
+        match self {
+            Member::Local { node, .. } => node.bt_peer_label(),
+            Member::Process(p) => p.bt_label.clone(),
+            Member::Libtorrent(_) => None,
+        }
+    }
+
+    /// Where it takes BitTorrent peers.
+    fn bt_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Member::Local { node, .. } => node.bt_addr(),
+            Member::Process(p) => p.bt_addr,
+            Member::Libtorrent(p) => Some(p.addr),
         }
     }
 
@@ -82,6 +113,7 @@ impl Member {
         match self {
             Member::Local { node, .. } => node.api_addr(),
             Member::Process(p) => Some(p.api_addr()),
+            Member::Libtorrent(_) => None,
         }
     }
 
@@ -93,6 +125,7 @@ impl Member {
                 .ok()
                 .and_then(|a| a.into_iter().next()),
             Member::Process(p) => p.listen.first().cloned(),
+            Member::Libtorrent(_) => None,
         }
     }
 
@@ -105,6 +138,7 @@ impl Member {
                 .torrent(info_hash)
                 .await
                 .map(|(t, peers)| Snapshot::remote(&t, &peers)),
+            Member::Libtorrent(p) => p.status().map(|s| Snapshot::libtorrent(&s)),
         }
     }
 
@@ -112,6 +146,7 @@ impl Member {
         match self {
             Member::Local { node, .. } => node.shutdown().await.map_err(anyhow::Error::msg),
             Member::Process(p) => p.stop().await,
+            Member::Libtorrent(p) => p.stop().await,
         }
     }
 }
@@ -131,8 +166,33 @@ struct Snapshot {
     disk_used: u64,
     disk_capacity: u64,
     throttled_seconds: f64,
-    /// Per peer: its id, bytes we sent it this session, whether we choke it.
-    peers: Vec<(String, u64, bool)>,
+    peers: Vec<PeerSnap>,
+}
+
+/// One peer of a node, at one instant.
+#[derive(Debug)]
+struct PeerSnap {
+    id: String,
+    /// Bytes we sent it this session.
+    uploaded: u64,
+    /// Whether we choke it.
+    choking: bool,
+    /// Its client (BEP 10 name, for BitTorrent peers).
+    client: Option<String>,
+    /// Unchoked in a regular slot: for what it uploads to us.
+    regular: bool,
+}
+
+impl PeerSnap {
+    fn of(p: &sluice_swarm::torrent_core::PeerStats) -> Self {
+        Self {
+            id: p.peer_id.clone(),
+            uploaded: p.uploaded,
+            choking: p.am_choking,
+            client: p.client.clone(),
+            regular: !p.am_choking && p.choke_reason_code == "regular_slot",
+        }
+    }
 }
 
 impl Snapshot {
@@ -150,11 +210,7 @@ impl Snapshot {
             disk_used: s.disk.used_bytes(),
             disk_capacity: s.disk.capacity_bytes,
             throttled_seconds: s.disk.throttled_total.as_secs_f64(),
-            peers: s
-                .peers
-                .iter()
-                .map(|p| (p.peer_id.clone(), p.uploaded, p.am_choking))
-                .collect(),
+            peers: s.peers.iter().map(PeerSnap::of).collect(),
         }
     }
 
@@ -172,14 +228,34 @@ impl Snapshot {
             disk_used: t.disk.used_bytes(),
             disk_capacity: t.disk.capacity_bytes,
             throttled_seconds: t.disk.throttled_seconds,
-            peers: peers
+            peers: peers.iter().map(|p| PeerSnap::of(&p.stats)).collect(),
+        }
+    }
+
+    fn libtorrent(s: &LtStatus) -> Self {
+        Self {
+            verified_pieces: s.pieces,
+            total_pieces: s.total,
+            complete: s.complete,
+            down_rate: s.down_rate,
+            up_rate: s.up_rate,
+            downloaded: s.downloaded,
+            uploaded: s.uploaded,
+            hash_failures: s.hash_failures,
+            banned_peers: 0,
+            disk_used: 0,
+            disk_capacity: 0,
+            throttled_seconds: 0.0,
+            peers: s
+                .peers
                 .iter()
-                .map(|p| {
-                    (
-                        p.stats.peer_id.clone(),
-                        p.stats.uploaded,
-                        p.stats.am_choking,
-                    )
+                .map(|p| PeerSnap {
+                    id: p.id.clone(),
+                    uploaded: p.uploaded,
+                    choking: p.choked,
+                    client: Some(p.client.clone()),
+                    // libtorrent does not say why it unchokes.
+                    regular: false,
                 })
                 .collect(),
         }
@@ -208,6 +284,9 @@ struct Live {
     throttled_seconds: f64,
     /// Bytes uploaded to free-riders, summed over their sessions.
     to_free_riders: u64,
+    /// Samples × libtorrent peers it had in a regular (reciprocation)
+    /// upload slot.
+    libtorrent_regular: u64,
     /// Per peer id: bytes uploaded to it in its current session, as last
     /// sampled (a smaller figure means a new session).
     up_per_peer: HashMap<String, u64>,
@@ -253,7 +332,14 @@ impl Testnet {
                 dir.display()
             );
         }
+        if config.libtorrent + config.libtorrent_seeders > 0 {
+            crate::libtorrent::available()?;
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if config.libtorrent + config.libtorrent_seeders > 0 {
+            std::fs::write(dir.join("lt_node.py"), crate::libtorrent::SCRIPT)
+                .context("writing lt_node.py")?;
+        }
         let content = dir.join("content.bin");
         write_content(&content, config.size, config.seed)?;
         let piece_length = config
@@ -280,6 +366,7 @@ impl Testnet {
                 let view = NodeView {
                     name: plan.name.clone(),
                     role: plan.role,
+                    client: plan.client,
                     slow_disk: plan.disk_rate.is_some(),
                     running: false,
                     left: false,
@@ -312,6 +399,7 @@ impl Testnet {
                     hash_failures: 0,
                     throttled_seconds: 0.0,
                     to_free_riders: 0,
+                    libtorrent_regular: 0,
                     up_per_peer: HashMap::new(),
                     peak_rss: None,
                     view,
@@ -401,8 +489,10 @@ impl Testnet {
                 }
             }
             for n in &mut self.nodes {
-                if let Some(Member::Process(p)) = &mut n.member {
-                    p.check_running()?;
+                match &mut n.member {
+                    Some(Member::Process(p)) => p.check_running()?,
+                    Some(Member::Libtorrent(p)) => p.check_running()?,
+                    _ => {}
                 }
             }
             if let Some((Member::Process(p), _)) = &mut self.dht {
@@ -438,7 +528,9 @@ impl Testnet {
 
     fn listen_addr(&self) -> Multiaddr {
         match self.config.transport {
-            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+            // With the BitTorrent transport, libp2p still listens (for
+            // nothing to dial it).
+            Transport::Tcp | Transport::Bt => "/ip4/127.0.0.1/tcp/0",
             Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
         }
         .parse()
@@ -493,6 +585,8 @@ impl Testnet {
             "--listen".into(),
             self.listen_addr().to_string().into(),
             "--no-mdns".into(),
+            "--bt-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         let Some(plan) = plan else {
             return args;
@@ -589,8 +683,14 @@ impl Testnet {
         others.shuffle(&mut self.rng);
         others.truncate(self.config.peers_per_node);
         let mut dial = Vec::new();
+        let bt = self.config.transport == Transport::Bt;
         for peer in seeders.iter().chain(&others) {
-            match peer.listen_addr().await {
+            let addr = if bt {
+                peer.bt_addr().map(Dial::Bt)
+            } else {
+                peer.listen_addr().await.map(Dial::Libp2p)
+            };
+            match addr {
                 Some(addr) => dial.push(addr),
                 None => {
                     warn!(node = %plan.name, peer = %peer.peer_id(), "peer has no listen address")
@@ -598,6 +698,7 @@ impl Testnet {
             }
         }
         let member = match &self.exe {
+            _ if plan.client == Client::Libtorrent => self.start_libtorrent(i, &dial).await?,
             Some(exe) if self.config.processes => {
                 Member::Process(self.start_process(exe, i, &dial).await?)
             }
@@ -616,8 +717,37 @@ impl Testnet {
         Ok(())
     }
 
+    /// A libtorrent node, dialing `dial` (BitTorrent addresses).
+    async fn start_libtorrent(&self, i: usize, dial: &[Dial]) -> Result<Member> {
+        let live = &self.nodes[i];
+        let plan = &live.plan;
+        let peers: Vec<SocketAddr> = dial
+            .iter()
+            .filter_map(|d| match d {
+                Dial::Bt(a) => Some(*a),
+                Dial::Libp2p(_) => None,
+            })
+            .collect();
+        std::fs::create_dir_all(&live.data_dir)
+            .with_context(|| format!("creating {}", live.data_dir.display()))?;
+        let log = live.data_dir.with_file_name("libtorrent.log");
+        let proc = LtProc::spawn(LtSpec {
+            name: &plan.name,
+            script: &self.dir.join("lt_node.py"),
+            torrent: &self.dir.join("testnet.torrent"),
+            save_dir: live.content.parent().expect("a file in a directory"),
+            up_rate: plan.up_rate,
+            down_rate: plan.down_rate,
+            slots: self.config.slots,
+            peers: &peers,
+            log: &log,
+        })
+        .await?;
+        Ok(Member::Libtorrent(proc))
+    }
+
     /// A node in this process, dialing `dial`.
-    async fn start_local(&self, i: usize, dial: &[Multiaddr]) -> Result<Member> {
+    async fn start_local(&self, i: usize, dial: &[Dial]) -> Result<Member> {
         let plan = &self.nodes[i].plan;
         let tft = TitForTatConfig::default()
             .with_slots(self.config.slots)
@@ -661,10 +791,18 @@ impl Testnet {
             .await
             .with_context(|| format!("adding the torrent to {}", plan.name))?;
         for addr in dial {
-            match tokio::time::timeout(DIAL_WAIT, node.dial(addr.clone())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(node = %plan.name, error = %e, "dial failed"),
-                Err(_) => warn!(node = %plan.name, "dial timed out"),
+            match addr {
+                Dial::Libp2p(addr) => {
+                    match tokio::time::timeout(DIAL_WAIT, node.dial(addr.clone())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(node = %plan.name, error = %e, "dial failed"),
+                        Err(_) => warn!(node = %plan.name, "dial timed out"),
+                    }
+                }
+                // Dialed (and retried) in the background.
+                Dial::Bt(addr) => node
+                    .add_bt_peer(torrent.info_hash(), *addr)
+                    .with_context(|| format!("dialing {addr} from {}", plan.name))?,
             }
         }
         Ok(Member::Local {
@@ -676,7 +814,7 @@ impl Testnet {
     /// A `sluice` process: `seed` for seeders and liars, `get
     /// --seed-after` for downloading nodes, with `--peer` for each of
     /// `dial`.
-    async fn start_process(&self, exe: &Path, i: usize, dial: &[Multiaddr]) -> Result<Proc> {
+    async fn start_process(&self, exe: &Path, i: usize, dial: &[Dial]) -> Result<Proc> {
         let live = &self.nodes[i];
         let plan = &live.plan;
         let torrent = self.dir.join("testnet.torrent");
@@ -711,7 +849,11 @@ impl Testnet {
         }
         args.extend(self.common_args(&live.data_dir, Some(plan)));
         for addr in dial {
-            args.extend(["--peer".into(), addr.to_string().into()]);
+            let addr = match addr {
+                Dial::Libp2p(a) => a.to_string(),
+                Dial::Bt(a) => a.to_string(),
+            };
+            args.extend(["--peer".into(), addr.into()]);
         }
         let log = live.data_dir.with_file_name("sluice.log");
         Proc::spawn(exe, &plan.name, args, &live.data_dir, &log).await
@@ -805,12 +947,22 @@ impl Testnet {
     }
 
     async fn sample(&mut self, t: f64) {
+        // Free-riders as others' peer lists name them: a libp2p peer id,
+        // or (over BitTorrent) the label after the address.
         let free_riders: HashSet<String> = self
             .nodes
             .iter()
             .filter(|n| n.plan.role == Role::FreeRider)
-            .filter_map(|n| n.member.as_ref().map(Member::peer_id))
+            .filter_map(|n| n.member.as_ref())
+            .flat_map(|m| [Some(m.peer_id()), m.bt_label()])
+            .flatten()
             .collect();
+        let is_free_rider = |id: &str| {
+            free_riders.contains(id)
+                || id
+                    .rsplit_once('/')
+                    .is_some_and(|(_, label)| free_riders.contains(label))
+        };
         // Processes are asked all at once.
         let info_hash = self.meta.info().info_hash().to_string();
         let snapshots = futures::future::join_all(self.nodes.iter().map(|n| async {
@@ -821,22 +973,32 @@ impl Testnet {
         }))
         .await;
         for (n, s) in self.nodes.iter_mut().zip(snapshots) {
-            if let Some(Member::Process(p)) = &n.member
-                && let Some(rss) = p.peak_rss()
-            {
+            let rss = match &n.member {
+                Some(Member::Process(p)) => p.peak_rss(),
+                Some(Member::Libtorrent(p)) => p.peak_rss(),
+                _ => None,
+            };
+            if let Some(rss) = rss {
                 n.peak_rss = Some(n.peak_rss.unwrap_or(0).max(rss));
             }
             let Some(s) = s else { continue };
-            for (peer_id, uploaded, _) in &s.peers {
-                let last = n.up_per_peer.entry(peer_id.clone()).or_insert(0);
-                let gained = if *uploaded >= *last {
-                    uploaded - *last
+            for p in &s.peers {
+                let last = n.up_per_peer.entry(p.id.clone()).or_insert(0);
+                let gained = if p.uploaded >= *last {
+                    p.uploaded - *last
                 } else {
-                    *uploaded
+                    p.uploaded
                 };
-                *last = *uploaded;
-                if free_riders.contains(peer_id) {
+                *last = p.uploaded;
+                if is_free_rider(&p.id) {
                     n.to_free_riders += gained;
+                }
+                if p.regular
+                    && p.client
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with("libtorrent"))
+                {
+                    n.libtorrent_regular += 1;
                 }
             }
             let used = s.disk_used;
@@ -860,7 +1022,7 @@ impl Testnet {
                     uploaded: s.uploaded,
                 });
             }
-            let unchoked = s.peers.iter().filter(|(_, _, choking)| !choking).count();
+            let unchoked = s.peers.iter().filter(|p| !p.choking).count();
             n.view = NodeView {
                 progress,
                 complete: s.complete,
@@ -891,6 +1053,7 @@ impl Testnet {
                 throttled_seconds: n.throttled_seconds,
                 uploaded_to_free_riders: n.to_free_riders,
                 peak_rss_bytes: n.peak_rss,
+                libtorrent_regular_unchokes: n.libtorrent_regular,
                 samples: n.samples.clone(),
                 ..NodeReport::of_plan(&n.plan, n.joined_at, n.left_at, n.completed_at)
             })

@@ -51,17 +51,22 @@ pub struct BtRemote {
 
 impl fmt::Display for BtRemote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `-LT2080-` and the like name the client; the rest is random.
-        let printable = |b: &[u8]| b.iter().all(|c| c.is_ascii_graphic());
-        let (head, tail) = self.peer_id.split_at(8);
-        write!(f, "bt:{}/", self.ip)?;
-        if printable(head) {
-            f.write_str(&String::from_utf8_lossy(head))?;
-        } else {
-            f.write_str(&hex::encode(head))?;
-        }
-        f.write_str(&hex::encode(&tail[..4]))
+        write!(f, "bt:{}/{}", self.ip, peer_id_label(&self.peer_id))
     }
+}
+
+/// A BitTorrent peer id as logs and stats show it: the client prefix
+/// (`-LT2080-` and the like name the client; hex when not printable) and
+/// 4 bytes of the random rest, in hex.
+pub fn peer_id_label(peer_id: &[u8; 20]) -> String {
+    let (head, tail) = peer_id.split_at(8);
+    let mut out = if head.iter().all(|c| c.is_ascii_graphic()) {
+        String::from_utf8_lossy(head).into_owned()
+    } else {
+        hex::encode(head)
+    };
+    out.push_str(&hex::encode(&tail[..4]));
+    out
 }
 
 impl fmt::Debug for BtRemote {
