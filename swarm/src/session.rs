@@ -5,7 +5,7 @@
 //! pushes back on the peer), writes what the torrent tells it to, and serves
 //! the peer's requests itself:
 //!
-//! - requests wait in a queue bounded by our advertised `max_requests`; a
+//! - requests wait in a queue bounded by the `max_requests` (`reqq`) we advertise; a
 //!   request while choked, beyond the queue, or for a piece we do not hold
 //!   gets an explicit `Reject` at once;
 //! - blocks are read from storage only as the stream drains, at most

@@ -175,7 +175,8 @@ impl TorrentHandle {
         &self.metainfo
     }
 
-    /// The `max_requests` we advertise in handshakes.
+    /// The requests a peer may queue with us, advertised in handshakes
+    /// (`TorrentConfig::peer_requests`).
     pub fn max_requests(&self) -> u32 {
         self.max_requests
     }
@@ -371,7 +372,7 @@ pub fn spawn_torrent(
     let handle = TorrentHandle {
         info_hash: info.info_hash(),
         metainfo: Arc::clone(storage.metainfo()),
-        max_requests: config.max_requests(),
+        max_requests: config.peer_requests(),
         commands: commands_tx,
         stats: stats_rx,
         sessions: sessions_rx,
@@ -563,7 +564,7 @@ impl Driver {
             to_torrent: self.events_tx.clone(),
             commands,
             limits: SessionLimits {
-                max_requests: self.config.max_requests(),
+                max_requests: self.config.peer_requests(),
                 upload_window: self.config.upload_window,
                 idle_timeout: self.config.idle_timeout,
             },
@@ -639,7 +640,7 @@ impl Driver {
         if theirs.extended() {
             self.tell(
                 key,
-                ToSession::Send(Message::MaxRequests(self.config.max_requests())),
+                ToSession::Send(Message::MaxRequests(self.config.peer_requests())),
             );
         }
     }

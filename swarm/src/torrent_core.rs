@@ -73,6 +73,14 @@ pub const WITHDRAW_FOR: Duration = Duration::from_secs(30);
 /// minutes.
 pub const MIN_CAP: u64 = 4 * BLOCK_SIZE as u64;
 
+/// Requests a peer may queue with us by default (and the `reqq` we
+/// advertise): libtorrent's own default (`max_allowed_in_request_queue`).
+/// A queued request is 12 bytes; the data is read as it is sent, inside
+/// the upload window, so a deep queue costs no memory to speak of, and a
+/// BitTorrent client that keeps thousands of requests in flight (as
+/// libtorrent does on a fast link) is not held to our request window.
+pub const DEFAULT_PEER_REQUESTS: u32 = 2000;
+
 /// Which choking strategy a torrent uses.
 #[derive(Debug, Clone)]
 pub enum ChokerChoice {
@@ -91,6 +99,7 @@ pub struct TorrentConfig {
     max_peers: usize,
     pub(crate) event_capacity: usize,
     pub(crate) upload_window: u32,
+    peer_requests: u32,
     pub(crate) idle_timeout: Duration,
     tick: Duration,
     flush_interval: Duration,
@@ -107,6 +116,7 @@ impl Default for TorrentConfig {
             max_peers: 64,
             event_capacity: 1024,
             upload_window: 16 * BLOCK_SIZE,
+            peer_requests: DEFAULT_PEER_REQUESTS,
             idle_timeout: Duration::from_secs(120),
             tick: Duration::from_millis(200),
             flush_interval: Duration::from_secs(30),
@@ -186,10 +196,21 @@ impl TorrentConfig {
         self
     }
 
-    /// Most requests we have outstanding to one peer, and the `reqq` we
-    /// advertise.
+    /// Most requests we have outstanding to one peer.
     pub fn max_requests(&self) -> u32 {
         self.window.max()
+    }
+
+    /// Requests a peer may queue with us (beyond them it gets rejects),
+    /// advertised in handshakes (BitTorrent's `reqq`). Default
+    /// [`DEFAULT_PEER_REQUESTS`].
+    pub fn with_peer_requests(mut self, n: u32) -> Self {
+        self.peer_requests = n.max(1);
+        self
+    }
+
+    pub fn peer_requests(&self) -> u32 {
+        self.peer_requests
     }
 }
 

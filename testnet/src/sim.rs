@@ -798,7 +798,7 @@ impl Sim {
         else {
             return;
         };
-        let (max_a, max_b) = (ca.config().max_requests(), cb.config().max_requests());
+        let (max_a, max_b) = (ca.config().peer_requests(), cb.config().peer_requests());
         let Ok(ka) = self.nodes[a]
             .core
             .as_mut()
