@@ -917,17 +917,23 @@ impl NodeHandle {
         };
         learn(&mut known, given);
         let mut rejected: HashSet<SocketAddr> = HashSet::new();
-        let mut asked: HashMap<SocketAddr, tokio::time::Instant> = HashMap::new();
+        // When each peer's last attempt ended: a peer is asked again
+        // BT_FETCH_RETRY after that, so peers that time out do not keep
+        // the others from being tried.
+        let mut ended: HashMap<SocketAddr, tokio::time::Instant> = HashMap::new();
+        let mut in_flight: HashSet<SocketAddr> = HashSet::new();
         let mut attempts = FuturesUnordered::new();
         loop {
             let now = tokio::time::Instant::now();
             while attempts.len() < MAX_BT_FETCHES {
                 let Some(addr) = known.iter().copied().find(|a| {
-                    !rejected.contains(a) && asked.get(a).is_none_or(|t| now - *t >= BT_FETCH_RETRY)
+                    !rejected.contains(a)
+                        && !in_flight.contains(a)
+                        && ended.get(a).is_none_or(|t| now - *t >= BT_FETCH_RETRY)
                 }) else {
                     break;
                 };
-                asked.insert(addr, now);
+                in_flight.insert(addr);
                 attempts.push(async move {
                     let attempt = async {
                         use sluice_swarm::bt::{connect, fetch};
@@ -956,7 +962,10 @@ impl NodeHandle {
             tokio::select! {
                 () = self.cancel.cancelled() => return Err(NodeError::Stopped),
                 Some(addrs) = found.recv() => learn(&mut known, addrs),
-                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => match result {
+                Some((addr, result)) = attempts.next(), if !attempts.is_empty() => {
+                    in_flight.remove(&addr);
+                    ended.insert(addr, tokio::time::Instant::now());
+                    match result {
                     Ok(Ok(meta)) => {
                         info!(%addr, info_hash = %info_hash, "metadata fetched from a BitTorrent peer");
                         return Ok(meta);
@@ -967,6 +976,7 @@ impl NodeHandle {
                     }
                     Ok(Err(e)) => debug!(%addr, error = %e, "no metadata from this BitTorrent peer"),
                     Err(_) => debug!(%addr, "metadata fetch timed out"),
+                    }
                 },
                 () = tokio::time::sleep(BT_FETCH_RETRY / 2) => {}
             }
@@ -1491,7 +1501,14 @@ async fn metadata_accept_loop(
         let cancel = cancel.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let lookup = |ih: &InfoHash| lock(&torrents).get(ih).map(|t| Arc::clone(t.metainfo()));
+            // By key, or a hybrid by its v1 hash (a `btih` link).
+            let lookup = |ih: &InfoHash| {
+                let torrents = lock(&torrents);
+                torrents
+                    .get(ih)
+                    .or_else(|| torrents.values().find(|t| t.metainfo().info().known_by(ih)))
+                    .map(|t| Arc::clone(t.metainfo()))
+            };
             tokio::select! {
                 () = cancel.cancelled() => {}
                 r = metadata::serve(stream.compat(), lookup, METADATA_IDLE) => {

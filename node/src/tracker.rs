@@ -104,9 +104,24 @@ pub(crate) async fn announce_loop(
         start.verified_pieces == start.total_pieces
     });
     let mut backoff = BACKOFF_MIN;
+    // `stopped`, for a torrent (bounded by STOP_ANNOUNCE_TIMEOUT).
+    let stop = async |tiers: &mut Tiers| {
+        if torrent.is_some() {
+            let a = announce_of(torrent.as_ref(), me, key, Event::Stopped);
+            let _ = tokio::time::timeout(STOP_ANNOUNCE_TIMEOUT, announce(tiers, &a, &http)).await;
+        }
+    };
     loop {
         let a = announce_of(torrent.as_ref(), me, key, event);
-        let wait = match announce(&mut tiers, &a, &http).await {
+        // Dead trackers take seconds each: a stop does not wait for them.
+        let answer = tokio::select! {
+            r = announce(&mut tiers, &a, &http) => r,
+            () = cancel.cancelled() => {
+                stop(&mut tiers).await;
+                return;
+            }
+        };
+        let wait = match answer {
             Ok(reply) => {
                 debug!(peers = reply.peers.len(), interval = ?reply.interval, "tracker answered");
                 backoff = BACKOFF_MIN;
@@ -129,10 +144,7 @@ pub(crate) async fn announce_loop(
         loop {
             tokio::select! {
                 () = cancel.cancelled() => {
-                    if torrent.is_some() {
-                        let a = announce_of(torrent.as_ref(), me, key, Event::Stopped);
-                        let _ = tokio::time::timeout(STOP_ANNOUNCE_TIMEOUT, announce(&mut tiers, &a, &http)).await;
-                    }
+                    stop(&mut tiers).await;
                     return;
                 }
                 () = tokio::time::sleep_until(until) => break,

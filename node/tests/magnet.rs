@@ -167,3 +167,32 @@ async fn a_peer_serving_false_metadata_is_asked_once_and_an_honest_one_used() ->
     liar.task.abort();
     stop([leecher, seeder]).await
 }
+
+/// A v1 torrent by its (SHA-1) info-hash, and a hybrid by its v1 hash (a
+/// `btih` link), fetched from a sluice seeder over libp2p.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_hybrid_torrents_by_their_v1_hash() -> Result<()> {
+    use sluice_storage::{CreateOptions, InfoHash, MetaVersion, create};
+    init_logs();
+    for version in [MetaVersion::V1, MetaVersion::Hybrid] {
+        let dir = tempfile::tempdir()?;
+        let (root, _) = make_content(dir.path());
+        let opts = CreateOptions::default()
+            .with_piece_length(Some(64 * 1024))
+            .with_version(version);
+        let meta = Arc::new(create(&root, &opts, &std::sync::atomic::AtomicU64::new(0))?);
+        let v1 = InfoHash::of_v1(meta.info().v1_info_hash().unwrap());
+        let seeder = node(dir.path(), "seeder", |c| c).await;
+        seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+        let addr = seeder.listen_addrs().await.remove(0);
+        let leecher = node(dir.path(), "leecher", |c| c).await;
+        leecher.dial(addr).await?;
+        let fetched =
+            tokio::time::timeout(WAIT, leecher.fetch_metadata(v1, DEFAULT_MAX_METADATA)).await??;
+        assert_eq!(fetched.to_bytes(), meta.to_bytes(), "{version:?}");
+        assert!(fetched.info().known_by(&v1));
+        leecher.shutdown().await.map_err(anyhow::Error::msg)?;
+        seeder.shutdown().await.map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}

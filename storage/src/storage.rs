@@ -580,9 +580,11 @@ impl Storage {
     /// layer up, to answer BEP 52 hash requests: built on first use and
     /// kept while the torrent is open. `None` for a root none of our
     /// files has, or a file without a piece layer (one piece or less).
+    ///
+    /// Builds outside the lock (two sessions asking at once may both
+    /// build; one is kept): a layer of a million pieces takes a while.
     pub fn piece_tree(&self, root: &Hash) -> Option<Arc<PieceTree>> {
-        let mut trees = lock(&self.inner.piece_trees);
-        if let Some(t) = trees.get(root) {
+        if let Some(t) = lock(&self.inner.piece_trees).get(root) {
             return Some(Arc::clone(t));
         }
         let meta = &self.inner.meta;
@@ -598,8 +600,8 @@ impl Storage {
             return None;
         }
         let tree = Arc::new(PieceTree::new(shape, meta.piece_layer(i)));
-        trees.insert(*root, Arc::clone(&tree));
-        Some(tree)
+        let mut trees = lock(&self.inner.piece_trees);
+        Some(Arc::clone(trees.entry(*root).or_insert(tree)))
     }
 
     /// The write queue: reserve a credit here before requesting a block.

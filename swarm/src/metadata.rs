@@ -362,10 +362,10 @@ pub async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Metainfo, FetchError> {
     let mut io = Framed::new(io);
     let raw = fetch_object(&mut io, info_hash, Object::Info, cap).await?;
-    let got = InfoHash::of_info_bytes(&raw);
-    if got != info_hash {
+    // A v1 key names the dict by its SHA-1.
+    if !info_hash.names_info(&raw) {
         return Err(FetchError::False(format!(
-            "an info dict that hashes to {got}"
+            "an info dict that does not hash to {info_hash}"
         )));
     }
     let info = Info::from_bytes(&raw).map_err(|e| FetchError::False(e.to_string()))?;

@@ -445,7 +445,8 @@ impl Config {
             .map(|i| NodePlan {
                 name: format!("seed-{i}"),
                 role: Role::Seeder,
-                // The last ones, so seed-1 stays a sluice node.
+                // The last ones: seed-1 stays a sluice node unless every
+                // seeder is libtorrent.
                 client: if i > self.seeders - self.libtorrent_seeders {
                     Client::Libtorrent
                 } else {

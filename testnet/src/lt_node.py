@@ -97,7 +97,11 @@ def main():
     while not stop:
         now = time.time()
         info = h.get_peer_info()
-        if now - last_dial >= REDIAL:
+        # Given peers are dialed at start, and again while fewer are
+        # connected than were given (one that dialed us shows an ephemeral
+        # port, so addresses cannot tell who is missing; libtorrent drops
+        # a second connection to the same peer by its peer id).
+        if now - last_dial >= REDIAL and (last_dial == 0.0 or len(info) < len(peers)):
             last_dial = now
             connected = {(p.ip[0], p.ip[1]) for p in info}
             for p in peers:

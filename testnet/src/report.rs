@@ -109,8 +109,8 @@ fn sluice() -> Client {
     Client::Sluice
 }
 
-/// Completion times of the contributing downloaders of one client, in a
-/// swarm of more than one.
+/// Completion times of the contributing downloaders (slow disks left
+/// out) of one client, in a swarm of more than one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientSummary {
     pub client: Client,
@@ -264,9 +264,12 @@ impl Report {
             .into_iter()
             .filter(|_| mixed)
             .map(|client| {
+                // Contributors with a normal disk: what libtorrent nodes are.
                 let of: Vec<&NodeReport> = nodes
                     .iter()
-                    .filter(|n| n.client == client && n.role == Role::Leecher)
+                    .filter(|n| {
+                        n.client == client && n.role == Role::Leecher && n.slow_disk_rate.is_none()
+                    })
                     .collect();
                 let mut times: Vec<f64> = of.iter().filter_map(|n| n.completion_seconds).collect();
                 times.sort_by(f64::total_cmp);

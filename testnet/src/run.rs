@@ -960,8 +960,9 @@ impl Testnet {
         let is_free_rider = |id: &str| {
             free_riders.contains(id)
                 || id
-                    .rsplit_once('/')
-                    .is_some_and(|(_, label)| free_riders.contains(label))
+                    .strip_prefix("bt:")
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(_ip, label)| free_riders.contains(label))
         };
         // Processes are asked all at once.
         let info_hash = self.meta.info().info_hash().to_string();

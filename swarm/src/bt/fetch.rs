@@ -80,9 +80,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Sends what is queued; a peer that does not read it within
+    /// [`ANSWER_TIMEOUT`] is given up on.
     async fn send(&mut self) -> Result<(), FetchError> {
-        self.io.write_all(&self.out).await?;
-        self.io.flush().await?;
+        let write = async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, write)
+            .await
+            .map_err(|_| FetchError::Timeout(ANSWER_TIMEOUT))??;
         self.out.clear();
         Ok(())
     }
@@ -183,17 +190,27 @@ async fn layers<S: AsyncRead + AsyncWrite + Unpin>(
     info: &Info,
     cap: u64,
 ) -> Result<Metainfo, FetchError> {
-    let mut left = cap.saturating_sub(raw.len() as u64);
-    let mut layers = Vec::with_capacity(info.files().len());
-    for file in info.files() {
-        let shape = FileTree::new(file.length, info.piece_length());
-        match file.pieces_root {
+    // The layers' sizes follow from the (checked) info dict: refuse a
+    // torrent over the cap before asking for any of them.
+    let shapes: Vec<(Option<Hash>, FileTree)> = info
+        .files()
+        .iter()
+        .map(|f| (f.pieces_root, FileTree::new(f.length, info.piece_length())))
+        .collect();
+    let layer_bytes: u64 = shapes
+        .iter()
+        .filter(|(root, shape)| root.is_some() && shape.has_piece_layer())
+        .map(|(_, shape)| shape.blocks.div_ceil(shape.blocks_per_piece) * 32)
+        .fold(0u64, u64::saturating_add);
+    let size = layer_bytes.saturating_add(raw.len() as u64);
+    if size > cap {
+        return Err(FetchError::TooLarge { size, cap });
+    }
+    let mut layers = Vec::with_capacity(shapes.len());
+    for (root, shape) in shapes {
+        match root {
             Some(root) if shape.has_piece_layer() => {
-                let layer = fetch_layer(conn, &root, shape).await?;
-                left = left
-                    .checked_sub(layer.len() as u64)
-                    .ok_or(FetchError::TooLarge { size: cap + 1, cap })?;
-                layers.push(layer);
+                layers.push(fetch_layer(conn, &root, shape).await?);
             }
             _ => layers.push(Vec::new()),
         }
@@ -231,8 +248,13 @@ async fn fetch_info<S: AsyncRead + AsyncWrite + Unpin>(
     let mut got = vec![false; pieces as usize];
     let mut asked = 0u32;
     let mut received = 0u32;
+    // Reset only by progress: a peer that talks without answering runs
+    // out of time all the same.
     let mut deadline = Instant::now() + ANSWER_TIMEOUT;
     while received < pieces {
+        if asked < pieces && asked < received + METADATA_WINDOW {
+            deadline = Instant::now() + ANSWER_TIMEOUT;
+        }
         while asked < pieces && asked < received + METADATA_WINDOW {
             let payload = MetadataMsg::Request { piece: asked }.to_bytes();
             Extra::Extended {
@@ -244,7 +266,6 @@ async fn fetch_info<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if !conn.out.is_empty() {
             conn.send().await?;
-            deadline = Instant::now() + ANSWER_TIMEOUT;
         }
         let (id, body) = conn.next(deadline).await?;
         if id != EXTENDED || body.first() != Some(&UT_METADATA_ID) {
@@ -290,21 +311,28 @@ async fn fetch_info<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// One file's piece layer over BEP 52 hash requests, proven range by
-/// range against `root`; returns the layer's bytes.
+/// range against `root`; returns the layer's bytes. The caller has
+/// checked the layer's size against the cap.
 async fn fetch_layer<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     root: &Hash,
     shape: FileTree,
 ) -> Result<Vec<u8>, FetchError> {
-    let pieces = shape.blocks.div_ceil(shape.blocks_per_piece) as u32;
+    let pieces = shape.blocks.div_ceil(shape.blocks_per_piece);
+    // Hash requests name pieces in 32 bits.
+    let Ok(last) = u32::try_from(pieces) else {
+        return Err(FetchError::False(format!(
+            "a file of {pieces} pieces, more than a hash request can name"
+        )));
+    };
     let base = shape.blocks_per_piece.trailing_zeros();
     let height = shape.blocks.next_power_of_two().trailing_zeros();
     let mut layer = Vec::with_capacity(pieces as usize * 32);
     let mut index = 0u32;
-    while index < pieces {
-        let count = (pieces - index)
+    while index < last {
+        let count = u64::from(last - index)
             .next_power_of_two()
-            .clamp(2, MAX_HASH_RANGE);
+            .clamp(2, u64::from(MAX_HASH_RANGE)) as u32;
         let range = HashRange::to_root(base, index, count, height);
         let spec = HashSpec {
             pieces_root: *root,
@@ -347,15 +375,14 @@ async fn fetch_layer<S: AsyncRead + AsyncWrite + Unpin>(
             .collect();
         let proven = check_answer(root, height, &range, &hashes).ok_or_else(|| {
             FetchError::False(format!(
-                "piece hashes {index}..{} that do not prove against the file's root",
-                index + count
+                "piece hashes from {index} ({count}) that do not prove against the file's root"
             ))
         })?;
-        let real = (pieces - index).min(count) as usize;
+        let real = (last - index).min(count) as usize;
         for h in &proven[..real] {
             layer.extend_from_slice(h);
         }
-        index += count;
+        index = index.saturating_add(count);
     }
     Ok(layer)
 }

@@ -27,6 +27,8 @@ enum Lie {
     HashReject,
     /// Says nothing after its extension handshake.
     Silent,
+    /// Asks us for metadata every few seconds instead of answering.
+    Chatty,
 }
 
 /// A file of 40 pieces of 32 KiB (and a short tail): its piece layer is
@@ -78,6 +80,19 @@ async fn peer(io: DuplexStream, meta: Metainfo, lie: Lie) {
     frame(5, &[0xff; 8], &mut conn.out);
     if conn.send().await.is_err() {
         return;
+    }
+    if lie == Lie::Chatty {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Extra::Extended {
+                id: UT_METADATA_ID,
+                payload: MetadataMsg::Request { piece: 0 }.to_bytes().into(),
+            }
+            .encode(&mut conn.out);
+            if conn.send().await.is_err() {
+                return;
+            }
+        }
     }
     let far = Instant::now() + Duration::from_secs(30);
     while let Ok((id, body)) = conn.next(far).await {
@@ -147,15 +162,21 @@ async fn peer(io: DuplexStream, meta: Metainfo, lie: Lie) {
 }
 
 async fn fetch_with(meta: &Metainfo, key: InfoHash, lie: Lie) -> Result<Fetched, FetchError> {
+    fetch_capped(meta, key, lie, DEFAULT_MAX_METADATA).await
+}
+
+async fn fetch_capped(
+    meta: &Metainfo,
+    key: InfoHash,
+    lie: Lie,
+    cap: u64,
+) -> Result<Fetched, FetchError> {
     let (a, b) = tokio::io::duplex(256 * 1024);
     let server = tokio::spawn(peer(b, meta.clone(), lie));
     let theirs = Handshake::ours([1; 20], [2; 20]);
-    let got = tokio::time::timeout(
-        Duration::from_secs(30),
-        fetch(a, &theirs, key, DEFAULT_MAX_METADATA),
-    )
-    .await
-    .expect("the fetch ends");
+    let got = tokio::time::timeout(Duration::from_secs(60), fetch(a, &theirs, key, cap))
+        .await
+        .expect("the fetch ends");
     server.abort();
     got
 }
@@ -232,10 +253,27 @@ async fn lies_and_refusals_are_told_apart() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_peer_times_out() {
+async fn a_silent_or_chatty_peer_times_out() {
     let (_dir, meta) = torrent_of(40, MetaVersion::V2);
-    let got = fetch_with(&meta, meta.info().info_hash(), Lie::Silent).await;
-    assert!(matches!(got, Err(FetchError::Timeout(_))), "{got:?}");
+    for lie in [Lie::Silent, Lie::Chatty] {
+        let got = fetch_with(&meta, meta.info().info_hash(), lie).await;
+        assert!(
+            matches!(got, Err(FetchError::Timeout(_))),
+            "{lie:?}: {got:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn layers_over_the_cap_are_refused_before_they_are_asked_for() {
+    let (_dir, meta) = torrent_of(600, MetaVersion::V2);
+    let dict = meta.info().raw().len() as u64;
+    // Room for the dict and half the layer (600 pieces, 32 bytes each).
+    let got = fetch_capped(&meta, meta.info().info_hash(), Lie::None, dict + 300 * 32).await;
+    assert!(
+        matches!(got, Err(FetchError::TooLarge { size, .. }) if size == dict + 600 * 32),
+        "{got:?}"
+    );
 }
 
 #[tokio::test]
