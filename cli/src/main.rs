@@ -5,6 +5,30 @@
 // Printing is this crate's job: results on stdout, errors on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+// `println!` and friends, shadowed for the whole crate (these come first,
+// so every module below sees them): output to a closed pipe is dropped
+// instead of panicking. `sluice get … 2>&1 | head` reads what it wants and
+// the download goes on; std's macros would panic in whichever task
+// printed, and a panicked task leaves the command waiting for it.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod inspect;
 mod net;
 mod testnet;
@@ -157,8 +181,13 @@ fn init_logging(cli: &Cli) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only for a terminal: a log file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A failed write would be reported with `eprintln!` (std's, which
+        // panics on a closed stderr): a log nobody reads is dropped.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),

@@ -429,14 +429,59 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
     })
 }
 
-/// Serves until Ctrl-C, then stops the node cleanly.
+/// Serves until Ctrl-C or SIGTERM, then stops the node cleanly.
 async fn until_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let mut stops = Stops::new()?;
+    stops.recv().await;
     eprintln!("stopping…");
     node.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (`kill`, systemd, Docker), as one stream of
+/// requests to stop: the first asks for a clean stop (queued writes
+/// finish, resume files flush, the `api` file goes); a second, while that
+/// stop runs, ends the process at once with exit code 130.
+pub(crate) struct Stops {
+    int: Signal,
+    term: Signal,
+    armed: bool,
+}
+
+impl Stops {
+    /// Must run inside the runtime.
+    pub(crate) fn new() -> Result<Self> {
+        let listen = |kind| tokio::signal::unix::signal(kind).context("listening for signals");
+        Ok(Self {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+            armed: false,
+        })
+    }
+
+    /// The next stop request.
+    ///
+    /// Cancel-safe.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        if !self.armed {
+            self.armed = true;
+            tokio::spawn(async {
+                // Listeners of our own: these stay while the stop runs.
+                if let Ok(mut again) = Stops::new() {
+                    tokio::select! {
+                        _ = again.int.recv() => {}
+                        _ = again.term.recv() => {}
+                    }
+                    eprintln!("stopping at once");
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+            });
+        }
+    }
 }
 
 /// What `sluice get` was given.
@@ -540,8 +585,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         // One listener for the whole run: a Ctrl-C between the download
         // and seeding after it is not lost between two listeners.
-        let mut interrupts =
-            tokio::signal::unix::signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+        let mut interrupts = Stops::new()?;
         let mut peers = args.net.libp2p_peers();
         if let Source::Fetch { hints, .. } = &source {
             peers.extend(hints.iter().cloned());
@@ -659,7 +703,7 @@ enum Finished {
 
 /// A progress bar until the torrent is complete (verified and flushed) or
 /// Ctrl-C.
-async fn follow(torrent: &TorrentHandle, interrupts: &mut Signal) -> Finished {
+async fn follow(torrent: &TorrentHandle, interrupts: &mut Stops) -> Finished {
     let stats = torrent.stats();
     let bar = indicatif::ProgressBar::new(stats.size);
     bar.set_style(

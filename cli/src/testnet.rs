@@ -381,11 +381,11 @@ pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
 
 async fn run(testnet: &mut Testnet, dir: &std::path::Path, args: &TestnetArgs) -> Result<ExitCode> {
     let mut view = LiveView::new();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Ctrl-C or SIGTERM stops the nodes (processes included) cleanly.
+    let mut stops = crate::net::Stops::new()?;
     let outcome = tokio::select! {
         r = testnet.run(|t, nodes| view.draw(t, nodes)) => Some(r),
-        _ = &mut ctrl_c => None,
+        () = stops.recv() => None,
     };
     let Some(report) = outcome else {
         eprintln!("interrupted; stopping the nodes");
@@ -406,7 +406,7 @@ async fn run(testnet: &mut Testnet, dir: &std::path::Path, args: &TestnetArgs) -
                 );
             }
         }
-        let _ = (&mut ctrl_c).await;
+        stops.recv().await;
     }
     Ok(exit_code(&report))
 }

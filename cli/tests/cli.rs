@@ -1026,3 +1026,98 @@ fn a_full_disk_pauses_the_download_until_there_is_room() {
     assert_eq!(code.code(), Some(0));
     drop(seeder);
 }
+
+/// SIGTERM (what `kill`, systemd and Docker send) stops `sluice get` as
+/// Ctrl-C does: exit 130, the `api` file gone, every verified piece still
+/// there on restart. And `sluice get -v` whose stdout and stderr are a
+/// pipe nobody reads any more (`… 2>&1 | head`) neither panics nor hangs:
+/// the download completes.
+#[test]
+fn sigterm_stops_cleanly_and_a_closed_pipe_does_not_stop_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(6_000_000)).unwrap();
+    let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let mut seed_args = vec!["seed", "share", "--data-dir", "seedd", "--up-rate", "1MB/s"];
+    seed_args.extend_from_slice(&local);
+    let seeder = spawn(&seed_args, d);
+    let torrent = line_starting(&seeder.lines, "torrent:");
+    let peer = line_starting(&seeder.lines, "peer:");
+    let get_args = |data: &'static str, out: &'static str| {
+        let mut a: Vec<String> = [
+            "get",
+            &torrent,
+            "-o",
+            out,
+            "--data-dir",
+            data,
+            "--peer",
+            &peer,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        a.extend(local.map(str::to_owned));
+        a
+    };
+    let status = |data: &str| -> Option<Value> {
+        let o = sluice(&["status", "--data-dir", data, "--json"], d);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.get(0).cloned()
+    };
+
+    let mut leecher = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(get_args("getd", "dl"))
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let before = eventually("progress before SIGTERM", || {
+        let t = status("getd")?;
+        let v = t["verified_pieces"].as_u64()?;
+        (v >= t["total_pieces"].as_u64()? / 4).then_some(v)
+    });
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(leecher.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let code = eventually("the leecher to stop", || leecher.try_wait().unwrap());
+    assert_eq!(code.code(), Some(130), "{code:?}");
+    assert!(!d.join("getd/api").exists(), "SIGTERM left the api file");
+    let _again = spawn(
+        &get_args("getd", "dl")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        d,
+    );
+    let start = eventually("the restart", || {
+        status("getd")?["pieces_at_start"].as_u64()
+    });
+    assert!(
+        start >= before,
+        "{before} pieces verified before SIGTERM, {start} after"
+    );
+
+    // Both output streams into a pipe whose reader is gone.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut args = get_args("getd2", "dl2");
+    args.push("-v".into());
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(&args)
+        .current_dir(d)
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let code = eventually("the download with its output closed", || {
+        piped.try_wait().unwrap()
+    });
+    assert!(code.success(), "{code:?}");
+    assert_eq!(
+        std::fs::read(d.join("dl2/share/a.bin")).unwrap(),
+        std::fs::read(d.join("share/a.bin")).unwrap()
+    );
+}
