@@ -41,6 +41,12 @@ impl ApiArgs {
                     .data_dir
                     .clone()
                     .unwrap_or_else(crate::net::default_data_dir);
+                // A daemon keeps the token for changes in its data dir.
+                let token = token.or_else(|| {
+                    std::fs::read_to_string(dir.join(sluice_node::daemon::TOKEN_FILE))
+                        .ok()
+                        .map(|t| t.trim().to_owned())
+                });
                 ApiClient::from_data_dir(&dir, token)?
             }
         })

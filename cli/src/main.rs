@@ -29,6 +29,7 @@ macro_rules! eprintln {
     }};
 }
 
+mod daemon;
 mod inspect;
 mod net;
 mod testnet;
@@ -88,6 +89,20 @@ enum Command {
     Get(net::GetArgs),
     /// A node with no torrent: serves the DHT, for others' --bootstrap.
     Node(net::NodeArgs),
+    /// One node left running with many torrents, kept across restarts;
+    /// driven by add, list, pause, resume and remove (and its API).
+    Daemon(daemon::DaemonArgs),
+    /// Add a torrent to a running daemon: a .torrent, a magnet link or an
+    /// info-hash.
+    Add(daemon::AddArgs),
+    /// Remove a torrent from a running daemon (--delete-data: its data too).
+    Remove(daemon::RemoveArgs),
+    /// Pause a torrent of a running daemon (writes flushed, peers closed).
+    Pause(daemon::TorrentArgs),
+    /// Resume a paused torrent of a running daemon.
+    Resume(daemon::TorrentArgs),
+    /// A running daemon's torrents: state, progress, rates, peers.
+    List(daemon::ListArgs),
     /// One line per torrent of a running node: progress, rates, peers,
     /// disk-queue fill.
     Status(inspect::StatusArgs),
@@ -202,6 +217,12 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Seed(args) => net::seed(args),
         Command::Get(args) => net::get(args),
         Command::Node(args) => net::node(args),
+        Command::Daemon(args) => daemon::daemon(args),
+        Command::Add(args) => daemon::add(args),
+        Command::Remove(args) => daemon::remove(args),
+        Command::Pause(args) => daemon::pause(args),
+        Command::Resume(args) => daemon::resume(args),
+        Command::List(args) => daemon::list(args),
         Command::Status(args) => inspect::status(args),
         Command::Peers(args) => inspect::peers(args),
         Command::Top(args) => top::top(args),

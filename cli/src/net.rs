@@ -233,7 +233,7 @@ pub(crate) fn default_data_dir() -> PathBuf {
 }
 
 /// The one place CLI flags become a node configuration.
-fn node_config(
+pub(crate) fn node_config(
     net: &NetArgs,
     disk_queue: Option<u64>,
     disk_rate: Option<u64>,
@@ -270,6 +270,7 @@ fn node_config(
             Ok(ApiConfig {
                 addr: net.api,
                 token: api_token(net.api_token.as_deref(), net.api_token_file.as_deref())?,
+                write_token: None,
             })
         })
         .transpose()?;
@@ -292,7 +293,7 @@ fn node_config(
     Ok(config)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -320,7 +321,7 @@ impl NetArgs {
     }
 
     /// The libp2p peers given.
-    fn libp2p_peers(&self) -> Vec<Multiaddr> {
+    pub(crate) fn libp2p_peers(&self) -> Vec<Multiaddr> {
         self.peer
             .iter()
             .filter_map(|p| match p {
@@ -342,7 +343,7 @@ fn connect_bt(node: &NodeHandle, torrent: &TorrentHandle, peers: &[SocketAddr]) 
 
 /// Prints where BitTorrent peers reach us (a wildcard address as
 /// 127.0.0.1, which always works from this machine).
-fn print_bt(node: &NodeHandle) {
+pub(crate) fn print_bt(node: &NodeHandle) {
     if let Some(mut addr) = node.bt_addr() {
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -351,7 +352,7 @@ fn print_bt(node: &NodeHandle) {
     }
 }
 
-async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
+pub(crate) async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
     let dir = config.data_dir().to_owned();
     let node = Node::start(config)
         .await

@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -48,6 +49,8 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 32;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response body a client accepts.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest request body the API takes (a `.torrent` upload).
+pub const MAX_UPLOAD_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where the API listens and who may use it.
 #[derive(Debug, Clone)]
@@ -56,6 +59,10 @@ pub struct ApiConfig {
     pub addr: SocketAddr,
     /// Required when `addr` is not loopback.
     pub token: Option<String>,
+    /// Required for every request that changes something (add, pause,
+    /// remove…), loopback included: a web page in the user's browser can
+    /// POST to 127.0.0.1. Without one, nothing can be changed.
+    pub write_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +70,7 @@ impl Default for ApiConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: None,
+            write_token: None,
         }
     }
 }
@@ -216,6 +224,10 @@ pub(crate) struct ApiState {
     pub(crate) peer_addrs: PeerAddrs,
     pub(crate) registry: Arc<Registry>,
     pub(crate) token: Option<Arc<str>>,
+    pub(crate) write_token: Option<Arc<str>>,
+    /// Where the API listens (for the `Host` check).
+    pub(crate) addr: SocketAddr,
+    pub(crate) daemon: Arc<std::sync::OnceLock<crate::daemon::Daemon>>,
     pub(crate) bt_addr: Option<SocketAddr>,
     pub(crate) bt_peer_id: Option<String>,
 }
@@ -228,11 +240,20 @@ pub(crate) async fn serve(
 ) {
     let app = Router::new()
         .route("/api/v1/node", get(node_info))
-        .route("/api/v1/torrents", get(torrents))
-        .route("/api/v1/torrents/{info_hash}", get(torrent))
+        .route("/api/v1/torrents", get(torrents).post(add_torrent))
+        .route(
+            "/api/v1/torrents/{info_hash}",
+            get(torrent).delete(remove_torrent),
+        )
         .route("/api/v1/torrents/{info_hash}/peers", get(peers))
+        .route(
+            "/api/v1/torrents/{info_hash}/{action}",
+            post(pause_or_resume),
+        )
+        .route("/api/v1/daemon/torrents", get(daemon_torrents))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
@@ -259,6 +280,31 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
+    // DNS rebinding: a page from evil.example that resolves to 127.0.0.1
+    // still sends `Host: evil.example`.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !host_is_ours(host, state.addr) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("Host {host:?} is not this API's address"),
+        );
+    }
+    let changes = !matches!(request.method(), &Method::GET | &Method::HEAD);
+    if changes {
+        let Some(token) = &state.write_token else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this node takes no changes over its API (a `sluice daemon` does)",
+            );
+        };
+        if !same_secret(bearer(&headers).as_bytes(), token.as_bytes()) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+        return next.run(request).await;
+    }
     if let Some(token) = &state.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -272,10 +318,167 @@ async fn authorize(
     next.run(request).await
 }
 
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+/// Whether a `Host` header names the API: its own address, or loopback by
+/// name or number on its port.
+fn host_is_ours(host: &str, addr: SocketAddr) -> bool {
+    if host == addr.to_string() {
+        return true;
+    }
+    let port = addr.port().to_string();
+    let Some((name, p)) = host.rsplit_once(':') else {
+        return false;
+    };
+    p == port && matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+}
+
 /// Compares without stopping at the first difference, so the time taken
 /// does not tell how much of a guess was right.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /api/v1/torrents?output=DIR&paused=BOOL` answers this (201).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Added {
+    pub info_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddQuery {
+    output: Option<PathBuf>,
+    #[serde(default)]
+    paused: bool,
+}
+
+/// A link to add: `{"source": "magnet:?…"}` or an info-hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddLink {
+    source: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    #[serde(default)]
+    delete_data: bool,
+}
+
+fn not_a_daemon() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this node has no torrents to change (a `sluice daemon` has)",
+    )
+}
+
+fn daemon_error(e: &crate::daemon::DaemonError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.to_string())
+}
+
+fn query_error(e: &QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text()))
+}
+
+/// Adds a torrent: a `.torrent` as the body with `Content-Type:
+/// application/x-bittorrent`, or `{"source": MAGNET_OR_INFO_HASH}`.
+async fn add_torrent(
+    State(state): State<ApiState>,
+    query: Result<Query<AddQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let Some(daemon) = state.daemon.get().cloned() else {
+        return not_a_daemon();
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return query_error(&e),
+    };
+    let torrent_file = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-bittorrent"));
+    let added = if torrent_file {
+        daemon.add_torrent(&body, q.output, q.paused).await
+    } else {
+        let link: AddLink = match serde_json::from_slice(&body) {
+            Ok(l) => l,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "body: {e}; send {{\"source\": \"magnet:?…\"}} or a .torrent with Content-Type: application/x-bittorrent"
+                    ),
+                );
+            }
+        };
+        daemon.add_link(&link.source, q.output, q.paused).await
+    };
+    match added {
+        Ok(ih) => (
+            StatusCode::CREATED,
+            axum::Json(Added {
+                info_hash: ih.to_string(),
+            }),
+        )
+            .into_response(),
+        Err(e) => daemon_error(&e),
+    }
+}
+
+async fn remove_torrent(
+    State(state): State<ApiState>,
+    UrlPath(info_hash): UrlPath<String>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Response {
+    let Some(daemon) = state.daemon.get().cloned() else {
+        return not_a_daemon();
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return query_error(&e),
+    };
+    match daemon.remove(&info_hash, q.delete_data).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => daemon_error(&e),
+    }
+}
+
+/// `POST /api/v1/torrents/{ih}/pause` and `…/resume`.
+async fn pause_or_resume(
+    State(state): State<ApiState>,
+    UrlPath((info_hash, action)): UrlPath<(String, String)>,
+) -> Response {
+    let Some(daemon) = state.daemon.get().cloned() else {
+        return not_a_daemon();
+    };
+    let done = match action.as_str() {
+        "pause" => daemon.pause(&info_hash).await,
+        "resume" => daemon.resume(&info_hash).await,
+        _ => return not_found().await,
+    };
+    match done {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => daemon_error(&e),
+    }
+}
+
+/// Every torrent of the daemon, paused and fetching ones included.
+async fn daemon_torrents(State(state): State<ApiState>) -> Response {
+    match state.daemon.get() {
+        Some(d) => axum::Json(d.list()).into_response(),
+        None => not_a_daemon(),
+    }
 }
 
 async fn not_found() -> Response {
@@ -659,13 +862,44 @@ impl ApiClient {
     /// `GET path`: the body of a 200 answer; any other status is an error
     /// carrying the node's message.
     pub async fn get(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
-        tokio::time::timeout(CLIENT_TIMEOUT, self.get_inner(path))
+        self.send(Method::GET, path, None).await
+    }
+
+    /// `POST path` with `body` of `content_type` (a change: needs the
+    /// token); the body of a 2xx answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, ClientError> {
+        self.send(Method::POST, path, Some((content_type, body)))
+            .await
+    }
+
+    /// `DELETE path` (a change: needs the token).
+    pub async fn delete(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, bytes::Bytes)>,
+    ) -> Result<bytes::Bytes, ClientError> {
+        tokio::time::timeout(CLIENT_TIMEOUT, self.send_inner(method, path, body))
             .await
             .map_err(|_| ClientError::Timeout { addr: self.addr })?
     }
 
-    async fn get_inner(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
-        use http_body_util::{BodyExt, Empty, Limited};
+    async fn send_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, bytes::Bytes)>,
+    ) -> Result<bytes::Bytes, ClientError> {
+        use http_body_util::{BodyExt, Full, Limited};
 
         let addr = self.addr;
         let http = |e: &dyn std::fmt::Display| ClientError::Http {
@@ -684,13 +918,21 @@ impl ApiClient {
                 .await
                 .map_err(|e| http(&e))?;
         let conn = tokio::spawn(conn);
-        let mut request = hyper::Request::get(path).header(header::HOST, addr.to_string());
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string());
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| http(&e))?;
+        let content = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => bytes::Bytes::new(),
+        };
+        let request = request.body(Full::new(content)).map_err(|e| http(&e))?;
         let response = sender.send_request(request).await.map_err(|e| http(&e))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
@@ -699,7 +941,7 @@ impl ApiClient {
             .map_err(|e| http(&e))?
             .to_bytes();
         conn.abort();
-        if status != StatusCode::OK {
+        if !status.is_success() {
             let message = serde_json::from_slice::<ApiErrorBody>(&body)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());

@@ -15,6 +15,7 @@
 //! resume file; then the swarm task ends and every spawned task is awaited.
 
 pub mod api;
+pub mod daemon;
 pub mod datadir;
 pub mod tracker;
 
@@ -82,6 +83,8 @@ pub enum NodeError {
     Http(String),
     #[error("no torrent {0} on this node")]
     NoSuchTorrent(InfoHash),
+    #[error("the torrent did not stop cleanly: {0}")]
+    Stop(String),
     #[error("cannot serve the control API on {addr}")]
     Api {
         addr: SocketAddr,
@@ -167,6 +170,14 @@ impl NodeConfig {
     /// `127.0.0.1:0` without a token.
     pub fn with_api(mut self, api: Option<ApiConfig>) -> Self {
         self.api = api;
+        self
+    }
+    /// The token the API requires for changes (a daemon's); none: the
+    /// API takes no changes.
+    pub fn with_api_write_token(mut self, token: Option<String>) -> Self {
+        if let Some(api) = &mut self.api {
+            api.write_token = token;
+        }
         self
     }
 
@@ -301,6 +312,9 @@ pub struct NodeHandle {
     bt_dialed: Arc<Mutex<HashMap<(InfoHash, SocketAddr), tokio::time::Instant>>>,
     /// One permit per BitTorrent dial under way ([`MAX_BT_DIALS`]).
     bt_dial_permits: Arc<tokio::sync::Semaphore>,
+    /// The daemon running this node, once there is one (the API's
+    /// changes go to it).
+    daemon: Arc<std::sync::OnceLock<daemon::Daemon>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -339,7 +353,8 @@ impl Node {
                 })?;
                 // An empty token would let in requests without one.
                 let token = api.token.clone().filter(|t| !t.is_empty());
-                Some((listener, addr, token))
+                let write_token = api.write_token.clone().filter(|t| !t.is_empty());
+                Some((listener, addr, token, write_token))
             }
         };
         let bt_listener = match config.bt_listen {
@@ -411,7 +426,8 @@ impl Node {
             },
             cancel: cancel.clone(),
             tracker: tracker.clone(),
-            api_addr: api.as_ref().map(|(_, addr, _)| *addr),
+            api_addr: api.as_ref().map(|(_, addr, _, _)| *addr),
+            daemon: Arc::default(),
             bt_peer_id: sluice_swarm::bt::new_peer_id(&mut rand::thread_rng()),
             bt_dialed: Arc::default(),
             bt_dial_permits: Arc::new(tokio::sync::Semaphore::new(MAX_BT_DIALS)),
@@ -435,7 +451,7 @@ impl Node {
             ));
             info!(%addr, "listening for BitTorrent peers");
         }
-        if let Some((listener, addr, token)) = api {
+        if let Some((listener, addr, token, write_token)) = api {
             api::write_api_file(handle.data_dir.path(), addr)
                 .map_err(|source| NodeError::Api { addr, source })?;
             let state = ApiState {
@@ -446,6 +462,9 @@ impl Node {
                 peer_addrs: Arc::clone(&peer_addrs),
                 registry: Arc::new(registry),
                 token: token.map(Arc::from),
+                write_token: write_token.map(Arc::from),
+                addr,
+                daemon: Arc::clone(&handle.daemon),
                 bt_addr: handle.bt_addr,
                 bt_peer_id: handle
                     .bt_addr
@@ -754,6 +773,35 @@ impl NodeHandle {
         let _ = self.commands.send(Command::Announce(ih)).await;
         self.announce(handle.clone(), handle.metainfo().trackers().to_vec());
         Ok(handle)
+    }
+
+    /// Stops a running torrent (queued writes finish, its resume file
+    /// flushes) and forgets it: its peers are closed and new ones refused.
+    ///
+    /// Cancel-safe (the stop goes ahead regardless).
+    pub async fn remove_torrent(&self, ih: InfoHash) -> Result<(), NodeError> {
+        let torrent = lock(&self.torrents)
+            .remove(&ih)
+            .ok_or(NodeError::NoSuchTorrent(ih))?;
+        let stopped = tokio::time::timeout(STOP_TIMEOUT, torrent.stop()).await;
+        match stopped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NodeError::Stop(e)),
+            Err(_) => Err(NodeError::Stop(format!(
+                "did not stop within {STOP_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Hands the API's changes (add, pause, resume, remove) to `daemon`;
+    /// once per node.
+    pub fn attach_daemon(&self, daemon: daemon::Daemon) {
+        let _ = self.daemon.set(daemon);
+    }
+
+    /// The data dir's layout (where `.torrent`s and resume files go).
+    pub fn data_dir_layout(&self) -> &datadir::DataDir {
+        &self.data_dir
     }
 
     /// The running torrents.

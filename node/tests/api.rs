@@ -250,6 +250,7 @@ async fn a_token_guards_every_endpoint() -> Result<()> {
         c.with_api(Some(ApiConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: Some(token.into()),
+            write_token: None,
         }))
     })
     .await;
@@ -278,6 +279,7 @@ async fn an_api_off_loopback_needs_a_token() -> Result<()> {
             .with_api(Some(ApiConfig {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 token,
+                write_token: None,
             }));
         let err = tokio::time::timeout(WAIT, Node::start(config))
             .await?

@@ -1,0 +1,230 @@
+//! `sluice daemon` and the verbs that drive it: `add`, `remove`, `pause`,
+//! `resume`, `list`. The daemon is one node with many torrents (see
+//! `sluice_node::daemon`); the verbs talk to it over its control API,
+//! found through the data dir like `status`, with the token the daemon
+//! keeps there.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use sluice_node::api::Added;
+use sluice_node::daemon::{Daemon, Listed, TorrentState, load_or_make_token};
+use sluice_storage::units::{format_rate, parse_size};
+
+use crate::inspect::ApiArgs;
+use crate::net::{NetArgs, Stops};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DaemonArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Where torrents added without -o go (default: DATA_DIR/downloads).
+    #[arg(long)]
+    download_dir: Option<PathBuf>,
+    /// Largest metadata (info dict plus piece layers) taken from peers.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    max_metadata: u64,
+}
+
+pub(crate) fn daemon(args: DaemonArgs) -> Result<ExitCode> {
+    let config = crate::net::node_config(&args.net, None, None)?;
+    let data_dir = config.data_dir().to_owned();
+    let token = load_or_make_token(&data_dir)
+        .with_context(|| format!("making the API token in {}", data_dir.display()))?;
+    let config = config.with_api_write_token(Some(token));
+    let download_dir = match args.download_dir {
+        Some(d) => std::path::absolute(&d).with_context(|| format!("{}", d.display()))?,
+        None => {
+            std::path::absolute(data_dir.join("downloads")).context("the download directory")?
+        }
+    };
+    crate::net::runtime()?.block_on(async move {
+        let mut stops = Stops::new()?;
+        let node = crate::net::start(config, &args.net.libp2p_peers()).await?;
+        let daemon = Daemon::start(node.clone(), download_dir.clone(), args.max_metadata)
+            .await
+            .context("starting the daemon")?;
+        node.attach_daemon(daemon.clone());
+        for a in node.listen_addrs().await {
+            println!("peer:      {a}");
+        }
+        crate::net::print_bt(&node);
+        if let Some(addr) = node.api_addr() {
+            println!("api:       http://{addr} (sluice add / list / pause / resume / remove)");
+        }
+        println!(
+            "daemon: {} torrents, downloads in {}; Ctrl-C to stop",
+            daemon.list().len(),
+            download_dir.display()
+        );
+        stops.recv().await;
+        eprintln!("stopping…");
+        daemon.shutdown().await.map_err(anyhow::Error::msg)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AddArgs {
+    /// A .torrent file, a magnet link, or an info-hash (64 hex digits, or
+    /// 40 for v1).
+    source: String,
+    /// Directory its data goes in (default: the daemon's download dir).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Add it paused.
+    #[arg(long)]
+    paused: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TorrentArgs {
+    /// The torrent's info-hash (as `sluice list` shows it).
+    info_hash: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RemoveArgs {
+    #[command(flatten)]
+    torrent: TorrentArgs,
+    /// Delete its downloaded data too.
+    #[arg(long)]
+    delete_data: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `%` escapes for a query value.
+fn query_value(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub(crate) fn add(args: AddArgs) -> Result<ExitCode> {
+    let client = args.api.client()?;
+    let mut query = format!("paused={}", args.paused);
+    if let Some(out) = &args.output {
+        let out = std::path::absolute(out).with_context(|| format!("{}", out.display()))?;
+        let out = out
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", out.display()))?;
+        query.push_str(&format!("&output={}", query_value(out)));
+    }
+    let path = std::path::Path::new(&args.source);
+    let (content_type, body) = if path.is_file() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        ("application/x-bittorrent", bytes)
+    } else {
+        let body = serde_json::json!({ "source": args.source });
+        ("application/json", serde_json::to_vec(&body)?)
+    };
+    let added = crate::net::runtime()?.block_on(async {
+        client
+            .post(
+                &format!("/api/v1/torrents?{query}"),
+                content_type,
+                body.into(),
+            )
+            .await
+    })?;
+    let added: Added = serde_json::from_slice(&added).context("the daemon's answer")?;
+    println!("added {}", added.info_hash);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn change(
+    api: &ApiArgs,
+    what: &str,
+    run: impl AsyncFnOnce(
+        sluice_node::api::ApiClient,
+    ) -> Result<bytes::Bytes, sluice_node::api::ClientError>,
+) -> Result<ExitCode> {
+    let client = api.client()?;
+    crate::net::runtime()?.block_on(run(client))?;
+    println!("{what}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn remove(args: RemoveArgs) -> Result<ExitCode> {
+    let t = &args.torrent;
+    let path = format!(
+        "/api/v1/torrents/{}?delete_data={}",
+        query_value(&t.info_hash),
+        args.delete_data
+    );
+    change(
+        &t.api,
+        &format!("removed {}", t.info_hash),
+        async move |c| c.delete(&path).await,
+    )
+}
+
+pub(crate) fn pause(args: TorrentArgs) -> Result<ExitCode> {
+    let path = format!("/api/v1/torrents/{}/pause", query_value(&args.info_hash));
+    change(
+        &args.api,
+        &format!("paused {}", args.info_hash),
+        async move |c| c.post(&path, "application/json", bytes::Bytes::new()).await,
+    )
+}
+
+pub(crate) fn resume(args: TorrentArgs) -> Result<ExitCode> {
+    let path = format!("/api/v1/torrents/{}/resume", query_value(&args.info_hash));
+    change(
+        &args.api,
+        &format!("resumed {}", args.info_hash),
+        async move |c| c.post(&path, "application/json", bytes::Bytes::new()).await,
+    )
+}
+
+pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
+    let client = args.api.client()?;
+    let listed: Vec<Listed> = crate::net::runtime()?
+        .block_on(async { client.get_json("/api/v1/daemon/torrents").await })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<9} {:>7} {:>11} {:>11} {:>5}  NAME",
+        "INFO-HASH", "STATE", "DONE", "DOWN", "UP", "PEERS"
+    );
+    for t in &listed {
+        let state = match t.state {
+            TorrentState::Running if t.complete => "seeding",
+            TorrentState::Running => "running",
+            TorrentState::Paused => "paused",
+            TorrentState::Fetching => "fetching",
+        };
+        println!(
+            "{:<16} {:<9} {:>6.1}% {:>11} {:>11} {:>5}  {}",
+            &t.info_hash[..16.min(t.info_hash.len())],
+            state,
+            t.progress * 100.0,
+            format_rate(t.down_rate),
+            format_rate(t.up_rate),
+            t.peers,
+            t.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,239 @@
+//! `sluice daemon` driven from the CLI: a torrent added by magnet link
+//! downloads from a seeder, pauses, survives a restart (SIGTERM) paused,
+//! resumes complete without downloading again, and is removed with its
+//! data. Changes without the daemon's token, or with a foreign `Host`,
+//! are refused.
+
+#![allow(clippy::unwrap_used, reason = "test helpers")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn sluice(args: &[&str], cwd: &Path) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.args(args).current_dir(cwd).stdin(Stdio::null());
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "sluice {args:?} did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A child whose stdout lines arrive on a channel; killed when dropped.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str], cwd: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::sync_channel(256);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {prefix:?} line within {WAIT:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    /// SIGTERM, then its exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const LOCAL: [&str; 5] = [
+    "--no-mdns",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--bt-listen",
+    "127.0.0.1:0",
+];
+
+fn daemon(d: &Path) -> Running {
+    let mut args = vec!["daemon", "--data-dir", "dd"];
+    args.extend(LOCAL);
+    let daemon = Running::spawn(&args, d);
+    daemon.line("daemon:");
+    daemon
+}
+
+/// The daemon's one torrent, as `sluice list --json` shows it.
+fn listed(d: &Path) -> Option<Value> {
+    let o = sluice(&["list", "--data-dir", "dd", "--json"], d);
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.get(0).cloned()
+}
+
+/// A raw HTTP request to the API; the status code.
+fn raw(api: &str, request: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("share")).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(d.join("share/a.bin"), &data).unwrap();
+    let mut seed_args = vec!["seed", "share", "--data-dir", "seedd"];
+    seed_args.extend(LOCAL);
+    let seeder = Running::spawn(&seed_args, d);
+    let magnet = seeder.line("magnet:");
+
+    let first = daemon(d);
+    let out = sluice(&["add", &magnet, "-o", "dl", "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = String::from_utf8_lossy(&out.stdout);
+    let ih = added.trim().strip_prefix("added ").unwrap().to_owned();
+    eventually("the download", || {
+        listed(d).filter(|t| t["complete"] == true)
+    });
+    assert!(std::fs::read(d.join("dl/share/a.bin")).unwrap() == data);
+
+    // Changes need the token, and the API's own Host.
+    let api = std::fs::read_to_string(d.join("dd/api")).unwrap();
+    let api = api.trim();
+    let pause = |host: &str, token: &str| {
+        raw(
+            api,
+            &format!(
+                "POST /api/v1/torrents/{ih}/pause HTTP/1.1\r\nHost: {host}\r\n{token}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(pause(api, ""), 401, "no token");
+    assert_eq!(
+        pause(api, "Authorization: Bearer nope\r\n"),
+        401,
+        "wrong token"
+    );
+    let token = std::fs::read_to_string(d.join("dd/token")).unwrap();
+    let bearer = format!("Authorization: Bearer {}\r\n", token.trim());
+    assert_eq!(pause("evil.example", &bearer), 421, "DNS rebinding");
+    assert_eq!(listed(d).unwrap()["state"], "running");
+
+    let out = sluice(&["pause", &ih, "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listed(d).unwrap()["state"], "paused");
+
+    // A restart keeps it, paused; the api file goes with the daemon.
+    assert!(first.terminate().success());
+    assert!(
+        !d.join("dd/api").exists(),
+        "a stopped daemon left its api file"
+    );
+    drop(seeder);
+    let _second = daemon(d);
+    assert_eq!(listed(d).unwrap()["state"], "paused");
+    let out = sluice(&["resume", &ih, "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Complete again from its resume file, with the seeder gone.
+    eventually("the resumed torrent", || {
+        listed(d).filter(|t| t["state"] == "running" && t["complete"] == true)
+    });
+
+    let out = sluice(&["remove", &ih, "--delete-data", "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listed(d).is_none(), "still listed");
+    assert!(!d.join("dl/share").exists(), "its data is still there");
+    let out = sluice(&["pause", &ih, "--data-dir", "dd"], d);
+    assert_eq!(out.status.code(), Some(2), "pausing what is gone");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no torrent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,574 @@
+//! `sluice daemon`: one node left running with many torrents, added,
+//! paused, resumed and removed while it runs, and all of them back after
+//! a restart.
+//!
+//! The daemon owns the list of torrents; the node runs the ones not
+//! paused. The list lives in `<data-dir>/daemon.json`, rewritten
+//! atomically on every change: for each torrent its info-hash, name, the
+//! directory its data goes in, whether it is paused, and, while its
+//! metadata is still being fetched, the link or info-hash it was added
+//! by. `.torrent`s are kept in `<data-dir>/torrents/`, resume files where
+//! every node keeps them, so a restarted daemon picks every torrent up
+//! where it was without rechecking intact data.
+//!
+//! A paused torrent is stopped (writes flushed, peers closed) and started
+//! again on resume. Adding by link fetches the metadata in the
+//! background (from the link's peers and trackers, the DHT and mDNS); the
+//! torrent is listed as `fetching` meanwhile, and a restart fetches on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sluice_storage::{InfoHash, Metainfo, MetainfoError};
+use sluice_swarm::magnet::Magnet;
+use tracing::{info, warn};
+
+use crate::{NodeError, NodeHandle, lock};
+
+/// The daemon's list of torrents, in its data dir.
+pub const STATE_FILE: &str = "daemon.json";
+/// Most torrents one daemon holds.
+pub const MAX_TORRENTS: usize = 10_000;
+/// The API token for changes, in the data dir (readable by its owner
+/// only); the CLI reads it from there.
+pub const TOKEN_FILE: &str = "token";
+
+/// The daemon's API token: read from `<data_dir>/token`, or made (32
+/// random bytes, hex) and written there with mode 0600 at first start.
+pub fn load_or_make_token(data_dir: &Path) -> std::io::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(f, "{token}")?;
+    Ok(token)
+}
+
+/// One torrent as the daemon keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    info_hash: String,
+    name: String,
+    /// The directory its data goes in.
+    output: PathBuf,
+    paused: bool,
+    /// The magnet link or info-hash it was added by, while its metadata
+    /// is being fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fetching: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    torrents: Vec<Entry>,
+}
+
+/// What a torrent is doing, as the daemon lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TorrentState {
+    Running,
+    Paused,
+    /// Its metadata is being fetched from peers.
+    Fetching,
+}
+
+/// One torrent in [`Daemon::list`] (`GET /api/v1/daemon/torrents`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed {
+    pub info_hash: String,
+    pub name: String,
+    pub output: PathBuf,
+    pub state: TorrentState,
+    /// Verified pieces / all pieces (0 while fetching or paused before
+    /// it ever ran).
+    pub progress: f64,
+    pub complete: bool,
+    pub down_rate: f64,
+    pub up_rate: f64,
+    pub peers: usize,
+}
+
+/// Why a daemon request failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the torrent {0} is already on this daemon")]
+    Exists(String),
+    #[error("no torrent {0} on this daemon")]
+    NotFound(String),
+    #[error("{0}")]
+    BadSource(String),
+    #[error("not a valid .torrent: {0}")]
+    BadTorrent(#[from] MetainfoError),
+    #[error("output must be an absolute path, not {0}")]
+    RelativeOutput(PathBuf),
+    #[error("this daemon holds {MAX_TORRENTS} torrents already")]
+    TooMany,
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    /// The HTTP status the API answers it with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Exists(_) => 409,
+            Self::NotFound(_) => 404,
+            Self::BadSource(_) | Self::BadTorrent(_) | Self::RelativeOutput(_) => 400,
+            Self::TooMany => 507,
+            Self::Node(_) | Self::Io { .. } => 500,
+        }
+    }
+}
+
+/// A running daemon: cheap to clone, every clone the same daemon.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: NodeHandle,
+    download_dir: PathBuf,
+    max_metadata: u64,
+    /// The list (one lock: changes and their write to disk go together).
+    entries: Mutex<Vec<Entry>>,
+    /// Metadata fetches under way, by info-hash.
+    fetches: Mutex<HashMap<InfoHash, tokio::task::JoinHandle<()>>>,
+}
+
+impl Daemon {
+    /// Loads the list from `node`'s data dir and starts every torrent not
+    /// paused (and every fetch not finished). A torrent that cannot start
+    /// (its data gone, say) is logged and left listed, paused.
+    pub async fn start(
+        node: NodeHandle,
+        download_dir: PathBuf,
+        max_metadata: u64,
+    ) -> Result<Self, DaemonError> {
+        let path = node.data_dir().join(STATE_FILE);
+        let state: State = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DaemonError::Io {
+                what: "reading",
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(source) => {
+                return Err(DaemonError::Io {
+                    what: "reading",
+                    path,
+                    source,
+                });
+            }
+        };
+        let daemon = Self {
+            inner: Arc::new(Inner {
+                node,
+                download_dir,
+                max_metadata,
+                entries: Mutex::new(state.torrents.clone()),
+                fetches: Mutex::new(HashMap::new()),
+            }),
+        };
+        for e in state.torrents {
+            let Ok(ih) = e.info_hash.parse::<InfoHash>() else {
+                warn!(info_hash = %e.info_hash, "not an info-hash in {STATE_FILE}; skipped");
+                continue;
+            };
+            if let Some(source) = &e.fetching {
+                daemon.spawn_fetch(ih, source.clone());
+            } else if !e.paused
+                && let Err(err) = daemon.start_torrent(ih, &e.output).await
+            {
+                warn!(info_hash = %e.info_hash, error = %err, "cannot start; paused");
+                daemon.update(ih, |e| e.paused = true)?;
+            }
+        }
+        info!(
+            torrents = lock(&daemon.inner.entries).len(),
+            "daemon started"
+        );
+        Ok(daemon)
+    }
+
+    pub fn node(&self) -> &NodeHandle {
+        &self.inner.node
+    }
+
+    fn torrent_file(&self, ih: InfoHash) -> PathBuf {
+        self.inner
+            .node
+            .data_dir()
+            .join("torrents")
+            .join(format!("{ih}.torrent"))
+    }
+
+    /// Where a torrent's content is: its file, or its directory.
+    fn content(meta: &Metainfo, output: &Path) -> PathBuf {
+        let info = meta.info();
+        if info.is_single_file() {
+            output.join(&info.files()[0].path[0])
+        } else {
+            output.join(info.name())
+        }
+    }
+
+    fn read_torrent(&self, ih: InfoHash) -> Result<Metainfo, DaemonError> {
+        let path = self.torrent_file(ih);
+        let bytes = std::fs::read(&path).map_err(|source| DaemonError::Io {
+            what: "reading",
+            path,
+            source,
+        })?;
+        Ok(Metainfo::from_bytes(&bytes)?)
+    }
+
+    /// Keeps `meta` as `DATA_DIR/torrents/<ih>.torrent`.
+    fn write_torrent(&self, ih: InfoHash, meta: &Metainfo) -> Result<(), DaemonError> {
+        let path = self.torrent_file(ih);
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| DaemonError::Io { what, path, source }
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        sluice_storage::resume::write_atomically(&path, meta.to_bytes())
+            .map_err(io("writing", &path))
+    }
+
+    async fn start_torrent(&self, ih: InfoHash, output: &Path) -> Result<(), DaemonError> {
+        let meta = Arc::new(self.read_torrent(ih)?);
+        let content = Self::content(&meta, output);
+        self.inner.node.add_torrent(meta, content).await?;
+        Ok(())
+    }
+
+    /// Writes the list. Called with the list locked.
+    fn save(&self, entries: &[Entry]) -> Result<(), DaemonError> {
+        let path = self.inner.node.data_dir().join(STATE_FILE);
+        let state = State {
+            torrents: entries.to_vec(),
+        };
+        let bytes = serde_json::to_vec_pretty(&state).expect("the state serializes");
+        sluice_storage::resume::write_atomically(&path, &bytes).map_err(|source| DaemonError::Io {
+            what: "writing",
+            path,
+            source,
+        })
+    }
+
+    fn update(&self, ih: InfoHash, f: impl FnOnce(&mut Entry)) -> Result<(), DaemonError> {
+        let key = ih.to_string();
+        let mut entries = lock(&self.inner.entries);
+        let entry = entries
+            .iter_mut()
+            .find(|e| e.info_hash == key)
+            .ok_or(DaemonError::NotFound(key))?;
+        f(entry);
+        self.save(&entries)
+    }
+
+    /// Lists `entry`, refusing a second copy of a torrent or one past
+    /// [`MAX_TORRENTS`].
+    fn insert(&self, entry: Entry) -> Result<(), DaemonError> {
+        let mut entries = lock(&self.inner.entries);
+        if entries.iter().any(|e| e.info_hash == entry.info_hash) {
+            return Err(DaemonError::Exists(entry.info_hash));
+        }
+        if entries.len() >= MAX_TORRENTS {
+            return Err(DaemonError::TooMany);
+        }
+        entries.push(entry);
+        self.save(&entries)
+    }
+
+    fn output(&self, output: Option<PathBuf>) -> Result<PathBuf, DaemonError> {
+        match output {
+            None => Ok(self.inner.download_dir.clone()),
+            Some(p) if p.is_absolute() => Ok(p),
+            Some(p) => Err(DaemonError::RelativeOutput(p)),
+        }
+    }
+
+    /// Adds a torrent from its `.torrent` bytes, its data in `output`
+    /// (absolute; default the download dir); starts it unless `paused`.
+    pub async fn add_torrent(
+        &self,
+        bytes: &[u8],
+        output: Option<PathBuf>,
+        paused: bool,
+    ) -> Result<InfoHash, DaemonError> {
+        let meta = Metainfo::from_bytes(bytes)?;
+        let output = self.output(output)?;
+        self.add_meta(meta, output, paused).await
+    }
+
+    async fn add_meta(
+        &self,
+        meta: Metainfo,
+        output: PathBuf,
+        paused: bool,
+    ) -> Result<InfoHash, DaemonError> {
+        let ih = meta.info().info_hash();
+        self.write_torrent(ih, &meta)?;
+        self.insert(Entry {
+            info_hash: ih.to_string(),
+            name: meta.info().name().to_owned(),
+            output: output.clone(),
+            paused,
+            fetching: None,
+        })?;
+        if !paused && let Err(e) = self.start_torrent(ih, &output).await {
+            self.update(ih, |e| e.paused = true)?;
+            return Err(e);
+        }
+        info!(info_hash = %ih, name = meta.info().name(), paused, "torrent added");
+        Ok(ih)
+    }
+
+    /// Adds a torrent by magnet link or info-hash (64 hex digits, or 40
+    /// for v1): listed at once as fetching, started (unless `paused`) once
+    /// its metadata arrives.
+    pub async fn add_link(
+        &self,
+        source: &str,
+        output: Option<PathBuf>,
+        paused: bool,
+    ) -> Result<InfoHash, DaemonError> {
+        let output = self.output(output)?;
+        let (ih, name) = parse_link(source)?;
+        if let Ok(meta) = self.read_torrent(ih)
+            && meta.info().known_by(&ih)
+        {
+            // Fetched before (and since removed): no need to ask anyone.
+            return self.add_meta(meta, output, paused).await;
+        }
+        self.insert(Entry {
+            info_hash: ih.to_string(),
+            name: name.unwrap_or_else(|| ih.to_string()),
+            output,
+            paused,
+            fetching: Some(source.to_owned()),
+        })?;
+        self.spawn_fetch(ih, source.to_owned());
+        Ok(ih)
+    }
+
+    fn spawn_fetch(&self, ih: InfoHash, source: String) {
+        let daemon = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = daemon.fetch(ih, &source).await {
+                warn!(info_hash = %ih, error = %e, "metadata fetch ended");
+            }
+            lock(&daemon.inner.fetches).remove(&ih);
+        });
+        lock(&self.inner.fetches).insert(ih, task);
+    }
+
+    async fn fetch(&self, ih: InfoHash, source: &str) -> Result<(), DaemonError> {
+        let node = &self.inner.node;
+        let magnet = source.parse::<Magnet>().ok();
+        let (bt_peers, trackers) = match &magnet {
+            Some(m) => {
+                for addr in &m.peers {
+                    // Failures are fine: the DHT and mDNS may find others.
+                    let _ = node.dial(addr.clone()).await;
+                }
+                (m.bt_peers.clone(), m.trackers.clone())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let meta = node
+            .fetch_metadata_with(
+                ih,
+                self.inner.max_metadata,
+                bt_peers.clone(),
+                trackers.clone(),
+            )
+            .await?;
+        self.write_torrent(ih, &meta)?;
+        let name = meta.info().name().to_owned();
+        let mut start = None;
+        self.update(ih, |e| {
+            e.fetching = None;
+            e.name = name;
+            if !e.paused {
+                start = Some(e.output.clone());
+            }
+        })?;
+        info!(info_hash = %ih, "metadata fetched");
+        if let Some(output) = start {
+            self.start_torrent(ih, &output).await?;
+            let key = meta.info().info_hash();
+            if !trackers.is_empty() {
+                let _ = node.add_trackers(key, trackers);
+            }
+            for addr in bt_peers {
+                let _ = node.add_bt_peer(key, addr);
+            }
+        }
+        Ok(())
+    }
+
+    fn find(&self, key: &str) -> Result<(InfoHash, Entry), DaemonError> {
+        let ih: InfoHash = key
+            .parse()
+            .map_err(|_| DaemonError::NotFound(key.to_owned()))?;
+        let entry = lock(&self.inner.entries)
+            .iter()
+            .find(|e| e.info_hash == ih.to_string())
+            .cloned()
+            .ok_or_else(|| DaemonError::NotFound(key.to_owned()))?;
+        Ok((ih, entry))
+    }
+
+    /// Stops a torrent (writes flushed, peers closed), keeping it listed.
+    pub async fn pause(&self, key: &str) -> Result<(), DaemonError> {
+        let (ih, _) = self.find(key)?;
+        self.update(ih, |e| e.paused = true)?;
+        match self.inner.node.remove_torrent(ih).await {
+            Ok(()) | Err(NodeError::NoSuchTorrent(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts a paused torrent again (its resume file says what it has).
+    pub async fn resume(&self, key: &str) -> Result<(), DaemonError> {
+        let (ih, entry) = self.find(key)?;
+        self.update(ih, |e| e.paused = false)?;
+        if entry.fetching.is_none() && entry.paused {
+            self.start_torrent(ih, &entry.output).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops and forgets a torrent (its `.torrent` and resume file go);
+    /// with `delete_data`, its content too.
+    pub async fn remove(&self, key: &str, delete_data: bool) -> Result<(), DaemonError> {
+        let (ih, entry) = self.find(key)?;
+        if let Some(task) = lock(&self.inner.fetches).remove(&ih) {
+            task.abort();
+        }
+        match self.inner.node.remove_torrent(ih).await {
+            Ok(()) | Err(NodeError::NoSuchTorrent(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let content = self
+            .read_torrent(ih)
+            .ok()
+            .map(|m| Self::content(&m, &entry.output));
+        {
+            let mut entries = lock(&self.inner.entries);
+            entries.retain(|e| e.info_hash != entry.info_hash);
+            self.save(&entries)?;
+        }
+        let _ = std::fs::remove_file(self.torrent_file(ih));
+        let _ = std::fs::remove_file(self.inner.node.data_dir_layout().resume_file(ih));
+        if delete_data && let Some(content) = content {
+            let removed = if content.is_dir() {
+                std::fs::remove_dir_all(&content)
+            } else {
+                std::fs::remove_file(&content)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DaemonError::Io {
+                        what: "deleting",
+                        path: content,
+                        source,
+                    });
+                }
+            }
+        }
+        info!(info_hash = %ih, delete_data, "torrent removed");
+        Ok(())
+    }
+
+    /// Every torrent, in the order added, with its live figures.
+    pub fn list(&self) -> Vec<Listed> {
+        let running: HashMap<String, sluice_swarm::torrent::TorrentStats> = self
+            .inner
+            .node
+            .torrents()
+            .into_iter()
+            .map(|t| (t.info_hash().to_string(), t.stats()))
+            .collect();
+        lock(&self.inner.entries)
+            .iter()
+            .map(|e| {
+                let stats = running.get(&e.info_hash);
+                let state = match (&e.fetching, e.paused, stats) {
+                    (Some(_), _, _) => TorrentState::Fetching,
+                    (None, false, Some(_)) => TorrentState::Running,
+                    _ => TorrentState::Paused,
+                };
+                Listed {
+                    info_hash: e.info_hash.clone(),
+                    name: e.name.clone(),
+                    output: e.output.clone(),
+                    state,
+                    progress: stats.map_or(0.0, |s| {
+                        f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1))
+                    }),
+                    complete: stats.is_some_and(|s| s.complete),
+                    down_rate: stats.map_or(0.0, |s| s.down_rate),
+                    up_rate: stats.map_or(0.0, |s| s.up_rate),
+                    peers: stats.map_or(0, |s| s.peers.len()),
+                }
+            })
+            .collect()
+    }
+
+    /// Ends the fetches, then stops the node (every torrent flushed).
+    pub async fn shutdown(self) -> Result<(), String> {
+        for (_, task) in lock(&self.inner.fetches).drain() {
+            task.abort();
+        }
+        self.inner.node.clone().shutdown().await
+    }
+}
+
+/// A magnet link's or a bare info-hash's key, and the link's name.
+fn parse_link(source: &str) -> Result<(InfoHash, Option<String>), DaemonError> {
+    if source.starts_with("magnet:") {
+        let m: Magnet = source
+            .parse()
+            .map_err(|e: sluice_swarm::magnet::MagnetError| {
+                DaemonError::BadSource(e.to_string())
+            })?;
+        return Ok((m.info_hash, m.name));
+    }
+    let ih = source.parse().map_err(|_| {
+        DaemonError::BadSource(format!(
+            "{source:?} is not a magnet link or an info-hash (64 hex digits, or 40 for v1)"
+        ))
+    })?;
+    Ok((ih, None))
+}
