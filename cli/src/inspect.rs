@@ -117,7 +117,14 @@ pub(crate) fn status_line(t: &TorrentInfo) -> String {
         format_size(used),
         format_size(d.capacity_bytes),
         if d.throttled { " throttled" } else { "" },
-        if t.complete { "  complete" } else { "" },
+        match (t.complete, t.eta_seconds) {
+            (true, _) => "  complete".to_owned(),
+            (false, Some(eta)) => format!(
+                "  ETA {}",
+                crate::net::format_eta(std::time::Duration::from_secs_f64(eta))
+            ),
+            (false, None) => String::new(),
+        },
         t.disk_error
             .as_ref()
             .map(|e| format!("  disk error: {e}"))

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use sluice_storage::{CreateOptions, MetaVersion, Metainfo, default_threads};
 
@@ -103,6 +103,11 @@ enum Command {
     Resume(daemon::TorrentArgs),
     /// A running daemon's torrents: state, progress, rates, peers.
     List(daemon::ListArgs),
+    /// Print a shell completion script: `sluice completions bash >
+    /// ~/.local/share/bash-completion/completions/sluice`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `sluice man > sluice.1; man ./sluice.1`.
+    Man,
     /// One line per torrent of a running node: progress, rates, peers,
     /// disk-queue fill.
     Status(inspect::StatusArgs),
@@ -223,6 +228,20 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Pause(args) => daemon::pause(args),
         Command::Resume(args) => daemon::resume(args),
         Command::List(args) => daemon::list(args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .context("rendering the man page")?;
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status(args) => inspect::status(args),
         Command::Peers(args) => inspect::peers(args),
         Command::Top(args) => top::top(args),

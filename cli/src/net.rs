@@ -735,6 +735,16 @@ async fn follow(torrent: &TorrentHandle, interrupts: &mut Stops) -> Finished {
     }
 }
 
+/// `42s`, `3m 05s`, `2h 10m`.
+pub(crate) fn format_eta(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
 fn show(bar: &indicatif::ProgressBar, s: &TorrentStats) {
     let done =
         (s.size as f64 * f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1))) as u64;
@@ -745,11 +755,29 @@ fn show(bar: &indicatif::ProgressBar, s: &TorrentStats) {
         .as_ref()
         .map(|e| format!(", paused: {e}"))
         .unwrap_or_default();
+    let eta = s
+        .eta()
+        .map(|d| format!(", ETA {}", format_eta(d)))
+        .unwrap_or_default();
     bar.set_message(format!(
-        "{}/s, {} peers, disk queue {}/{}{error}",
+        "{}/s{eta}, {} peers, disk queue {}/{}{error}",
         format_size(s.down_rate as u64),
         s.peers.len(),
         format_size(disk),
         format_size(s.disk.capacity_bytes),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etas_read_as_people_write_them() {
+        let eta = |s| format_eta(Duration::from_secs(s));
+        assert_eq!(eta(0), "0s");
+        assert_eq!(eta(59), "59s");
+        assert_eq!(eta(185), "3m 05s");
+        assert_eq!(eta(7800), "2h 10m");
+    }
 }

@@ -471,6 +471,13 @@ fn inspect_a_running_transfer() {
         status["complete"], false,
         "the transfer is still going: {status}"
     );
+    // 3 MB at 200 KiB/s: an ETA of seconds, not hours.
+    let eta = eventually("an ETA", || {
+        let o = sluice(&["status", "--data-dir", "getd", "--json"], d);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v[0]["eta_seconds"].as_f64()
+    });
+    assert!(eta > 0.0 && eta < 600.0, "ETA {eta} s");
     let o = sluice(&["peers", "--data-dir", "getd", "--json"], d);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1119,5 +1126,28 @@ fn sigterm_stops_cleanly_and_a_closed_pipe_does_not_stop_a_download() {
     assert_eq!(
         std::fs::read(d.join("dl2/share/a.bin")).unwrap(),
         std::fs::read(d.join("share/a.bin")).unwrap()
+    );
+}
+
+#[test]
+fn completions_and_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = sluice(&["completions", shell], dir.path());
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(
+            script.contains("daemon") && script.contains("bt-listen"),
+            "{shell}"
+        );
+    }
+    let o = sluice(&["completions", "tcsh"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    let o = sluice(&["man"], dir.path());
+    assert!(o.status.success());
+    let page = stdout(&o);
+    assert!(
+        page.contains(".TH sluice 1") && page.contains("testnet"),
+        "{page}"
     );
 }

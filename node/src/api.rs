@@ -161,6 +161,10 @@ pub struct TorrentInfo {
     pub banned_peers: usize,
     pub disk: DiskInfo,
     pub disk_error: Option<String>,
+    /// Seconds until complete at the current download rate (none when
+    /// complete or while nothing arrives).
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
 }
 
 impl From<&TorrentStats> for TorrentInfo {
@@ -190,6 +194,7 @@ impl From<&TorrentStats> for TorrentInfo {
             banned_peers: s.banned_peers,
             disk: DiskInfo::from(&s.disk),
             disk_error: s.disk_error.clone(),
+            eta_seconds: s.eta().map(|d| d.as_secs_f64()),
         }
     }
 }

@@ -125,6 +125,26 @@ pub struct TorrentStats {
     pub peers: Vec<PeerStats>,
 }
 
+impl TorrentStats {
+    /// Bytes not verified yet (pieces are counted whole; the last one may
+    /// be short, so this errs high by less than a piece).
+    pub fn left(&self) -> u64 {
+        let have = u64::from(self.verified_pieces) * u64::from(self.piece_length);
+        self.size.saturating_sub(have)
+    }
+
+    /// When the rest arrives at the current download rate; `None` when
+    /// complete or while nothing arrives.
+    pub fn eta(&self) -> Option<std::time::Duration> {
+        if self.complete || self.down_rate < 1.0 {
+            return None;
+        }
+        Some(std::time::Duration::from_secs_f64(
+            self.left() as f64 / self.down_rate,
+        ))
+    }
+}
+
 enum Command {
     AddPeer {
         peer_id: PeerId,
