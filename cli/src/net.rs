@@ -21,6 +21,8 @@ use sluice_storage::units::{format_size, parse_rate, parse_size};
 
 /// Exit code after Ctrl-C stopped an incomplete download.
 const EXIT_INTERRUPTED: u8 = 130;
+/// `get --timeout` ran out.
+const EXIT_TIMED_OUT: u8 = 1;
 
 /// A peer given on the command line: a libp2p node, or a BitTorrent
 /// client at `HOST:PORT`.
@@ -207,11 +209,46 @@ pub(crate) struct GetArgs {
     /// Emulate a disk this fast, e.g. 20MB/s.
     #[arg(long, value_parser = parse_rate)]
     disk_rate: Option<u64>,
+    /// Give up after SECS without the whole torrent: exit 1, progress kept
+    /// (run again to resume).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
     /// Keep seeding after the download completes, until Ctrl-C.
     #[arg(long)]
     seed_after: bool,
     #[command(flatten)]
     net: NetArgs,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// What a node with no peer yet waits for, in one line.
+fn waiting_for(net: &NetArgs, trackers: usize, bt_peers: usize, libp2p_peers: usize) -> String {
+    let mut parts = Vec::new();
+    if libp2p_peers + bt_peers > 0 {
+        parts.push(format!("{} given peers (retried)", libp2p_peers + bt_peers));
+    }
+    if trackers > 0 {
+        parts.push(format!("{trackers} trackers"));
+    }
+    if net.bootstrap.is_empty() {
+        parts.push("no DHT (no --bootstrap)".to_owned());
+    } else {
+        parts.push(format!("the DHT ({} bootstrap nodes)", net.bootstrap.len()));
+    }
+    parts.push(if net.no_mdns {
+        "no mDNS".to_owned()
+    } else {
+        "mDNS on the local network".to_owned()
+    });
+    parts.join(", ")
 }
 
 /// `sluice node`: no torrent, only the DHT.
@@ -598,21 +635,43 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
             r = start(config, &peers) => r?,
             _ = interrupts.recv() => interrupted_while("starting"),
         };
+        let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
+        let waiting = waiting_for(
+            &args.net,
+            hints.trackers.len() + usize::from(matches!(&source, Source::Torrent(m) if !m.trackers().is_empty())),
+            bt_peers.len(),
+            peers.len(),
+        );
         let meta = match source {
             Source::Torrent(meta) => meta,
             Source::Fetch { info_hash, .. } => {
                 eprintln!("fetching the torrent's metadata ({info_hash}) from peers…");
-                let fetched = tokio::select! {
-                    r = node.fetch_metadata_with(
-                        info_hash,
-                        args.max_metadata,
-                        bt_peers.clone(),
-                        hints.trackers.clone(),
-                    ) => r?,
-                    _ = interrupts.recv() => {
-                        eprintln!("interrupted before the metadata arrived");
-                        node.shutdown().await.map_err(anyhow::Error::msg)?;
-                        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                let fetch = node.fetch_metadata_with(
+                    info_hash,
+                    args.max_metadata,
+                    bt_peers.clone(),
+                    hints.trackers.clone(),
+                );
+                tokio::pin!(fetch);
+                let mut note = tokio::time::interval(WAITING_NOTE);
+                note.tick().await;
+                let fetched = loop {
+                    tokio::select! {
+                        r = &mut fetch => break r?,
+                        _ = interrupts.recv() => {
+                            eprintln!("interrupted before the metadata arrived");
+                            node.clone().shutdown().await.map_err(anyhow::Error::msg)?;
+                            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                        }
+                        () = until(deadline) => {
+                            eprintln!("gave up: no metadata within --timeout");
+                            node.clone().shutdown().await.map_err(anyhow::Error::msg)?;
+                            return Ok(ExitCode::from(EXIT_TIMED_OUT));
+                        }
+                        _ = note.tick() => eprintln!(
+                            "still waiting for the metadata: {} nodes connected; asking {waiting}",
+                            node.connected_peers().len()
+                        ),
                     }
                 };
                 let saved = saved_torrent(&data_dir, info_hash);
@@ -647,7 +706,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
         }
-        let finished = follow(&torrent, &mut interrupts).await;
+        let finished = follow(&torrent, &mut interrupts, deadline, &waiting).await;
         let code = match finished {
             Finished::Complete => {
                 println!("{} complete: {}", meta.info().name(), content.display());
@@ -666,6 +725,14 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
             Finished::Interrupted => {
                 eprintln!("interrupted; progress is saved, run the same command to resume");
                 ExitCode::from(EXIT_INTERRUPTED)
+            }
+            Finished::TimedOut => {
+                let s = torrent.stats();
+                eprintln!(
+                    "gave up after --timeout with {} of {} pieces; progress is saved, run the same command to resume",
+                    s.verified_pieces, s.total_pieces
+                );
+                ExitCode::from(EXIT_TIMED_OUT)
             }
         };
         node.shutdown().await.map_err(anyhow::Error::msg)?;
@@ -700,11 +767,28 @@ fn interrupted_while(what: &str) -> ! {
 enum Finished {
     Complete,
     Interrupted,
+    TimedOut,
+}
+
+/// How often a fetch with nobody to ask says what it waits for.
+const WAITING_NOTE: Duration = Duration::from_secs(15);
+
+/// `deadline`, or never.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A progress bar until the torrent is complete (verified and flushed) or
 /// Ctrl-C.
-async fn follow(torrent: &TorrentHandle, interrupts: &mut Stops) -> Finished {
+async fn follow(
+    torrent: &TorrentHandle,
+    interrupts: &mut Stops,
+    deadline: Option<tokio::time::Instant>,
+    waiting: &str,
+) -> Finished {
     let stats = torrent.stats();
     let bar = indicatif::ProgressBar::new(stats.size);
     bar.set_style(
@@ -720,6 +804,10 @@ async fn follow(torrent: &TorrentHandle, interrupts: &mut Stops) -> Finished {
                 bar.abandon();
                 return Finished::Interrupted;
             }
+            () = until(deadline) => {
+                bar.abandon();
+                return Finished::TimedOut;
+            }
             _ = refresh.tick() => {}
             changed = rx.changed() => if changed.is_err() {
                 bar.abandon();
@@ -727,7 +815,7 @@ async fn follow(torrent: &TorrentHandle, interrupts: &mut Stops) -> Finished {
             },
         }
         let s = rx.borrow_and_update().clone();
-        show(&bar, &s);
+        show(&bar, &s, waiting);
         if s.complete {
             bar.finish_and_clear();
             return Finished::Complete;
@@ -745,7 +833,11 @@ pub(crate) fn format_eta(d: Duration) -> String {
     }
 }
 
-fn show(bar: &indicatif::ProgressBar, s: &TorrentStats) {
+fn show(bar: &indicatif::ProgressBar, s: &TorrentStats, waiting: &str) {
+    if s.peers.is_empty() && !s.complete {
+        bar.set_message(format!("no peers yet; asking {waiting}"));
+        return;
+    }
     let done =
         (s.size as f64 * f64::from(s.verified_pieces) / f64::from(s.total_pieces.max(1))) as u64;
     bar.set_position(done);

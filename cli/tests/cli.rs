@@ -1151,3 +1151,28 @@ fn completions_and_man_page() {
         "{page}"
     );
 }
+
+/// With nobody to download from, `get --timeout` gives up with exit code 1
+/// (a `.torrent` and a bare info-hash alike), saying so.
+#[test]
+fn get_with_no_peer_gives_up_after_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("f"), content(100_000)).unwrap();
+    let o = sluice(&["create", "f", "-o", "f.torrent"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let local = [
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--timeout",
+        "1.5",
+    ];
+    for source in ["f.torrent", &"ab".repeat(32)] {
+        let mut args = vec!["get", source, "-o", "dl", "--data-dir", "gd"];
+        args.extend(local);
+        let o = sluice(&args, d);
+        assert_eq!(o.status.code(), Some(1), "{source}: {}", stderr(&o));
+        assert!(stderr(&o).contains("gave up"), "{source}: {}", stderr(&o));
+    }
+}
