@@ -351,13 +351,13 @@ fn print_json(value: &impl Serialize) -> Result<()> {
 
 /// A progress bar over `total` bytes, fed from `done`, on stderr (hidden
 /// when stderr is not a terminal). Runs until the returned guard drops.
-struct Progress {
+pub(crate) struct Progress {
     stop: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Progress {
-    fn start(label: &str, total: u64, done: Arc<AtomicU64>) -> Self {
+    pub(crate) fn start(label: &str, total: u64, done: Arc<AtomicU64>) -> Self {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(

@@ -418,6 +418,106 @@ fn read_torrent(path: &Path) -> Result<Arc<Metainfo>> {
     crate::read_torrent(path).map(Arc::new)
 }
 
+/// The data dir's index of what `seed PATH` made: for each path, the
+/// torrent and the fingerprint of the files it was made from.
+const SEEDS_FILE: &str = "seeds.json";
+/// Paths the index remembers (the oldest go first).
+const MAX_SEEDS: usize = 1024;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Seeded {
+    path: PathBuf,
+    fingerprint: String,
+    info_hash: String,
+}
+
+/// What `PATH`'s files are as far as a re-hash could tell: each file's
+/// place, size and modification time, hashed.
+fn fingerprint(path: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    let (_, files) = sluice_storage::create::scan(path)?;
+    let mut h = sha2::Sha256::new();
+    for f in &files {
+        let meta = std::fs::metadata(&f.disk_path)
+            .with_context(|| format!("reading {}", f.disk_path.display()))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h.update(f.path.join("/").as_bytes());
+        h.update([0]);
+        h.update(f.length.to_le_bytes());
+        h.update(mtime.to_le_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The torrent `seed PATH` shares: the one made from these very files
+/// before (same sizes and modification times: nothing is hashed again),
+/// else a new one, hashed once with a progress bar; its pieces are then
+/// known good, so the node does not check them a second time.
+fn seeded_torrent(path: &Path, data_dir: &Path) -> Result<Arc<Metainfo>> {
+    let index_path = data_dir.join(SEEDS_FILE);
+    let mut index: Vec<Seeded> = std::fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let key = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    let before = fingerprint(path)?;
+    let torrents = data_dir.join("torrents");
+    let known = index
+        .iter()
+        .find(|e| e.path == key && e.fingerprint == before)
+        .map(|e| torrents.join(format!("{}.torrent", e.info_hash)));
+    if let Some(file) = known
+        && let Ok(meta) = read_torrent(&file)
+    {
+        println!(
+            "torrent:   {} (files unchanged: not hashed again)",
+            file.display()
+        );
+        return Ok(meta);
+    }
+    let (_, files) = sluice_storage::create::scan(path)?;
+    let total = files.iter().map(|f| f.length).sum();
+    let done = Arc::new(AtomicU64::new(0));
+    let meta = {
+        let _bar = crate::Progress::start("hashing", total, Arc::clone(&done));
+        sluice_storage::create(path, &CreateOptions::default(), &done)?
+    };
+    let ih = meta.info().info_hash();
+    let file = torrents.join(format!("{ih}.torrent"));
+    std::fs::create_dir_all(&torrents)
+        .with_context(|| format!("creating {}", torrents.display()))?;
+    sluice_storage::resume::write_atomically(&file, meta.to_bytes())
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!("torrent:   {}", file.display());
+    // Unchanged while it was hashed: every piece is as hashed.
+    if fingerprint(path)? == before {
+        let pieces = sluice_storage::Layout::new(meta.info()).num_pieces() as usize;
+        let resume = data_dir.join("resume").join(format!("{ih}.resume"));
+        if let Some(dir) = resume.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        sluice_storage::resume::save(&resume, ih, &sluice_storage::Bitfield::repeat(true, pieces))
+            .with_context(|| format!("writing {}", resume.display()))?;
+        index.retain(|e| e.path != key);
+        if index.len() >= MAX_SEEDS {
+            index.remove(0);
+        }
+        index.push(Seeded {
+            path: key,
+            fingerprint: before,
+            info_hash: ih.to_string(),
+        });
+        let bytes = serde_json::to_vec_pretty(&index)?;
+        sluice_storage::resume::write_atomically(&index_path, &bytes)
+            .with_context(|| format!("writing {}", index_path.display()))?;
+    }
+    Ok(Arc::new(meta))
+}
+
 pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
     if !args.path.exists() {
         anyhow::bail!("{} does not exist", args.path.display());
@@ -426,17 +526,7 @@ pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
     let bt_peers = args.net.bt_peers()?;
     let meta = match &args.torrent {
         Some(t) => read_torrent(t)?,
-        None => {
-            let meta =
-                sluice_storage::create(&args.path, &CreateOptions::default(), &AtomicU64::new(0))?;
-            let dir = config.data_dir().join("torrents");
-            let file = dir.join(format!("{}.torrent", meta.info().info_hash()));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            sluice_storage::resume::write_atomically(&file, meta.to_bytes())
-                .with_context(|| format!("writing {}", file.display()))?;
-            println!("torrent:   {}", file.display());
-            Arc::new(meta)
-        }
+        None => seeded_torrent(&args.path, config.data_dir())?,
     };
     runtime()?.block_on(async move {
         let node = start(config, &args.net.libp2p_peers()).await?;

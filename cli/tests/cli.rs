@@ -1176,3 +1176,31 @@ fn get_with_no_peer_gives_up_after_its_timeout() {
         assert!(stderr(&o).contains("gave up"), "{source}: {}", stderr(&o));
     }
 }
+
+/// `seed PATH` hashes PATH once: a restart with the files unchanged reuses
+/// the torrent without hashing, and a changed file makes a new one.
+#[test]
+fn seed_hashes_once_until_the_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(500_000)).unwrap();
+    let mut args = vec!["seed", "share", "--data-dir", "seedd"];
+    args.extend(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let torrent_line = || {
+        let seeder = spawn(&args, d);
+        let line = line_starting(&seeder.lines, "torrent:");
+        let ih = line_starting(&seeder.lines, "info-hash:");
+        // Killed when dropped: the torrent and index are written before it runs.
+        (line, ih)
+    };
+    let (first, ih1) = torrent_line();
+    assert!(!first.contains("not hashed again"), "{first}");
+    let (second, ih2) = torrent_line();
+    assert!(second.contains("not hashed again"), "{second}");
+    assert_eq!(ih1, ih2);
+    std::fs::write(d.join("share/a.bin"), content(500_001)).unwrap();
+    let (third, ih3) = torrent_line();
+    assert!(!third.contains("not hashed again"), "{third}");
+    assert_ne!(ih1, ih3);
+}
