@@ -29,6 +29,7 @@ macro_rules! eprintln {
     }};
 }
 
+mod config;
 mod daemon;
 mod inspect;
 mod net;
@@ -42,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use sluice_storage::{CreateOptions, MetaVersion, Metainfo, default_threads};
 
@@ -58,6 +59,11 @@ struct Cli {
     /// Only errors in the log.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// A config file (TOML; keys are the long flags, e.g. up_rate =
+    /// "5MB/s") instead of $SLUICE_CONFIG or
+    /// $XDG_CONFIG_HOME/sluice/config.toml. Flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -108,6 +114,9 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff): `sluice man > sluice.1; man ./sluice.1`.
     Man,
+    /// Print the config file in use and the settings the node commands
+    /// run with (the file's, else built-in defaults; flags still win).
+    Config,
     /// One line per torrent of a running node: progress, rates, peers,
     /// disk-queue fill.
     Status(inspect::StatusArgs),
@@ -171,10 +180,30 @@ fn tune_allocator() {}
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = match Cli::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (config_path, explicit) = config::path_from_args(argv.get(1..).unwrap_or_default());
+    let file = match config_path.as_deref().map(|p| config::load(p, explicit)) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+        None => config::FileConfig::default(),
+    };
+    let command = file.apply(Cli::command());
+    let parsed = command
+        .clone()
+        .try_get_matches_from(&argv)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if e.use_stderr()
+                && let Some(p) = config_path.as_deref().filter(|p| p.exists())
+            {
+                eprintln!("(defaults come from the config {})", p.display());
+            }
             return if e.use_stderr() {
                 ExitCode::from(EXIT_ERROR)
             } else {
@@ -183,6 +212,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
+    if matches!(cli.command, Command::Config) {
+        config::print(config_path.as_deref(), &command);
+        return ExitCode::SUCCESS;
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -234,6 +267,7 @@ fn run(command: Command) -> Result<ExitCode> {
             print!("{}", String::from_utf8_lossy(&out));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Config => unreachable!("answered before run"),
         Command::Man => {
             let mut out = Vec::new();
             clap_mangen::Man::new(Cli::command())

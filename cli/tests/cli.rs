@@ -1204,3 +1204,34 @@ fn seed_hashes_once_until_the_files_change() {
     assert!(!third.contains("not hashed again"), "{third}");
     assert_ne!(ih1, ih3);
 }
+
+/// A config file sets the flags' defaults (here the data dir `status`
+/// looks in); a flag still wins; an unknown key is refused by name.
+#[test]
+fn a_config_file_sets_defaults_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), "data_dir = \"from-config\"\nslots = 6\n").unwrap();
+    let o = sluice(&["--config", "c.toml", "status"], d);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("from-config"), "{}", stderr(&o));
+    let o = sluice(
+        &["--config", "c.toml", "status", "--data-dir", "from-flag"],
+        d,
+    );
+    assert!(stderr(&o).contains("from-flag"), "{}", stderr(&o));
+    let o = sluice(&["--config", "c.toml", "config"], d);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("slots = 6"), "{}", stdout(&o));
+    std::fs::write(d.join("bad.toml"), "slotz = 6\n").unwrap();
+    let o = sluice(&["--config", "bad.toml", "config"], d);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown field `slotz`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sluice(&["--config", "missing.toml", "config"], d);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("missing.toml"), "{}", stderr(&o));
+}
