@@ -51,6 +51,11 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest request body the API takes (a `.torrent` upload).
 pub const MAX_UPLOAD_BYTES: usize = 16 * 1024 * 1024;
+/// Event streams (`GET /api/v1/events`) open at once; each also holds one
+/// of the [`MAX_CONCURRENT_REQUESTS`] slots while it lasts.
+pub const MAX_EVENT_STREAMS: usize = 8;
+/// How often an event stream looks for a change to send.
+pub const EVENT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Where the API listens and who may use it.
 #[derive(Debug, Clone)]
@@ -233,6 +238,9 @@ pub(crate) struct ApiState {
     /// Where the API listens (for the `Host` check).
     pub(crate) addr: SocketAddr,
     pub(crate) daemon: Arc<std::sync::OnceLock<crate::daemon::Daemon>>,
+    pub(crate) event_streams: Arc<tokio::sync::Semaphore>,
+    /// Ends the event streams when the node stops.
+    pub(crate) cancel: CancellationToken,
     pub(crate) bt_addr: Option<SocketAddr>,
     pub(crate) bt_peer_id: Option<String>,
 }
@@ -256,6 +264,7 @@ pub(crate) async fn serve(
             post(pause_or_resume),
         )
         .route("/api/v1/daemon/torrents", get(daemon_torrents))
+        .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
@@ -476,6 +485,63 @@ async fn pause_or_resume(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => daemon_error(&e),
     }
+}
+
+/// One message of `GET /api/v1/events` (event `state`): every running
+/// torrent as `GET /api/v1/torrents` shows it, and a daemon's list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateEvent {
+    pub torrents: Vec<TorrentInfo>,
+    #[serde(default)]
+    pub daemon: Option<Vec<crate::daemon::Listed>>,
+}
+
+fn state_event(state: &ApiState) -> String {
+    let mut torrents: Vec<TorrentInfo> = lock(&state.torrents)
+        .values()
+        .map(|t| TorrentInfo::from(&t.stats()))
+        .collect();
+    torrents.sort_by(|a, b| a.info_hash.cmp(&b.info_hash));
+    let event = StateEvent {
+        torrents,
+        daemon: state.daemon.get().map(crate::daemon::Daemon::list),
+    };
+    serde_json::to_string(&event).expect("the state serializes")
+}
+
+/// Server-sent events: a `state` event whenever what a UI shows changed
+/// (checked every [`EVENT_INTERVAL`]), the first at once; a comment
+/// every 15 s keeps idle proxies from closing it. Ends when the node
+/// stops.
+async fn events(State(state): State<ApiState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Ok(permit) = Arc::clone(&state.event_streams).try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} event streams are open already"),
+        );
+    };
+    let tick = tokio::time::interval(EVENT_INTERVAL);
+    let start = (state, permit, String::new(), tick);
+    let stream = futures::stream::unfold(start, |(state, permit, last, mut tick)| async move {
+        loop {
+            tokio::select! {
+                () = state.cancel.cancelled() => return None,
+                _ = tick.tick() => {}
+            }
+            let now = state_event(&state);
+            if now != last {
+                let event = Event::default().event("state").data(now.clone());
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (state, permit, now, tick),
+                ));
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// Every torrent of the daemon, paused and fetching ones included.

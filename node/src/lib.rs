@@ -465,6 +465,8 @@ impl Node {
                 write_token: write_token.map(Arc::from),
                 addr,
                 daemon: Arc::clone(&handle.daemon),
+                event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
+                cancel: cancel.clone(),
                 bt_addr: handle.bt_addr,
                 bt_peer_id: handle
                     .bt_addr

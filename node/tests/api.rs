@@ -289,3 +289,61 @@ async fn an_api_off_loopback_needs_a_token() -> Result<()> {
     }
     Ok(())
 }
+
+/// `GET /api/v1/events`: a `state` event at once with the running
+/// torrents, and the stream ends when the node stops (it does not hold
+/// the shutdown up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_the_state_and_ends_with_the_node() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let n = node(dir.path(), "n", |c| c).await;
+    n.add_torrent(Arc::clone(&meta), root).await?;
+    let addr = n.api_addr().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let request =
+        format!("GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(request.as_bytes()).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let event = loop {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await??;
+        assert!(
+            n > 0,
+            "the stream closed early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(at) = text.find("event: state\ndata: ")
+            && let Some(line) = text[at..].lines().nth(1)
+            && text[at..].contains("\n\n")
+        {
+            break line.trim_start_matches("data: ").to_owned();
+        }
+    };
+    let state: sluice_node::api::StateEvent = serde_json::from_str(&event)?;
+    assert_eq!(state.torrents.len(), 1);
+    assert_eq!(
+        state.torrents[0].info_hash,
+        meta.info().info_hash().to_string()
+    );
+    assert!(state.daemon.is_none(), "not a daemon");
+    tokio::time::timeout(WAIT, n.shutdown())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    // The server ends the stream: the connection reaches its end.
+    let rest = tokio::time::timeout(WAIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the event stream outlived the node");
+    Ok(())
+}
