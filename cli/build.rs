@@ -1,12 +1,14 @@
 //! Probes for what some CLI tests drive, so that a machine without it
 //! shows those tests as skipped (ignored) rather than passed: `tmux` (a
 //! real terminal for `sluice top`), libtorrent (the BitTorrent interop
-//! tests' peer), Transmission (another), opentracker (their tracker), and
+//! tests' peer), Transmission (another), opentracker (their tracker),
+//! Chromium (the web UI test's browser), and
 //! network and mount namespaces
 //! (`ip`, `unshare` and the right to use them: the mDNS and full-disk
 //! tests). With
 //! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_LIBTORRENT=1` /
 //! `SLUICE_REQUIRE_OPENTRACKER=1` / `SLUICE_REQUIRE_TRANSMISSION=1` /
+//! `SLUICE_REQUIRE_CHROMIUM=1` /
 //! `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
 //! one fails the build instead.
 
@@ -29,6 +31,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(sluice_no_libtorrent)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_opentracker)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_transmission)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_chromium)");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_CHROMIUM");
+    println!("cargo::rerun-if-changed=/usr/bin/chromium");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TRANSMISSION");
     println!("cargo::rerun-if-changed=/usr/bin/transmission-cli");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_OPENTRACKER");
@@ -80,6 +85,14 @@ fn main() {
              (apt-get install transmission-cli)"
         );
         println!("cargo::rustc-cfg=sluice_no_transmission");
+    }
+    // Chromium (headless) drives the web UI test.
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_CHROMIUM").is_none(),
+            "SLUICE_REQUIRE_CHROMIUM is set but chromium is not installed (apt-get install chromium)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_chromium");
     }
     // Making (and at once dropping) a network and a mount namespace tells
     // whether the tests can: root alone is not enough in a container

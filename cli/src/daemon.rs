@@ -52,6 +52,7 @@ pub(crate) fn daemon(args: DaemonArgs) -> Result<ExitCode> {
         crate::net::print_bt(&node);
         if let Some(addr) = node.api_addr() {
             println!("api:       http://{addr} (sluice add / list / pause / resume / remove)");
+            println!("web ui:    {}", ui_link(addr, &data_dir));
         }
         println!(
             "daemon: {} torrents, downloads in {}; Ctrl-C to stop",
@@ -63,6 +64,31 @@ pub(crate) fn daemon(args: DaemonArgs) -> Result<ExitCode> {
         daemon.shutdown().await.map_err(anyhow::Error::msg)?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The web UI's address, carrying the token (in the fragment, which the
+/// browser never sends: the page keeps it for its tab).
+fn ui_link(addr: std::net::SocketAddr, data_dir: &std::path::Path) -> String {
+    match std::fs::read_to_string(data_dir.join(sluice_node::daemon::TOKEN_FILE)) {
+        Ok(t) => format!("http://{addr}/#token={}", t.trim()),
+        Err(_) => format!("http://{addr}/"),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UiArgs {
+    /// The daemon's data directory (default: $SLUICE_DATA_DIR, else
+    /// ~/.local/share/sluice).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// `sluice ui`: the running daemon's web UI link, token included.
+pub(crate) fn ui(args: UiArgs) -> Result<ExitCode> {
+    let dir = args.data_dir.unwrap_or_else(crate::net::default_data_dir);
+    let client = sluice_node::api::ApiClient::from_data_dir(&dir, None)?;
+    println!("{}", ui_link(client.addr(), &dir));
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]

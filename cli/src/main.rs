@@ -109,6 +109,9 @@ enum Command {
     Resume(daemon::TorrentArgs),
     /// A running daemon's torrents: state, progress, rates, peers.
     List(daemon::ListArgs),
+    /// The running daemon's web UI address (with its token: open it in a
+    /// browser).
+    Ui(daemon::UiArgs),
     /// Print a shell completion script: `sluice completions bash >
     /// ~/.local/share/bash-completion/completions/sluice`.
     Completions { shell: clap_complete::Shell },
@@ -261,6 +264,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Pause(args) => daemon::pause(args),
         Command::Resume(args) => daemon::resume(args),
         Command::List(args) => daemon::list(args),
+        Command::Ui(args) => daemon::ui(args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut out);
