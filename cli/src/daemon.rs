@@ -27,7 +27,68 @@ pub(crate) struct DaemonArgs {
     max_metadata: u64,
 }
 
-pub(crate) fn daemon(args: DaemonArgs) -> Result<ExitCode> {
+/// The ports a daemon chose at its first start, kept in its data dir so
+/// that its magnet hints, DHT records and port forwards stay valid.
+const PORTS_FILE: &str = "ports.json";
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Ports {
+    tcp: Option<u16>,
+    quic: Option<u16>,
+    bt: Option<u16>,
+}
+
+impl Ports {
+    fn load(data_dir: &std::path::Path) -> Self {
+        std::fs::read(data_dir.join(PORTS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// What `node` listens on now.
+    fn of(node: &sluice_node::NodeHandle, addrs: &[sluice_node::Multiaddr]) -> Self {
+        let mut ports = Self {
+            bt: node.bt_addr().map(|a| a.port()),
+            ..Self::default()
+        };
+        for a in addrs {
+            // `/ip4/HOST/tcp/PORT/…` or `/ip4/HOST/udp/PORT/quic-v1/…`.
+            let text = a.to_string();
+            let parts: Vec<&str> = text.split('/').collect();
+            match parts.as_slice() {
+                ["", _, _, "tcp", p, ..] => ports.tcp = ports.tcp.or(p.parse().ok()),
+                ["", _, _, "udp", p, "quic-v1", ..] => ports.quic = ports.quic.or(p.parse().ok()),
+                _ => {}
+            }
+        }
+        ports
+    }
+}
+
+pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
+    let data_dir = args
+        .net
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::net::default_data_dir);
+    // The ports of the first start, unless told otherwise.
+    let kept = Ports::load(&data_dir);
+    if args.net.listen.is_empty() && (kept.tcp.is_some() || kept.quic.is_some()) {
+        let mut listen = Vec::new();
+        if let Some(p) = kept.tcp {
+            listen.push(format!("/ip4/0.0.0.0/tcp/{p}").parse()?);
+        }
+        if let Some(p) = kept.quic {
+            listen.push(format!("/ip4/0.0.0.0/udp/{p}/quic-v1").parse()?);
+        }
+        args.net.listen = listen;
+    }
+    if let Some(p) = kept.bt
+        && args.net.bt_listen == std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+    {
+        args.net.bt_listen.set_port(p);
+    }
     let config = crate::net::node_config(&args.net, None, None)?;
     let data_dir = config.data_dir().to_owned();
     let token = load_or_make_token(&data_dir)
@@ -46,7 +107,12 @@ pub(crate) fn daemon(args: DaemonArgs) -> Result<ExitCode> {
             .await
             .context("starting the daemon")?;
         node.attach_daemon(daemon.clone());
-        for a in node.listen_addrs().await {
+        let addrs = node.listen_addrs().await;
+        let ports = serde_json::to_vec_pretty(&Ports::of(&node, &addrs))?;
+        let ports_file = data_dir.join(PORTS_FILE);
+        sluice_storage::resume::write_atomically(&ports_file, &ports)
+            .with_context(|| format!("writing {}", ports_file.display()))?;
+        for a in addrs {
             println!("peer:      {a}");
         }
         crate::net::print_bt(&node);

@@ -61,11 +61,11 @@ pub(crate) struct NetArgs {
     /// Node data directory: identity key, lock, resume files
     /// (default: $SLUICE_DATA_DIR, else ~/.local/share/sluice).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or
     /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port).
     #[arg(long, value_parser = parse_multiaddr)]
-    listen: Vec<Multiaddr>,
+    pub(crate) listen: Vec<Multiaddr>,
     /// A peer to connect to (repeatable): a sluice node's multiaddr, e.g.
     /// /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…, or a BitTorrent client's
     /// HOST:PORT, e.g. 127.0.0.1:6881.
@@ -74,11 +74,11 @@ pub(crate) struct NetArgs {
     /// Where to accept BitTorrent peers (plaintext TCP; default: any
     /// free port on all interfaces).
     #[arg(long, default_value = "0.0.0.0:0")]
-    bt_listen: SocketAddr,
+    pub(crate) bt_listen: SocketAddr,
     /// Speak no BitTorrent: no listener (given HOST:PORT peers are
     /// refused).
     #[arg(long, conflicts_with = "bt_listen")]
-    no_bt: bool,
+    pub(crate) no_bt: bool,
     /// A DHT node to join, ending in /p2p/PEER_ID (repeatable); peers of
     /// the torrent are then found through provider records.
     #[arg(long, value_parser = parse_multiaddr)]

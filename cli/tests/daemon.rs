@@ -165,3 +165,24 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A daemon keeps the ports it chose at its first start (stable magnet
+/// hints, DHT records and port forwards).
+#[test]
+fn a_daemon_keeps_its_ports_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ports = || {
+        let daemon = Running::spawn(&["daemon", "--data-dir", "dd", "--no-mdns"], d);
+        let peer = daemon.line("peer:");
+        let bt = daemon.line("bittorrent:");
+        daemon.line("daemon:");
+        assert!(daemon.terminate().success());
+        let tcp = peer.split('/').nth(4).unwrap().to_owned();
+        let bt = bt.rsplit(':').next().unwrap().to_owned();
+        (tcp, bt)
+    };
+    let first = ports();
+    assert_ne!(first.0, "0");
+    assert_eq!(ports(), first, "the ports changed across a restart");
+}
