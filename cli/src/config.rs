@@ -16,8 +16,9 @@ use serde::Deserialize;
 /// Commands that run a node and take the network keys.
 const NODE_COMMANDS: [&str; 4] = ["seed", "get", "node", "daemon"];
 /// Commands that find a running node by its data dir.
-const CLIENT_COMMANDS: [&str; 11] = [
-    "status", "peers", "top", "add", "remove", "pause", "resume", "list", "ui", "seed", "get",
+const CLIENT_COMMANDS: [&str; 12] = [
+    "status", "peers", "top", "add", "remove", "pause", "resume", "list", "ui", "limit", "seed",
+    "get",
 ];
 
 /// What a config file may say.

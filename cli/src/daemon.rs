@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use sluice_node::api::Added;
-use sluice_node::daemon::{Daemon, Listed, TorrentState, load_or_make_token};
+use sluice_node::daemon::{Daemon, Limits, Listed, TorrentState, load_or_make_token};
 use sluice_storage::units::{format_rate, parse_size};
 
 use crate::inspect::ApiArgs;
@@ -89,7 +89,11 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
     {
         args.net.bt_listen.set_port(p);
     }
-    let config = crate::net::node_config(&args.net, None, None)?;
+    // Limiters that can be changed while it runs (`sluice limit`).
+    let unlimited = sluice_node::UNLIMITED;
+    let config = crate::net::node_config(&args.net, None, None)?
+        .with_up_rate(Some(args.net.up_rate.unwrap_or(unlimited)))
+        .with_down_rate(Some(args.net.down_rate.unwrap_or(unlimited)));
     let data_dir = config.data_dir().to_owned();
     let token = load_or_make_token(&data_dir)
         .with_context(|| format!("making the API token in {}", data_dir.display()))?;
@@ -187,6 +191,67 @@ pub(crate) struct RemoveArgs {
     /// Delete its downloaded data too.
     #[arg(long)]
     delete_data: bool,
+}
+
+/// A limit as typed: a rate, or none.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<u64>);
+
+/// `none` or `unlimited`, else a rate such as `5MB/s`.
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    if matches!(s, "none" | "unlimited") {
+        return Ok(Limit(None));
+    }
+    match sluice_storage::units::parse_rate(s)? {
+        0 => Err("a rate must be positive (none: unlimited)".into()),
+        r => Ok(Limit(Some(r))),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LimitArgs {
+    /// The node's upload limit, e.g. 5MB/s, or none.
+    #[arg(long, value_parser = parse_limit)]
+    up_rate: Option<Limit>,
+    /// The node's download limit, e.g. 20MB/s, or none.
+    #[arg(long, value_parser = parse_limit)]
+    down_rate: Option<Limit>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// `sluice limit`: shows the daemon's node-wide limits, or changes them
+/// while it runs (kept across restarts).
+pub(crate) fn limit(args: LimitArgs) -> Result<ExitCode> {
+    let client = args.api.client()?;
+    let mut change = serde_json::Map::new();
+    if let Some(Limit(up)) = args.up_rate {
+        change.insert("up_rate".into(), serde_json::json!(up));
+    }
+    if let Some(Limit(down)) = args.down_rate {
+        change.insert("down_rate".into(), serde_json::json!(down));
+    }
+    let limits: Limits = crate::net::runtime()?.block_on(async {
+        if change.is_empty() {
+            client.get_json("/api/v1/limits").await
+        } else {
+            let body = serde_json::to_vec(&change).expect("JSON");
+            let answer = client
+                .post("/api/v1/limits", "application/json", body.into())
+                .await?;
+            serde_json::from_slice(&answer).map_err(|e| sluice_node::api::ClientError::Decode {
+                addr: client.addr(),
+                reason: e.to_string(),
+            })
+        }
+    })?;
+    let show = |r: Option<u64>| r.map_or("unlimited".to_owned(), |r| format_rate(r as f64));
+    println!(
+        "up {}  down {}",
+        show(limits.up_rate),
+        show(limits.down_rate)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]

@@ -112,6 +112,9 @@ enum Command {
     /// The running daemon's web UI address (with its token: open it in a
     /// browser).
     Ui(daemon::UiArgs),
+    /// Show or change a running daemon's node-wide upload and download
+    /// limits (kept across restarts).
+    Limit(daemon::LimitArgs),
     /// Print a shell completion script: `sluice completions bash >
     /// ~/.local/share/bash-completion/completions/sluice`.
     Completions { shell: clap_complete::Shell },
@@ -265,6 +268,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Resume(args) => daemon::resume(args),
         Command::List(args) => daemon::list(args),
         Command::Ui(args) => daemon::ui(args),
+        Command::Limit(args) => daemon::limit(args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut out);

@@ -88,10 +88,10 @@ pub(crate) struct NetArgs {
     no_mdns: bool,
     /// Upload limit for the node, e.g. 5MB/s (loopback peers included).
     #[arg(long, value_parser = parse_rate)]
-    up_rate: Option<u64>,
+    pub(crate) up_rate: Option<u64>,
     /// Download limit for the node, e.g. 20MB/s.
     #[arg(long, value_parser = parse_rate)]
-    down_rate: Option<u64>,
+    pub(crate) down_rate: Option<u64>,
     /// Upload slots, one of them optimistic.
     #[arg(long, default_value_t = 4)]
     slots: u32,

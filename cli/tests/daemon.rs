@@ -129,7 +129,24 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
     );
     assert_eq!(listed(d).unwrap()["state"], "paused");
 
-    // A restart keeps it, paused; the api file goes with the daemon.
+    // Node-wide limits, changed while it runs.
+    let limit = |args: &[&str]| {
+        let mut all = vec!["limit", "--data-dir", "dd"];
+        all.extend_from_slice(args);
+        let out = sluice(&all, d);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(limit(&[]), "up unlimited  down unlimited");
+    let set = limit(&["--up-rate", "2MiB/s"]);
+    assert_eq!(set, "up 2.00 MiB/s  down unlimited");
+
+    // A restart keeps it, paused, and the limits; the api file goes with
+    // the daemon.
     assert!(first.terminate().success());
     assert!(
         !d.join("dd/api").exists(),
@@ -138,6 +155,11 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
     drop(seeder);
     let _second = daemon(d);
     assert_eq!(listed(d).unwrap()["state"], "paused");
+    assert_eq!(limit(&[]), set, "the limits after a restart");
+    assert_eq!(
+        limit(&["--up-rate", "none"]),
+        "up unlimited  down unlimited"
+    );
     let out = sluice(&["resume", &ih, "--data-dir", "dd"], d);
     assert!(
         out.status.success(),

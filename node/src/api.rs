@@ -265,6 +265,7 @@ pub(crate) async fn serve(
         )
         .route("/api/v1/daemon/torrents", get(daemon_torrents))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/limits", get(get_limits).post(set_limits))
         .route("/", get(ui_page))
         .route("/ui.js", get(ui_script))
         .route("/ui.css", get(ui_style))
@@ -545,6 +546,63 @@ async fn events(State(state): State<ApiState>) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+async fn get_limits(State(state): State<ApiState>) -> Response {
+    match state.daemon.get() {
+        Some(d) => axum::Json(d.limits()).into_response(),
+        None => not_a_daemon(),
+    }
+}
+
+/// Sets the node-wide limits: `{"up_rate": BYTES_PER_SEC | null, …}`
+/// (null: unlimited; a key left out is left as it is).
+async fn set_limits(State(state): State<ApiState>, body: bytes::Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        #[serde(default, with = "serde_with_null")]
+        up_rate: Option<Option<u64>>,
+        #[serde(default, with = "serde_with_null")]
+        down_rate: Option<Option<u64>>,
+    }
+    let Some(daemon) = state.daemon.get().cloned() else {
+        return not_a_daemon();
+    };
+    let change: Change = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let mut limits = daemon.limits();
+    if let Some(up) = change.up_rate {
+        limits.up_rate = up;
+    }
+    if let Some(down) = change.down_rate {
+        limits.down_rate = down;
+    }
+    if limits.up_rate == Some(0) || limits.down_rate == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a rate must be positive (null is unlimited)",
+        );
+    }
+    match daemon.set_limits(limits) {
+        Ok(()) => axum::Json(limits).into_response(),
+        Err(e) => daemon_error(&e),
+    }
+}
+
+/// A key that may be absent (leave it), `null` (clear it) or a value.
+mod serde_with_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 /// Every torrent of the daemon, paused and fetching ones included.

@@ -76,6 +76,17 @@ struct Entry {
 #[serde(deny_unknown_fields)]
 struct State {
     torrents: Vec<Entry>,
+    /// Node-wide limits set while running, bytes/s (none: unlimited).
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// The node's rate limits (`GET`/`POST /api/v1/limits`), bytes/s; `None`
+/// is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub up_rate: Option<u64>,
+    pub down_rate: Option<u64>,
 }
 
 /// What a torrent is doing, as the daemon lists it.
@@ -156,6 +167,7 @@ struct Inner {
     max_metadata: u64,
     /// The list (one lock: changes and their write to disk go together).
     entries: Mutex<Vec<Entry>>,
+    limits: Mutex<Limits>,
     /// Metadata fetches under way, by info-hash.
     fetches: Mutex<HashMap<InfoHash, tokio::task::JoinHandle<()>>>,
 }
@@ -191,9 +203,17 @@ impl Daemon {
                 download_dir,
                 max_metadata,
                 entries: Mutex::new(state.torrents.clone()),
+                limits: Mutex::new(Limits::default()),
                 fetches: Mutex::new(HashMap::new()),
             }),
         };
+        // Limits given on the command line win over the ones kept.
+        let (up, down) = daemon.inner.node.rates();
+        let limits = Limits {
+            up_rate: up.or(state.limits.up_rate),
+            down_rate: down.or(state.limits.down_rate),
+        };
+        daemon.set_limits(limits)?;
         for e in state.torrents {
             let Ok(ih) = e.info_hash.parse::<InfoHash>() else {
                 warn!(info_hash = %e.info_hash, "not an info-hash in {STATE_FILE}; skipped");
@@ -268,11 +288,32 @@ impl Daemon {
         Ok(())
     }
 
+    /// The node's limits now.
+    pub fn limits(&self) -> Limits {
+        *lock(&self.inner.limits)
+    }
+
+    /// Changes the node's limits while it runs, and keeps them.
+    pub fn set_limits(&self, limits: Limits) -> Result<(), DaemonError> {
+        let node = &self.inner.node;
+        let up = node.set_up_rate(limits.up_rate.unwrap_or(crate::UNLIMITED));
+        let down = node.set_down_rate(limits.down_rate.unwrap_or(crate::UNLIMITED));
+        if !(up && down) {
+            return Err(DaemonError::BadSource(
+                "this node was started without changeable limits".into(),
+            ));
+        }
+        *lock(&self.inner.limits) = limits;
+        let entries = lock(&self.inner.entries);
+        self.save(&entries)
+    }
+
     /// Writes the list. Called with the list locked.
     fn save(&self, entries: &[Entry]) -> Result<(), DaemonError> {
         let path = self.inner.node.data_dir().join(STATE_FILE);
         let state = State {
             torrents: entries.to_vec(),
+            limits: *lock(&self.inner.limits),
         };
         let bytes = serde_json::to_vec_pretty(&state).expect("the state serializes");
         sluice_storage::resume::write_atomically(&path, &bytes).map_err(|source| DaemonError::Io {

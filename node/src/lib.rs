@@ -694,6 +694,26 @@ impl NodeHandle {
         }
     }
 
+    /// Changes the node's download limit while it runs (see
+    /// [`set_up_rate`](Self::set_up_rate)).
+    pub fn set_down_rate(&self, bytes_per_sec: u64) -> bool {
+        match &self.limits.down {
+            Some(limit) => {
+                limit.set_rate(bytes_per_sec);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The node's upload and download limits (`None`: unlimited; a limiter
+    /// at [`UNLIMITED`] counts as none).
+    pub fn rates(&self) -> (Option<u64>, Option<u64>) {
+        let of =
+            |l: &Option<Arc<RateLimiter>>| l.as_ref().map(|l| l.rate()).filter(|r| *r != UNLIMITED);
+        (of(&self.limits.up), of(&self.limits.down))
+    }
+
     /// The node's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir.path()
@@ -1613,6 +1633,10 @@ pub const BT_REDIAL_AFTER: Duration = Duration::from_secs(30);
 const MAX_BT_DIALED: usize = 4096;
 /// Most BitTorrent dials under way at once (a `--peer` retrying holds one).
 pub const MAX_BT_DIALS: usize = 64;
+
+/// A rate limit that never holds anything back: what a node whose limits
+/// may be set later (a daemon) starts with.
+pub const UNLIMITED: u64 = u64::MAX;
 
 /// How long shutdown waits for a torrent before giving up on it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
