@@ -171,6 +171,9 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
         listed(d).filter(|t| t["state"] == "running" && t["complete"] == true)
     });
 
+    // --delete-data takes the torrent's files, not a file of the user's
+    // that sits beside them.
+    std::fs::write(d.join("dl/share/mine.txt"), b"not the torrent's").unwrap();
     let out = sluice(&["remove", &ih, "--delete-data", "--data-dir", "dd"], d);
     assert!(
         out.status.success(),
@@ -178,7 +181,14 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(listed(d).is_none(), "still listed");
-    assert!(!d.join("dl/share").exists(), "its data is still there");
+    assert!(
+        !d.join("dl/share/a.bin").exists(),
+        "its data is still there"
+    );
+    assert!(
+        d.join("dl/share/mine.txt").exists(),
+        "a file not of the torrent went too"
+    );
     let out = sluice(&["pause", &ih, "--data-dir", "dd"], d);
     assert_eq!(out.status.code(), Some(2), "pausing what is gone");
     assert!(

@@ -70,10 +70,16 @@ struct Entry {
     /// is being fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fetching: Option<String>,
+    /// Trackers and BitTorrent peers its magnet link named: asked every
+    /// time it starts (they are not in its `.torrent`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    trackers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    bt_peers: Vec<std::net::SocketAddr>,
 }
 
+// Unknown keys are passed over, not refused: a downgraded daemon starts.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct State {
     torrents: Vec<Entry>,
     /// Node-wide limits set while running, bytes/s (none: unlimited).
@@ -170,6 +176,10 @@ struct Inner {
     limits: Mutex<Limits>,
     /// Metadata fetches under way, by info-hash.
     fetches: Mutex<HashMap<InfoHash, tokio::task::JoinHandle<()>>>,
+    /// One change at a time (add, pause, resume, remove, a fetch's
+    /// start): each checks the list and then starts or stops a torrent,
+    /// which must not interleave with another.
+    ops: tokio::sync::Mutex<()>,
 }
 
 impl Daemon {
@@ -205,6 +215,7 @@ impl Daemon {
                 entries: Mutex::new(state.torrents.clone()),
                 limits: Mutex::new(Limits::default()),
                 fetches: Mutex::new(HashMap::new()),
+                ops: tokio::sync::Mutex::new(()),
             }),
         };
         // Limits given on the command line win over the ones kept.
@@ -284,8 +295,30 @@ impl Daemon {
     async fn start_torrent(&self, ih: InfoHash, output: &Path) -> Result<(), DaemonError> {
         let meta = Arc::new(self.read_torrent(ih)?);
         let content = Self::content(&meta, output);
-        self.inner.node.add_torrent(meta, content).await?;
+        let node = &self.inner.node;
+        node.add_torrent(meta, content).await?;
+        let key = ih.to_string();
+        let (trackers, peers) = lock(&self.inner.entries)
+            .iter()
+            .find(|e| e.info_hash == key)
+            .map(|e| (e.trackers.clone(), e.bt_peers.clone()))
+            .unwrap_or_default();
+        if !trackers.is_empty() {
+            let _ = node.add_trackers(ih, trackers);
+        }
+        for addr in peers {
+            let _ = node.add_bt_peer(ih, addr);
+        }
         Ok(())
+    }
+
+    /// Whether the node runs it now.
+    fn running(&self, ih: InfoHash) -> bool {
+        self.inner
+            .node
+            .torrents()
+            .iter()
+            .any(|t| t.info_hash() == ih)
     }
 
     /// The node's limits now.
@@ -366,14 +399,20 @@ impl Daemon {
     ) -> Result<InfoHash, DaemonError> {
         let meta = Metainfo::from_bytes(bytes)?;
         let output = self.output(output)?;
-        self.add_meta(meta, output, paused).await
+        let _op = self.inner.ops.lock().await;
+        self.add_meta(meta, output, paused, Vec::new(), Vec::new())
+            .await
     }
 
+    /// Lists and (unless `paused`) starts a torrent whose metadata we
+    /// have. Called with the ops lock held.
     async fn add_meta(
         &self,
         meta: Metainfo,
         output: PathBuf,
         paused: bool,
+        trackers: Vec<String>,
+        bt_peers: Vec<std::net::SocketAddr>,
     ) -> Result<InfoHash, DaemonError> {
         let ih = meta.info().info_hash();
         self.write_torrent(ih, &meta)?;
@@ -383,7 +422,12 @@ impl Daemon {
             output: output.clone(),
             paused,
             fetching: None,
+            trackers,
+            bt_peers,
         })?;
+        // A resume file of an earlier copy (elsewhere, maybe) says nothing
+        // about this one: what is there gets checked.
+        let _ = std::fs::remove_file(self.inner.node.data_dir_layout().resume_file(ih));
         if !paused && let Err(e) = self.start_torrent(ih, &output).await {
             self.update(ih, |e| e.paused = true)?;
             return Err(e);
@@ -402,12 +446,15 @@ impl Daemon {
         paused: bool,
     ) -> Result<InfoHash, DaemonError> {
         let output = self.output(output)?;
-        let (ih, name) = parse_link(source)?;
+        let (ih, name, trackers, bt_peers) = parse_link(source)?;
+        let _op = self.inner.ops.lock().await;
         if let Ok(meta) = self.read_torrent(ih)
             && meta.info().known_by(&ih)
         {
             // Fetched before (and since removed): no need to ask anyone.
-            return self.add_meta(meta, output, paused).await;
+            return self
+                .add_meta(meta, output, paused, trackers, bt_peers)
+                .await;
         }
         self.insert(Entry {
             info_hash: ih.to_string(),
@@ -415,6 +462,8 @@ impl Daemon {
             output,
             paused,
             fetching: Some(source.to_owned()),
+            trackers,
+            bt_peers,
         })?;
         self.spawn_fetch(ih, source.to_owned());
         Ok(ih)
@@ -445,35 +494,47 @@ impl Daemon {
             None => (Vec::new(), Vec::new()),
         };
         let meta = node
-            .fetch_metadata_with(
-                ih,
-                self.inner.max_metadata,
-                bt_peers.clone(),
-                trackers.clone(),
-            )
+            .fetch_metadata_with(ih, self.inner.max_metadata, bt_peers, trackers)
             .await?;
-        self.write_torrent(ih, &meta)?;
+        // A hybrid asked for by its v1 hash is kept under its v2 one, the
+        // name the node runs it by.
+        let key = meta.info().info_hash();
+        self.write_torrent(key, &meta)?;
+        let _op = self.inner.ops.lock().await;
         let name = meta.info().name().to_owned();
         let mut start = None;
         self.update(ih, |e| {
             e.fetching = None;
             e.name = name;
+            e.info_hash = key.to_string();
             if !e.paused {
                 start = Some(e.output.clone());
             }
         })?;
-        info!(info_hash = %ih, "metadata fetched");
-        if let Some(output) = start {
-            self.start_torrent(ih, &output).await?;
-            let key = meta.info().info_hash();
-            if !trackers.is_empty() {
-                let _ = node.add_trackers(key, trackers);
-            }
-            for addr in bt_peers {
-                let _ = node.add_bt_peer(key, addr);
-            }
+        if key != ih {
+            let _ = std::fs::remove_file(self.torrent_file(ih));
+        }
+        info!(info_hash = %key, "metadata fetched");
+        if let Some(output) = start
+            && let Err(e) = self.start_torrent(key, &output).await
+        {
+            self.update(key, |e| e.paused = true)?;
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// The entry of a torrent `v1` names, whatever it is listed under.
+    fn find_known_by(&self, v1: InfoHash) -> Result<(InfoHash, Entry), DaemonError> {
+        let listed: Vec<Entry> = lock(&self.inner.entries).clone();
+        for e in listed {
+            if let Ok(ih) = e.info_hash.parse::<InfoHash>()
+                && self.read_torrent(ih).is_ok_and(|m| m.info().known_by(&v1))
+            {
+                return Ok((ih, e));
+            }
+        }
+        Err(DaemonError::NotFound(v1.to_string()))
     }
 
     fn find(&self, key: &str) -> Result<(InfoHash, Entry), DaemonError> {
@@ -490,6 +551,7 @@ impl Daemon {
 
     /// Stops a torrent (writes flushed, peers closed), keeping it listed.
     pub async fn pause(&self, key: &str) -> Result<(), DaemonError> {
+        let _op = self.inner.ops.lock().await;
         let (ih, _) = self.find(key)?;
         self.update(ih, |e| e.paused = true)?;
         match self.inner.node.remove_torrent(ih).await {
@@ -500,10 +562,15 @@ impl Daemon {
 
     /// Starts a paused torrent again (its resume file says what it has).
     pub async fn resume(&self, key: &str) -> Result<(), DaemonError> {
+        let _op = self.inner.ops.lock().await;
         let (ih, entry) = self.find(key)?;
         self.update(ih, |e| e.paused = false)?;
-        if entry.fetching.is_none() && entry.paused {
-            self.start_torrent(ih, &entry.output).await?;
+        if entry.fetching.is_none()
+            && !self.running(ih)
+            && let Err(e) = self.start_torrent(ih, &entry.output).await
+        {
+            self.update(ih, |e| e.paused = true)?;
+            return Err(e);
         }
         Ok(())
     }
@@ -511,18 +578,27 @@ impl Daemon {
     /// Stops and forgets a torrent (its `.torrent` and resume file go);
     /// with `delete_data`, its content too.
     pub async fn remove(&self, key: &str, delete_data: bool) -> Result<(), DaemonError> {
-        let (ih, entry) = self.find(key)?;
-        if let Some(task) = lock(&self.inner.fetches).remove(&ih) {
+        let (first, _) = self.find(key)?;
+        let fetch = lock(&self.inner.fetches).remove(&first);
+        if let Some(task) = fetch {
             task.abort();
+            // Ended (or finished) before anything else happens to it.
+            let _ = task.await;
         }
+        let _op = self.inner.ops.lock().await;
+        // A fetch that finished meanwhile may have re-keyed it.
+        let (ih, entry) = match self.find(key) {
+            Ok(found) => found,
+            Err(_) => self.find_known_by(first)?,
+        };
         match self.inner.node.remove_torrent(ih).await {
             Ok(()) | Err(NodeError::NoSuchTorrent(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let content = self
-            .read_torrent(ih)
-            .ok()
-            .map(|m| Self::content(&m, &entry.output));
+        let files = self.read_torrent(ih).ok().map(|m| {
+            let content = Self::content(&m, &entry.output);
+            (sluice_storage::content_paths(m.info(), &content), content)
+        });
         {
             let mut entries = lock(&self.inner.entries);
             entries.retain(|e| e.info_hash != entry.info_hash);
@@ -530,21 +606,28 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(self.torrent_file(ih));
         let _ = std::fs::remove_file(self.inner.node.data_dir_layout().resume_file(ih));
-        if delete_data && let Some(content) = content {
-            let removed = if content.is_dir() {
-                std::fs::remove_dir_all(&content)
-            } else {
-                std::fs::remove_file(&content)
-            };
-            match removed {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(DaemonError::Io {
-                        what: "deleting",
-                        path: content,
-                        source,
-                    });
+        if delete_data && let Some((paths, content)) = files {
+            // The torrent's own files, then the directories they leave
+            // empty, up to its content directory: nothing else of the
+            // user's (or another torrent's) in there.
+            for path in &paths {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(DaemonError::Io {
+                            what: "deleting",
+                            path: path.clone(),
+                            source,
+                        });
+                    }
+                }
+                let mut dir = path.parent();
+                while let Some(d) = dir.filter(|d| d.starts_with(&content)) {
+                    if std::fs::remove_dir(d).is_err() {
+                        break; // not empty, or gone
+                    }
+                    dir = d.parent();
                 }
             }
         }
@@ -596,20 +679,29 @@ impl Daemon {
     }
 }
 
-/// A magnet link's or a bare info-hash's key, and the link's name.
-fn parse_link(source: &str) -> Result<(InfoHash, Option<String>), DaemonError> {
+/// A link's key, name, trackers and BitTorrent peers.
+type Link = (
+    InfoHash,
+    Option<String>,
+    Vec<String>,
+    Vec<std::net::SocketAddr>,
+);
+
+/// A magnet link's or a bare info-hash's key, and the link's name,
+/// trackers and BitTorrent peers.
+fn parse_link(source: &str) -> Result<Link, DaemonError> {
     if source.starts_with("magnet:") {
         let m: Magnet = source
             .parse()
             .map_err(|e: sluice_swarm::magnet::MagnetError| {
                 DaemonError::BadSource(e.to_string())
             })?;
-        return Ok((m.info_hash, m.name));
+        return Ok((m.info_hash, m.name, m.trackers, m.bt_peers));
     }
     let ih = source.parse().map_err(|_| {
         DaemonError::BadSource(format!(
             "{source:?} is not a magnet link or an info-hash (64 hex digits, or 40 for v1)"
         ))
     })?;
-    Ok((ih, None))
+    Ok((ih, None, Vec::new(), Vec::new()))
 }

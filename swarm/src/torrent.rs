@@ -139,9 +139,7 @@ impl TorrentStats {
         if self.complete || self.down_rate < 1.0 {
             return None;
         }
-        Some(std::time::Duration::from_secs_f64(
-            self.left() as f64 / self.down_rate,
-        ))
+        std::time::Duration::try_from_secs_f64(self.left() as f64 / self.down_rate).ok()
     }
 }
 
