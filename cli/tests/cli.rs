@@ -671,6 +671,30 @@ fn testnet_with_a_process_per_node() {
     assert!(rep.join("nodes/dht/sluice.log").is_file());
 }
 
+/// `sluice seed` of a 6 MB file at 1 MB/s on 127.0.0.1 (`seedd`): the
+/// seeder, its `.torrent` and its peer address.
+fn slow_seeder(d: &Path) -> (Running, String, String) {
+    std::fs::create_dir(d.join("share")).unwrap();
+    std::fs::write(d.join("share/a.bin"), content(6_000_000)).unwrap();
+    let seeder = spawn(
+        &[
+            "seed",
+            "share",
+            "--data-dir",
+            "seedd",
+            "--up-rate",
+            "1MB/s",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        d,
+    );
+    let torrent = line_starting(&seeder.lines, "torrent:");
+    let peer = line_starting(&seeder.lines, "peer:");
+    (seeder, torrent, peer)
+}
+
 /// `kill -9` a downloading `sluice get` three times at different points and
 /// start it again with the same command: it completes with identical
 /// content, and the run that finishes downloads no more than what was not
@@ -679,14 +703,8 @@ fn testnet_with_a_process_per_node() {
 fn a_leecher_killed_and_restarted_loses_nothing_verified() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir(d.join("share")).unwrap();
-    std::fs::write(d.join("share/a.bin"), content(6_000_000)).unwrap();
+    let (_seeder, torrent, peer) = slow_seeder(d);
     let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
-    let mut seed_args = vec!["seed", "share", "--data-dir", "seedd", "--up-rate", "1MB/s"];
-    seed_args.extend_from_slice(&local);
-    let seeder = spawn(&seed_args, d);
-    let torrent = line_starting(&seeder.lines, "torrent:");
-    let peer = line_starting(&seeder.lines, "peer:");
     let mut get_args = vec![
         "get",
         &torrent,
@@ -1043,14 +1061,8 @@ fn a_full_disk_pauses_the_download_until_there_is_room() {
 fn sigterm_stops_cleanly_and_a_closed_pipe_does_not_stop_a_download() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir(d.join("share")).unwrap();
-    std::fs::write(d.join("share/a.bin"), content(6_000_000)).unwrap();
+    let (_seeder, torrent, peer) = slow_seeder(d);
     let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
-    let mut seed_args = vec!["seed", "share", "--data-dir", "seedd", "--up-rate", "1MB/s"];
-    seed_args.extend_from_slice(&local);
-    let seeder = spawn(&seed_args, d);
-    let torrent = line_starting(&seeder.lines, "torrent:");
-    let peer = line_starting(&seeder.lines, "peer:");
     let get_args = |data: &'static str, out: &'static str| {
         let mut a: Vec<String> = [
             "get",
