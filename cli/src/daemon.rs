@@ -72,8 +72,22 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::net::default_data_dir);
+    let token = load_or_make_token(&data_dir)
+        .with_context(|| format!("making the API token in {}", data_dir.display()))?;
+    // Limiters that can be changed while it runs (`sluice limit`), and the
+    // token for changes.
+    let unlimited = sluice_node::UNLIMITED;
+    let configure = |net: &NetArgs| -> Result<sluice_node::NodeConfig> {
+        Ok(crate::net::node_config(net, None, None)?
+            .with_up_rate(Some(net.up_rate.unwrap_or(unlimited)))
+            .with_down_rate(Some(net.down_rate.unwrap_or(unlimited)))
+            .with_api_write_token(Some(token.clone())))
+    };
+    // Where it listens if the kept ports are taken now.
+    let fresh = configure(&args.net)?;
     // The ports of the first start, unless told otherwise.
     let kept = Ports::load(&data_dir);
+    let mut uses_kept = false;
     if args.net.listen.is_empty() && (kept.tcp.is_some() || kept.quic.is_some()) {
         let mut listen = Vec::new();
         if let Some(p) = kept.tcp {
@@ -83,21 +97,15 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
             listen.push(format!("/ip4/0.0.0.0/udp/{p}/quic-v1").parse()?);
         }
         args.net.listen = listen;
+        uses_kept = true;
     }
     if let Some(p) = kept.bt
         && args.net.bt_listen == std::net::SocketAddr::from(([0, 0, 0, 0], 0))
     {
         args.net.bt_listen.set_port(p);
+        uses_kept = true;
     }
-    // Limiters that can be changed while it runs (`sluice limit`).
-    let unlimited = sluice_node::UNLIMITED;
-    let config = crate::net::node_config(&args.net, None, None)?
-        .with_up_rate(Some(args.net.up_rate.unwrap_or(unlimited)))
-        .with_down_rate(Some(args.net.down_rate.unwrap_or(unlimited)));
-    let data_dir = config.data_dir().to_owned();
-    let token = load_or_make_token(&data_dir)
-        .with_context(|| format!("making the API token in {}", data_dir.display()))?;
-    let config = config.with_api_write_token(Some(token));
+    let config = configure(&args.net)?;
     let download_dir = match args.download_dir {
         Some(d) => std::path::absolute(&d).with_context(|| format!("{}", d.display()))?,
         None => {
@@ -106,7 +114,25 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
     };
     crate::net::runtime()?.block_on(async move {
         let mut stops = Stops::new()?;
-        let node = crate::net::start(config, &args.net.libp2p_peers()).await?;
+        let peers = args.net.libp2p_peers();
+        let node = match crate::net::start(config, &peers).await {
+            Ok(node) => node,
+            // Another program took a kept port meanwhile: new ones.
+            Err(e)
+                if uses_kept
+                    && matches!(
+                        e.downcast_ref::<sluice_node::NodeError>(),
+                        Some(
+                            sluice_node::NodeError::Listen { .. }
+                                | sluice_node::NodeError::BtListen { .. }
+                        )
+                    ) =>
+            {
+                eprintln!("warning: {e:#}; listening on new ports");
+                crate::net::start(fresh, &peers).await?
+            }
+            Err(e) => return Err(e),
+        };
         let daemon = Daemon::start(node.clone(), download_dir.clone(), args.max_metadata)
             .await
             .context("starting the daemon")?;
@@ -380,7 +406,11 @@ pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
             format_rate(t.down_rate),
             format_rate(t.up_rate),
             t.peers,
+            // A name comes from the network: no terminal escapes.
             t.name
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
         );
     }
     Ok(ExitCode::SUCCESS)
