@@ -432,8 +432,8 @@ struct Seeded {
 }
 
 /// What `PATH`'s files are as far as a re-hash could tell: each file's
-/// place, size and modification time, hashed.
-fn fingerprint(path: &Path) -> Result<String> {
+/// place, size and modification time, hashed; and their total size.
+fn fingerprint(path: &Path) -> Result<(String, u64)> {
     use sha2::Digest as _;
     let (_, files) = sluice_storage::create::scan(path)?;
     let mut h = sha2::Sha256::new();
@@ -450,7 +450,10 @@ fn fingerprint(path: &Path) -> Result<String> {
         h.update(f.length.to_le_bytes());
         h.update(mtime.to_le_bytes());
     }
-    Ok(hex::encode(h.finalize()))
+    Ok((
+        hex::encode(h.finalize()),
+        files.iter().map(|f| f.length).sum(),
+    ))
 }
 
 /// The torrent `seed PATH` shares: the one made from these very files
@@ -464,7 +467,7 @@ fn seeded_torrent(path: &Path, data_dir: &Path) -> Result<Arc<Metainfo>> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let key = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
-    let before = fingerprint(path)?;
+    let (before, total) = fingerprint(path)?;
     let torrents = data_dir.join("torrents");
     let known = index
         .iter()
@@ -479,8 +482,6 @@ fn seeded_torrent(path: &Path, data_dir: &Path) -> Result<Arc<Metainfo>> {
         );
         return Ok(meta);
     }
-    let (_, files) = sluice_storage::create::scan(path)?;
-    let total = files.iter().map(|f| f.length).sum();
     let done = Arc::new(AtomicU64::new(0));
     let meta = {
         let _bar = crate::Progress::start("hashing", total, Arc::clone(&done));
@@ -494,7 +495,7 @@ fn seeded_torrent(path: &Path, data_dir: &Path) -> Result<Arc<Metainfo>> {
         .with_context(|| format!("writing {}", file.display()))?;
     println!("torrent:   {}", file.display());
     // Unchanged while it was hashed: every piece is as hashed.
-    if fingerprint(path)? == before {
+    if fingerprint(path)?.0 == before {
         let pieces = sluice_storage::Layout::new(meta.info()).num_pieces() as usize;
         let resume = data_dir.join("resume").join(format!("{ih}.resume"));
         if let Some(dir) = resume.parent() {
