@@ -262,6 +262,10 @@ pub trait Choker: Send + fmt::Debug {
         peers: &[PeerSnapshot],
         rng: &mut dyn RngCore,
     ) -> Vec<Decision>;
+
+    /// Changes the upload slots (at least 1) while running: the next
+    /// rechoke is due at `now`, so the change shows at once.
+    fn set_slots(&mut self, slots: u32, now: Instant);
 }
 
 /// Picks one peer at random, new peers (connected within `new_window`)

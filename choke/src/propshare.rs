@@ -41,6 +41,10 @@ impl PropShareConfig {
     /// shared with tit-for-tat: at most `slots − 1` contributors are paid
     /// (the largest), plus the optimistic peer, so PropShare never unchokes
     /// more peers than tit-for-tat would.
+    pub fn tit_for_tat(&self) -> &TitForTatConfig {
+        &self.tit_for_tat
+    }
+
     pub fn with_tit_for_tat(mut self, config: TitForTatConfig) -> Self {
         self.tit_for_tat = config;
         self
@@ -78,6 +82,12 @@ impl PropShare {
 impl Choker for PropShare {
     fn name(&self) -> &'static str {
         "propshare"
+    }
+
+    fn set_slots(&mut self, slots: u32, now: Instant) {
+        self.config.tit_for_tat = self.config.tit_for_tat.clone().with_slots(slots);
+        self.seeding.set_slots(slots, now);
+        self.next_due = Some(now);
     }
 
     fn next_rechoke(&self) -> Option<Instant> {

@@ -468,6 +468,11 @@ impl Choker for TitForTat {
         "tit-for-tat"
     }
 
+    fn set_slots(&mut self, slots: u32, now: Instant) {
+        self.config.slots = slots.max(1);
+        self.next_due = Some(now);
+    }
+
     fn next_rechoke(&self) -> Option<Instant> {
         self.next_due
     }

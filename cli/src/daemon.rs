@@ -204,7 +204,8 @@ pub(crate) struct AddArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TorrentArgs {
-    /// The torrent's info-hash (as `sluice list` shows it).
+    /// The torrent's info-hash, or its first 8 or more hex digits (as
+    /// `sluice list` shows them).
     info_hash: String,
     #[command(flatten)]
     api: ApiArgs,
@@ -234,20 +235,44 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
     }
 }
 
+/// Upload slots as typed: a count, or `default`.
+#[derive(Debug, Clone, Copy)]
+struct Slots(Option<u32>);
+
+fn parse_slots(s: &str) -> Result<Slots, String> {
+    if s == "default" {
+        return Ok(Slots(None));
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..=sluice_node::api::MAX_SLOTS).contains(&n) => Ok(Slots(Some(n))),
+        _ => Err(format!(
+            "from 1 to {}, or default",
+            sluice_node::api::MAX_SLOTS
+        )),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct LimitArgs {
-    /// The node's upload limit, e.g. 5MB/s, or none.
+    /// A torrent's info-hash (or a prefix of it): its own limits, under
+    /// the node's. Without it, the node's.
+    info_hash: Option<String>,
+    /// Upload limit, e.g. 5MB/s, or none.
     #[arg(long, value_parser = parse_limit)]
     up_rate: Option<Limit>,
-    /// The node's download limit, e.g. 20MB/s, or none.
+    /// Download limit, e.g. 20MB/s, or none.
     #[arg(long, value_parser = parse_limit)]
     down_rate: Option<Limit>,
+    /// Upload slots per torrent (one of them optimistic), or default: a
+    /// torrent's own, or the node's for every torrent without its own.
+    #[arg(long, value_parser = parse_slots)]
+    slots: Option<Slots>,
     #[command(flatten)]
     api: ApiArgs,
 }
 
-/// `sluice limit`: shows the daemon's node-wide limits, or changes them
-/// while it runs (kept across restarts).
+/// `sluice limit [IH]`: shows the daemon's node-wide limits, or a
+/// torrent's, or changes them while it runs (kept across restarts).
 pub(crate) fn limit(args: LimitArgs) -> Result<ExitCode> {
     let client = args.api.client()?;
     let mut change = serde_json::Map::new();
@@ -257,14 +282,19 @@ pub(crate) fn limit(args: LimitArgs) -> Result<ExitCode> {
     if let Some(Limit(down)) = args.down_rate {
         change.insert("down_rate".into(), serde_json::json!(down));
     }
+    if let Some(Slots(slots)) = args.slots {
+        change.insert("slots".into(), serde_json::json!(slots));
+    }
+    let path = match &args.info_hash {
+        Some(ih) => format!("/api/v1/torrents/{}/limits", query_value(ih)),
+        None => "/api/v1/limits".to_owned(),
+    };
     let limits: Limits = crate::net::runtime()?.block_on(async {
         if change.is_empty() {
-            client.get_json("/api/v1/limits").await
+            client.get_json(&path).await
         } else {
             let body = serde_json::to_vec(&change).expect("JSON");
-            let answer = client
-                .post("/api/v1/limits", "application/json", body.into())
-                .await?;
+            let answer = client.post(&path, "application/json", body.into()).await?;
             serde_json::from_slice(&answer).map_err(|e| sluice_node::api::ClientError::Decode {
                 addr: client.addr(),
                 reason: e.to_string(),
@@ -272,8 +302,9 @@ pub(crate) fn limit(args: LimitArgs) -> Result<ExitCode> {
         }
     })?;
     let show = |r: Option<u64>| r.map_or("unlimited".to_owned(), |r| format_rate(r as f64));
+    let slots = limits.slots.map_or("default".to_owned(), |s| s.to_string());
     println!(
-        "up {}  down {}",
+        "up {}  down {}  slots {slots}",
         show(limits.up_rate),
         show(limits.down_rate)
     );
@@ -379,6 +410,18 @@ pub(crate) fn resume(args: TorrentArgs) -> Result<ExitCode> {
     )
 }
 
+pub(crate) fn recheck(args: TorrentArgs) -> Result<ExitCode> {
+    let path = format!("/api/v1/torrents/{}/recheck", query_value(&args.info_hash));
+    change(
+        &args.api,
+        &format!(
+            "checking {} (sluice list shows it as checking until done)",
+            args.info_hash
+        ),
+        async move |c| c.post(&path, "application/json", bytes::Bytes::new()).await,
+    )
+}
+
 pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
     let client = args.api.client()?;
     let listed: Vec<Listed> = crate::net::runtime()?
@@ -397,6 +440,7 @@ pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
             TorrentState::Running => "running",
             TorrentState::Paused => "paused",
             TorrentState::Fetching => "fetching",
+            TorrentState::Checking => "checking",
         };
         println!(
             "{:<16} {:<9} {:>6.1}% {:>11} {:>11} {:>5}  {}",

@@ -107,13 +107,16 @@ enum Command {
     Pause(daemon::TorrentArgs),
     /// Resume a paused torrent of a running daemon.
     Resume(daemon::TorrentArgs),
+    /// Check a torrent's data on the disk again (in the background: `list`
+    /// shows it as checking until done).
+    Recheck(daemon::TorrentArgs),
     /// A running daemon's torrents: state, progress, rates, peers.
     List(daemon::ListArgs),
     /// The running daemon's web UI address (with its token: open it in a
     /// browser).
     Ui(daemon::UiArgs),
-    /// Show or change a running daemon's node-wide upload and download
-    /// limits (kept across restarts).
+    /// Show or change a running daemon's upload and download limits and
+    /// upload slots, node-wide or of one torrent (kept across restarts).
     Limit(daemon::LimitArgs),
     /// Print a shell completion script: `sluice completions bash >
     /// ~/.local/share/bash-completion/completions/sluice`.
@@ -266,6 +269,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Remove(args) => daemon::remove(args),
         Command::Pause(args) => daemon::pause(args),
         Command::Resume(args) => daemon::resume(args),
+        Command::Recheck(args) => daemon::recheck(args),
         Command::List(args) => daemon::list(args),
         Command::Ui(args) => daemon::ui(args),
         Command::Limit(args) => daemon::limit(args),

@@ -59,6 +59,18 @@ fn listed(d: &Path) -> Option<Value> {
     v.get(0).cloned()
 }
 
+/// `sluice add SOURCE -o dl` to the daemon in `dd`; the info-hash.
+fn add(d: &Path, source: &str) -> String {
+    let out = sluice(&["add", source, "-o", "dl", "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = String::from_utf8_lossy(&out.stdout);
+    added.trim().strip_prefix("added ").unwrap().to_owned()
+}
+
 /// A raw HTTP request to the API; the status code.
 fn raw(api: &str, request: &str) -> u16 {
     let mut s = std::net::TcpStream::connect(api).unwrap();
@@ -86,14 +98,7 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
     let magnet = seeder.line("magnet:");
 
     let first = daemon(d);
-    let out = sluice(&["add", &magnet, "-o", "dl", "--data-dir", "dd"], d);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let added = String::from_utf8_lossy(&out.stdout);
-    let ih = added.trim().strip_prefix("added ").unwrap().to_owned();
+    let ih = add(d, &magnet);
     eventually("the download", || {
         listed(d).filter(|t| t["complete"] == true)
     });
@@ -121,7 +126,8 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
     assert_eq!(pause("evil.example", &bearer), 421, "DNS rebinding");
     assert_eq!(listed(d).unwrap()["state"], "running");
 
-    let out = sluice(&["pause", &ih, "--data-dir", "dd"], d);
+    // By the first hex digits `list` shows.
+    let out = sluice(&["pause", &ih[..12], "--data-dir", "dd"], d);
     assert!(
         out.status.success(),
         "{}",
@@ -141,9 +147,14 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    assert_eq!(limit(&[]), "up unlimited  down unlimited");
-    let set = limit(&["--up-rate", "2MiB/s"]);
-    assert_eq!(set, "up 2.00 MiB/s  down unlimited");
+    assert_eq!(limit(&[]), "up unlimited  down unlimited  slots default");
+    let set = limit(&["--up-rate", "2MiB/s", "--slots", "3"]);
+    assert_eq!(set, "up 2.00 MiB/s  down unlimited  slots 3");
+    // And the torrent's own, under them.
+    let own = limit(&[&ih[..12], "--down-rate", "1MiB/s", "--slots", "2"]);
+    assert_eq!(own, "up unlimited  down 1.00 MiB/s  slots 2");
+    let out = sluice(&["limit", "--data-dir", "dd", &ih, "--slots", "0"], d);
+    assert_eq!(out.status.code(), Some(2), "zero slots taken");
 
     // A restart keeps it, paused, and the limits; the api file goes with
     // the daemon.
@@ -156,9 +167,15 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
     let _second = daemon(d);
     assert_eq!(listed(d).unwrap()["state"], "paused");
     assert_eq!(limit(&[]), set, "the limits after a restart");
+    assert_eq!(limit(&[&ih]), own, "the torrent's limits after a restart");
+    assert_eq!(listed(d).unwrap()["limits"]["slots"], 2);
     assert_eq!(
-        limit(&["--up-rate", "none"]),
-        "up unlimited  down unlimited"
+        limit(&["--up-rate", "none", "--slots", "default"]),
+        "up unlimited  down unlimited  slots default"
+    );
+    assert_eq!(
+        limit(&[&ih, "--down-rate", "none"]),
+        "up unlimited  down unlimited  slots 2"
     );
     let out = sluice(&["resume", &ih, "--data-dir", "dd"], d);
     assert!(
@@ -217,4 +234,58 @@ fn a_daemon_keeps_its_ports_across_restarts() {
     let first = ports();
     assert_ne!(first.0, "0");
     assert_eq!(ports(), first, "the ports changed across a restart");
+}
+
+/// `sluice recheck` hashes a torrent's data again: a piece damaged on the
+/// disk behind the daemon's back is found and no longer counted.
+#[test]
+fn a_recheck_finds_data_damaged_behind_the_daemons_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("dl")).unwrap();
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(d.join("dl/b.bin"), &data).unwrap();
+    let out = sluice(
+        &[
+            "create",
+            "dl/b.bin",
+            "-o",
+            "b.torrent",
+            "--piece-size",
+            "256KiB",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _daemon = daemon(d);
+    let ih = add(d, "b.torrent");
+    // Its data was there: checked at the add, complete.
+    eventually("the check at the add", || {
+        listed(d).filter(|t| t["complete"] == true)
+    });
+
+    // One byte of the fourth piece changes on the disk.
+    let mut damaged = data.clone();
+    damaged[3 * 262_144 + 5] ^= 0xff;
+    std::fs::write(d.join("dl/b.bin"), &damaged).unwrap();
+    let out = sluice(&["recheck", &ih[..10], "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = eventually("the recheck", || {
+        listed(d).filter(|t| t["state"] == "running" && t["complete"] == false)
+    });
+    let pieces = 2_000_000f64 / 262_144f64;
+    let expected = (pieces.ceil() - 1.0) / pieces.ceil();
+    let progress = t["progress"].as_f64().unwrap();
+    assert!(
+        (progress - expected).abs() < 1e-9,
+        "progress {progress} after the recheck, not {expected}"
+    );
 }

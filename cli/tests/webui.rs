@@ -2,7 +2,7 @@
 //! the DevTools protocol (on a pipe: `--remote-debugging-pipe`), against
 //! a running `sluice daemon`. Through the page: add a torrent by magnet
 //! link, watch it reach 100% from a seeder, open it and see a peer row
-//! with its choke reason, pause and resume it. With
+//! with its choke reason, set its limits, pause and resume it. With
 //! `SLUICE_UI_SCREENSHOTS=DIR` it also saves the two pages as PNGs there
 //! (the README's screenshots).
 //!
@@ -252,6 +252,23 @@ fn the_web_ui_adds_downloads_shows_peers_pauses_and_resumes() {
         std::thread::sleep(Duration::from_secs(2));
         b.screenshot(&Path::new(&shots).join("ui-torrent.png"));
     }
+
+    // Its own limits, set through the form and read back from the API.
+    b.eval(
+        "const f = document.querySelector('#t-limits'); f.elements.up.value = '512'; \
+         f.elements.slots.value = '2'; f.querySelector('button').click(); true",
+    );
+    b.until(
+        "the limits set",
+        "document.querySelector('#t-limits .result').textContent === 'set'",
+    );
+    let limits = b.eval(
+        "fetch('/api/v1/torrents/' + location.hash.slice(4) + '/limits').then(r => r.json())",
+    );
+    assert_eq!(
+        limits,
+        json!({ "up_rate": 512 * 1024, "down_rate": null, "slots": 2 })
+    );
 
     // Pause and resume from the page.
     b.eval("document.querySelector('#t-pause').click(); true");

@@ -260,6 +260,10 @@ pub(crate) async fn serve(
         )
         .route("/api/v1/torrents/{info_hash}/peers", get(peers))
         .route(
+            "/api/v1/torrents/{info_hash}/limits",
+            get(get_torrent_limits).post(set_torrent_limits),
+        )
+        .route(
             "/api/v1/torrents/{info_hash}/{action}",
             post(pause_or_resume),
         )
@@ -482,13 +486,15 @@ async fn pause_or_resume(
     let Some(daemon) = state.daemon.get().cloned() else {
         return not_a_daemon();
     };
-    let done = match action.as_str() {
-        "pause" => daemon.pause(&info_hash).await,
-        "resume" => daemon.resume(&info_hash).await,
+    let (done, status) = match action.as_str() {
+        "pause" => (daemon.pause(&info_hash).await, StatusCode::NO_CONTENT),
+        "resume" => (daemon.resume(&info_hash).await, StatusCode::NO_CONTENT),
+        // Checked in the background: listed as `checking` until done.
+        "recheck" => (daemon.recheck(&info_hash).await, StatusCode::ACCEPTED),
         _ => return not_found().await,
     };
     match done {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => status.into_response(),
         Err(e) => daemon_error(&e),
     }
 }
@@ -557,9 +563,13 @@ async fn get_limits(State(state): State<ApiState>) -> Response {
     }
 }
 
-/// Sets the node-wide limits: `{"up_rate": BYTES_PER_SEC | null, …}`
-/// (null: unlimited; a key left out is left as it is).
-async fn set_limits(State(state): State<ApiState>, body: bytes::Bytes) -> Response {
+/// A change of limits: `{"up_rate": BYTES_PER_SEC | null, "down_rate":
+/// …, "slots": N | null}` (null: unlimited, or the default slots; a key
+/// left out is left as it is), applied to `limits`.
+fn change_limits(
+    mut limits: crate::daemon::Limits,
+    body: &[u8],
+) -> Result<crate::daemon::Limits, String> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Change {
@@ -567,28 +577,79 @@ async fn set_limits(State(state): State<ApiState>, body: bytes::Bytes) -> Respon
         up_rate: Option<Option<u64>>,
         #[serde(default, with = "serde_with_null")]
         down_rate: Option<Option<u64>>,
+        #[serde(default, with = "serde_with_null")]
+        slots: Option<Option<u32>>,
     }
-    let Some(daemon) = state.daemon.get().cloned() else {
-        return not_a_daemon();
-    };
-    let change: Change = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
-    };
-    let mut limits = daemon.limits();
+    let change: Change = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
     if let Some(up) = change.up_rate {
         limits.up_rate = up;
     }
     if let Some(down) = change.down_rate {
         limits.down_rate = down;
     }
-    if limits.up_rate == Some(0) || limits.down_rate == Some(0) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "a rate must be positive (null is unlimited)",
-        );
+    if let Some(slots) = change.slots {
+        limits.slots = slots;
     }
-    match daemon.set_limits(limits) {
+    if limits.up_rate == Some(0) || limits.down_rate == Some(0) {
+        return Err("up_rate, down_rate: a rate must be positive (null is unlimited)".into());
+    }
+    if limits.slots.is_some_and(|s| s == 0 || s > MAX_SLOTS) {
+        return Err(format!(
+            "slots: from 1 to {MAX_SLOTS} (null is the default)"
+        ));
+    }
+    Ok(limits)
+}
+
+/// Most upload slots a torrent may be given.
+pub const MAX_SLOTS: u32 = 1000;
+
+/// Sets the node-wide limits (see [`change_limits`]).
+async fn set_limits(State(state): State<ApiState>, body: bytes::Bytes) -> Response {
+    let Some(daemon) = state.daemon.get().cloned() else {
+        return not_a_daemon();
+    };
+    let limits = match change_limits(daemon.limits(), &body) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match daemon.set_limits(limits).await {
+        Ok(()) => axum::Json(limits).into_response(),
+        Err(e) => daemon_error(&e),
+    }
+}
+
+async fn get_torrent_limits(
+    State(state): State<ApiState>,
+    UrlPath(info_hash): UrlPath<String>,
+) -> Response {
+    let Some(daemon) = state.daemon.get() else {
+        return not_a_daemon();
+    };
+    match daemon.torrent_limits(&info_hash) {
+        Ok(l) => axum::Json(l).into_response(),
+        Err(e) => daemon_error(&e),
+    }
+}
+
+/// Sets a torrent's own limits (see [`change_limits`]).
+async fn set_torrent_limits(
+    State(state): State<ApiState>,
+    UrlPath(info_hash): UrlPath<String>,
+    body: bytes::Bytes,
+) -> Response {
+    let Some(daemon) = state.daemon.get().cloned() else {
+        return not_a_daemon();
+    };
+    let limits = match daemon.torrent_limits(&info_hash) {
+        Ok(l) => l,
+        Err(e) => return daemon_error(&e),
+    };
+    let limits = match change_limits(limits, &body) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match daemon.set_torrent_limits(&info_hash, limits).await {
         Ok(()) => axum::Json(limits).into_response(),
         Err(e) => daemon_error(&e),
     }

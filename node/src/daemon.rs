@@ -29,6 +29,9 @@ use crate::{NodeError, NodeHandle, lock};
 
 /// The daemon's list of torrents, in its data dir.
 pub const STATE_FILE: &str = "daemon.json";
+/// Fewest hex digits of an info-hash that name a torrent (`sluice
+/// pause 1a2b3c4d`).
+pub const MIN_PREFIX: usize = 8;
 /// Most torrents one daemon holds.
 pub const MAX_TORRENTS: usize = 10_000;
 /// The API token for changes, in the data dir (readable by its owner
@@ -76,6 +79,9 @@ struct Entry {
     trackers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     bt_peers: Vec<std::net::SocketAddr>,
+    /// Its own limits, under the node's.
+    #[serde(default)]
+    limits: Limits,
 }
 
 // Unknown keys are passed over, not refused: a downgraded daemon starts.
@@ -87,12 +93,21 @@ struct State {
     limits: Limits,
 }
 
-/// The node's rate limits (`GET`/`POST /api/v1/limits`), bytes/s; `None`
-/// is unlimited.
+/// Rate limits (bytes/s; `None` is unlimited) and upload slots, of the
+/// node (`GET`/`POST /api/v1/limits`) or of one torrent
+/// (`…/torrents/{ih}/limits`).
+///
+/// A torrent's rates hold under the node's: its bytes pass both. Each
+/// torrent has its own choker with its own slots (`slots`, or else the
+/// node's `slots`, or else `--slots`), so one busy torrent never takes
+/// another's slots; the node's upload rate is the budget they share.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     pub up_rate: Option<u64>,
     pub down_rate: Option<u64>,
+    /// Upload slots per torrent (one of them optimistic).
+    #[serde(default)]
+    pub slots: Option<u32>,
 }
 
 /// What a torrent is doing, as the daemon lists it.
@@ -103,6 +118,8 @@ pub enum TorrentState {
     Paused,
     /// Its metadata is being fetched from peers.
     Fetching,
+    /// Its data is being checked (a recheck).
+    Checking,
 }
 
 /// One torrent in [`Daemon::list`] (`GET /api/v1/daemon/torrents`).
@@ -119,6 +136,8 @@ pub struct Listed {
     pub down_rate: f64,
     pub up_rate: f64,
     pub peers: usize,
+    /// Its own limits (the node's hold over them).
+    pub limits: Limits,
 }
 
 /// Why a daemon request failed; each maps to one HTTP status.
@@ -136,6 +155,10 @@ pub enum DaemonError {
     RelativeOutput(PathBuf),
     #[error("this daemon holds {MAX_TORRENTS} torrents already")]
     TooMany,
+    #[error("{0} names more than one torrent: give more of its info-hash")]
+    Ambiguous(String),
+    #[error("the torrent {0} is busy: {1}")]
+    Busy(String, &'static str),
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error("{what} {path}: {source}")]
@@ -151,9 +174,12 @@ impl DaemonError {
     /// The HTTP status the API answers it with.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Exists(_) => 409,
+            Self::Exists(_) | Self::Busy(..) => 409,
             Self::NotFound(_) => 404,
-            Self::BadSource(_) | Self::BadTorrent(_) | Self::RelativeOutput(_) => 400,
+            Self::BadSource(_)
+            | Self::BadTorrent(_)
+            | Self::RelativeOutput(_)
+            | Self::Ambiguous(_) => 400,
             Self::TooMany => 507,
             Self::Node(_) | Self::Io { .. } => 500,
         }
@@ -176,6 +202,8 @@ struct Inner {
     limits: Mutex<Limits>,
     /// Metadata fetches under way, by info-hash.
     fetches: Mutex<HashMap<InfoHash, tokio::task::JoinHandle<()>>>,
+    /// Torrents being rechecked.
+    checking: Mutex<std::collections::HashSet<InfoHash>>,
     /// One change at a time (add, pause, resume, remove, a fetch's
     /// start): each checks the list and then starts or stops a torrent,
     /// which must not interleave with another.
@@ -215,6 +243,7 @@ impl Daemon {
                 entries: Mutex::new(state.torrents.clone()),
                 limits: Mutex::new(Limits::default()),
                 fetches: Mutex::new(HashMap::new()),
+                checking: Mutex::new(std::collections::HashSet::new()),
                 ops: tokio::sync::Mutex::new(()),
             }),
         };
@@ -223,8 +252,9 @@ impl Daemon {
         let limits = Limits {
             up_rate: up.or(state.limits.up_rate),
             down_rate: down.or(state.limits.down_rate),
+            slots: state.limits.slots,
         };
-        daemon.set_limits(limits)?;
+        daemon.set_limits(limits).await?;
         for e in state.torrents {
             let Ok(ih) = e.info_hash.parse::<InfoHash>() else {
                 warn!(info_hash = %e.info_hash, "not an info-hash in {STATE_FILE}; skipped");
@@ -296,13 +326,14 @@ impl Daemon {
         let meta = Arc::new(self.read_torrent(ih)?);
         let content = Self::content(&meta, output);
         let node = &self.inner.node;
-        node.add_torrent(meta, content).await?;
         let key = ih.to_string();
-        let (trackers, peers) = lock(&self.inner.entries)
+        let (trackers, peers, limits) = lock(&self.inner.entries)
             .iter()
             .find(|e| e.info_hash == key)
-            .map(|e| (e.trackers.clone(), e.bt_peers.clone()))
+            .map(|e| (e.trackers.clone(), e.bt_peers.clone(), e.limits))
             .unwrap_or_default();
+        let handle = node.add_torrent(meta, content).await?;
+        self.apply_limits(&handle, limits).await;
         if !trackers.is_empty() {
             let _ = node.add_trackers(ih, trackers);
         }
@@ -326,8 +357,9 @@ impl Daemon {
         *lock(&self.inner.limits)
     }
 
-    /// Changes the node's limits while it runs, and keeps them.
-    pub fn set_limits(&self, limits: Limits) -> Result<(), DaemonError> {
+    /// Changes the node's limits while it runs, and keeps them. Slots
+    /// change in every torrent without slots of its own.
+    pub async fn set_limits(&self, limits: Limits) -> Result<(), DaemonError> {
         let node = &self.inner.node;
         let up = node.set_up_rate(limits.up_rate.unwrap_or(crate::UNLIMITED));
         let down = node.set_down_rate(limits.down_rate.unwrap_or(crate::UNLIMITED));
@@ -337,8 +369,107 @@ impl Daemon {
             ));
         }
         *lock(&self.inner.limits) = limits;
-        let entries = lock(&self.inner.entries);
-        self.save(&entries)
+        let own: Vec<(String, Limits)> = {
+            let entries = lock(&self.inner.entries);
+            self.save(&entries)?;
+            entries
+                .iter()
+                .map(|e| (e.info_hash.clone(), e.limits))
+                .collect()
+        };
+        for t in node.torrents() {
+            let key = t.info_hash().to_string();
+            if let Some((_, l)) = own.iter().find(|(k, _)| *k == key) {
+                self.apply_limits(&t, *l).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a running torrent's own limits; slots it has none of come
+    /// from the node's, else `--slots`.
+    async fn apply_limits(&self, t: &sluice_swarm::torrent::TorrentHandle, own: Limits) {
+        t.set_rates(own.up_rate, own.down_rate);
+        let slots = own
+            .slots
+            .or(self.limits().slots)
+            .unwrap_or_else(|| self.inner.node.default_upload_slots());
+        if slots != t.upload_slots() {
+            t.set_upload_slots(slots).await;
+        }
+    }
+
+    /// A torrent's own limits.
+    pub fn torrent_limits(&self, key: &str) -> Result<Limits, DaemonError> {
+        Ok(self.find(key)?.1.limits)
+    }
+
+    /// Changes a torrent's own limits (running or not), and keeps them.
+    pub async fn set_torrent_limits(&self, key: &str, limits: Limits) -> Result<(), DaemonError> {
+        let _op = self.inner.ops.lock().await;
+        let (ih, _) = self.find(key)?;
+        self.update(ih, |e| e.limits = limits)?;
+        if let Ok(t) = self.inner.node.torrent(ih) {
+            self.apply_limits(&t, limits).await;
+        }
+        Ok(())
+    }
+
+    /// Checks a torrent's data again from the disk, in the background
+    /// (listed as `checking` until done): stopped, its resume file
+    /// dropped, started again (which hashes what is there), and stopped
+    /// again if it was paused.
+    pub async fn recheck(&self, key: &str) -> Result<(), DaemonError> {
+        let (ih, entry) = self.find(key)?;
+        if entry.fetching.is_some() {
+            return Err(DaemonError::Busy(
+                key.to_owned(),
+                "its metadata is being fetched",
+            ));
+        }
+        if !lock(&self.inner.checking).insert(ih) {
+            return Err(DaemonError::Busy(key.to_owned(), "it is being checked"));
+        }
+        let daemon = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = daemon.check(ih).await {
+                warn!(info_hash = %ih, error = %e, "recheck failed");
+            }
+            lock(&daemon.inner.checking).remove(&ih);
+        });
+        Ok(())
+    }
+
+    async fn check(&self, ih: InfoHash) -> Result<(), DaemonError> {
+        let _op = self.inner.ops.lock().await;
+        // Removed (or re-added) meanwhile: its entry says what to do now.
+        let (ih, entry) = self.find(&ih.to_string())?;
+        match self.inner.node.remove_torrent(ih).await {
+            Ok(()) | Err(NodeError::NoSuchTorrent(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let resume = self.inner.node.data_dir_layout().resume_file(ih);
+        match std::fs::remove_file(&resume) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DaemonError::Io {
+                    what: "deleting",
+                    path: resume,
+                    source,
+                });
+            }
+        }
+        if let Err(e) = self.start_torrent(ih, &entry.output).await {
+            self.update(ih, |e| e.paused = true)?;
+            return Err(e);
+        }
+        if entry.paused {
+            // Its stop writes the resume file the check found.
+            self.inner.node.remove_torrent(ih).await?;
+        }
+        info!(info_hash = %ih, "rechecked");
+        Ok(())
     }
 
     /// Writes the list. Called with the list locked.
@@ -346,7 +477,7 @@ impl Daemon {
         let path = self.inner.node.data_dir().join(STATE_FILE);
         let state = State {
             torrents: entries.to_vec(),
-            limits: *lock(&self.inner.limits),
+            limits: self.limits(),
         };
         let bytes = serde_json::to_vec_pretty(&state).expect("the state serializes");
         sluice_storage::resume::write_atomically(&path, &bytes).map_err(|source| DaemonError::Io {
@@ -424,6 +555,7 @@ impl Daemon {
             fetching: None,
             trackers,
             bt_peers,
+            limits: Limits::default(),
         })?;
         // A resume file of an earlier copy (elsewhere, maybe) says nothing
         // about this one: what is there gets checked.
@@ -464,6 +596,7 @@ impl Daemon {
             fetching: Some(source.to_owned()),
             trackers,
             bt_peers,
+            limits: Limits::default(),
         })?;
         self.spawn_fetch(ih, source.to_owned());
         Ok(ih)
@@ -537,15 +670,29 @@ impl Daemon {
         Err(DaemonError::NotFound(v1.to_string()))
     }
 
+    /// The torrent `key` names: its info-hash, or a prefix of it (at
+    /// least [`MIN_PREFIX`] hex digits, as `sluice list` shows them) that
+    /// names one torrent only.
     fn find(&self, key: &str) -> Result<(InfoHash, Entry), DaemonError> {
-        let ih: InfoHash = key
-            .parse()
-            .map_err(|_| DaemonError::NotFound(key.to_owned()))?;
-        let entry = lock(&self.inner.entries)
-            .iter()
-            .find(|e| e.info_hash == ih.to_string())
-            .cloned()
-            .ok_or_else(|| DaemonError::NotFound(key.to_owned()))?;
+        let not_found = || DaemonError::NotFound(key.to_owned());
+        let entries = lock(&self.inner.entries);
+        let entry = if let Ok(ih) = key.parse::<InfoHash>() {
+            let full = ih.to_string();
+            entries.iter().find(|e| e.info_hash == full)
+        } else {
+            let prefix = key.to_ascii_lowercase();
+            if prefix.len() < MIN_PREFIX || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(not_found());
+            }
+            let mut found = entries.iter().filter(|e| e.info_hash.starts_with(&prefix));
+            match (found.next(), found.next()) {
+                (Some(e), None) => Some(e),
+                (Some(_), Some(_)) => return Err(DaemonError::Ambiguous(key.to_owned())),
+                _ => None,
+            }
+        };
+        let entry = entry.cloned().ok_or_else(not_found)?;
+        let ih = entry.info_hash.parse().map_err(|_| not_found())?;
         Ok((ih, entry))
     }
 
@@ -637,6 +784,10 @@ impl Daemon {
 
     /// Every torrent, in the order added, with its live figures.
     pub fn list(&self) -> Vec<Listed> {
+        let checking: Vec<String> = lock(&self.inner.checking)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let running: HashMap<String, sluice_swarm::torrent::TorrentStats> = self
             .inner
             .node
@@ -649,6 +800,7 @@ impl Daemon {
             .map(|e| {
                 let stats = running.get(&e.info_hash);
                 let state = match (&e.fetching, e.paused, stats) {
+                    _ if checking.contains(&e.info_hash) => TorrentState::Checking,
                     (Some(_), _, _) => TorrentState::Fetching,
                     (None, false, Some(_)) => TorrentState::Running,
                     _ => TorrentState::Paused,
@@ -665,6 +817,7 @@ impl Daemon {
                     down_rate: stats.map_or(0.0, |s| s.down_rate),
                     up_rate: stats.map_or(0.0, |s| s.up_rate),
                     peers: stats.map_or(0, |s| s.peers.len()),
+                    limits: e.limits,
                 }
             })
             .collect()

@@ -566,7 +566,8 @@ impl NodeHandle {
         Ok(())
     }
 
-    fn torrent(&self, ih: InfoHash) -> Result<TorrentHandle, NodeError> {
+    /// The running torrent `ih`.
+    pub fn torrent(&self, ih: InfoHash) -> Result<TorrentHandle, NodeError> {
         lock(&self.torrents)
             .get(&ih)
             .cloned()
@@ -829,6 +830,11 @@ impl NodeHandle {
     /// The running torrents.
     pub fn torrents(&self) -> Vec<TorrentHandle> {
         lock(&self.torrents).values().cloned().collect()
+    }
+
+    /// The upload slots a torrent starts with (`--slots`).
+    pub fn default_upload_slots(&self) -> u32 {
+        self.config.torrent.upload_slots()
     }
 
     /// Peers with at least one open connection.
@@ -1636,7 +1642,7 @@ pub const MAX_BT_DIALS: usize = 64;
 
 /// A rate limit that never holds anything back: what a node whose limits
 /// may be set later (a daemon) starts with.
-pub const UNLIMITED: u64 = u64::MAX;
+pub use sluice_swarm::ratelimit::UNLIMITED;
 
 /// How long shutdown waits for a torrent before giving up on it.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

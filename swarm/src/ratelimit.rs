@@ -2,8 +2,8 @@
 //! `--down-rate`. Applied to loopback peers too (unlike libtorrent's
 //! default), because the testnet runs on loopback.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How much a bucket holds, as time at its rate: it starts full, so a
@@ -130,6 +130,60 @@ impl RateLimiter {
     }
 }
 
+/// A rate that limits nothing: a [`RateLimiter`] set to it is passed
+/// over (no lock taken), so a torrent's own limiter costs nothing until
+/// a user sets one.
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// The limiters one direction of a session's bytes passes: its node's
+/// and its torrent's. Each may be absent or [`UNLIMITED`] (then skipped);
+/// the tighter one rules.
+#[derive(Debug, Clone, Default)]
+pub struct Limiters {
+    node: Option<Arc<RateLimiter>>,
+    torrent: Option<Arc<RateLimiter>>,
+}
+
+impl Limiters {
+    pub fn new(node: Option<Arc<RateLimiter>>, torrent: Option<Arc<RateLimiter>>) -> Self {
+        Self { node, torrent }
+    }
+
+    fn active(&self) -> impl Iterator<Item = &RateLimiter> {
+        [self.node.as_deref(), self.torrent.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|l| l.rate() != UNLIMITED)
+    }
+
+    /// The rate that holds (`None`: unlimited).
+    pub fn rate(&self) -> Option<u64> {
+        self.active().map(RateLimiter::rate).min()
+    }
+
+    /// Bytes that can pass now without waiting (`None`: unlimited).
+    pub fn available(&self) -> Option<u64> {
+        self.active().map(RateLimiter::available).min()
+    }
+
+    /// Spends `bytes` in every limiter and says how long to wait before
+    /// spending more.
+    pub fn spend(&self, bytes: u64) -> Duration {
+        self.active()
+            .map(|l| l.spend(bytes))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `bytes` may pass (see [`RateLimiter::acquire`]).
+    pub async fn acquire(&self, bytes: u64) {
+        let wait = self.spend(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +213,26 @@ mod tests {
         assert_eq!(r.take(3000, t0), Duration::from_millis(200));
         assert_eq!(r.available(t0 + Duration::from_millis(100)), 0);
         assert_eq!(r.available(t0 + Duration::from_millis(300)), 1000);
+    }
+
+    #[test]
+    fn the_tighter_of_node_and_torrent_rules_and_unlimited_is_skipped() {
+        let node = Arc::new(RateLimiter::new(UNLIMITED));
+        let torrent = Arc::new(RateLimiter::new(UNLIMITED));
+        let l = Limiters::new(Some(node.clone()), Some(torrent.clone()));
+        assert_eq!(l.rate(), None);
+        assert_eq!(l.available(), None);
+        assert_eq!(l.spend(1 << 30), Duration::ZERO);
+        torrent.set_rate(1000);
+        assert_eq!(l.rate(), Some(1000));
+        node.set_rate(500);
+        assert_eq!(l.rate(), Some(500));
+        // A bucket holds 100 ms of its rate: 50 bytes at 500 B/s.
+        assert!(l.available().is_some_and(|a| a <= 50));
+        // 150 bytes put the node's bucket 100 bytes (200 ms) into debt.
+        let wait = l.spend(150);
+        assert!(wait >= Duration::from_millis(190), "{wait:?}");
+        node.set_rate(UNLIMITED);
+        assert_eq!(l.rate(), Some(1000));
     }
 }

@@ -29,7 +29,7 @@ use tracing::debug;
 use crate::bt::wire::{Extra, HashSpec, METADATA_PIECE, MetadataMsg, UT_METADATA_ID};
 use crate::codec::{Codec, Inbound, SluiceCodec};
 use crate::framed::{FrameReader, FrameWriter, StreamError};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Limiters, RateLimiter};
 use crate::torrent_core::CloseReason;
 use crate::upload::{Admission, UploadQueue, batch_blocks};
 use crate::wire::{BlockSpec, Message};
@@ -116,8 +116,9 @@ pub(crate) struct Session<R, W, C = SluiceCodec> {
     pub(crate) commands: mpsc::Receiver<ToSession>,
     pub(crate) limits: SessionLimits,
     pub(crate) stats: Arc<SessionStats>,
-    pub(crate) up_limit: Option<Arc<RateLimiter>>,
-    pub(crate) down_limit: Option<Arc<RateLimiter>>,
+    /// The node's and the torrent's limiters.
+    pub(crate) up_limit: Limiters,
+    pub(crate) down_limit: Limiters,
     /// This peer's own upload cap, on top of `up_limit`.
     pub(crate) cap: Option<RateLimiter>,
     /// Pieces we sent it a block of (grown on first use).
@@ -322,9 +323,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 offset,
                 data,
             } => {
-                if let Some(limit) = &self.down_limit {
-                    limit.acquire(data.len() as u64).await;
-                }
+                self.down_limit.acquire(data.len() as u64).await;
                 // The decoded block shares the read buffer's allocation with
                 // its neighbours; a block waiting for the disk would pin
                 // all of it. One 16 KiB copy keeps queued memory equal to
@@ -475,10 +474,12 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
     /// and writes them out.
     async fn serve(&mut self, queue: &mut UploadQueue) -> Result<(), StreamError> {
         // Under a rate limit, read no more than it lets us send now.
-        let available = [self.cap.as_ref(), self.up_limit.as_deref()]
+        let available = self
+            .cap
+            .as_ref()
+            .map(RateLimiter::available)
             .into_iter()
-            .flatten()
-            .map(RateLimiter::available);
+            .chain(self.up_limit.available());
         let batch = queue.next_batch(batch_blocks(self.limits.upload_window, available));
         // Blocks in the page cache are read here and now; the rest (a cold
         // disk) in one call on the blocking pool, so no read stalls this
@@ -530,8 +531,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 .cap
                 .as_ref()
                 .map(|c| c.spend(bytes))
-                .max(self.up_limit.as_ref().map(|l| l.spend(bytes)))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .max(self.up_limit.spend(bytes));
             if !wait.is_zero() {
                 self.serve_at = Some(tokio::time::Instant::now() + wait);
             }
@@ -686,8 +687,8 @@ mod tests {
                 idle_timeout,
             },
             stats: Arc::default(),
-            up_limit,
-            down_limit: None,
+            up_limit: Limiters::new(up_limit, None),
+            down_limit: Limiters::default(),
             cap: None,
             served: sluice_storage::Bitfield::new(),
             last_read: tokio::time::Instant::now(),

@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 use crate::bt::BtRemote;
 use crate::bt::wire::{BtCodec, Handshake};
 use crate::framed::{FrameReader, FrameWriter};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Limiters, RateLimiter, UNLIMITED};
 use crate::session::{FromSession, Session, SessionLimits, SessionStats, ToSession};
 use crate::torrent_core::{Action, TorrentCore};
 pub use crate::torrent_core::{ChokerChoice, PeerStats, TorrentConfig};
@@ -158,6 +158,8 @@ enum Command {
         ours: Handshake,
         opened_by_us: bool,
     },
+    /// Upload slots from now on (the choker rechokes at once).
+    SetSlots(u32),
     Stop(oneshot::Sender<Result<(), String>>),
 }
 
@@ -166,6 +168,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::AddPeer { peer_id, .. } => write!(f, "AddPeer({peer_id})"),
             Command::AddBtPeer { addr, .. } => write!(f, "AddBtPeer({addr})"),
+            Command::SetSlots(n) => write!(f, "SetSlots({n})"),
             Command::Stop(_) => f.write_str("Stop"),
         }
     }
@@ -180,6 +183,16 @@ pub struct TorrentHandle {
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<TorrentStats>,
     sessions: watch::Receiver<Arc<HashSet<PeerId>>>,
+    own: OwnLimits,
+}
+
+/// A torrent's own rate limits, under its node's (unlimited until set).
+#[derive(Debug, Clone)]
+struct OwnLimits {
+    up: Arc<RateLimiter>,
+    down: Arc<RateLimiter>,
+    /// Upload slots now.
+    slots: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl TorrentHandle {
@@ -282,6 +295,34 @@ impl TorrentHandle {
         }
     }
 
+    /// Changes this torrent's own upload and download limits while it
+    /// runs (bytes/s; `None`: only the node's hold).
+    pub fn set_rates(&self, up: Option<u64>, down: Option<u64>) {
+        self.own.up.set_rate(up.unwrap_or(UNLIMITED));
+        self.own.down.set_rate(down.unwrap_or(UNLIMITED));
+    }
+
+    /// This torrent's own upload and download limits (`None`: none).
+    pub fn rates(&self) -> (Option<u64>, Option<u64>) {
+        let of = |l: &RateLimiter| Some(l.rate()).filter(|r| *r != UNLIMITED);
+        (of(&self.own.up), of(&self.own.down))
+    }
+
+    /// Upload slots now (one of them optimistic).
+    pub fn upload_slots(&self) -> u32 {
+        self.own.slots.load(Ordering::Relaxed)
+    }
+
+    /// Changes the upload slots while it runs (at least 1); the choker
+    /// rechokes at its next tick.
+    ///
+    /// Cancel-safe.
+    pub async fn set_upload_slots(&self, slots: u32) {
+        let slots = slots.max(1);
+        self.own.slots.store(slots, Ordering::Relaxed);
+        let _ = self.commands.send(Command::SetSlots(slots)).await;
+    }
+
     /// Stops requesting, closes every session, lets the writer finish what
     /// is queued and flushes the resume file.
     ///
@@ -310,6 +351,16 @@ pub struct SharedLimits {
     pub down: Option<Arc<RateLimiter>>,
 }
 
+impl SharedLimits {
+    /// What a torrent's bytes pass: these and the torrent's own.
+    fn with_own(&self, own: &OwnLimits) -> (Limiters, Limiters) {
+        (
+            Limiters::new(self.up.clone(), Some(Arc::clone(&own.up))),
+            Limiters::new(self.down.clone(), Some(Arc::clone(&own.down))),
+        )
+    }
+}
+
 type CreditWait = Pin<Box<dyn Future<Output = Result<Credit, ReserveError>> + Send>>;
 type Flushing = tokio::task::JoinHandle<Result<(), sluice_storage::StorageError>>;
 
@@ -330,7 +381,10 @@ struct Driver {
     layout: Option<Arc<sluice_storage::Layout>>,
     storage: Arc<Storage>,
     config: TorrentConfig,
-    limits: SharedLimits,
+    /// What this torrent's sessions' bytes pass: the node's limiters and
+    /// its own.
+    up: Limiters,
+    down: Limiters,
     links: HashMap<PeerKey, Link>,
     events_tx: mpsc::Sender<FromSession>,
     tracker: TaskTracker,
@@ -360,7 +414,13 @@ pub fn spawn_torrent(
         storage.queue().clone(),
         now,
     );
-    core.set_upload_limit(limits.up.as_ref().map(|l| l.rate()));
+    let own = OwnLimits {
+        up: Arc::new(RateLimiter::new(UNLIMITED)),
+        down: Arc::new(RateLimiter::new(UNLIMITED)),
+        slots: Arc::new(std::sync::atomic::AtomicU32::new(config.upload_slots())),
+    };
+    let (up, down) = limits.with_own(&own);
+    core.set_upload_limit(up.rate());
     let (events_tx, events_rx) = mpsc::channel(config.event_capacity);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let info = storage.metainfo().info();
@@ -394,13 +454,15 @@ pub fn spawn_torrent(
         commands: commands_tx,
         stats: stats_rx,
         sessions: sessions_rx,
+        own,
     };
     let driver = Driver {
         core,
         layout: None,
         storage,
         config,
-        limits,
+        up,
+        down,
         links: HashMap::new(),
         events_tx,
         tracker: tracker.clone(),
@@ -460,6 +522,9 @@ impl Driver {
                             self.core.on_storage(Instant::now(), ev);
                         }
                         self.add_bt_peer(stream, addr, theirs, ours, opened_by_us);
+                    }
+                    Some(Command::SetSlots(slots)) => {
+                        self.core.set_upload_slots(slots, Instant::now());
                     }
                     Some(Command::Stop(reply)) => {
                         stop_reply = Some(reply);
@@ -587,8 +652,8 @@ impl Driver {
                 idle_timeout: self.config.idle_timeout,
             },
             stats,
-            up_limit: self.limits.up.clone(),
-            down_limit: self.limits.down.clone(),
+            up_limit: self.up.clone(),
+            down_limit: self.down.clone(),
             cap: None,
             served: Bitfield::new(),
             last_read: tokio::time::Instant::now(),
@@ -754,8 +819,7 @@ impl Driver {
                 self.core.on_uploaded(now, *key, delta);
             }
         }
-        self.core
-            .set_upload_limit(self.limits.up.as_ref().map(|l| l.rate()));
+        self.core.set_upload_limit(self.up.rate());
         self.core.handle_timeout(now);
         self.publish(now);
     }

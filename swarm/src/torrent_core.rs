@@ -212,6 +212,16 @@ impl TorrentConfig {
     pub fn peer_requests(&self) -> u32 {
         self.peer_requests
     }
+
+    /// The choker's upload slots (0 for a free-rider, which unchokes
+    /// nobody).
+    pub fn upload_slots(&self) -> u32 {
+        match &self.choker {
+            ChokerChoice::TitForTat(c) => c.slots(),
+            ChokerChoice::PropShare(c) => c.tit_for_tat().slots(),
+            ChokerChoice::FreeRider => 0,
+        }
+    }
 }
 
 /// Write-queue credits as the core needs them: reserve now or say no.
@@ -690,6 +700,15 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
     /// take effect at the next choking decision).
     pub fn set_upload_limit(&mut self, bytes_per_sec: Option<u64>) {
         self.up_limit = bytes_per_sec;
+    }
+
+    /// Changes the upload slots (at least 1) from now on: the choker
+    /// rechokes at the next [`Self::handle_timeout`].
+    pub fn set_upload_slots(&mut self, slots: u32, now: Instant) {
+        if let Some(choker) = self.choker.as_mut() {
+            choker.set_slots(slots.max(1), now);
+            self.next_tick = self.next_tick.min(now);
+        }
     }
 
     /// Whether we are leeching or seeding.

@@ -43,7 +43,7 @@ async function api(method, path, body, contentType) {
     try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
     throw new Error(msg);
   }
-  return r.status === 204 ? null : r.json();
+  return r.status === 204 || r.status === 202 ? null : r.json();
 }
 
 // One row per torrent: the daemon's list (paused and fetching ones too),
@@ -179,6 +179,8 @@ function renderTorrent(ih) {
   $("#t-pause").hidden = !state.daemon || r.state === "paused";
   $("#t-resume").hidden = !state.daemon || r.state !== "paused";
   $("#t-remove").hidden = !state.daemon;
+  $("#t-recheck").hidden = !state.daemon || r.state === "fetching" || r.state === "checking";
+  $("#t-limits").hidden = !state.daemon;
   drawChart(ih);
 }
 
@@ -190,16 +192,48 @@ function route() {
   if (m) {
     const ih = m[1];
     renderTorrent(ih);
+    loadLimits($("#t-limits"), "/api/v1/torrents/" + ih + "/limits");
     loadPeers(ih);
     state.peersTimer = setInterval(() => loadPeers(ih), 1000);
   } else {
     renderList();
+    loadLimits($("#node-limits"), "/api/v1/limits");
   }
 }
 
 function render() {
   const m = location.hash.match(/^#\/t\/([0-9a-f]+)$/);
   if (m) renderTorrent(m[1]); else renderList();
+}
+
+// Limits forms: rates in KiB/s, empty is none (unlimited, or the node's
+// for a torrent); slots empty is the default.
+function fillLimits(form, l) {
+  const kib = (r) => (r == null ? "" : String(+(r / 1024).toFixed(2)));
+  form.elements.up.value = kib(l.up_rate);
+  form.elements.down.value = kib(l.down_rate);
+  form.elements.slots.value = l.slots == null ? "" : String(l.slots);
+}
+
+function readLimits(form) {
+  const n = (v) => (v.trim() === "" ? null : Number(v));
+  const bytes = (v) => (n(v) == null ? null : Math.max(1, Math.round(n(v) * 1024)));
+  return { up_rate: bytes(form.elements.up.value), down_rate: bytes(form.elements.down.value), slots: n(form.elements.slots.value) };
+}
+
+async function setLimits(form, path, ev) {
+  ev.preventDefault();
+  const out = form.querySelector(".result");
+  try {
+    const l = await api("POST", path, JSON.stringify(readLimits(form)), "application/json");
+    fillLimits(form, l);
+    out.textContent = "set";
+  } catch (e) { out.textContent = e.message; }
+}
+
+async function loadLimits(form, path) {
+  form.querySelector(".result").textContent = "";
+  try { fillLimits(form, await api("GET", path)); } catch (_) { /* not a daemon, or gone */ }
 }
 
 async function change(ih, action) {
@@ -217,6 +251,7 @@ function connect() {
     $("#conn").textContent = "live";
     $("#conn").className = "conn live";
     $("#add").hidden = !state.daemon;
+    $("#node-limits").hidden = !state.daemon;
     record();
     render();
   });
@@ -248,6 +283,9 @@ function init() {
   $("#add").addEventListener("submit", add);
   $("#t-pause").addEventListener("click", () => change(location.hash.slice(4), "pause"));
   $("#t-resume").addEventListener("click", () => change(location.hash.slice(4), "resume"));
+  $("#t-recheck").addEventListener("click", () => change(location.hash.slice(4), "recheck"));
+  $("#node-limits").addEventListener("submit", (e) => setLimits($("#node-limits"), "/api/v1/limits", e));
+  $("#t-limits").addEventListener("submit", (e) => setLimits($("#t-limits"), "/api/v1/torrents/" + location.hash.slice(4) + "/limits", e));
   $("#t-remove").addEventListener("click", async () => {
     const ih = location.hash.slice(4);
     try {

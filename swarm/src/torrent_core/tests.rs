@@ -513,6 +513,41 @@ fn a_seeder_caps_a_peer_that_passes_nothing_on() {
     assert_eq!((row.sole_pieces, row.spread_pieces), (8, 0));
 }
 
+/// Slots changed while running take effect at the next tick, not at
+/// the next rechoke: down to one, one peer keeps its slot; up to four,
+/// every interested peer is served.
+#[test]
+fn upload_slots_change_while_running() {
+    let mut h = Harness::new(
+        8,
+        true,
+        config().with_choker(ChokerChoice::TitForTat(
+            TitForTatConfig::default()
+                .with_rechoke_interval(Duration::from_secs(10))
+                .with_slots(3),
+        )),
+    );
+    let peers: Vec<PeerKey> = (1..=4).map(|i| h.open(i)).collect();
+    for &k in &peers {
+        h.say(k, Message::HaveNone);
+        h.say(k, Message::Interested);
+    }
+    h.advance(S);
+    let unchoked = |h: &Harness| {
+        peers
+            .iter()
+            .filter(|k| h.choked.get(k) == Some(&false))
+            .count()
+    };
+    assert_eq!(unchoked(&h), 3);
+    h.core.set_upload_slots(1, h.now);
+    h.advance(S);
+    assert_eq!(unchoked(&h), 1, "one slot");
+    h.core.set_upload_slots(4, h.now);
+    h.advance(S);
+    assert_eq!(unchoked(&h), 4, "four slots");
+}
+
 #[test]
 fn protocol_errors_close_the_session_with_a_typed_reason() {
     let mut h = Harness::new(4, false, config());
