@@ -269,6 +269,40 @@ pub(crate) fn default_data_dir() -> PathBuf {
     base.join("sluice")
 }
 
+/// Most one-shot nodes that share a default data dir: `DEFAULT/instances/1`
+/// to this.
+const MAX_INSTANCES: u32 = 16;
+
+/// A one-shot `seed` or `get` given no data dir: the default one, or when
+/// another sluice holds it (a daemon, another `get`), the first free
+/// `DEFAULT/instances/N`, said on stderr. A data dir the user chose is
+/// theirs: in use, it is an error as before.
+fn one_shot_data_dir(net: &mut NetArgs) {
+    use sluice_node::datadir::{DataDir, DataDirError};
+    if net.data_dir.is_some() {
+        return;
+    }
+    let default = default_data_dir();
+    let free = |dir: &Path| !matches!(DataDir::open(dir), Err(DataDirError::Locked { .. }));
+    if free(&default) {
+        return;
+    }
+    for n in 1..=MAX_INSTANCES {
+        let dir = default.join("instances").join(n.to_string());
+        if free(&dir) {
+            eprintln!(
+                "note: {} is in use by another sluice; this one keeps its state in {} \
+                 (sluice status --data-dir {0} finds it)",
+                default.display(),
+                dir.display()
+            );
+            net.data_dir = Some(dir);
+            return;
+        }
+    }
+    // Every one taken: the node's own error says so.
+}
+
 /// The one place CLI flags become a node configuration.
 pub(crate) fn node_config(
     net: &NetArgs,
@@ -519,10 +553,11 @@ fn seeded_torrent(path: &Path, data_dir: &Path) -> Result<Arc<Metainfo>> {
     Ok(Arc::new(meta))
 }
 
-pub(crate) fn seed(args: SeedArgs) -> Result<ExitCode> {
+pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
     if !args.path.exists() {
         anyhow::bail!("{} does not exist", args.path.display());
     }
+    one_shot_data_dir(&mut args.net);
     let config = node_config(&args.net, None, None)?;
     let bt_peers = args.net.bt_peers()?;
     let meta = match &args.torrent {
@@ -680,7 +715,7 @@ fn save_torrent(path: &Path, meta: &Metainfo) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
+pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
     let mut source = parse_source(&args.source)?;
     if args.output.exists() && !args.output.is_dir() {
         anyhow::bail!(
@@ -688,6 +723,7 @@ pub(crate) fn get(args: GetArgs) -> Result<ExitCode> {
             args.output.display()
         );
     }
+    one_shot_data_dir(&mut args.net);
     let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
     let hints = if args.net.no_bt {
         LinkHints::default()

@@ -1247,3 +1247,39 @@ fn a_config_file_sets_defaults_and_flags_win() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing.toml"), "{}", stderr(&o));
 }
+
+/// Two one-shot commands with no `--data-dir`: the second (here a `get`
+/// beside a running `seed`) finds the default data dir taken, keeps its
+/// state in a free `instances/N` beside it and says so, and downloads.
+#[test]
+fn a_second_one_shot_node_with_the_default_data_dir_runs_beside_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("film.mkv"), content(700_000)).unwrap();
+    let home = d.join("share");
+    // No --data-dir: both take SLUICE_DATA_DIR's.
+    let one_shot = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.args(args)
+            .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("SLUICE_DATA_DIR", &home);
+        c
+    };
+    let seeder = spawn_command(one_shot(&["seed", "film.mkv"]), d);
+    let magnet = line_starting(&seeder.lines, "magnet:");
+    line_starting(&seeder.lines, "seeding");
+    let get = one_shot(&["get", &magnet, "-o", "dl"]);
+    let o = output_within_a_minute(get, d);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("instances/1"),
+        "no word of the data dir it took: {}",
+        stderr(&o)
+    );
+    assert!(home.join("instances/1/identity.key").exists());
+    assert_eq!(
+        std::fs::read(d.join("dl/film.mkv")).unwrap(),
+        std::fs::read(d.join("film.mkv")).unwrap()
+    );
+    drop(seeder);
+}
