@@ -491,7 +491,7 @@ impl Storage {
     ) -> Result<(Self, mpsc::Receiver<StorageEvent>), StorageError> {
         let layout = Layout::new(meta.info());
         let paths = content_paths(meta.info(), content);
-        let (verified, rechecked) = initial_pieces(&meta, &layout, content, &config);
+        let (verified, rechecked) = initial_pieces(&meta, &layout, content, &paths, &config);
         let complete = verified.all();
         for (i, path) in paths.iter().enumerate() {
             // A complete torrent is served read-only and its files are left
@@ -1370,16 +1370,35 @@ fn writer_loop(inner: &Inner) {
 
 /// The verified pieces to start from, and whether they come from a recheck
 /// (rather than a resume file).
+///
+/// A resume file vouches for pieces only while every file is there at its
+/// length (an open makes each one so): a file deleted, truncated or
+/// replaced by another of another size since means a recheck, not pieces
+/// claimed that are gone.
 fn initial_pieces(
     meta: &Metainfo,
     layout: &Layout,
     content: &Path,
+    paths: &[PathBuf],
     config: &StorageConfig,
 ) -> (Bitfield, bool) {
     let ih = meta.info().info_hash();
     if let (Some(path), false) = (&config.resume_file, config.recheck) {
         match resume::load(path, ih, layout.num_pieces()) {
-            Ok(bits) => return (bits, false),
+            Ok(bits) if bits.not_any() => return (bits, false),
+            Ok(bits) => {
+                let changed = paths.iter().enumerate().find(|(i, p)| {
+                    let len = layout.file_len(*i);
+                    len > 0 && std::fs::metadata(p).map_or(true, |m| m.len() != len)
+                });
+                match changed {
+                    None => return (bits, false),
+                    Some((_, p)) => warn!(
+                        file = %p.display(),
+                        "missing or of another size since the resume file; rechecking"
+                    ),
+                }
+            }
             Err(resume::ResumeError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!(path = %path.display(), error = %e, "ignoring resume file; rechecking"),
         }

@@ -298,6 +298,22 @@ async fn resume_after_an_interrupted_run() {
         .map(PieceIndex::get)
         .collect();
     assert_eq!(held, vec![0, 4]);
+    drop(s);
+
+    // big.bin deleted behind its back: the resume file no longer vouches
+    // for anything; the recheck finds piece 4 (sub/block) whole, and no
+    // piece of the deleted file is claimed.
+    let (s, _rx) = open(&src.meta, &target, config()).await;
+    drop(s);
+    std::fs::remove_file(target.join("big.bin")).unwrap();
+    let (s, _rx) = open(&src.meta, &target, config()).await;
+    let held: Vec<u32> = s
+        .layout()
+        .pieces()
+        .filter(|&p| s.has_piece(p))
+        .map(PieceIndex::get)
+        .collect();
+    assert_eq!(held, vec![4], "pieces of a deleted file claimed");
 }
 
 /// With an emulated slow disk and a greedy downloader, the queue fills,
