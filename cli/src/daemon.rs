@@ -451,10 +451,7 @@ pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
             format_rate(t.up_rate),
             t.peers,
             // A name comes from the network: no terminal escapes.
-            t.name
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect::<String>()
+            crate::inspect::printable(&t.name)
         );
     }
     Ok(ExitCode::SUCCESS)

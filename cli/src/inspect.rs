@@ -107,7 +107,7 @@ pub(crate) fn status_line(t: &TorrentInfo) -> String {
     format!(
         "{}  {}  {:5.1}% {}/{}  down {}  up {}  {} peers  disk {}/{} ({fill:.0}%){}{}{}",
         prefix(&t.info_hash, 8),
-        t.name,
+        printable(&t.name),
         100.0 * t.progress,
         t.verified_pieces,
         t.total_pieces,
@@ -187,7 +187,7 @@ pub(crate) fn peers(args: PeersArgs) -> Result<ExitCode> {
                 out.push_str(&format!(
                     "{} {} ({} peers)\n",
                     prefix(&t.info_hash, 8),
-                    t.name,
+                    printable(&t.name),
                     t.peers.len()
                 ));
                 out.push_str(&peer_table(&t.peers));
@@ -269,11 +269,19 @@ pub(crate) fn peer_table(peers: &[PeerInfo]) -> String {
     out
 }
 
+/// A name that came from the network (a torrent's, a client's), safe to
+/// print: control characters (terminal escapes among them) become `?`.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Which wire and client: `bt libtorrent/2.0.8`, `bt` (no name given),
 /// or `sluice` (a libp2p peer is a sluice node).
 pub(crate) fn client(p: &PeerInfo) -> String {
     match (p.stats.transport, &p.stats.client) {
-        (Transport::Bt, Some(name)) => format!("bt {name}"),
+        (Transport::Bt, Some(name)) => format!("bt {}", printable(name)),
         (Transport::Bt, None) => "bt".into(),
         (Transport::Libp2p, _) => "sluice (libp2p)".into(),
     }
@@ -336,5 +344,12 @@ mod tests {
         assert_eq!(short_id("ééééééééé"), "éééééééé");
         assert_eq!(prefix("abcdef", 3), "abc");
         assert_eq!(prefix("ab", 3), "ab");
+    }
+
+    #[test]
+    fn names_from_the_network_lose_their_escapes() {
+        assert_eq!(printable("film\u{1b}[2J.mkv"), "film?[2J.mkv");
+        assert_eq!(printable("a\nb\tc"), "a?b?c");
+        assert_eq!(printable("été 日本"), "été 日本");
     }
 }

@@ -252,7 +252,7 @@ fn draw_torrents(f: &mut Frame<'_>, area: Rect, app: &App) {
         let d = &t.disk;
         let used = d.used_bytes();
         Row::new([
-            Cell::from(t.name.clone()),
+            Cell::from(crate::inspect::printable(&t.name)),
             Cell::from(format!("{:5.1}%", 100.0 * t.progress)),
             Cell::from(format_rate(t.down_rate)),
             Cell::from(format_rate(t.up_rate)),
@@ -330,7 +330,11 @@ fn draw_peers(f: &mut Frame<'_>, area: Rect, app: &App) {
         ])
     });
     let title = match app.torrents.get(app.selected) {
-        Some(t) => format!(" peers of {} ({}) ", t.name, app.peers.len()),
+        Some(t) => format!(
+            " peers of {} ({}) ",
+            crate::inspect::printable(&t.name),
+            app.peers.len()
+        ),
         None => " peers ".to_owned(),
     };
     let table = Table::new(
