@@ -98,7 +98,25 @@ fn a_daemon_adds_pauses_restarts_resumes_and_removes() {
     let magnet = seeder.line("magnet:");
 
     let first = daemon(d);
-    let ih = add(d, &magnet);
+    // Added paused, it is listed paused and asks nobody; resumed, it
+    // fetches its metadata and downloads.
+    let out = sluice(
+        &["add", &magnet, "-o", "dl", "--paused", "--data-dir", "dd"],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listed(d).unwrap()["state"], "paused");
+    let ih = listed(d).unwrap()["info_hash"].as_str().unwrap().to_owned();
+    let out = sluice(&["resume", &ih, "--data-dir", "dd"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("the download", || {
         listed(d).filter(|t| t["complete"] == true)
     });

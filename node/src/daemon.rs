@@ -261,7 +261,9 @@ impl Daemon {
                 continue;
             };
             if let Some(source) = &e.fetching {
-                daemon.spawn_fetch(ih, source.clone());
+                if !e.paused {
+                    daemon.spawn_fetch(ih, source.clone());
+                }
             } else if !e.paused
                 && let Err(err) = daemon.start_torrent(ih, &e.output).await
             {
@@ -598,7 +600,10 @@ impl Daemon {
             bt_peers,
             limits: Limits::default(),
         })?;
-        self.spawn_fetch(ih, source.to_owned());
+        // Added paused, it asks nobody until resumed.
+        if !paused {
+            self.spawn_fetch(ih, source.to_owned());
+        }
         Ok(ih)
     }
 
@@ -626,9 +631,14 @@ impl Daemon {
             }
             None => (Vec::new(), Vec::new()),
         };
-        let meta = node
-            .fetch_metadata_with(ih, self.inner.max_metadata, bt_peers, trackers)
-            .await?;
+        let meta = match self.read_torrent(ih) {
+            // Fetched by a run cut short (a pause) before it was listed.
+            Ok(meta) if meta.info().known_by(&ih) => meta,
+            _ => {
+                node.fetch_metadata_with(ih, self.inner.max_metadata, bt_peers, trackers)
+                    .await?
+            }
+        };
         // A hybrid asked for by its v1 hash is kept under its v2 one, the
         // name the node runs it by.
         let key = meta.info().info_hash();
@@ -701,6 +711,13 @@ impl Daemon {
         let _op = self.inner.ops.lock().await;
         let (ih, _) = self.find(key)?;
         self.update(ih, |e| e.paused = true)?;
+        // A paused torrent asks nobody for its metadata either (the fetch
+        // waits for the ops lock at its end, so it cannot be starting it).
+        let fetch = lock(&self.inner.fetches).remove(&ih);
+        if let Some(task) = fetch {
+            task.abort();
+            let _ = task.await;
+        }
         match self.inner.node.remove_torrent(ih).await {
             Ok(()) | Err(NodeError::NoSuchTorrent(_)) => Ok(()),
             Err(e) => Err(e.into()),
@@ -712,6 +729,12 @@ impl Daemon {
         let _op = self.inner.ops.lock().await;
         let (ih, entry) = self.find(key)?;
         self.update(ih, |e| e.paused = false)?;
+        if let Some(source) = &entry.fetching {
+            if !lock(&self.inner.fetches).contains_key(&ih) {
+                self.spawn_fetch(ih, source.clone());
+            }
+            return Ok(());
+        }
         if entry.fetching.is_none()
             && !self.running(ih)
             && let Err(e) = self.start_torrent(ih, &entry.output).await
@@ -801,7 +824,7 @@ impl Daemon {
                 let stats = running.get(&e.info_hash);
                 let state = match (&e.fetching, e.paused, stats) {
                     _ if checking.contains(&e.info_hash) => TorrentState::Checking,
-                    (Some(_), _, _) => TorrentState::Fetching,
+                    (Some(_), false, _) => TorrentState::Fetching,
                     (None, false, Some(_)) => TorrentState::Running,
                     _ => TorrentState::Paused,
                 };
