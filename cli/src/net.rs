@@ -424,10 +424,21 @@ pub(crate) fn print_bt(node: &NodeHandle) {
 }
 
 pub(crate) async fn start(config: NodeConfig, peers: &[Multiaddr]) -> Result<NodeHandle> {
+    start_in(config, None, peers).await
+}
+
+/// [`start`] in a data dir locked already (`locked`), or locking it now.
+async fn start_in(
+    config: NodeConfig,
+    locked: Option<sluice_node::datadir::DataDir>,
+    peers: &[Multiaddr],
+) -> Result<NodeHandle> {
     let dir = config.data_dir().to_owned();
-    let node = Node::start(config)
-        .await
-        .with_context(|| format!("starting a node in {}", dir.display()))?;
+    let node = match locked {
+        Some(d) => Node::start_in(config, d).await,
+        None => Node::start(config).await,
+    }
+    .with_context(|| format!("starting a node in {}", dir.display()))?;
     // All at once; one unreachable peer must not keep us from the others
     // (or from peers that mDNS and the DHT find later).
     let dials = peers.iter().map(|p| {
@@ -560,12 +571,16 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
     one_shot_data_dir(&mut args.net);
     let config = node_config(&args.net, None, None)?;
     let bt_peers = args.net.bt_peers()?;
+    // Locked before anything is written in it: a data dir another node
+    // runs in gets no seeds index or resume file of ours.
+    let locked = sluice_node::datadir::DataDir::open(config.data_dir())
+        .with_context(|| format!("starting a node in {}", config.data_dir().display()))?;
     let meta = match &args.torrent {
         Some(t) => read_torrent(t)?,
         None => seeded_torrent(&args.path, config.data_dir())?,
     };
     runtime()?.block_on(async move {
-        let node = start(config, &args.net.libp2p_peers()).await?;
+        let node = start_in(config, Some(locked), &args.net.libp2p_peers()).await?;
         let content = crate::content_at(meta.info(), &args.path);
         let torrent = node.add_torrent(Arc::clone(&meta), content).await?;
         connect_bt(&node, &torrent, &bt_peers)?;

@@ -1283,3 +1283,24 @@ fn a_second_one_shot_node_with_the_default_data_dir_runs_beside_the_first() {
     );
     drop(seeder);
 }
+
+/// A data dir another node runs in is left alone: a second `seed` there
+/// says it is in use, and writes no seeds index or resume file into it.
+#[test]
+fn a_seed_into_a_data_dir_in_use_writes_nothing_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("one.bin"), content(300_000)).unwrap();
+    std::fs::write(d.join("two.bin"), content(400_000)).unwrap();
+    let first = local_seeder("one.bin", &[], d);
+    line_starting(&first.lines, "seeding");
+    let seeds = std::fs::read(d.join("seedd/seeds.json")).unwrap();
+    let resumes = || std::fs::read_dir(d.join("seedd/resume")).unwrap().count();
+    let before = resumes();
+    let o = sluice(&["seed", "two.bin", "--data-dir", "seedd", "--no-mdns"], d);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(d.join("seedd/seeds.json")).unwrap(), seeds);
+    assert_eq!(resumes(), before, "a resume file written into a dir in use");
+    drop(first);
+}

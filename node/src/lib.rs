@@ -334,6 +334,12 @@ impl Node {
     /// and spawns the swarm task. Must run inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let data_dir = DataDir::open(&config.data_dir)?;
+        Self::start_in(config, data_dir).await
+    }
+
+    /// [`Self::start`] in a data dir the caller has locked already (to
+    /// write in it before the node runs); `config`'s data dir is not read.
+    pub async fn start_in(config: NodeConfig, data_dir: DataDir) -> Result<NodeHandle, NodeError> {
         // Bind the API first: a bad address fails before anything runs.
         let api = match &config.api {
             None => None,
