@@ -442,6 +442,26 @@ impl Daemon {
         Ok(())
     }
 
+    /// Starts a torrent whose data must be checked first, in the
+    /// background (listed `checking` until it runs).
+    fn start_checking(&self, ih: InfoHash) {
+        lock(&self.inner.checking).insert(ih);
+        let daemon = self.clone();
+        tokio::spawn(async move {
+            let _op = daemon.inner.ops.lock().await;
+            // Paused or removed meanwhile: nothing to start.
+            if let Ok((ih, entry)) = daemon.find(&ih.to_string())
+                && !entry.paused
+                && !daemon.running(ih)
+                && let Err(e) = daemon.start_torrent(ih, &entry.output).await
+            {
+                warn!(info_hash = %ih, error = %e, "cannot start; paused");
+                let _ = daemon.update(ih, |e| e.paused = true);
+            }
+            lock(&daemon.inner.checking).remove(&ih);
+        });
+    }
+
     async fn check(&self, ih: InfoHash) -> Result<(), DaemonError> {
         let _op = self.inner.ops.lock().await;
         // Removed (or re-added) meanwhile: its entry says what to do now.
@@ -562,9 +582,16 @@ impl Daemon {
         // A resume file of an earlier copy (elsewhere, maybe) says nothing
         // about this one: what is there gets checked.
         let _ = std::fs::remove_file(self.inner.node.data_dir_layout().resume_file(ih));
-        if !paused && let Err(e) = self.start_torrent(ih, &output).await {
-            self.update(ih, |e| e.paused = true)?;
-            return Err(e);
+        if !paused {
+            if Self::content(&meta, &output).exists() {
+                // Data already there is hashed before the torrent runs,
+                // which may take minutes: in the background, listed
+                // `checking`.
+                self.start_checking(ih);
+            } else if let Err(e) = self.start_torrent(ih, &output).await {
+                self.update(ih, |e| e.paused = true)?;
+                return Err(e);
+            }
         }
         info!(info_hash = %ih, name = meta.info().name(), paused, "torrent added");
         Ok(ih)
