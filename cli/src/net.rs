@@ -86,6 +86,14 @@ pub(crate) struct NetArgs {
     /// Do not discover peers on the local network.
     #[arg(long)]
     no_mdns: bool,
+    /// Incoming connections from one IP still in their handshake; beyond
+    /// it, that IP's oldest is dropped (0: no limit) [default: 8].
+    #[arg(long)]
+    max_pending_per_ip: Option<usize>,
+    /// Established incoming connections from one IP; beyond it, new ones
+    /// are refused (0: no limit) [default: 64].
+    #[arg(long)]
+    max_established_per_ip: Option<u32>,
     /// Upload limit for the node, e.g. 5MB/s (loopback peers included).
     #[arg(long, value_parser = parse_rate)]
     pub(crate) up_rate: Option<u64>,
@@ -357,7 +365,19 @@ pub(crate) fn node_config(
         .with_verify_reads(!net.no_verify_reads)
         .with_discovery_interval(Duration::from_secs_f64(net.discovery_interval))
         .with_read_cache(usize::try_from(net.read_cache).unwrap_or(usize::MAX))
-        .with_torrent(TorrentConfig::default().with_choker(choker));
+        .with_torrent(TorrentConfig::default().with_choker(choker))
+        .with_per_ip_limits(
+            match net.max_pending_per_ip {
+                None => Some(sluice_swarm::admission::DEFAULT_MAX_PENDING_PER_IP),
+                Some(0) => None,
+                n => n,
+            },
+            match net.max_established_per_ip {
+                None => Some(sluice_swarm::transport::DEFAULT_MAX_ESTABLISHED_PER_IP),
+                Some(0) => None,
+                n => n,
+            },
+        );
     if let Some(q) = disk_queue {
         config = config.with_disk_queue(q);
     }
@@ -447,7 +467,8 @@ async fn start_in(
     });
     for (p, result) in futures::future::join_all(dials).await {
         if let Err(e) = result {
-            eprintln!("warning: cannot connect to {p}: {e}");
+            eprintln!("warning: cannot connect to {p}: {e}; trying again in the background");
+            node.keep_dialing(p.clone());
         }
     }
     Ok(node)

@@ -110,6 +110,10 @@ pub struct NodeConfig {
     api: Option<ApiConfig>,
     max_connections: u32,
     max_pending_handshakes: usize,
+    /// Incoming connections in their handshake (TCP libp2p and
+    /// BitTorrent), in all and per remote IP.
+    max_pending_per_ip: Option<usize>,
+    max_established_per_ip: Option<u32>,
     verify_reads: bool,
     read_cache: usize,
 }
@@ -132,6 +136,8 @@ impl NodeConfig {
             api: Some(ApiConfig::default()),
             max_connections: 256,
             max_pending_handshakes: 64,
+            max_pending_per_ip: Some(sluice_swarm::admission::DEFAULT_MAX_PENDING_PER_IP),
+            max_established_per_ip: Some(sluice_swarm::transport::DEFAULT_MAX_ESTABLISHED_PER_IP),
             verify_reads: true,
             read_cache: 16 * MIB as usize,
         }
@@ -159,11 +165,30 @@ impl NodeConfig {
         self
     }
 
-    /// Incoming piece streams still in their handshake at once; more are
-    /// refused (closed) until one finishes. Default 64.
+    /// Incoming connections (TCP, BitTorrent) and piece streams still in
+    /// their handshake at once. A new connection beyond it drops the
+    /// oldest pending one (see `sluice_swarm::admission`); a piece stream
+    /// beyond it is refused. Default 64.
     pub fn with_max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending_handshakes = n.max(1);
         self
+    }
+
+    /// Per remote IP: connections in their handshake (beyond it, that
+    /// IP's oldest pending one is dropped; default 8) and established
+    /// inbound libp2p connections (beyond it, refused; default 64).
+    /// `None`: no share per IP (a testnet, where every node is 127.0.0.1).
+    pub fn with_per_ip_limits(mut self, pending: Option<usize>, established: Option<u32>) -> Self {
+        self.max_pending_per_ip = pending.map(|n| n.max(1));
+        self.max_established_per_ip = established.map(|n| n.max(1));
+        self
+    }
+
+    fn admission(&self) -> sluice_swarm::admission::AdmissionConfig {
+        sluice_swarm::admission::AdmissionConfig {
+            max_pending: self.max_pending_handshakes,
+            max_pending_per_ip: self.max_pending_per_ip,
+        }
     }
 
     /// The control API's address and token; `None` serves no API. Default
@@ -377,7 +402,8 @@ impl Node {
         let transport = TransportConfig::default()
             .with_mdns(config.mdns)
             .with_max_connections(config.max_connections)
-            .with_max_pending_incoming(config.max_pending_handshakes as u32);
+            .with_admission(config.admission())
+            .with_max_established_per_ip(config.max_established_per_ip);
         let mut swarm = build_swarm(keypair, &transport)?;
         // Every check that can fail comes before anything is spawned or
         // written, so a refused start leaves nothing behind.
@@ -451,9 +477,7 @@ impl Node {
                 handle.bt_peer_id,
                 tracker.clone(),
                 cancel.clone(),
-                Arc::new(tokio::sync::Semaphore::new(
-                    handle.config.max_pending_handshakes,
-                )),
+                handle.config.admission(),
             ));
             info!(%addr, "listening for BitTorrent peers");
         }
@@ -765,6 +789,33 @@ impl NodeHandle {
                 reason: format!("no answer within {DIAL_TIMEOUT:?}"),
             }),
         }
+    }
+
+    /// Dials `addr` until a connection is up once, waiting [`BT_RETRY_MIN`]
+    /// doubling to [`BT_RETRY_MAX`] between failures (a peer that is not
+    /// up yet, or busy, is tried again rather than given up on). Ends with
+    /// the node. For the peers a user names (`--peer`).
+    pub fn keep_dialing(&self, addr: Multiaddr) {
+        let node = self.clone();
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            let mut wait = BT_RETRY_MIN;
+            loop {
+                let attempt = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = node.dial(addr.clone()) => r,
+                };
+                match attempt {
+                    Ok(peer) => return debug!(%addr, %peer, "connected after retrying"),
+                    Err(e) => debug!(%addr, error = %e, ?wait, "dial failed; trying again"),
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(BT_RETRY_MAX);
+            }
+        });
     }
 
     /// Starts sharing a torrent whose content is (or will be) at `content`
@@ -1499,9 +1550,12 @@ async fn bt_accept_loop(
     peer_id: [u8; 20],
     tracker: TaskTracker,
     cancel: CancellationToken,
-    pending: Arc<tokio::sync::Semaphore>,
+    admission: sluice_swarm::admission::AdmissionConfig,
 ) {
     use sluice_swarm::bt;
+    // Handshakes under way, each with the handle that aborts it when the
+    // admission drops it for a newer one (see `sluice_swarm::admission`).
+    let pending = Arc::new(Mutex::new(sluice_swarm::admission::Pending::new(admission)));
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
@@ -1516,34 +1570,80 @@ async fn bt_accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-            debug!(%addr, "BitTorrent connection refused: too many pending handshakes");
-            continue;
-        };
+        let (abort, registration) = futures::future::AbortHandle::new_pair();
+        let (id, evicted) = lock(&pending).admit(addr.ip(), abort);
+        for e in evicted {
+            e.abort();
+        }
         let torrents = Arc::clone(&torrents);
+        let slot = BtSlot {
+            pending: Arc::clone(&pending),
+            id,
+        };
+        let handshake = futures::future::Abortable::new(
+            async move {
+                let _ = stream.set_nodelay(true);
+                let theirs = match bt::read_handshake(&mut stream).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        debug!(%addr, error = %e, "incoming BitTorrent handshake failed");
+                        return None;
+                    }
+                };
+                let torrent = lock(&torrents)
+                    .values()
+                    .find(|t| t.bt_info_hashes().contains(&theirs.info_hash))
+                    .cloned();
+                let Some(torrent) = torrent else {
+                    debug!(%addr, info_hash = %hex::encode(theirs.info_hash), "BitTorrent peer for a torrent we do not have");
+                    return None;
+                };
+                if theirs.peer_id == peer_id {
+                    debug!(%addr, "connected to ourselves");
+                    return None;
+                }
+                let ours = bt::wire::Handshake::ours(theirs.info_hash, peer_id);
+                match bt::write_handshake(&mut stream, &ours).await {
+                    Ok(()) => Some((stream, theirs, ours, torrent)),
+                    Err(e) => {
+                        debug!(%addr, error = %e, "incoming BitTorrent handshake failed");
+                        None
+                    }
+                }
+            },
+            registration,
+        );
+        let cancel = cancel.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let _ = stream.set_nodelay(true);
-            let theirs = match bt::read_handshake(&mut stream).await {
-                Ok(h) => h,
-                Err(e) => return debug!(%addr, error = %e, "incoming BitTorrent handshake failed"),
+            let done = tokio::select! {
+                // A stopping node waits for no handshake.
+                () = cancel.cancelled() => return,
+                d = handshake => d,
             };
-            let torrent = lock(&torrents)
-                .values()
-                .find(|t| t.bt_info_hashes().contains(&theirs.info_hash))
-                .cloned();
-            let Some(torrent) = torrent else {
-                return debug!(%addr, info_hash = %hex::encode(theirs.info_hash), "BitTorrent peer for a torrent we do not have");
-            };
-            if theirs.peer_id == peer_id {
-                return debug!(%addr, "connected to ourselves");
-            }
-            let ours = bt::wire::Handshake::ours(theirs.info_hash, peer_id);
-            match bt::write_handshake(&mut stream, &ours).await {
-                Ok(()) => torrent.add_bt_peer(stream, addr, theirs, ours, false).await,
-                Err(e) => debug!(%addr, error = %e, "incoming BitTorrent handshake failed"),
+            // The slot is free once the handshakes are over, whatever
+            // comes of the session.
+            drop(slot);
+            match done {
+                Ok(Some((stream, theirs, ours, torrent))) => {
+                    torrent.add_bt_peer(stream, addr, theirs, ours, false).await;
+                }
+                Ok(None) => {}
+                Err(_) => debug!(%addr, "BitTorrent handshake dropped for a newer connection"),
             }
         });
+    }
+}
+
+/// A BitTorrent handshake's place in the admission, given back when the
+/// handshake ends.
+struct BtSlot {
+    pending: Arc<Mutex<sluice_swarm::admission::Pending<futures::future::AbortHandle>>>,
+    id: u64,
+}
+
+impl Drop for BtSlot {
+    fn drop(&mut self) {
+        lock(&self.pending).done(self.id);
     }
 }
 
@@ -1635,9 +1735,10 @@ pub const MAX_LOOKUPS: usize = 64;
 
 /// How long [`NodeHandle::dial`] waits for a connection.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
-/// First wait before dialing a BitTorrent peer again.
+/// First wait before dialing a BitTorrent peer, or a libp2p peer the user
+/// named, again.
 pub const BT_RETRY_MIN: Duration = Duration::from_secs(1);
-/// Longest wait between attempts to dial a BitTorrent peer.
+/// Longest wait between attempts to dial such a peer.
 pub const BT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A BitTorrent address is dialed for a torrent at most once this often.
 pub const BT_REDIAL_AFTER: Duration = Duration::from_secs(30);

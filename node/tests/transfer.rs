@@ -597,3 +597,31 @@ async fn a_seeder_caps_a_peer_that_passes_nothing_on() -> Result<()> {
     stop([seeder]).await?;
     Ok(())
 }
+
+/// A peer known only by name: `/dns4/localhost/tcp/PORT/p2p/ID` is
+/// resolved (the hosts file) and dialed, and the download completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_named_by_dns_connects() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let (root, meta) = make_content(dir.path());
+    let seeder = node(dir.path(), "seeder", |c| c).await;
+    seeder.add_torrent(Arc::clone(&meta), root.clone()).await?;
+    let addr = seeder.listen_addrs().await.remove(0).to_string();
+    let named: sluice_node::Multiaddr = addr
+        .replace("/ip4/127.0.0.1/", "/dns4/localhost/")
+        .parse()?;
+    assert!(
+        named.to_string().starts_with("/dns4/localhost/tcp/"),
+        "{named}"
+    );
+    let leecher = node(dir.path(), "leecher", |c| c).await;
+    let out = dir.path().join("out/album");
+    let get = leecher.add_torrent(Arc::clone(&meta), out.clone()).await?;
+    let peer = tokio::time::timeout(WAIT, leecher.dial(named)).await??;
+    assert_eq!(peer, seeder.peer_id());
+    until(&get, "completion", |s| s.complete).await?;
+    same_files(&meta, &root, &out);
+    stop([leecher, seeder]).await?;
+    Ok(())
+}

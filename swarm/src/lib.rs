@@ -17,6 +17,7 @@
 //! - [`transport`]: the libp2p swarm; [`torrent`] and its sessions drive
 //!   the piece protocol.
 
+pub mod admission;
 pub mod bt;
 pub mod codec;
 pub mod framed;

@@ -11,9 +11,25 @@
 //! handler would have to shuttle the same bytes through `ToBehaviour`
 //! events for no gain.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use libp2p::Transport as _;
+use futures::future::{AbortHandle, Abortable};
+use libp2p::core::transport::{
+    DialOpts, ListenerId, TransportError as CoreTransportError, TransportEvent,
+};
+use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr, multiaddr::Protocol};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, THandler, THandlerInEvent, THandlerOutEvent,
+    ToSwarm, dummy,
+};
+use libp2p::{PeerId, Transport};
+
+use crate::admission::{AdmissionConfig, Pending};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
@@ -35,8 +51,12 @@ pub struct TransportConfig {
     mdns: bool,
     idle_timeout: Duration,
     max_connections: u32,
-    max_pending_incoming: u32,
+    admission: AdmissionConfig,
+    max_established_per_ip: Option<u32>,
 }
+
+/// Established inbound connections from one remote IP. Default 64.
+pub const DEFAULT_MAX_ESTABLISHED_PER_IP: u32 = 64;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -44,7 +64,8 @@ impl Default for TransportConfig {
             mdns: true,
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
-            max_pending_incoming: 64,
+            admission: AdmissionConfig::default(),
+            max_established_per_ip: Some(DEFAULT_MAX_ESTABLISHED_PER_IP),
         }
     }
 }
@@ -69,11 +90,262 @@ impl TransportConfig {
         self
     }
 
-    /// Incoming connections still in their Noise handshake at once.
-    /// Default 64.
-    pub fn with_max_pending_incoming(mut self, n: u32) -> Self {
-        self.max_pending_incoming = n.max(1);
+    /// Incoming TCP connections still in their Noise handshake at once,
+    /// in all and per remote IP (see [`crate::admission`]).
+    pub fn with_admission(mut self, admission: AdmissionConfig) -> Self {
+        self.admission = admission;
         self
+    }
+
+    /// Established inbound connections from one remote IP (`None`: any
+    /// number, for a testnet where every node is 127.0.0.1).
+    pub fn with_max_established_per_ip(mut self, n: Option<u32>) -> Self {
+        self.max_established_per_ip = n.map(|n| n.max(1));
+        self
+    }
+}
+
+/// The IP a connection comes from (`/ip4/…` or `/ip6/…` first).
+pub fn remote_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    }
+}
+
+/// A transport whose inbound connections go through [`Pending`]: each
+/// upgrade holds a handshake slot until it ends, and is aborted when the
+/// admission drops it to make room for a newer one.
+pub struct Admitted<T> {
+    inner: T,
+    pending: Arc<Mutex<Pending<AbortHandle>>>,
+}
+
+impl<T> std::fmt::Debug for Admitted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted").finish_non_exhaustive()
+    }
+}
+
+impl<T> Admitted<T> {
+    pub fn new(inner: T, config: AdmissionConfig) -> Self {
+        Self {
+            inner,
+            pending: Arc::new(Mutex::new(Pending::new(config))),
+        }
+    }
+}
+
+/// Why an admitted upgrade failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmittedError<E> {
+    #[error(transparent)]
+    Inner(E),
+    #[error("dropped for a newer connection: too many handshakes pending")]
+    Evicted,
+}
+
+/// Frees the slot when the upgrade ends, however it ends.
+struct Slot {
+    pending: Arc<Mutex<Pending<AbortHandle>>>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done(self.id);
+    }
+}
+
+type AdmittedUpgrade<O, E> = Pin<Box<dyn Future<Output = Result<O, AdmittedError<E>>> + Send>>;
+
+impl<T> Transport for Admitted<T>
+where
+    T: Transport + Unpin,
+    T::ListenerUpgrade: Send + 'static,
+    T::Output: Send + 'static,
+    T::Error: Send + 'static,
+{
+    type Output = T::Output;
+    type Error = AdmittedError<T::Error>;
+    type ListenerUpgrade = AdmittedUpgrade<T::Output, T::Error>;
+    type Dial = futures::future::MapErr<T::Dial, fn(T::Error) -> AdmittedError<T::Error>>;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), CoreTransportError<Self::Error>> {
+        self.inner
+            .listen_on(id, addr)
+            .map_err(|e| e.map(AdmittedError::Inner))
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: DialOpts,
+    ) -> Result<Self::Dial, CoreTransportError<Self::Error>> {
+        use futures::TryFutureExt as _;
+        let dial = self
+            .inner
+            .dial(addr, opts)
+            .map_err(|e| e.map(AdmittedError::Inner))?;
+        Ok(dial.map_err(AdmittedError::Inner as fn(_) -> _))
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        let event = match Pin::new(&mut self.inner).poll(cx) {
+            Poll::Ready(e) => e,
+            Poll::Pending => return Poll::Pending,
+        };
+        let TransportEvent::Incoming {
+            listener_id,
+            upgrade,
+            local_addr,
+            send_back_addr,
+        } = event
+        else {
+            // No upgrade in any other event: the mapping is never called.
+            return Poll::Ready(
+                event
+                    .map_upgrade(|u| {
+                        Box::pin(async move { u.await.map_err(AdmittedError::Inner) })
+                            as AdmittedUpgrade<T::Output, T::Error>
+                    })
+                    .map_err(AdmittedError::Inner),
+            );
+        };
+        let upgrade: AdmittedUpgrade<T::Output, T::Error> = match remote_ip(&send_back_addr) {
+            None => Box::pin(async move { upgrade.await.map_err(AdmittedError::Inner) }),
+            Some(ip) => {
+                let (abort, registration) = AbortHandle::new_pair();
+                let (id, evicted) = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .admit(ip, abort);
+                for e in evicted {
+                    e.abort();
+                }
+                let slot = Slot {
+                    pending: Arc::clone(&self.pending),
+                    id,
+                };
+                Box::pin(async move {
+                    let _slot = slot;
+                    match Abortable::new(upgrade, registration).await {
+                        Ok(r) => r.map_err(AdmittedError::Inner),
+                        Err(_) => Err(AdmittedError::Evicted),
+                    }
+                })
+            }
+        };
+        Poll::Ready(TransportEvent::Incoming {
+            listener_id,
+            upgrade,
+            local_addr,
+            send_back_addr,
+        })
+    }
+}
+
+/// Refuses an inbound connection from an IP that has its
+/// `max_established_per_ip` already (one host cannot take every slot).
+#[derive(Debug, Default)]
+pub struct PerIpLimit {
+    max: Option<u32>,
+    inbound: HashMap<ConnectionId, IpAddr>,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+impl PerIpLimit {
+    pub fn new(max: Option<u32>) -> Self {
+        Self {
+            max,
+            ..Self::default()
+        }
+    }
+}
+
+impl libp2p::swarm::NetworkBehaviour for PerIpLimit {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if let (Some(max), Some(ip)) = (self.max, remote_ip(remote))
+            && self.per_ip.get(&ip).copied().unwrap_or(0) >= max
+        {
+            return Err(ConnectionDenied::new(std::io::Error::other(format!(
+                "{ip} has {max} connections already"
+            ))));
+        }
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: libp2p::core::transport::PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                if let ConnectedPoint::Listener { send_back_addr, .. } = e.endpoint
+                    && let Some(ip) = remote_ip(send_back_addr)
+                {
+                    self.inbound.insert(e.connection_id, ip);
+                    *self.per_ip.entry(ip).or_default() += 1;
+                }
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(ip) = self.inbound.remove(&e.connection_id)
+                    && let Some(n) = self.per_ip.get_mut(&ip)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
     }
 }
 
@@ -87,6 +359,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Refuses connections beyond the configured counts.
     pub limits: connection_limits::Behaviour,
+    /// And from one IP beyond its share.
+    pub per_ip: PerIpLimit,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -100,6 +374,8 @@ impl std::fmt::Debug for Behaviour {
 pub enum TransportError {
     #[error("setting up TCP + Noise + Yamux: {0}")]
     Tcp(String),
+    #[error("reading the system's DNS configuration: {0}")]
+    Dns(String),
     #[error("starting mDNS")]
     Mdns(#[source] std::io::Error),
     #[error("building the libp2p behaviour: {0}")]
@@ -140,16 +416,23 @@ pub fn build_swarm(
         // TCP + Noise + Yamux, built by hand for one thing the builder's
         // `with_tcp` lacks: a deadline on the upgrade. Without it a peer
         // that connects and never speaks holds a pending slot forever.
+        // Inbound upgrades go through the admission: a host that
+        // connects and never speaks holds at most its share of the slots.
         .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Admitted::new(
                 tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                     .upgrade(libp2p::core::upgrade::Version::V1Lazy)
                     .authenticate(noise::Config::new(key)?)
                     .multiplex(yamux::Config::default())
                     .timeout(UPGRADE_TIMEOUT),
-            )
+                config.admission,
+            ))
         })
         .map_err(|e| TransportError::Tcp(e.to_string()))?
+        // `/dns4`, `/dns6` and `/dnsaddr` addresses, resolved with the
+        // system's configuration (and its hosts file).
+        .with_dns()
+        .map_err(|e| TransportError::Dns(e.to_string()))?
         .with_behaviour(|key| Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/sluice/id/1".into(),
@@ -170,11 +453,11 @@ pub fn build_swarm(
             limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
                     .with_max_established(Some(config.max_connections))
-                    .with_max_pending_incoming(Some(config.max_pending_incoming))
                     // Two: both sides dialing at once is allowed; the
                     // piece protocol keeps one stream either way.
                     .with_max_established_per_peer(Some(2)),
             ),
+            per_ip: PerIpLimit::new(config.max_established_per_ip),
         })
         .map_err(|e| TransportError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))

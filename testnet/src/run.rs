@@ -559,6 +559,8 @@ impl Testnet {
         let config = NodeConfig::new(data_dir)
             .with_listen(vec![self.listen_addr()])
             .with_mdns(false)
+            // Every node is 127.0.0.1: no share per IP.
+            .with_per_ip_limits(None, None)
             .with_api(None);
         let node = Node::start(config).await.context("starting the DHT node")?;
         let addr = tokio::time::timeout(DIAL_WAIT, node.listen_addrs())
@@ -587,6 +589,11 @@ impl Testnet {
             "--no-mdns".into(),
             "--bt-listen".into(),
             "127.0.0.1:0".into(),
+            // Every node is 127.0.0.1: no share per IP.
+            "--max-pending-per-ip".into(),
+            "0".into(),
+            "--max-established-per-ip".into(),
+            "0".into(),
         ];
         let Some(plan) = plan else {
             return args;
@@ -768,6 +775,7 @@ impl Testnet {
         let config = NodeConfig::new(&self.nodes[i].data_dir)
             .with_listen(vec![self.listen_addr()])
             .with_mdns(false)
+            .with_per_ip_limits(None, None)
             .with_up_rate(plan.up_rate)
             .with_down_rate(plan.down_rate)
             .with_disk_queue(self.config.disk_queue)
