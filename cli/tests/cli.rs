@@ -1304,3 +1304,83 @@ fn a_seed_into_a_data_dir_in_use_writes_nothing_there() {
     assert_eq!(resumes(), before, "a resume file written into a dir in use");
     drop(first);
 }
+
+/// A `--peer` that is not up when `get` starts is tried again until it
+/// is: the seeder comes up later at the address given, and the download
+/// completes.
+#[test]
+fn a_peer_that_comes_up_later_is_tried_again() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("late.bin"), content(600_000)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let seed_args = [
+        "seed",
+        "late.bin",
+        "--data-dir",
+        "seedd",
+        "--no-mdns",
+        "--no-bt",
+        "--listen",
+        &listen,
+    ];
+    // Its identity (kept in seedd) and info-hash, then it stops.
+    let first = spawn(&seed_args, d);
+    let info_hash = line_starting(&first.lines, "info-hash:");
+    let peer = line_starting(&first.lines, "peer:");
+    line_starting(&first.lines, "seeding");
+    drop(first);
+
+    let mut get = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "get",
+            &info_hash,
+            "--peer",
+            &peer,
+            "-o",
+            "dl",
+            "--data-dir",
+            "getd",
+            "--no-mdns",
+            "--no-bt",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, said) = std::sync::mpsc::sync_channel(256);
+    let stderr = get.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut get = Seeder(get);
+    // Its first dial failed.
+    eventually("the failed first dial", || {
+        said.try_recv()
+            .ok()
+            .filter(|l: &String| l.contains("trying again"))
+    });
+    let _second = spawn(&seed_args, d);
+    let status = eventually("the download", || get.0.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        std::fs::read(d.join("dl/late.bin")).unwrap(),
+        std::fs::read(d.join("late.bin")).unwrap()
+    );
+}
