@@ -35,6 +35,11 @@ const PORTS_FILE: &str = "ports.json";
 struct Ports {
     tcp: Option<u16>,
     quic: Option<u16>,
+    /// IPv6's (a port of its own), where the host has IPv6.
+    #[serde(default)]
+    tcp6: Option<u16>,
+    #[serde(default)]
+    quic6: Option<u16>,
     bt: Option<u16>,
 }
 
@@ -56,10 +61,15 @@ impl Ports {
             // `/ip4/HOST/tcp/PORT/…` or `/ip4/HOST/udp/PORT/quic-v1/…`.
             let text = a.to_string();
             let parts: Vec<&str> = text.split('/').collect();
-            match parts.as_slice() {
-                ["", _, _, "tcp", p, ..] => ports.tcp = ports.tcp.or(p.parse().ok()),
-                ["", _, _, "udp", p, "quic-v1", ..] => ports.quic = ports.quic.or(p.parse().ok()),
-                _ => {}
+            let slot = match parts.as_slice() {
+                ["", "ip4", _, "tcp", p, ..] => Some((&mut ports.tcp, p)),
+                ["", "ip4", _, "udp", p, "quic-v1", ..] => Some((&mut ports.quic, p)),
+                ["", "ip6", _, "tcp", p, ..] => Some((&mut ports.tcp6, p)),
+                ["", "ip6", _, "udp", p, "quic-v1", ..] => Some((&mut ports.quic6, p)),
+                _ => None,
+            };
+            if let Some((slot, p)) = slot {
+                *slot = slot.or(p.parse().ok());
             }
         }
         ports
@@ -97,6 +107,14 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
             listen.push(format!("/ip4/0.0.0.0/udp/{p}/quic-v1").parse()?);
         }
         args.net.listen = listen;
+        let mut optional = Vec::new();
+        if let Some(p) = kept.tcp6 {
+            optional.push(format!("/ip6/::/tcp/{p}").parse()?);
+        }
+        if let Some(p) = kept.quic6 {
+            optional.push(format!("/ip6/::/udp/{p}/quic-v1").parse()?);
+        }
+        args.net.listen_optional = optional;
         uses_kept = true;
     }
     if let Some(p) = kept.bt

@@ -63,9 +63,14 @@ pub(crate) struct NetArgs {
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or
-    /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port).
+    /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port,
+    /// IPv4 and, where the host has it, IPv6).
     #[arg(long, value_parser = parse_multiaddr)]
     pub(crate) listen: Vec<Multiaddr>,
+    /// Listened on too where the host allows (the daemon's kept IPv6
+    /// ports).
+    #[arg(skip)]
+    pub(crate) listen_optional: Vec<Multiaddr>,
     /// A peer to connect to (repeatable): a sluice node's multiaddr, e.g.
     /// /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW…, or a BitTorrent client's
     /// HOST:PORT, e.g. 127.0.0.1:6881.
@@ -336,13 +341,21 @@ pub(crate) fn node_config(
         }
         ChokerArg::FreeRider => ChokerChoice::FreeRider,
     };
-    let listen = if net.listen.is_empty() {
-        ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+    // By default TCP and QUIC on IPv4 and, where the host has it, IPv6
+    // (each on a port of its own).
+    let parse = |addrs: &[&str]| -> Vec<Multiaddr> {
+        addrs
             .iter()
             .map(|a| a.parse().expect("valid multiaddrs"))
             .collect()
+    };
+    let (listen, optional) = if net.listen.is_empty() {
+        (
+            parse(&["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]),
+            parse(&["/ip6/::/tcp/0", "/ip6/::/udp/0/quic-v1"]),
+        )
     } else {
-        net.listen.clone()
+        (net.listen.clone(), net.listen_optional.clone())
     };
     let api = (!net.no_api)
         .then(|| -> Result<ApiConfig> {
@@ -356,6 +369,7 @@ pub(crate) fn node_config(
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
         .with_api(api)
         .with_listen(listen)
+        .with_optional_listen(optional)
         .with_bt_listen((!net.no_bt).then_some(net.bt_listen))
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())

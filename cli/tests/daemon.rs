@@ -241,7 +241,13 @@ fn a_daemon_keeps_its_ports_across_restarts() {
     let d = dir.path();
     let ports = || {
         let daemon = Running::spawn(&["daemon", "--data-dir", "dd", "--no-mdns"], d);
-        let peer = daemon.line("peer:");
+        // The IPv4 TCP address (IPv6 ones may come first).
+        let peer = loop {
+            let p = daemon.line("peer:");
+            if p.starts_with("/ip4/") && p.contains("/tcp/") {
+                break p;
+            }
+        };
         let bt = daemon.line("bittorrent:");
         daemon.line("daemon:");
         assert!(daemon.terminate().success());

@@ -98,6 +98,7 @@ pub enum NodeError {
 pub struct NodeConfig {
     data_dir: PathBuf,
     listen: Vec<Multiaddr>,
+    listen_optional: Vec<Multiaddr>,
     bt_listen: Option<SocketAddr>,
     mdns: bool,
     up_rate: Option<u64>,
@@ -124,6 +125,7 @@ impl NodeConfig {
         Self {
             data_dir: data_dir.into(),
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+            listen_optional: Vec::new(),
             bt_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             mdns: true,
             up_rate: None,
@@ -231,6 +233,14 @@ impl NodeConfig {
     /// Addresses to listen on. Default `/ip4/127.0.0.1/tcp/0`.
     pub fn with_listen(mut self, addrs: Vec<Multiaddr>) -> Self {
         self.listen = addrs;
+        self
+    }
+
+    /// Addresses to listen on too where the host allows (IPv6 where the
+    /// kernel has it turned off, say): a failure is a warning, not a
+    /// refused start. Default none.
+    pub fn with_optional_listen(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.listen_optional = addrs;
         self
     }
 
@@ -420,13 +430,26 @@ impl Node {
                 }
             }
         }
+        // Listeners that have not reported an address yet: the node's
+        // addresses are published once every one has (not IPv6's alone,
+        // say, while IPv4's is a moment behind).
+        let mut unreported = HashSet::new();
         for addr in &config.listen {
-            swarm
+            let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|source| NodeError::Listen {
                     addr: addr.clone(),
                     source,
                 })?;
+            unreported.insert(id);
+        }
+        for addr in &config.listen_optional {
+            match swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    unreported.insert(id);
+                }
+                Err(e) => warn!(%addr, error = %e, "not listening there"),
+            }
         }
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -541,6 +564,7 @@ impl Node {
             swarm,
             commands: commands_rx,
             listen: listen_tx,
+            unreported,
             connected: connected_tx,
             torrents,
             tracker: tracker.clone(),
@@ -1166,6 +1190,7 @@ struct SwarmTask {
     swarm: libp2p::Swarm<sluice_swarm::transport::Behaviour>,
     commands: mpsc::Receiver<Command>,
     listen: watch::Sender<Vec<Multiaddr>>,
+    unreported: HashSet<libp2p::core::transport::ListenerId>,
     connected: watch::Sender<Vec<PeerId>>,
     torrents: Torrents,
     tracker: TaskTracker,
@@ -1181,6 +1206,7 @@ async fn swarm_task(task: SwarmTask) {
         mut swarm,
         mut commands,
         listen,
+        mut unreported,
         connected,
         torrents,
         tracker,
@@ -1191,6 +1217,9 @@ async fn swarm_task(task: SwarmTask) {
     } = task;
 
     let control = swarm.behaviour().stream.new_control();
+    // Every address listened on now (published once all listeners have
+    // reported).
+    let mut listening: Vec<Multiaddr> = Vec::new();
     let mut discover = tokio::time::interval(discovery_interval);
     // Dials asked for through the handle, until they connect or fail.
     let mut explicit_dials: HashMap<libp2p::swarm::ConnectionId, DialReply> = HashMap::new();
@@ -1305,9 +1334,27 @@ async fn swarm_task(task: SwarmTask) {
                 _ => {}
             }
             match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
                     info!(%address, "listening");
-                    listen.send_modify(|a| a.push(address));
+                    listening.push(address);
+                    unreported.remove(&listener_id);
+                    if unreported.is_empty() {
+                        listen.send_replace(listening.clone());
+                    }
+                }
+                SwarmEvent::ListenerClosed { listener_id, ref reason, .. } => {
+                    if let Err(e) = reason {
+                        warn!(error = %e, "a listener closed");
+                    }
+                    if unreported.remove(&listener_id) && unreported.is_empty() {
+                        listen.send_replace(listening.clone());
+                    }
+                }
+                SwarmEvent::ExpiredListenAddr { ref address, .. } => {
+                    listening.retain(|a| a != address);
+                    if unreported.is_empty() {
+                        listen.send_replace(listening.clone());
+                    }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, connection_id, .. } => {
                     if let Some((_, reply)) = explicit_dials.remove(&connection_id) {
