@@ -37,14 +37,15 @@ impl PropShareConfig {
         self
     }
 
-    /// Slots, rechoke timing, optimistic rotation and seeding behaviour are
-    /// shared with tit-for-tat: at most `slots − 1` contributors are paid
-    /// (the largest), plus the optimistic peer, so PropShare never unchokes
-    /// more peers than tit-for-tat would.
+    /// The tit-for-tat settings it shares (see [`Self::with_tit_for_tat`]).
     pub fn tit_for_tat(&self) -> &TitForTatConfig {
         &self.tit_for_tat
     }
 
+    /// Slots, rechoke timing, optimistic rotation and seeding behaviour are
+    /// shared with tit-for-tat: at most `slots − 1` contributors are paid
+    /// (the largest), plus the optimistic peer, so PropShare never unchokes
+    /// more peers than tit-for-tat would.
     pub fn with_tit_for_tat(mut self, config: TitForTatConfig) -> Self {
         self.tit_for_tat = config;
         self

@@ -97,6 +97,7 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
     let fresh = configure(&args.net)?;
     // The ports of the first start, unless told otherwise.
     let kept = Ports::load(&data_dir);
+    let kept_v6 = (kept.tcp6, kept.quic6);
     let mut uses_kept = false;
     if args.net.listen.is_empty() && (kept.tcp.is_some() || kept.quic.is_some()) {
         let mut listen = Vec::new();
@@ -107,14 +108,12 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
             listen.push(format!("/ip4/0.0.0.0/udp/{p}/quic-v1").parse()?);
         }
         args.net.listen = listen;
-        let mut optional = Vec::new();
-        if let Some(p) = kept.tcp6 {
-            optional.push(format!("/ip6/::/tcp/{p}").parse()?);
-        }
-        if let Some(p) = kept.quic6 {
-            optional.push(format!("/ip6/::/udp/{p}/quic-v1").parse()?);
-        }
-        args.net.listen_optional = optional;
+        // IPv6 on its kept ports, or on new ones where none were kept
+        // (IPv6 off at the first start, or a data dir older than IPv6).
+        args.net.listen_optional = vec![
+            format!("/ip6/::/tcp/{}", kept.tcp6.unwrap_or(0)).parse()?,
+            format!("/ip6/::/udp/{}/quic-v1", kept.quic6.unwrap_or(0)).parse()?,
+        ];
         uses_kept = true;
     }
     if let Some(p) = kept.bt
@@ -156,7 +155,12 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
             .context("starting the daemon")?;
         node.attach_daemon(daemon.clone());
         let addrs = node.listen_addrs().await;
-        let ports = serde_json::to_vec_pretty(&Ports::of(&node, &addrs))?;
+        // IPv6's addresses may come a moment after the others: a port
+        // kept and not seen yet stays kept.
+        let mut now = Ports::of(&node, &addrs);
+        now.tcp6 = now.tcp6.or(kept_v6.0);
+        now.quic6 = now.quic6.or(kept_v6.1);
+        let ports = serde_json::to_vec_pretty(&now)?;
         let ports_file = data_dir.join(PORTS_FILE);
         sluice_storage::resume::write_atomically(&ports_file, &ports)
             .with_context(|| format!("writing {}", ports_file.display()))?;

@@ -290,30 +290,44 @@ const MAX_INSTANCES: u32 = 16;
 /// another sluice holds it (a daemon, another `get`), the first free
 /// `DEFAULT/instances/N`, said on stderr. A data dir the user chose is
 /// theirs: in use, it is an error as before.
-fn one_shot_data_dir(net: &mut NetArgs) {
+///
+/// The dir is returned locked (two one-shots started together never pick
+/// the same one); the caller's node runs in it (`start_in`).
+fn one_shot_data_dir(net: &mut NetArgs) -> Result<sluice_node::datadir::DataDir> {
     use sluice_node::datadir::{DataDir, DataDirError};
-    if net.data_dir.is_some() {
-        return;
-    }
-    let default = default_data_dir();
-    let free = |dir: &Path| !matches!(DataDir::open(dir), Err(DataDirError::Locked { .. }));
-    if free(&default) {
-        return;
+    let open = |dir: &Path| {
+        DataDir::open(dir).with_context(|| format!("starting a node in {}", dir.display()))
+    };
+    let default = match &net.data_dir {
+        Some(chosen) => return open(chosen),
+        None => default_data_dir(),
+    };
+    match DataDir::open(&default) {
+        Err(DataDirError::Locked { .. }) => {}
+        other => {
+            net.data_dir = Some(default.clone());
+            return other.with_context(|| format!("starting a node in {}", default.display()));
+        }
     }
     for n in 1..=MAX_INSTANCES {
         let dir = default.join("instances").join(n.to_string());
-        if free(&dir) {
-            eprintln!(
-                "note: {} is in use by another sluice; this one keeps its state in {} \
-                 (sluice status --data-dir {0} finds it)",
-                default.display(),
-                dir.display()
-            );
-            net.data_dir = Some(dir);
-            return;
+        match DataDir::open(&dir) {
+            Err(DataDirError::Locked { .. }) => continue,
+            locked => {
+                eprintln!(
+                    "note: {} is in use by another sluice; this one keeps its state in {} \
+                     (sluice status --data-dir {} finds it)",
+                    default.display(),
+                    dir.display(),
+                    dir.display()
+                );
+                net.data_dir = Some(dir.clone());
+                return locked.with_context(|| format!("starting a node in {}", dir.display()));
+            }
         }
     }
-    // Every one taken: the node's own error says so.
+    // Every one taken: the default's error says so.
+    open(&default)
 }
 
 /// The one place CLI flags become a node configuration.
@@ -603,13 +617,11 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
     if !args.path.exists() {
         anyhow::bail!("{} does not exist", args.path.display());
     }
-    one_shot_data_dir(&mut args.net);
-    let config = node_config(&args.net, None, None)?;
-    let bt_peers = args.net.bt_peers()?;
     // Locked before anything is written in it: a data dir another node
     // runs in gets no seeds index or resume file of ours.
-    let locked = sluice_node::datadir::DataDir::open(config.data_dir())
-        .with_context(|| format!("starting a node in {}", config.data_dir().display()))?;
+    let locked = one_shot_data_dir(&mut args.net)?;
+    let config = node_config(&args.net, None, None)?;
+    let bt_peers = args.net.bt_peers()?;
     let meta = match &args.torrent {
         Some(t) => read_torrent(t)?,
         None => seeded_torrent(&args.path, config.data_dir())?,
@@ -773,7 +785,7 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
             args.output.display()
         );
     }
-    one_shot_data_dir(&mut args.net);
+    let locked = one_shot_data_dir(&mut args.net)?;
     let config = node_config(&args.net, Some(args.disk_queue), args.disk_rate)?;
     let hints = if args.net.no_bt {
         LinkHints::default()
@@ -809,7 +821,7 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
         // there) nothing is ours to save: Ctrl-C ends at once, as it did
         // before this listener replaced the default.
         let node = tokio::select! {
-            r = start(config, &peers) => r?,
+            r = start_in(config, Some(locked), &peers) => r?,
             _ = interrupts.recv() => interrupted_while("starting"),
         };
         let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);

@@ -1357,7 +1357,9 @@ fn a_peer_that_comes_up_later_is_tried_again() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, said) = std::sync::mpsc::sync_channel(256);
+    // Unbounded: the reader never stops draining get's stderr, so get
+    // never blocks writing to it.
+    let (tx, said) = std::sync::mpsc::channel();
     let stderr = get.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)

@@ -448,50 +448,71 @@ impl Daemon {
         lock(&self.inner.checking).insert(ih);
         let daemon = self.clone();
         tokio::spawn(async move {
-            let _op = daemon.inner.ops.lock().await;
-            // Paused or removed meanwhile: nothing to start.
-            if let Ok((ih, entry)) = daemon.find(&ih.to_string())
-                && !entry.paused
-                && !daemon.running(ih)
-                && let Err(e) = daemon.start_torrent(ih, &entry.output).await
-            {
-                warn!(info_hash = %ih, error = %e, "cannot start; paused");
-                let _ = daemon.update(ih, |e| e.paused = true);
+            if let Err(e) = daemon.hash_and_settle(ih).await {
+                warn!(info_hash = %ih, error = %e, "check failed");
             }
             lock(&daemon.inner.checking).remove(&ih);
         });
     }
 
+    /// A recheck: stopped (under the ops lock), its resume file dropped,
+    /// then [`Self::hash_and_settle`].
     async fn check(&self, ih: InfoHash) -> Result<(), DaemonError> {
-        let _op = self.inner.ops.lock().await;
-        // Removed (or re-added) meanwhile: its entry says what to do now.
-        let (ih, entry) = self.find(&ih.to_string())?;
-        match self.inner.node.remove_torrent(ih).await {
-            Ok(()) | Err(NodeError::NoSuchTorrent(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let resume = self.inner.node.data_dir_layout().resume_file(ih);
-        match std::fs::remove_file(&resume) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(DaemonError::Io {
-                    what: "deleting",
-                    path: resume,
-                    source,
-                });
+        {
+            let _op = self.inner.ops.lock().await;
+            // Removed (or re-added) meanwhile: nothing to check.
+            let (ih, _) = self.find(&ih.to_string())?;
+            match self.inner.node.remove_torrent(ih).await {
+                Ok(()) | Err(NodeError::NoSuchTorrent(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let resume = self.inner.node.data_dir_layout().resume_file(ih);
+            match std::fs::remove_file(&resume) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DaemonError::Io {
+                        what: "deleting",
+                        path: resume,
+                        source,
+                    });
+                }
             }
         }
-        if let Err(e) = self.start_torrent(ih, &entry.output).await {
-            self.update(ih, |e| e.paused = true)?;
-            return Err(e);
-        }
-        if entry.paused {
-            // Its stop writes the resume file the check found.
-            self.inner.node.remove_torrent(ih).await?;
-        }
+        self.hash_and_settle(ih).await?;
         info!(info_hash = %ih, "rechecked");
         Ok(())
+    }
+
+    /// Opens a torrent listed `checking` (which hashes its data, maybe for
+    /// minutes) *without* the ops lock, so other changes go on meanwhile;
+    /// they leave a checking torrent's running to this (pause and resume
+    /// only mark it). Then, under the lock, settles it as its entry says
+    /// now: running, stopped if paused meanwhile (its stop writes the
+    /// resume file the check found), or stopped if removed.
+    async fn hash_and_settle(&self, ih: InfoHash) -> Result<(), DaemonError> {
+        let output = self.find(&ih.to_string())?.1.output;
+        let started = self.start_torrent(ih, &output).await;
+        let _op = self.inner.ops.lock().await;
+        let entry = self.find(&ih.to_string()).ok().map(|(_, e)| e);
+        match (started, entry) {
+            (Err(e), Some(_)) => {
+                self.update(ih, |e| e.paused = true)?;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+            (Ok(()), Some(e)) if !e.paused => {
+                // Limits changed while it was checked hold from now.
+                if let Ok(t) = self.inner.node.torrent(ih) {
+                    self.apply_limits(&t, e.limits).await;
+                }
+                Ok(())
+            }
+            (Ok(()), _) => match self.inner.node.remove_torrent(ih).await {
+                Ok(()) | Err(NodeError::NoSuchTorrent(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
     }
 
     /// Writes the list. Called with the list locked.
@@ -636,13 +657,22 @@ impl Daemon {
 
     fn spawn_fetch(&self, ih: InfoHash, source: String) {
         let daemon = self.clone();
+        // Listed before it can end, so its own removal below always finds
+        // it (and never a later fetch of the same torrent).
+        let mut fetches = lock(&self.inner.fetches);
         let task = tokio::spawn(async move {
             if let Err(e) = daemon.fetch(ih, &source).await {
                 warn!(info_hash = %ih, error = %e, "metadata fetch ended");
             }
-            lock(&daemon.inner.fetches).remove(&ih);
+            let mut fetches = lock(&daemon.inner.fetches);
+            if fetches
+                .get(&ih)
+                .is_some_and(|t| t.id() == tokio::task::id())
+            {
+                fetches.remove(&ih);
+            }
         });
-        lock(&self.inner.fetches).insert(ih, task);
+        fetches.insert(ih, task);
     }
 
     async fn fetch(&self, ih: InfoHash, source: &str) -> Result<(), DaemonError> {
@@ -738,6 +768,10 @@ impl Daemon {
         let _op = self.inner.ops.lock().await;
         let (ih, _) = self.find(key)?;
         self.update(ih, |e| e.paused = true)?;
+        if lock(&self.inner.checking).contains(&ih) {
+            // Its check stops it when done.
+            return Ok(());
+        }
         // A paused torrent asks nobody for its metadata either (the fetch
         // waits for the ops lock at its end, so it cannot be starting it).
         let fetch = lock(&self.inner.fetches).remove(&ih);
@@ -756,8 +790,15 @@ impl Daemon {
         let _op = self.inner.ops.lock().await;
         let (ih, entry) = self.find(key)?;
         self.update(ih, |e| e.paused = false)?;
+        if lock(&self.inner.checking).contains(&ih) {
+            // Its check starts it when done.
+            return Ok(());
+        }
         if let Some(source) = &entry.fetching {
-            if !lock(&self.inner.fetches).contains_key(&ih) {
+            if lock(&self.inner.fetches)
+                .get(&ih)
+                .is_none_or(|t| t.is_finished())
+            {
                 self.spawn_fetch(ih, source.clone());
             }
             return Ok(());

@@ -430,9 +430,11 @@ impl Node {
                 }
             }
         }
-        // Listeners that have not reported an address yet: the node's
-        // addresses are published once every one has (not IPv6's alone,
-        // say, while IPv4's is a moment behind).
+        // Required listeners that have not reported an address yet: the
+        // node's addresses are published once every one has (not QUIC's
+        // alone, say, while TCP's is a moment behind). Optional ones are
+        // added as they come: an IPv6 listener on a host with IPv6 turned
+        // off binds but never reports.
         let mut unreported = HashSet::new();
         for addr in &config.listen {
             let id = swarm
@@ -444,11 +446,8 @@ impl Node {
             unreported.insert(id);
         }
         for addr in &config.listen_optional {
-            match swarm.listen_on(addr.clone()) {
-                Ok(id) => {
-                    unreported.insert(id);
-                }
-                Err(e) => warn!(%addr, error = %e, "not listening there"),
+            if let Err(e) = swarm.listen_on(addr.clone()) {
+                warn!(%addr, error = %e, "not listening there");
             }
         }
         let cancel = CancellationToken::new();
@@ -1342,11 +1341,13 @@ async fn swarm_task(task: SwarmTask) {
                         listen.send_replace(listening.clone());
                     }
                 }
-                SwarmEvent::ListenerClosed { listener_id, ref reason, .. } => {
+                SwarmEvent::ListenerClosed { listener_id, ref addresses, ref reason } => {
                     if let Err(e) = reason {
                         warn!(error = %e, "a listener closed");
                     }
-                    if unreported.remove(&listener_id) && unreported.is_empty() {
+                    listening.retain(|a| !addresses.contains(a));
+                    unreported.remove(&listener_id);
+                    if unreported.is_empty() {
                         listen.send_replace(listening.clone());
                     }
                 }

@@ -57,6 +57,9 @@ async fn closed_by_peer(held: &mut [TcpStream]) -> usize {
 }
 
 /// The flood kept only its share: its oldest connections were dropped.
+/// (On a very slow run the handshake timeouts could close them too; what
+/// proves the admission is the honest peer's one dial or handshake
+/// answered while the flood is held.)
 async fn assert_flood_dropped(held: &mut [TcpStream]) {
     let closed = closed_by_peer(held).await;
     assert!(

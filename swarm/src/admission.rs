@@ -15,6 +15,23 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
+/// The address a share is counted by: an IPv4 address (an IPv4-mapped
+/// IPv6 one too), or an IPv6 address's /64, which one host is usually
+/// given whole.
+pub fn share_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+    }
+}
+
 /// Handshake slots: in all and per remote IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionConfig {
@@ -61,6 +78,7 @@ impl<H> Pending<H> {
     /// Admits a connection from `ip`: its id (for [`Self::done`]) and the
     /// handles of the connections dropped to make room, to abort.
     pub fn admit(&mut self, ip: IpAddr, handle: H) -> (u64, Vec<H>) {
+        let ip = share_of(ip);
         let mut evicted = Vec::new();
         if let Some(share) = self.config.max_pending_per_ip {
             let mut same: usize = self.queue.iter().filter(|(_, i, _)| *i == ip).count();
@@ -99,8 +117,9 @@ impl<H> Pending<H> {
         self.queue.is_empty()
     }
 
-    /// Of them, from `ip`.
+    /// Of them, from `ip` (its share: an IPv6 address's /64).
     pub fn from(&self, ip: IpAddr) -> usize {
+        let ip = share_of(ip);
         self.queue.iter().filter(|(_, i, _)| *i == ip).count()
     }
 }
@@ -131,6 +150,23 @@ mod tests {
         assert_eq!(dropped, (0..97).collect::<Vec<_>>());
         p.done(honest);
         assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_host_has_one_share_for_its_64() {
+        let mut p = Pending::new(AdmissionConfig {
+            max_pending: 10,
+            max_pending_per_ip: Some(2),
+        });
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        p.admit(a, 'a');
+        p.admit(b, 'b');
+        assert_eq!(p.admit(a, 'c').1, vec!['a'], "the same /64");
+        assert!(p.admit(other, 'd').1.is_empty(), "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(share_of(mapped), ip(1));
     }
 
     #[test]

@@ -105,13 +105,15 @@ impl TransportConfig {
     }
 }
 
-/// The IP a connection comes from (`/ip4/…` or `/ip6/…` first).
+/// The IP a connection comes from (`/ip4/…` or `/ip6/…` first), as
+/// its share is counted ([`crate::admission::share_of`]: an IPv6 /64).
 pub fn remote_ip(addr: &Multiaddr) -> Option<IpAddr> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(ip.into()),
-        Protocol::Ip6(ip) => Some(ip.into()),
-        _ => None,
-    }
+    let ip: IpAddr = match addr.iter().next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    Some(crate::admission::share_of(ip))
 }
 
 /// A transport whose inbound connections go through [`Pending`]: each
@@ -374,8 +376,6 @@ impl std::fmt::Debug for Behaviour {
 pub enum TransportError {
     #[error("setting up TCP + Noise + Yamux: {0}")]
     Tcp(String),
-    #[error("reading the system's DNS configuration: {0}")]
-    Dns(String),
     #[error("starting mDNS")]
     Mdns(#[source] std::io::Error),
     #[error("building the libp2p behaviour: {0}")]
@@ -409,6 +409,13 @@ pub fn build_swarm(
         None
     };
     let mut mdns = Some(mdns);
+    let (dns_config, dns_opts) = match hickory_resolver::system_conf::read_system_conf() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system DNS configuration; names resolve from the hosts file only");
+            Default::default()
+        }
+    };
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         // QUIC beside TCP: whichever the listen and peer addresses name.
@@ -430,9 +437,9 @@ pub fn build_swarm(
         })
         .map_err(|e| TransportError::Tcp(e.to_string()))?
         // `/dns4`, `/dns6` and `/dnsaddr` addresses, resolved with the
-        // system's configuration (and its hosts file).
-        .with_dns()
-        .map_err(|e| TransportError::Dns(e.to_string()))?
+        // system's configuration (and its hosts file); a host without one
+        // (a container with no network, say) resolves from the hosts file.
+        .with_dns_config(dns_config, dns_opts)
         .with_behaviour(|key| Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/sluice/id/1".into(),
@@ -453,6 +460,13 @@ pub fn build_swarm(
             limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
                     .with_max_established(Some(config.max_connections))
+                    // QUIC's handshakes (TCP's go through the admission,
+                    // which holds them to half of this).
+                    .with_max_pending_incoming(Some(
+                        u32::try_from(config.admission.max_pending)
+                            .unwrap_or(u32::MAX)
+                            .saturating_mul(2),
+                    ))
                     // Two: both sides dialing at once is allowed; the
                     // piece protocol keeps one stream either way.
                     .with_max_established_per_peer(Some(2)),

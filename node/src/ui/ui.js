@@ -213,12 +213,23 @@ function fillLimits(form, l) {
   form.elements.up.value = kib(l.up_rate);
   form.elements.down.value = kib(l.down_rate);
   form.elements.slots.value = l.slots == null ? "" : String(l.slots);
+  // What was shown: only fields changed from it are sent.
+  for (const f of ["up", "down", "slots"]) form.elements[f].dataset.shown = form.elements[f].value;
 }
 
+// The fields the user changed, as the API takes them; an entry the
+// browser could not read as a number is refused, not sent as "none".
 function readLimits(form) {
-  const n = (v) => (v.trim() === "" ? null : Number(v));
-  const bytes = (v) => (n(v) == null ? null : Math.max(1, Math.round(n(v) * 1024)));
-  return { up_rate: bytes(form.elements.up.value), down_rate: bytes(form.elements.down.value), slots: n(form.elements.slots.value) };
+  const change = {};
+  const keys = { up: "up_rate", down: "down_rate", slots: "slots" };
+  for (const [f, key] of Object.entries(keys)) {
+    const input = form.elements[f];
+    if (input.validity.badInput) throw new Error(f + ": not a number");
+    if (input.value === input.dataset.shown) continue;
+    const v = input.value.trim() === "" ? null : Number(input.value);
+    change[key] = v == null ? null : f === "slots" ? v : Math.max(1, Math.round(v * 1024));
+  }
+  return change;
 }
 
 async function setLimits(form, path, ev) {
