@@ -1357,16 +1357,16 @@ fn a_peer_that_comes_up_later_is_tried_again() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Unbounded: the reader never stops draining get's stderr, so get
-    // never blocks writing to it.
-    let (tx, said) = std::sync::mpsc::channel();
+    // The reader never stops draining get's stderr (lines past what the
+    // channel holds are dropped), so get never blocks writing to it.
+    let (tx, said) = std::sync::mpsc::sync_channel(1024);
     let stderr = get.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            if tx.send(line).is_err() {
+            if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) = tx.try_send(line) {
                 break;
             }
         }
