@@ -330,6 +330,15 @@ fn one_shot_data_dir(net: &mut NetArgs) -> Result<sluice_node::datadir::DataDir>
     open(&default)
 }
 
+/// A per-IP limit as the flags give it: absent is the default, 0 none.
+fn per_ip<T: PartialEq + Default>(flag: Option<T>, default: T) -> Option<T> {
+    match flag {
+        None => Some(default),
+        Some(n) if n == T::default() => None,
+        n => n,
+    }
+}
+
 /// The one place CLI flags become a node configuration.
 pub(crate) fn node_config(
     net: &NetArgs,
@@ -395,16 +404,14 @@ pub(crate) fn node_config(
         .with_read_cache(usize::try_from(net.read_cache).unwrap_or(usize::MAX))
         .with_torrent(TorrentConfig::default().with_choker(choker))
         .with_per_ip_limits(
-            match net.max_pending_per_ip {
-                None => Some(sluice_swarm::admission::DEFAULT_MAX_PENDING_PER_IP),
-                Some(0) => None,
-                n => n,
-            },
-            match net.max_established_per_ip {
-                None => Some(sluice_swarm::transport::DEFAULT_MAX_ESTABLISHED_PER_IP),
-                Some(0) => None,
-                n => n,
-            },
+            per_ip(
+                net.max_pending_per_ip,
+                sluice_swarm::admission::DEFAULT_MAX_PENDING_PER_IP,
+            ),
+            per_ip(
+                net.max_established_per_ip,
+                sluice_swarm::transport::DEFAULT_MAX_ESTABLISHED_PER_IP,
+            ),
         );
     if let Some(q) = disk_queue {
         config = config.with_disk_queue(q);

@@ -429,36 +429,32 @@ impl Daemon {
                 "its metadata is being fetched",
             ));
         }
-        if !lock(&self.inner.checking).insert(ih) {
+        if !self.spawn_check(ih, true) {
             return Err(DaemonError::Busy(key.to_owned(), "it is being checked"));
         }
-        let daemon = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = daemon.check(ih).await {
-                warn!(info_hash = %ih, error = %e, "recheck failed");
-            }
-            lock(&daemon.inner.checking).remove(&ih);
-        });
         Ok(())
     }
 
-    /// Starts a torrent whose data must be checked first, in the
-    /// background (listed `checking` until it runs).
-    fn start_checking(&self, ih: InfoHash) {
-        lock(&self.inner.checking).insert(ih);
+    /// Checks a torrent's data in the background, listed `checking` until
+    /// done: a recheck (`recheck`: stopped first, its resume file dropped),
+    /// or the start of one added with its data in place. False if it is
+    /// being checked already.
+    fn spawn_check(&self, ih: InfoHash, recheck: bool) -> bool {
+        if !lock(&self.inner.checking).insert(ih) {
+            return false;
+        }
         let daemon = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = daemon.hash_and_settle(ih).await {
+            if let Err(e) = daemon.check(ih, recheck).await {
                 warn!(info_hash = %ih, error = %e, "check failed");
             }
             lock(&daemon.inner.checking).remove(&ih);
         });
+        true
     }
 
-    /// A recheck: stopped (under the ops lock), its resume file dropped,
-    /// then [`Self::hash_and_settle`].
-    async fn check(&self, ih: InfoHash) -> Result<(), DaemonError> {
-        {
+    async fn check(&self, ih: InfoHash, recheck: bool) -> Result<(), DaemonError> {
+        if recheck {
             let _op = self.inner.ops.lock().await;
             // Removed (or re-added) meanwhile: nothing to check.
             let (ih, _) = self.find(&ih.to_string())?;
@@ -480,7 +476,7 @@ impl Daemon {
             }
         }
         self.hash_and_settle(ih).await?;
-        info!(info_hash = %ih, "rechecked");
+        info!(info_hash = %ih, "checked");
         Ok(())
     }
 
@@ -608,7 +604,7 @@ impl Daemon {
                 // Data already there is hashed before the torrent runs,
                 // which may take minutes: in the background, listed
                 // `checking`.
-                self.start_checking(ih);
+                self.spawn_check(ih, false);
             } else if let Err(e) = self.start_torrent(ih, &output).await {
                 self.update(ih, |e| e.paused = true)?;
                 return Err(e);

@@ -1603,7 +1603,7 @@ async fn bt_accept_loop(
     use sluice_swarm::bt;
     // Handshakes under way, each with the handle that aborts it when the
     // admission drops it for a newer one (see `sluice_swarm::admission`).
-    let pending = Arc::new(Mutex::new(sluice_swarm::admission::Pending::new(admission)));
+    let pending = sluice_swarm::transport::Handshakes::new(admission);
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
@@ -1618,16 +1618,8 @@ async fn bt_accept_loop(
                 continue;
             }
         };
-        let (abort, registration) = futures::future::AbortHandle::new_pair();
-        let (id, evicted) = lock(&pending).admit(addr.ip(), abort);
-        for e in evicted {
-            e.abort();
-        }
+        let (slot, registration) = pending.admit(addr.ip());
         let torrents = Arc::clone(&torrents);
-        let slot = BtSlot {
-            pending: Arc::clone(&pending),
-            id,
-        };
         let handshake = futures::future::Abortable::new(
             async move {
                 let _ = stream.set_nodelay(true);
@@ -1679,19 +1671,6 @@ async fn bt_accept_loop(
                 Err(_) => debug!(%addr, "BitTorrent handshake dropped for a newer connection"),
             }
         });
-    }
-}
-
-/// A BitTorrent handshake's place in the admission, given back when the
-/// handshake ends.
-struct BtSlot {
-    pending: Arc<Mutex<sluice_swarm::admission::Pending<futures::future::AbortHandle>>>,
-    id: u64,
-}
-
-impl Drop for BtSlot {
-    fn drop(&mut self) {
-        lock(&self.pending).done(self.id);
     }
 }
 

@@ -238,6 +238,15 @@ async fn a_wrong_length_is_refused_and_its_credit_returns() {
     assert_eq!(s.queue_stats().reserved_bytes, 0);
 }
 
+/// The pieces `s` holds.
+fn held_pieces(s: &Storage) -> Vec<u32> {
+    s.layout()
+        .pieces()
+        .filter(|&p| s.has_piece(p))
+        .map(PieceIndex::get)
+        .collect()
+}
+
 /// Pieces count as held after a restart only if the resume file recorded
 /// them after their data was flushed; everything else is missing again.
 #[tokio::test]
@@ -268,35 +277,20 @@ async fn resume_after_an_interrupted_run() {
     drop(rx);
 
     let (s, _rx) = open(&src.meta, &target, config()).await;
-    let held: Vec<u32> = s
-        .layout()
-        .pieces()
-        .filter(|&p| s.has_piece(p))
-        .map(PieceIndex::get)
-        .collect();
+    let held = held_pieces(&s);
     assert_eq!(held, vec![0], "only the flushed piece counts");
     drop(s);
 
     // --recheck trusts the data, not the file: pieces 0 and 4 are whole.
     let (s, _rx) = open(&src.meta, &target, config().with_recheck(true)).await;
-    let held: Vec<u32> = s
-        .layout()
-        .pieces()
-        .filter(|&p| s.has_piece(p))
-        .map(PieceIndex::get)
-        .collect();
+    let held = held_pieces(&s);
     assert_eq!(held, vec![0, 4]);
     drop(s);
 
     // A damaged resume file is ignored with a warning and the data rechecked.
     std::fs::write(&resume, b"sluice-resume-01 but torn").unwrap();
     let (s, _rx) = open(&src.meta, &target, config()).await;
-    let held: Vec<u32> = s
-        .layout()
-        .pieces()
-        .filter(|&p| s.has_piece(p))
-        .map(PieceIndex::get)
-        .collect();
+    let held = held_pieces(&s);
     assert_eq!(held, vec![0, 4]);
     drop(s);
 
@@ -307,12 +301,7 @@ async fn resume_after_an_interrupted_run() {
     drop(s);
     std::fs::remove_file(target.join("big.bin")).unwrap();
     let (s, _rx) = open(&src.meta, &target, config()).await;
-    let held: Vec<u32> = s
-        .layout()
-        .pieces()
-        .filter(|&p| s.has_piece(p))
-        .map(PieceIndex::get)
-        .collect();
+    let held = held_pieces(&s);
     assert_eq!(held, vec![4], "pieces of a deleted file claimed");
 }
 

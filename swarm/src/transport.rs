@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{AbortHandle, Abortable};
+use futures::future::{AbortHandle, AbortRegistration, Abortable};
 use libp2p::core::transport::{
     DialOpts, ListenerId, TransportError as CoreTransportError, TransportEvent,
 };
@@ -121,7 +121,39 @@ pub fn remote_ip(addr: &Multiaddr) -> Option<IpAddr> {
 /// admission drops it to make room for a newer one.
 pub struct Admitted<T> {
     inner: T,
-    pending: Arc<Mutex<Pending<AbortHandle>>>,
+    pending: Handshakes,
+}
+
+/// Handshakes under way, shared by whoever accepts connections (this
+/// transport, the BitTorrent accept loop) and the futures running them:
+/// [`Pending`] with the handles that abort the ones it drops.
+#[derive(Debug, Clone)]
+pub struct Handshakes(Arc<Mutex<Pending<AbortHandle>>>);
+
+impl Handshakes {
+    pub fn new(config: AdmissionConfig) -> Self {
+        Self(Arc::new(Mutex::new(Pending::new(config))))
+    }
+
+    /// Admits a handshake from `ip`, aborting the ones dropped to make
+    /// room: its slot (given back when dropped) and the registration to
+    /// make its future abortable with.
+    pub fn admit(&self, ip: IpAddr) -> (Slot, AbortRegistration) {
+        let (abort, registration) = AbortHandle::new_pair();
+        let (id, evicted) = self.lock().admit(ip, abort);
+        for e in evicted {
+            e.abort();
+        }
+        let slot = Slot {
+            pending: self.clone(),
+            id,
+        };
+        (slot, registration)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending<AbortHandle>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl<T> std::fmt::Debug for Admitted<T> {
@@ -134,7 +166,7 @@ impl<T> Admitted<T> {
     pub fn new(inner: T, config: AdmissionConfig) -> Self {
         Self {
             inner,
-            pending: Arc::new(Mutex::new(Pending::new(config))),
+            pending: Handshakes::new(config),
         }
     }
 }
@@ -148,18 +180,17 @@ pub enum AdmittedError<E> {
     Evicted,
 }
 
-/// Frees the slot when the upgrade ends, however it ends.
-struct Slot {
-    pending: Arc<Mutex<Pending<AbortHandle>>>,
+/// A handshake's place in [`Handshakes`], given back when dropped: when
+/// the handshake ends, however it ends.
+#[derive(Debug)]
+pub struct Slot {
+    pending: Handshakes,
     id: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .done(self.id);
+        self.pending.lock().done(self.id);
     }
 }
 
@@ -232,19 +263,7 @@ where
         let upgrade: AdmittedUpgrade<T::Output, T::Error> = match remote_ip(&send_back_addr) {
             None => Box::pin(async move { upgrade.await.map_err(AdmittedError::Inner) }),
             Some(ip) => {
-                let (abort, registration) = AbortHandle::new_pair();
-                let (id, evicted) = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .admit(ip, abort);
-                for e in evicted {
-                    e.abort();
-                }
-                let slot = Slot {
-                    pending: Arc::clone(&self.pending),
-                    id,
-                };
+                let (slot, registration) = self.pending.admit(ip);
                 Box::pin(async move {
                     let _slot = slot;
                     match Abortable::new(upgrade, registration).await {
