@@ -91,6 +91,35 @@ pub(crate) struct NetArgs {
     /// Do not discover peers on the local network.
     #[arg(long)]
     no_mdns: bool,
+    /// A relay to hold a reservation on (repeatable), ending in
+    /// /p2p/PEER_ID: behind NAT, peers reach this node through it and
+    /// then connect directly by hole punching. Bootstrap nodes that
+    /// serve as relays are used too until the node is known to be
+    /// reachable.
+    #[arg(long, value_parser = parse_multiaddr)]
+    relay: Vec<Multiaddr>,
+    /// Serve as a relay for nodes behind NAT (`sluice node` always does).
+    #[arg(long)]
+    serve_relay: bool,
+    /// As a relay: nodes holding a reservation at once.
+    #[arg(long, default_value_t = sluice_swarm::reach::DEFAULT_RELAY_RESERVATIONS)]
+    relay_max_reservations: usize,
+    /// As a relay: relayed connections at once.
+    #[arg(long, default_value_t = sluice_swarm::reach::DEFAULT_RELAY_CIRCUITS)]
+    relay_max_circuits: usize,
+    /// As a relay: bytes one relayed connection may carry before it is
+    /// closed (metadata and hole punching fit; pieces do not cross relays).
+    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+    relay_circuit_bytes: u64,
+    /// Let piece traffic cross relays (default: a peer met through a
+    /// relay trades pieces once hole punching has connected it directly).
+    #[arg(long)]
+    relayed_pieces: bool,
+    /// Serve the DHT from the start, not only once a peer has confirmed
+    /// this node's address (for LAN or loopback swarms, where nobody
+    /// does; `sluice node` always serves it).
+    #[arg(long)]
+    dht_server: bool,
     /// Incoming connections from one IP still in their handshake; beyond
     /// it, that IP's oldest is dropped (0: no limit) [default: 8].
     #[arg(long)]
@@ -396,6 +425,10 @@ pub(crate) fn node_config(
         .with_bt_listen((!net.no_bt).then_some(net.bt_listen))
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())
+        .with_relays(net.relay.clone())
+        .with_relay_server(net.serve_relay.then(|| net.relay_limits()))
+        .with_relayed_pieces(net.relayed_pieces)
+        .with_dht_server(net.dht_server)
         .with_up_rate(net.up_rate)
         .with_down_rate(net.down_rate)
         .with_disk_rate(disk_rate)
@@ -427,6 +460,16 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 impl NetArgs {
+    /// The limits a relay served from this node keeps.
+    fn relay_limits(&self) -> sluice_swarm::reach::RelayLimits {
+        sluice_swarm::reach::RelayLimits {
+            max_reservations: self.relay_max_reservations.max(1),
+            max_circuits: self.relay_max_circuits.max(1),
+            circuit_bytes: self.relay_circuit_bytes.max(1),
+            ..sluice_swarm::reach::RelayLimits::default()
+        }
+    }
+
     /// The BitTorrent peers given; an error if BitTorrent is off.
     fn bt_peers(&self) -> Result<Vec<SocketAddr>> {
         let peers: Vec<SocketAddr> = self
@@ -937,7 +980,10 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
-    let config = node_config(&args.net, None, None)?;
+    // A bootstrap node: it serves the DHT and relays for nodes behind NAT.
+    let config = node_config(&args.net, None, None)?
+        .with_dht_server(true)
+        .with_relay_server(Some(args.net.relay_limits()));
     runtime()?.block_on(async move {
         if !args.net.bt_peers()?.is_empty() {
             anyhow::bail!(

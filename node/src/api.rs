@@ -34,11 +34,13 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_storage::{InfoHash, QueueStats, WriteQueue};
+use sluice_swarm::reach::{Path as LinkPath, Reachability, RelayedBytes};
 use sluice_swarm::torrent::{PeerStats, TorrentStats};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::links::{PathCounts, PeerLink, ReachView};
 use crate::{Torrents, lock};
 
 /// The file in a node's data dir that holds its API address.
@@ -95,6 +97,31 @@ pub struct NodeInfo {
     pub version: String,
     pub torrents: usize,
     pub connected_peers: usize,
+    /// Whether others can dial it: `unknown` until a peer has tried,
+    /// then `public` or `private` (behind NAT: reached through relays).
+    #[serde(default)]
+    pub reachability: Reachability,
+    /// Confirmed external addresses (AutoNAT's, and relayed ones from
+    /// reservations), each ending in `/p2p/<peer id>`.
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
+    /// What it gives others to reach it (magnet hints): the external
+    /// addresses, or the listen addresses while there are none.
+    #[serde(default)]
+    pub advertised_addrs: Vec<String>,
+    /// Open libp2p connections by how they were made.
+    #[serde(default)]
+    pub connections: PathCounts,
+    /// DCUtR upgrades of relayed connections tried, and made.
+    #[serde(default)]
+    pub hole_punch_attempts: u64,
+    #[serde(default)]
+    pub hole_punch_successes: u64,
+    /// Bytes that crossed relays (framing included).
+    #[serde(default)]
+    pub relayed_bytes_received: u64,
+    #[serde(default)]
+    pub relayed_bytes_sent: u64,
 }
 
 /// The write queue as the API shows it (node-wide: torrents share it).
@@ -213,6 +240,10 @@ pub struct PeerInfo {
     pub stats: PeerStats,
     /// The connection's remote address, when the connection is known.
     pub addr: Option<String>,
+    /// How that connection was made (sluice peers; BitTorrent peers are
+    /// direct).
+    #[serde(default)]
+    pub path: Option<LinkPath>,
 }
 
 /// The body of every error answer.
@@ -221,8 +252,8 @@ pub struct ApiErrorBody {
     pub error: String,
 }
 
-/// Remote address of each connected peer, kept by the swarm task.
-pub(crate) type PeerAddrs = Arc<Mutex<HashMap<PeerId, Multiaddr>>>;
+/// The best connection of each connected peer, kept by the swarm task.
+pub(crate) type PeerAddrs = Arc<Mutex<HashMap<PeerId, PeerLink>>>;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -243,6 +274,8 @@ pub(crate) struct ApiState {
     pub(crate) cancel: CancellationToken,
     pub(crate) bt_addr: Option<SocketAddr>,
     pub(crate) bt_peer_id: Option<String>,
+    pub(crate) reach: watch::Receiver<ReachView>,
+    pub(crate) relayed: RelayedBytes,
 }
 
 /// Serves the API on `listener` until `cancel` fires.
@@ -723,6 +756,19 @@ async fn node_info(State(state): State<ApiState>) -> axum::Json<NodeInfo> {
         .collect();
     let torrents = lock(&state.torrents).len();
     let connected_peers = lock(&state.peer_addrs).len();
+    let reach = state.reach.borrow().clone();
+    let with_id = |a: &Multiaddr| {
+        let mut a = a.clone();
+        if !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            a.push(libp2p::multiaddr::Protocol::P2p(state.peer_id));
+        }
+        a.to_string()
+    };
+    let external_addrs = reach.external.iter().map(with_id).collect();
+    let advertised_addrs = sluice_swarm::reach::advertised(&reach.external, &state.listen.borrow())
+        .iter()
+        .map(with_id)
+        .collect();
     axum::Json(NodeInfo {
         peer_id: state.peer_id.to_string(),
         listen_addrs: listen,
@@ -732,6 +778,14 @@ async fn node_info(State(state): State<ApiState>) -> axum::Json<NodeInfo> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         torrents,
         connected_peers,
+        reachability: reach.reachability,
+        external_addrs,
+        advertised_addrs,
+        connections: reach.paths,
+        hole_punch_attempts: reach.hole_punch_attempts,
+        hole_punch_successes: reach.hole_punch_successes,
+        relayed_bytes_received: state.relayed.received(),
+        relayed_bytes_sent: state.relayed.sent(),
     })
 }
 
@@ -783,18 +837,22 @@ async fn peers(State(state): State<ApiState>, UrlPath(ih): UrlPath<String>) -> R
         .peers
         .iter()
         .map(|p| {
-            let addr = match p.socket_addr {
-                Some(a) => Some(a.to_string()),
-                None => p
+            let (addr, path) = match p.socket_addr {
+                Some(a) => (Some(a.to_string()), Some(LinkPath::Direct)),
+                None => match p
                     .peer_id
                     .parse::<PeerId>()
                     .ok()
                     .and_then(|id| addrs.get(&id))
-                    .map(ToString::to_string),
+                {
+                    Some(link) => (Some(link.addr.to_string()), Some(link.path)),
+                    None => (None, None),
+                },
             };
             PeerInfo {
                 stats: p.clone(),
                 addr,
+                path,
             }
         })
         .collect();
@@ -825,6 +883,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 pub(crate) struct SluiceCollector {
     pub(crate) torrents: Torrents,
     pub(crate) queue: WriteQueue,
+    pub(crate) relayed: RelayedBytes,
+    pub(crate) reach: watch::Receiver<ReachView>,
 }
 
 impl Collector for SluiceCollector {
@@ -862,6 +922,57 @@ impl Collector for SluiceCollector {
             "Time requesting was held back because the disk write queue was full",
             None,
             throttled.metric_type(),
+        )?)?;
+
+        let reach = self.reach.borrow().clone();
+        let node_counters: [(&str, &str, u64); 4] = [
+            (
+                "sluice_relayed_received_bytes",
+                "Bytes received through relays (framing included)",
+                self.relayed.received(),
+            ),
+            (
+                "sluice_relayed_sent_bytes",
+                "Bytes sent through relays (framing included)",
+                self.relayed.sent(),
+            ),
+            (
+                "sluice_hole_punch_attempts",
+                "Upgrades of relayed connections to direct ones tried (DCUtR)",
+                reach.hole_punch_attempts,
+            ),
+            (
+                "sluice_hole_punch_successes",
+                "Upgrades of relayed connections to direct ones made",
+                reach.hole_punch_successes,
+            ),
+        ];
+        for (name, help, v) in node_counters {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_connections",
+                "Open libp2p connections by how they were made",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            for (path, n) in [
+                (LinkPath::Direct, reach.paths.direct),
+                (LinkPath::Relayed, reach.paths.relayed),
+                (LinkPath::HolePunched, reach.paths.hole_punched),
+            ] {
+                let labels = [("path", path.as_str())];
+                ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let reachable = ConstGauge::new(i64::from(reach.reachability == Reachability::Public));
+        reachable.encode(encoder.encode_descriptor(
+            "sluice_reachable",
+            "1 once a peer has dialed one of the node's addresses back (AutoNAT)",
+            None,
+            reachable.metric_type(),
         )?)?;
 
         let all = snapshots(&self.torrents);

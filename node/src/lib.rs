@@ -17,6 +17,7 @@
 pub mod api;
 pub mod daemon;
 pub mod datadir;
+pub mod links;
 pub mod tracker;
 
 pub use libp2p::{Multiaddr, PeerId};
@@ -37,8 +38,11 @@ use sluice_swarm::bt::wire::Handshake;
 use sluice_swarm::handshake::{self, Hello};
 use sluice_swarm::metadata::{self, FetchError, METADATA_PROTOCOL};
 use sluice_swarm::ratelimit::RateLimiter;
+use sluice_swarm::reach::{Reachability, RelayLimits, RelayedBytes};
 use sluice_swarm::torrent::{SharedLimits, TorrentConfig, TorrentHandle, spawn_torrent};
-use sluice_swarm::transport::{BehaviourEvent, PIECES_PROTOCOL, TransportConfig, build_swarm};
+use sluice_swarm::transport::{
+    BehaviourEvent, KAD_PROTOCOL, PIECES_PROTOCOL, TransportConfig, build_swarm,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -117,6 +121,10 @@ pub struct NodeConfig {
     max_established_per_ip: Option<u32>,
     verify_reads: bool,
     read_cache: usize,
+    relays: Vec<Multiaddr>,
+    relay_server: Option<RelayLimits>,
+    relayed_pieces: bool,
+    dht_server: bool,
 }
 
 impl NodeConfig {
@@ -142,6 +150,10 @@ impl NodeConfig {
             max_established_per_ip: Some(sluice_swarm::transport::DEFAULT_MAX_ESTABLISHED_PER_IP),
             verify_reads: true,
             read_cache: 16 * MIB as usize,
+            relays: Vec::new(),
+            relay_server: None,
+            relayed_pieces: false,
+            dht_server: false,
         }
     }
 
@@ -285,6 +297,39 @@ impl NodeConfig {
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
     }
+
+    /// Relays to hold a reservation on, each ending in `/p2p/<peer id>`:
+    /// others reach this node through them (`/p2p-circuit` addresses)
+    /// until hole punching gives a direct connection. Bootstrap nodes
+    /// that serve as relays are used too while the node is not known to
+    /// be reachable. Default none.
+    pub fn with_relays(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.relays = addrs;
+        self
+    }
+
+    /// Serve as a relay for unreachable nodes, within these limits.
+    /// Default off.
+    pub fn with_relay_server(mut self, limits: Option<RelayLimits>) -> Self {
+        self.relay_server = limits;
+        self
+    }
+
+    /// Let piece traffic cross relays. Default off: a peer met through a
+    /// relay trades pieces once hole punching has made a direct
+    /// connection (the relayed one carries metadata and control only).
+    pub fn with_relayed_pieces(mut self, on: bool) -> Self {
+        self.relayed_pieces = on;
+        self
+    }
+
+    /// Serve the DHT from the start, rather than once an external
+    /// address is confirmed. For bootstrap nodes and for loopback or LAN
+    /// swarms, where nobody confirms one. Default off.
+    pub fn with_dht_server(mut self, on: bool) -> Self {
+        self.dht_server = on;
+        self
+    }
 }
 
 type Torrents = Arc<Mutex<HashMap<InfoHash, TorrentHandle>>>;
@@ -330,6 +375,10 @@ pub struct NodeHandle {
     connected: watch::Receiver<Vec<PeerId>>,
     /// Opens metadata streams.
     control: libp2p_stream::Control,
+    /// Reachability and external addresses, kept by the swarm task.
+    reach: watch::Receiver<links::ReachView>,
+    /// Bytes that crossed relays.
+    relayed: RelayedBytes,
     queue: WriteQueue,
     limits: SharedLimits,
     cancel: CancellationToken,
@@ -408,19 +457,26 @@ impl Node {
             }
         };
         let keypair = data_dir.identity()?;
+        let relayed = RelayedBytes::default();
         let peer_id = keypair.public().to_peer_id();
         let transport = TransportConfig::default()
             .with_mdns(config.mdns)
             .with_max_connections(config.max_connections)
             .with_admission(config.admission())
-            .with_max_established_per_ip(config.max_established_per_ip);
+            .with_max_established_per_ip(config.max_established_per_ip)
+            .with_relay_server(config.relay_server)
+            .with_relayed_pieces(config.relayed_pieces)
+            .with_dht_server(config.dht_server)
+            .with_relayed_bytes(relayed.clone());
         let mut swarm = build_swarm(keypair, &transport)?;
         // Every check that can fail comes before anything is spawned or
         // written, so a refused start leaves nothing behind.
+        let mut bootstrap = HashMap::new();
         for addr in &config.bootstrap {
             match addr.iter().last() {
                 Some(Protocol::P2p(peer)) => {
                     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    bootstrap.insert(peer, addr.clone());
                 }
                 _ => {
                     return Err(NodeError::Dial {
@@ -450,11 +506,20 @@ impl Node {
                 warn!(%addr, error = %e, "not listening there");
             }
         }
+        for addr in &config.relays {
+            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                return Err(NodeError::Dial {
+                    addr: addr.clone(),
+                    reason: "a relay address must end in /p2p/<peer id>".into(),
+                });
+            }
+        }
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let torrents: Torrents = Arc::default();
         let (listen_tx, listen_rx) = watch::channel(Vec::new());
         let (connected_tx, connected_rx) = watch::channel(Vec::new());
+        let (reach_tx, reach_rx) = watch::channel(links::ReachView::default());
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let low = config.disk_queue / 4 * 3;
         let queue = WriteQueue::new(config.disk_queue, low);
@@ -464,6 +529,8 @@ impl Node {
         registry.register_collector(Box::new(SluiceCollector {
             torrents: Arc::clone(&torrents),
             queue: queue.clone(),
+            relayed: relayed.clone(),
+            reach: reach_rx.clone(),
         }));
         let handle = NodeHandle {
             peer_id,
@@ -473,6 +540,8 @@ impl Node {
             listen: listen_rx,
             connected: connected_rx,
             control: swarm.behaviour().stream.new_control(),
+            reach: reach_rx,
+            relayed,
             queue,
             limits: SharedLimits {
                 up: config.up_rate.map(|r| Arc::new(RateLimiter::new(r))),
@@ -523,13 +592,15 @@ impl Node {
                 bt_peer_id: handle
                     .bt_addr
                     .map(|_| sluice_swarm::bt::peer_id_label(&handle.bt_peer_id)),
+                reach: handle.reach.clone(),
+                relayed: handle.relayed.clone(),
             };
             tracker.spawn(api::serve(listener, state, cancel.clone()));
             info!(%addr, "control API listening");
         }
         let incoming = swarm
             .behaviour()
-            .stream
+            .pieces
             .new_control()
             .accept(PIECES_PROTOCOL)
             .expect("the piece protocol is registered once per node");
@@ -571,6 +642,9 @@ impl Node {
             discovery_interval: interval,
             metrics,
             peer_addrs,
+            reach: reach_tx,
+            relays: handle.config.relays.clone(),
+            bootstrap,
         }));
         info!(%peer_id, "node started");
         Ok(handle)
@@ -792,6 +866,40 @@ impl NodeHandle {
         addrs
             .into_iter()
             .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(self.peer_id)))
+            .collect()
+    }
+
+    /// What the node knows of its reachability now.
+    pub fn reach(&self) -> links::ReachView {
+        self.reach.borrow().clone()
+    }
+
+    /// Bytes that crossed relays: (received, sent).
+    pub fn relayed_bytes(&self) -> (u64, u64) {
+        (self.relayed.received(), self.relayed.sent())
+    }
+
+    /// The addresses to give others (magnet hints, `seed`'s peer lines),
+    /// each ending in `/p2p/<our id>`: confirmed external addresses
+    /// (relayed ones included) when there are any, else the listen
+    /// addresses. With relays configured, waits up to `wait` for a
+    /// reservation first, so that a node behind NAT hands out its relayed
+    /// address rather than private ones nobody can dial.
+    pub async fn advertised_addrs(&self, wait: Duration) -> Vec<Multiaddr> {
+        let listen = self.listen_addrs().await;
+        if !self.config.relays.is_empty() {
+            let mut rx = self.reach.clone();
+            let _ = tokio::time::timeout(wait, rx.wait_for(|v| !v.external.is_empty())).await;
+        }
+        let external = self.reach.borrow().external.clone();
+        sluice_swarm::reach::advertised(&external, &listen)
+            .into_iter()
+            .map(|mut a| {
+                if !matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a.push(Protocol::P2p(self.peer_id));
+                }
+                a
+            })
             .collect()
     }
 
@@ -1197,6 +1305,11 @@ struct SwarmTask {
     discovery_interval: Duration,
     metrics: libp2p::metrics::Metrics,
     peer_addrs: PeerAddrs,
+    reach: watch::Sender<links::ReachView>,
+    /// Relays given by the user (`--relay`).
+    relays: Vec<Multiaddr>,
+    /// Bootstrap nodes by peer id: relays too, if they serve as one.
+    bootstrap: HashMap<PeerId, Multiaddr>,
 }
 
 async fn swarm_task(task: SwarmTask) {
@@ -1213,9 +1326,18 @@ async fn swarm_task(task: SwarmTask) {
         discovery_interval,
         metrics,
         peer_addrs,
+        reach,
+        relays,
+        bootstrap,
     } = task;
 
-    let control = swarm.behaviour().stream.new_control();
+    // Piece streams: direct connections only (see `links`).
+    let control = swarm.behaviour().pieces.new_control();
+    let mut links = links::Links::default();
+    let mut relaying = Relaying::default();
+    for addr in &relays {
+        relaying.reserve(&mut swarm, addr, true);
+    }
     // Every address listened on now (published once all listeners have
     // reported).
     let mut listening: Vec<Multiaddr> = Vec::new();
@@ -1239,6 +1361,8 @@ async fn swarm_task(task: SwarmTask) {
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = discover.tick() => {
+                // Reservations lost (a relay restarted, say) are made again.
+                relaying.maintain(&mut swarm, &relays, &bootstrap, reach.borrow().reachability);
                 // Announce every torrent and look for more peers of each.
                 let all: Vec<TorrentHandle> =
                     lock(&torrents).values().cloned().collect();
@@ -1270,7 +1394,7 @@ async fn swarm_task(task: SwarmTask) {
                     // to every connected peer without a session.
                     for peer in &connected {
                         let fresh = connected_at.get(peer).is_some_and(|at| now - *at < REOPEN_AFTER);
-                        if fresh || with_session.contains(peer) || reopened.contains_key(&(*peer, ih)) {
+                        if fresh || !links.has_direct(peer) || with_session.contains(peer) || reopened.contains_key(&(*peer, ih)) {
                             continue;
                         }
                         reopened.insert((*peer, ih), now);
@@ -1316,7 +1440,11 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 Some(Command::Announce(ih)) => {
-                    let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                    let connected: Vec<PeerId> = swarm
+                        .connected_peers()
+                        .filter(|p| links.has_direct(p))
+                        .copied()
+                        .collect();
                     for peer in connected {
                         open_for(peer, ih, &torrents, &control, &tracker);
                     }
@@ -1330,6 +1458,8 @@ async fn swarm_task(task: SwarmTask) {
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => metrics.record(e),
                 _ => {}
             }
             match event {
@@ -1342,7 +1472,10 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 SwarmEvent::ListenerClosed { listener_id, ref addresses, ref reason } => {
-                    if let Err(e) = reason {
+                    if let Some(relay) = relaying.listeners.remove(&listener_id) {
+                        // A reservation ended; the next round asks again.
+                        debug!(%relay, ?reason, "relay reservation ended");
+                    } else if let Err(e) = reason {
                         warn!(error = %e, "a listener closed");
                     }
                     listening.retain(|a| !addresses.contains(a));
@@ -1366,22 +1499,37 @@ async fn swarm_task(task: SwarmTask) {
                         connected.send_modify(|c| c.push(peer_id));
                         connected_at.insert(peer_id, tokio::time::Instant::now());
                     }
-                    lock(&peer_addrs).insert(peer_id, endpoint.get_remote_address().clone());
-                    // The dialer opens the piece streams, once per peer.
-                    if endpoint.is_dialer() && num_established.get() == 1 {
+                    let new = links.established(peer_id, connection_id, &endpoint);
+                    if let Some(best) = links.best(&peer_id) {
+                        lock(&peer_addrs).insert(peer_id, best);
+                    }
+                    publish_paths(&reach, &links);
+                    // The dialer opens the piece streams, once per peer,
+                    // on its first direct connection (a relayed one
+                    // carries no pieces).
+                    if new.dialer && new.first_direct {
                         let ihs: Vec<InfoHash> = lock(&torrents).keys().copied().collect();
                         for ih in ihs {
                             open_for(peer_id, ih, &torrents, &control, &tracker);
                         }
                     }
                 }
-                SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
+                SwarmEvent::ConnectionClosed { peer_id, cause, num_established, connection_id, .. } => {
                     debug!(%peer_id, ?cause, "connection closed");
+                    links.closed(peer_id, connection_id);
+                    match links.best(&peer_id) {
+                        Some(best) => {
+                            lock(&peer_addrs).insert(peer_id, best);
+                        }
+                        None => {
+                            lock(&peer_addrs).remove(&peer_id);
+                        }
+                    }
                     if num_established == 0 {
                         connected.send_modify(|c| c.retain(|p| *p != peer_id));
                         connected_at.remove(&peer_id);
-                        lock(&peer_addrs).remove(&peer_id);
                     }
+                    publish_paths(&reach, &links);
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
                     // A dial someone asked for is answered (and worth a
@@ -1395,9 +1543,62 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    // What a peer says it listens on is how the DHT reaches it.
-                    for addr in info.listen_addrs {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    // What a DHT server says it listens on is how the DHT
+                    // reaches it. A node in client mode (not known to be
+                    // reachable) stays out of routing tables.
+                    if info.protocols.contains(&KAD_PROTOCOL) {
+                        for addr in info.listen_addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                    // A bootstrap node that serves as a relay is one to
+                    // reserve on while we are not known to be reachable.
+                    if bootstrap.contains_key(&peer_id)
+                        && info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME)
+                        && relaying.hop_peers.insert(peer_id)
+                    {
+                        relaying.maintain(&mut swarm, &relays, &bootstrap, reach.borrow().reachability);
+                    }
+                }
+                SwarmEvent::ExternalAddrConfirmed { ref address } => {
+                    info!(%address, "external address confirmed");
+                    relaying.reachability_changed(&mut swarm, &reach);
+                    // Provider records carry our external addresses: put
+                    // them in again with the new one.
+                    let ihs: Vec<InfoHash> = lock(&torrents).keys().copied().collect();
+                    for ih in ihs {
+                        discover_torrent(&mut swarm, ih, true);
+                        provided.insert(ih, tokio::time::Instant::now());
+                    }
+                }
+                SwarmEvent::ExternalAddrExpired { ref address } => {
+                    debug!(%address, "external address expired");
+                    relaying.reachability_changed(&mut swarm, &reach);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Autonat(ref e)) => {
+                    match &e.result {
+                        Ok(()) => debug!(addr = %e.tested_addr, server = %e.server, "AutoNAT: reachable"),
+                        Err(err) => {
+                            debug!(addr = %e.tested_addr, server = %e.server, error = %err, "AutoNAT: not reachable there");
+                            relaying.dial_back_failed = true;
+                            relaying.reachability_changed(&mut swarm, &reach);
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ref e)) => {
+                    let peer = e.remote_peer_id;
+                    reach.send_modify(|v| v.hole_punch_attempts += 1);
+                    match &e.result {
+                        Ok(id) => {
+                            info!(%peer, "hole punched: direct connection");
+                            reach.send_modify(|v| v.hole_punch_successes += 1);
+                            links.hole_punched(peer, *id);
+                            if let Some(best) = links.best(&peer) {
+                                lock(&peer_addrs).insert(peer, best);
+                            }
+                            publish_paths(&reach, &links);
+                        }
+                        Err(err) => debug!(%peer, error = %err, "hole punching failed"),
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -1435,6 +1636,113 @@ async fn swarm_task(task: SwarmTask) {
             }},
         }
     }
+}
+
+/// Relays a node holds reservations on, most of them at once.
+pub const MAX_RELAYS: usize = 2;
+
+/// The node's relay reservations and what decides them.
+#[derive(Default)]
+struct Relaying {
+    /// Circuit listeners (one per reservation), by the relay they use.
+    listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// Bootstrap nodes that serve as relays.
+    hop_peers: HashSet<PeerId>,
+    /// Whether some peer failed to dial one of our addresses back.
+    dial_back_failed: bool,
+}
+
+impl Relaying {
+    /// Listens through the relay at `addr` (its reservation), unless
+    /// already. `explicit`: the user named it, so it is kept even once
+    /// the node is reachable.
+    fn reserve(
+        &mut self,
+        swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+        addr: &Multiaddr,
+        explicit: bool,
+    ) {
+        let Some(Protocol::P2p(relay)) = addr.iter().last() else {
+            return;
+        };
+        if self.listeners.values().any(|p| *p == relay) {
+            return;
+        }
+        match swarm.listen_on(addr.clone().with(Protocol::P2pCircuit)) {
+            Ok(id) => {
+                debug!(%relay, explicit, "asking for a relay reservation");
+                self.listeners.insert(id, relay);
+            }
+            Err(e) => warn!(%addr, error = %chain(&e), "cannot use this relay"),
+        }
+    }
+
+    /// Reservations on the given relays, and on bootstrap relays while
+    /// the node is not known to be reachable, up to [`MAX_RELAYS`].
+    fn maintain(
+        &mut self,
+        swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+        relays: &[Multiaddr],
+        bootstrap: &HashMap<PeerId, Multiaddr>,
+        reachability: Reachability,
+    ) {
+        for addr in relays {
+            self.reserve(swarm, addr, true);
+        }
+        if reachability == Reachability::Public {
+            return;
+        }
+        let mut hop: Vec<PeerId> = self.hop_peers.iter().copied().collect();
+        hop.sort_unstable();
+        for peer in hop {
+            if self.listeners.len() >= MAX_RELAYS {
+                break;
+            }
+            if let Some(addr) = bootstrap.get(&peer) {
+                self.reserve(swarm, addr, false);
+            }
+        }
+    }
+
+    /// Publishes the node's reachability and external addresses; once it
+    /// is public, drops the reservations it made on its own.
+    fn reachability_changed(
+        &mut self,
+        swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+        reach: &watch::Sender<links::ReachView>,
+    ) {
+        let external: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
+        let reachability = Reachability::from_facts(&external, self.dial_back_failed);
+        let was = reach.borrow().reachability;
+        if reachability != was {
+            info!(%reachability, "reachability");
+        }
+        reach.send_modify(|v| {
+            v.reachability = reachability;
+            v.external = external;
+        });
+        if reachability == Reachability::Public && was != Reachability::Public {
+            let own: Vec<_> = self
+                .listeners
+                .iter()
+                .filter(|(_, relay)| self.hop_peers.contains(relay))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in own {
+                swarm.remove_listener(id);
+            }
+        }
+    }
+}
+
+/// Publishes the connection counts by path (when they change).
+fn publish_paths(reach: &watch::Sender<links::ReachView>, links: &links::Links) {
+    let paths = links.count_by_path();
+    reach.send_if_modified(|v| {
+        let changed = v.paths != paths;
+        v.paths = paths;
+        changed
+    });
 }
 
 /// Locks a mutex whose holders never leave it inconsistent, so a panic

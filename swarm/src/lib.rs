@@ -26,6 +26,7 @@ pub mod magnet;
 pub mod metadata;
 pub mod picker;
 pub mod ratelimit;
+pub mod reach;
 mod session;
 pub mod torrent;
 pub mod torrent_core;

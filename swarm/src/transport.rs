@@ -30,11 +30,15 @@ use libp2p::swarm::{
 use libp2p::{PeerId, Transport};
 
 use crate::admission::{AdmissionConfig, Pending};
+use crate::reach::{DirectOnly, RelayLimits, RelayedBytes};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, kad, mdns, noise, ping, relay,
+    tcp, yamux,
+};
 
 /// The piece protocol.
 pub const PIECES_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/pieces/1");
@@ -53,6 +57,10 @@ pub struct TransportConfig {
     max_connections: u32,
     admission: AdmissionConfig,
     max_established_per_ip: Option<u32>,
+    relay_server: Option<RelayLimits>,
+    relayed_pieces: bool,
+    dht_server: bool,
+    relayed_bytes: RelayedBytes,
 }
 
 /// Established inbound connections from one remote IP. Default 64.
@@ -66,6 +74,10 @@ impl Default for TransportConfig {
             max_connections: 256,
             admission: AdmissionConfig::default(),
             max_established_per_ip: Some(DEFAULT_MAX_ESTABLISHED_PER_IP),
+            relay_server: None,
+            relayed_pieces: false,
+            dht_server: false,
+            relayed_bytes: RelayedBytes::default(),
         }
     }
 }
@@ -101,6 +113,36 @@ impl TransportConfig {
     /// number, for a testnet where every node is 127.0.0.1).
     pub fn with_max_established_per_ip(mut self, n: Option<u32>) -> Self {
         self.max_established_per_ip = n.map(|n| n.max(1));
+        self
+    }
+
+    /// Serve as a circuit relay for unreachable nodes, within these
+    /// limits. Default off.
+    pub fn with_relay_server(mut self, limits: Option<RelayLimits>) -> Self {
+        self.relay_server = limits;
+        self
+    }
+
+    /// Let piece traffic use relayed connections. Default off: pieces wait
+    /// for a direct (or hole-punched) connection.
+    pub fn with_relayed_pieces(mut self, on: bool) -> Self {
+        self.relayed_pieces = on;
+        self
+    }
+
+    /// Serve the DHT from the start. Default off: Kademlia runs in client
+    /// mode until an external address is confirmed (AutoNAT), so an
+    /// unreachable node is never put in others' routing tables. Bootstrap
+    /// nodes and loopback or LAN testnets, where nobody confirms an
+    /// address, turn it on.
+    pub fn with_dht_server(mut self, on: bool) -> Self {
+        self.dht_server = on;
+        self
+    }
+
+    /// Where the bytes that cross relays are counted.
+    pub fn with_relayed_bytes(mut self, counter: RelayedBytes) -> Self {
+        self.relayed_bytes = counter;
         self
     }
 }
@@ -373,15 +415,28 @@ impl libp2p::swarm::NetworkBehaviour for PerIpLimit {
 /// Everything a sluice node speaks besides its own streams.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    pub identify: identify::Behaviour,
-    pub ping: ping::Behaviour,
-    pub stream: libp2p_stream::Behaviour,
-    pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Refuses connections beyond the configured counts.
     pub limits: connection_limits::Behaviour,
     /// And from one IP beyond its share.
     pub per_ip: PerIpLimit,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    /// Metadata streams (they may cross relays).
+    pub stream: libp2p_stream::Behaviour,
+    /// Piece streams, on direct connections only.
+    pub pieces: DirectOnly,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Asks peers to dial our candidate addresses back, to confirm them.
+    pub autonat: autonat::v2::client::Behaviour,
+    /// Dials others' candidates back for them.
+    pub autonat_server: autonat::v2::server::Behaviour,
+    /// Reservations on relays, and connections through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Serving as a relay (`--serve-relay`).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching: upgrades relayed connections to direct ones.
+    pub dcutr: dcutr::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -428,6 +483,9 @@ pub fn build_swarm(
         None
     };
     let mut mdns = Some(mdns);
+    let relayed_bytes = config.relayed_bytes.clone();
+    let (relay_transport, relay_client) = relay::client::new(peer_id);
+    let mut relay_client = Some(relay_client);
     let (dns_config, dns_opts) = match hickory_resolver::system_conf::read_system_conf() {
         Ok(c) => c,
         Err(e) => {
@@ -455,6 +513,19 @@ pub fn build_swarm(
             ))
         })
         .map_err(|e| TransportError::Tcp(e.to_string()))?
+        // Connections through relays (`/p2p-circuit` addresses), their
+        // raw bytes counted.
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                relay_transport
+                    .map(move |conn, _| relayed_bytes.count(conn))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(UPGRADE_TIMEOUT),
+            )
+        })
+        .map_err(|e| TransportError::Tcp(e.to_string()))?
         // `/dns4`, `/dns6` and `/dnsaddr` addresses, resolved with the
         // system's configuration (and its hosts file); a host without one
         // (a container with no network, say) resolves from the hosts file.
@@ -466,16 +537,25 @@ pub fn build_swarm(
             )),
             ping: ping::Behaviour::new(ping::Config::new()),
             stream: libp2p_stream::Behaviour::new(),
+            pieces: DirectOnly::new(config.relayed_pieces),
             mdns: mdns.take().flatten().into(),
             kad: {
                 let id = key.public().to_peer_id();
                 let store = kad::store::MemoryStore::new(id);
                 let mut k = kad::Behaviour::with_config(id, store, kad::Config::new(KAD_PROTOCOL));
-                // Serve the DHT even without a confirmed external address:
-                // on a LAN or loopback testnet nobody confirms one.
-                k.set_mode(Some(kad::Mode::Server));
+                // Client mode until an external address is confirmed,
+                // unless told to serve from the start.
+                k.set_mode(config.dht_server.then_some(kad::Mode::Server));
                 k
             },
+            autonat: autonat::v2::client::Behaviour::default(),
+            autonat_server: autonat::v2::server::Behaviour::default(),
+            relay_client: relay_client.take().expect("the behaviour is built once"),
+            relay: config
+                .relay_server
+                .map(|l| relay::Behaviour::new(key.public().to_peer_id(), l.to_config()))
+                .into(),
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
             limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
                     .with_max_established(Some(config.max_connections))

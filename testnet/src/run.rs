@@ -561,6 +561,7 @@ impl Testnet {
             .with_mdns(false)
             // Every node is 127.0.0.1: no share per IP.
             .with_per_ip_limits(None, None)
+            .with_dht_server(true)
             .with_api(None);
         let node = Node::start(config).await.context("starting the DHT node")?;
         let addr = tokio::time::timeout(DIAL_WAIT, node.listen_addrs())
@@ -621,6 +622,7 @@ impl Testnet {
         }
         if let Some((_, addr)) = &self.dht {
             args.extend(["--bootstrap".into(), addr.to_string().into()]);
+            args.push("--dht-server".into());
             args.extend([
                 "--discovery-interval".into(),
                 DHT_ROUND.as_secs_f64().to_string().into(),
@@ -786,8 +788,11 @@ impl Testnet {
             .with_verify_reads(plan.role != Role::Liar)
             .with_api(Some(ApiConfig::default()));
         let config = match &self.dht {
+            // On loopback nobody confirms an address: every node serves
+            // the DHT from the start.
             Some((_, addr)) => config
                 .with_bootstrap(vec![addr.clone()])
+                .with_dht_server(true)
                 .with_discovery_interval(DHT_ROUND),
             None => config,
         };

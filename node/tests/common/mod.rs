@@ -85,18 +85,23 @@ pub async fn dht_swarm(
     meta: &Arc<Metainfo>,
     root: &Path,
 ) -> Result<(NodeHandle, NodeHandle, NodeHandle)> {
-    let dht = node(dir, "dht", |c| c).await;
+    // Loopback: nobody confirms an address, so all serve the DHT.
+    let dht = node(dir, "dht", |c| c.with_dht_server(true)).await;
     let boot = vec![dht.listen_addrs().await.remove(0)];
     let fast = Duration::from_millis(300);
     let seeder = node(dir, "seeder", |c| {
-        c.with_bootstrap(boot.clone()).with_discovery_interval(fast)
+        c.with_bootstrap(boot.clone())
+            .with_discovery_interval(fast)
+            .with_dht_server(true)
     })
     .await;
     seeder
         .add_torrent(Arc::clone(meta), root.to_owned())
         .await?;
     let leecher = node(dir, "leecher", |c| {
-        c.with_bootstrap(boot).with_discovery_interval(fast)
+        c.with_bootstrap(boot)
+            .with_discovery_interval(fast)
+            .with_dht_server(true)
     })
     .await;
     Ok((dht, seeder, leecher))

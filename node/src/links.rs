@@ -1,0 +1,225 @@
+//! Each connected peer's connections and how they were made, and the
+//! node's reachability: kept by the swarm task, read by the API.
+//!
+//! A peer may have a relayed connection and, once hole punching works,
+//! a direct one beside it. Piece streams go only over direct ones
+//! ([`sluice_swarm::reach::DirectOnly`]), so the swarm task opens them
+//! when a peer's first direct connection comes up, not its first
+//! connection.
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::PeerId;
+use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
+use libp2p::swarm::ConnectionId;
+use sluice_swarm::reach::{Path, Reachability, is_relayed};
+
+/// A connection's address and path, as the API shows a peer's best one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLink {
+    pub addr: Multiaddr,
+    pub path: Path,
+}
+
+struct Link {
+    id: ConnectionId,
+    addr: Multiaddr,
+    path: Path,
+}
+
+/// Connections by peer. Bounded by the swarm's connection limit.
+#[derive(Default)]
+pub(crate) struct Links {
+    by_peer: HashMap<PeerId, Vec<Link>>,
+    /// Connections DCUtR reported as its own before the swarm reported
+    /// them established (the order is not promised). Emptied as they
+    /// come; at most one per hole-punch attempt in flight.
+    punched_early: HashSet<ConnectionId>,
+}
+
+/// What a new connection means for the piece streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Established {
+    /// The peer's first direct connection: piece streams may open now.
+    pub first_direct: bool,
+    /// We are the dialing side (after any role override: in a hole
+    /// punch both sides dial, and one of them acts as listener).
+    pub dialer: bool,
+}
+
+impl Links {
+    pub(crate) fn established(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) -> Established {
+        let addr = endpoint.get_remote_address().clone();
+        let links = self.by_peer.entry(peer).or_default();
+        let had_direct = links.iter().any(|l| l.path.is_direct());
+        let path = if is_relayed(&addr)
+            || matches!(endpoint, ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr))
+        {
+            Path::Relayed
+        } else if self.punched_early.remove(&id) || links.iter().any(|l| l.path == Path::Relayed) {
+            // Direct while a relayed one is up: DCUtR made it.
+            Path::HolePunched
+        } else {
+            Path::Direct
+        };
+        links.push(Link { id, addr, path });
+        Established {
+            first_direct: path.is_direct() && !had_direct,
+            dialer: matches!(
+                endpoint,
+                ConnectedPoint::Dialer {
+                    role_override: Endpoint::Dialer,
+                    ..
+                }
+            ),
+        }
+    }
+
+    pub(crate) fn closed(&mut self, peer: PeerId, id: ConnectionId) {
+        if let Some(links) = self.by_peer.get_mut(&peer) {
+            links.retain(|l| l.id != id);
+            if links.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+        self.punched_early.remove(&id);
+    }
+
+    /// DCUtR made connection `id`.
+    pub(crate) fn hole_punched(&mut self, peer: PeerId, id: ConnectionId) {
+        match self
+            .by_peer
+            .get_mut(&peer)
+            .and_then(|ls| ls.iter_mut().find(|l| l.id == id))
+        {
+            Some(link) => link.path = Path::HolePunched,
+            None => {
+                self.punched_early.insert(id);
+            }
+        }
+    }
+
+    pub(crate) fn has_direct(&self, peer: &PeerId) -> bool {
+        self.by_peer
+            .get(peer)
+            .is_some_and(|ls| ls.iter().any(|l| l.path.is_direct()))
+    }
+
+    /// The connection the API shows for `peer`: a direct one first.
+    pub(crate) fn best(&self, peer: &PeerId) -> Option<PeerLink> {
+        let links = self.by_peer.get(peer)?;
+        let best = links
+            .iter()
+            .find(|l| l.path.is_direct())
+            .or_else(|| links.first())?;
+        Some(PeerLink {
+            addr: best.addr.clone(),
+            path: best.path,
+        })
+    }
+
+    /// Connections by path, for the report and `/api/v1/node`.
+    pub(crate) fn count_by_path(&self) -> PathCounts {
+        let mut counts = PathCounts::default();
+        for link in self.by_peer.values().flatten() {
+            match link.path {
+                Path::Direct => counts.direct += 1,
+                Path::Relayed => counts.relayed += 1,
+                Path::HolePunched => counts.hole_punched += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// Open connections by how they were made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathCounts {
+    pub direct: usize,
+    pub relayed: usize,
+    pub hole_punched: usize,
+}
+
+/// What the node knows of its own reachability, published by the swarm
+/// task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReachView {
+    pub reachability: Reachability,
+    /// Confirmed external addresses: by AutoNAT, or relayed ones from
+    /// reservations.
+    pub external: Vec<Multiaddr>,
+    /// Connections by path.
+    pub paths: PathCounts,
+    /// DCUtR upgrades tried and made.
+    pub hole_punch_attempts: u64,
+    pub hole_punch_successes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialer(addr: &str) -> ConnectedPoint {
+        ConnectedPoint::Dialer {
+            address: addr.parse().unwrap(),
+            role_override: Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        }
+    }
+
+    const RELAYED: &str = "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
+
+    #[test]
+    fn pieces_wait_for_the_first_direct_connection() {
+        let mut links = Links::default();
+        let peer = PeerId::random();
+        let (relayed, punched) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        let e = links.established(peer, relayed, &dialer(RELAYED));
+        assert!(!e.first_direct);
+        assert!(!links.has_direct(&peer));
+        assert_eq!(links.best(&peer).unwrap().path, Path::Relayed);
+        // A direct connection beside a relayed one is DCUtR's.
+        let e = links.established(peer, punched, &dialer("/ip4/203.0.113.9/tcp/4001"));
+        assert!(e.first_direct && e.dialer);
+        assert_eq!(links.best(&peer).unwrap().path, Path::HolePunched);
+        assert_eq!(
+            links.count_by_path(),
+            PathCounts {
+                direct: 0,
+                relayed: 1,
+                hole_punched: 1
+            }
+        );
+        links.closed(peer, relayed);
+        links.closed(peer, punched);
+        assert!(links.best(&peer).is_none());
+    }
+
+    #[test]
+    fn a_hole_punch_reported_first_still_marks_its_connection() {
+        let mut links = Links::default();
+        let peer = PeerId::random();
+        let id = ConnectionId::new_unchecked(7);
+        links.hole_punched(peer, id);
+        let overridden = ConnectedPoint::Dialer {
+            address: "/ip4/203.0.113.9/udp/4001/quic-v1".parse().unwrap(),
+            role_override: Endpoint::Listener,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        };
+        let e = links.established(peer, id, &overridden);
+        assert!(e.first_direct);
+        assert!(
+            !e.dialer,
+            "the side whose role is overridden acts as listener"
+        );
+        assert_eq!(links.best(&peer).unwrap().path, Path::HolePunched);
+    }
+}
