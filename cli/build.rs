@@ -41,6 +41,8 @@ fn main() {
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_LIBTORRENT");
     println!("cargo::rerun-if-changed=/usr/lib/python3/dist-packages");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_namespaces)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_nat)");
+    println!("cargo::rerun-if-changed=/usr/sbin/iptables");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TMUX");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_NAMESPACES");
     for bin in [
@@ -104,5 +106,13 @@ fn main() {
             "SLUICE_REQUIRE_NAMESPACES is set but this machine cannot make network and mount namespaces (root, `ip`, `unshare`)"
         );
         println!("cargo::rustc-cfg=sluice_no_namespaces");
+    }
+    // NAT routers in namespaces (the reachability tests) need iptables too.
+    if !able || !runs("iptables", &["--version"]) {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_NAMESPACES").is_none(),
+            "SLUICE_REQUIRE_NAMESPACES is set but iptables is missing for the NAT routers (apt-get install iptables)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_nat");
     }
 }

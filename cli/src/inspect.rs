@@ -60,6 +60,10 @@ pub(crate) struct StatusArgs {
     /// Print the API's JSON.
     #[arg(long)]
     json: bool,
+    /// The node itself instead of its torrents: reachability, addresses,
+    /// connections by path (direct, relayed, hole-punched), relayed bytes.
+    #[arg(long)]
+    node: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +89,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
     let client = args.api.client()?;
+    if args.node {
+        let node: sluice_node::api::NodeInfo =
+            runtime()?.block_on(client.get_json("/api/v1/node"))?;
+        if args.json {
+            crate::print_json(&node)?;
+        } else {
+            print!("{}", node_lines(&node));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let torrents: Vec<TorrentInfo> = runtime()?.block_on(client.get_json("/api/v1/torrents"))?;
     if args.json {
         crate::print_json(&torrents)?;
@@ -97,6 +111,27 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
         println!("{}", status_line(t));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node as `sluice status --node` shows it.
+pub(crate) fn node_lines(n: &sluice_node::api::NodeInfo) -> String {
+    let c = &n.connections;
+    let mut out = format!(
+        "node {}  reachability {}\nconnections  {} direct, {} hole-punched, {} relayed\nhole punches {}/{} made\nrelayed      {} in, {} out\n",
+        n.peer_id,
+        n.reachability,
+        c.direct,
+        c.hole_punched,
+        c.relayed,
+        n.hole_punch_successes,
+        n.hole_punch_attempts,
+        format_size(n.relayed_bytes_received),
+        format_size(n.relayed_bytes_sent),
+    );
+    for a in &n.advertised_addrs {
+        out.push_str(&format!("advertised   {a}\n"));
+    }
+    out
 }
 
 /// One line per torrent: progress, rates, peers, disk-queue fill.
@@ -246,14 +281,15 @@ pub(crate) fn flags(p: &PeerInfo) -> String {
 /// The `sluice peers` table.
 pub(crate) fn peer_table(peers: &[PeerInfo]) -> String {
     let mut out = format!(
-        "{:<8} {:<21} {:<16} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
-        "PEER", "ADDR", "CLIENT", "FLAGS", "REASON", "DOWN/s", "UP/s", "WINDOW", "UPQ"
+        "{:<8} {:<21} {:<12} {:<16} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
+        "PEER", "ADDR", "PATH", "CLIENT", "FLAGS", "REASON", "DOWN/s", "UP/s", "WINDOW", "UPQ"
     );
     for p in peers {
         out.push_str(&format!(
-            "{:<8} {:<21} {:<16} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
+            "{:<8} {:<21} {:<12} {:<16} {:<5} {:<30} {:>10} {:>10} {:>7} {:>4}\n",
             short_id(&p.stats.peer_id),
             clip(&p.addr.as_deref().map(short_addr).unwrap_or_default(), 21),
+            p.path.map(|p| p.as_str()).unwrap_or("-"),
             clip(&client(p), 16),
             flags(p),
             clip(&p.stats.choke_reason, 30),

@@ -98,6 +98,11 @@ pub(crate) struct NetArgs {
     /// reachable.
     #[arg(long, value_parser = parse_multiaddr)]
     relay: Vec<Multiaddr>,
+    /// An address others reach this node at (repeatable): a forwarded
+    /// port, a public host's address. Taken as confirmed; `sluice node`
+    /// takes its global listen addresses so.
+    #[arg(long, value_parser = parse_multiaddr)]
+    external_addr: Vec<Multiaddr>,
     /// Serve as a relay for nodes behind NAT (`sluice node` always does).
     #[arg(long)]
     serve_relay: bool,
@@ -426,6 +431,7 @@ pub(crate) fn node_config(
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())
         .with_relays(net.relay.clone())
+        .with_external_addrs(net.external_addr.clone())
         .with_relay_server(net.serve_relay.then(|| net.relay_limits()))
         .with_relayed_pieces(net.relayed_pieces)
         .with_dht_server(net.dht_server)
@@ -692,7 +698,9 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
         }
         let addrs = node.listen_addrs().await;
         let mut magnet = crate::magnet_of(&meta);
-        magnet.peers = addrs.clone();
+        // Hints others can dial: behind NAT, the relayed addresses (once a
+        // relay has given one), never private or loopback ones.
+        magnet.peers = node.advertised_addrs(RESERVATION_WAIT).await;
         println!("info-hash: {}", meta.info().info_hash());
         println!("magnet:    {magnet}");
         for a in addrs {
@@ -704,6 +712,10 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
         until_ctrl_c(node).await
     })
 }
+
+/// How long `seed` waits for a relay reservation before printing its
+/// magnet link, when relays are given.
+const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves until Ctrl-C or SIGTERM, then stops the node cleanly.
 async fn until_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
@@ -980,8 +992,10 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
-    // A bootstrap node: it serves the DHT and relays for nodes behind NAT.
+    // A bootstrap node: on a public host, it serves the DHT and relays for
+    // nodes behind NAT.
     let config = node_config(&args.net, None, None)?
+        .with_public_host(true)
         .with_dht_server(true)
         .with_relay_server(Some(args.net.relay_limits()));
     runtime()?.block_on(async move {

@@ -112,7 +112,8 @@ pub struct NodeInfo {
     /// Open libp2p connections by how they were made.
     #[serde(default)]
     pub connections: PathCounts,
-    /// DCUtR upgrades of relayed connections tried, and made.
+    /// Hole punching tried (relayed connections made: DCUtR tries to
+    /// upgrade each), and succeeded (hole-punched connections made).
     #[serde(default)]
     pub hole_punch_attempts: u64,
     #[serde(default)]
@@ -938,12 +939,12 @@ impl Collector for SluiceCollector {
             ),
             (
                 "sluice_hole_punch_attempts",
-                "Upgrades of relayed connections to direct ones tried (DCUtR)",
+                "Relayed connections made (hole punching tries to upgrade each, DCUtR)",
                 reach.hole_punch_attempts,
             ),
             (
                 "sluice_hole_punch_successes",
-                "Upgrades of relayed connections to direct ones made",
+                "Hole-punched (direct) connections made from relayed ones",
                 reach.hole_punch_successes,
             ),
         ];

@@ -38,7 +38,7 @@ use sluice_swarm::bt::wire::Handshake;
 use sluice_swarm::handshake::{self, Hello};
 use sluice_swarm::metadata::{self, FetchError, METADATA_PROTOCOL};
 use sluice_swarm::ratelimit::RateLimiter;
-use sluice_swarm::reach::{Reachability, RelayLimits, RelayedBytes};
+use sluice_swarm::reach::{Path, Reachability, RelayLimits, RelayedBytes};
 use sluice_swarm::torrent::{SharedLimits, TorrentConfig, TorrentHandle, spawn_torrent};
 use sluice_swarm::transport::{
     BehaviourEvent, KAD_PROTOCOL, PIECES_PROTOCOL, TransportConfig, build_swarm,
@@ -125,6 +125,8 @@ pub struct NodeConfig {
     relay_server: Option<RelayLimits>,
     relayed_pieces: bool,
     dht_server: bool,
+    external_addrs: Vec<Multiaddr>,
+    public_host: bool,
 }
 
 impl NodeConfig {
@@ -154,6 +156,8 @@ impl NodeConfig {
             relay_server: None,
             relayed_pieces: false,
             dht_server: false,
+            external_addrs: Vec::new(),
+            public_host: false,
         }
     }
 
@@ -328,6 +332,25 @@ impl NodeConfig {
     /// swarms, where nobody confirms one. Default off.
     pub fn with_dht_server(mut self, on: bool) -> Self {
         self.dht_server = on;
+        self
+    }
+
+    /// Addresses others reach this node at, known to the user (a
+    /// forwarded port, a public host's address): taken as confirmed, as
+    /// AutoNAT would. Default none.
+    pub fn with_external_addrs(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.external_addrs = addrs;
+        self
+    }
+
+    /// The host is on the public internet (a bootstrap node's): its
+    /// global listen addresses (not loopback, private, link-local or
+    /// shared) are taken as confirmed external addresses. A relay needs
+    /// them to hand out relayed addresses, and AutoNAT cannot confirm
+    /// them when every peer is behind NAT (its dial-backs run only on
+    /// connections the server accepted). Default off.
+    pub fn with_public_host(mut self, on: bool) -> Self {
+        self.public_host = on;
         self
     }
 }
@@ -506,6 +529,9 @@ impl Node {
                 warn!(%addr, error = %e, "not listening there");
             }
         }
+        for addr in &config.external_addrs {
+            swarm.add_external_address(addr.clone());
+        }
         for addr in &config.relays {
             if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
                 return Err(NodeError::Dial {
@@ -645,6 +671,7 @@ impl Node {
             reach: reach_tx,
             relays: handle.config.relays.clone(),
             bootstrap,
+            public_host: handle.config.public_host,
         }));
         info!(%peer_id, "node started");
         Ok(handle)
@@ -1310,6 +1337,8 @@ struct SwarmTask {
     relays: Vec<Multiaddr>,
     /// Bootstrap nodes by peer id: relays too, if they serve as one.
     bootstrap: HashMap<PeerId, Multiaddr>,
+    /// Global listen addresses are external ones.
+    public_host: bool,
 }
 
 async fn swarm_task(task: SwarmTask) {
@@ -1329,6 +1358,7 @@ async fn swarm_task(task: SwarmTask) {
         reach,
         relays,
         bootstrap,
+        public_host,
     } = task;
 
     // Piece streams: direct connections only (see `links`).
@@ -1465,6 +1495,9 @@ async fn swarm_task(task: SwarmTask) {
             match event {
                 SwarmEvent::NewListenAddr { listener_id, address } => {
                     info!(%address, "listening");
+                    if public_host && sluice_swarm::reach::is_global(&address) {
+                        swarm.add_external_address(address.clone());
+                    }
                     listening.push(address);
                     unreported.remove(&listener_id);
                     if unreported.is_empty() {
@@ -1500,6 +1533,16 @@ async fn swarm_task(task: SwarmTask) {
                         connected_at.insert(peer_id, tokio::time::Instant::now());
                     }
                     let new = links.established(peer_id, connection_id, &endpoint);
+                    // Both sides count: DCUtR reports a hole punch only to
+                    // the side whose own dial won.
+                    match new.path {
+                        Path::Relayed => reach.send_modify(|v| v.hole_punch_attempts += 1),
+                        Path::HolePunched => {
+                            info!(peer = %peer_id, "hole punched: direct connection");
+                            reach.send_modify(|v| v.hole_punch_successes += 1);
+                        }
+                        Path::Direct => {}
+                    }
                     if let Some(best) = links.best(&peer_id) {
                         lock(&peer_addrs).insert(peer_id, best);
                     }
@@ -1587,18 +1630,18 @@ async fn swarm_task(task: SwarmTask) {
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ref e)) => {
                     let peer = e.remote_peer_id;
-                    reach.send_modify(|v| v.hole_punch_attempts += 1);
                     match &e.result {
                         Ok(id) => {
-                            info!(%peer, "hole punched: direct connection");
-                            reach.send_modify(|v| v.hole_punch_successes += 1);
-                            links.hole_punched(peer, *id);
+                            if links.hole_punched(peer, *id) {
+                                info!(%peer, "hole punched: direct connection");
+                                reach.send_modify(|v| v.hole_punch_successes += 1);
+                            }
                             if let Some(best) = links.best(&peer) {
                                 lock(&peer_addrs).insert(peer, best);
                             }
                             publish_paths(&reach, &links);
                         }
-                        Err(err) => debug!(%peer, error = %err, "hole punching failed"),
+                        Err(err) => info!(%peer, error = %err, "hole punching failed"),
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {

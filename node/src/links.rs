@@ -45,6 +45,7 @@ pub(crate) struct Established {
     /// We are the dialing side (after any role override: in a hole
     /// punch both sides dial, and one of them acts as listener).
     pub dialer: bool,
+    pub path: Path,
 }
 
 impl Links {
@@ -69,6 +70,7 @@ impl Links {
         };
         links.push(Link { id, addr, path });
         Established {
+            path,
             first_direct: path.is_direct() && !had_direct,
             dialer: matches!(
                 endpoint,
@@ -90,16 +92,18 @@ impl Links {
         self.punched_early.remove(&id);
     }
 
-    /// DCUtR made connection `id`.
-    pub(crate) fn hole_punched(&mut self, peer: PeerId, id: ConnectionId) {
+    /// DCUtR made connection `id`. Whether that changed what we knew of
+    /// an established connection (one taken for a plain direct one).
+    pub(crate) fn hole_punched(&mut self, peer: PeerId, id: ConnectionId) -> bool {
         match self
             .by_peer
             .get_mut(&peer)
             .and_then(|ls| ls.iter_mut().find(|l| l.id == id))
         {
-            Some(link) => link.path = Path::HolePunched,
+            Some(link) => std::mem::replace(&mut link.path, Path::HolePunched) != Path::HolePunched,
             None => {
                 self.punched_early.insert(id);
+                false
             }
         }
     }
@@ -155,7 +159,8 @@ pub struct ReachView {
     pub external: Vec<Multiaddr>,
     /// Connections by path.
     pub paths: PathCounts,
-    /// DCUtR upgrades tried and made.
+    /// Relayed connections (each one DCUtR tries to upgrade), and
+    /// hole-punched connections made.
     pub hole_punch_attempts: u64,
     pub hole_punch_successes: u64,
 }

@@ -166,19 +166,57 @@ impl std::fmt::Display for Reachability {
     }
 }
 
-/// The addresses to give others (magnet hints, DHT records, `seed`'s
-/// peer lines): the confirmed external ones (relayed included) when there
-/// are any; else what we listen on, which is all a LAN or loopback swarm
-/// has.
+/// The addresses to give others (magnet hints): the confirmed external
+/// ones (relayed included) when there are any; else what we listen on,
+/// which is all a LAN or loopback swarm has (loopback only when there is
+/// nothing else).
 pub fn advertised(external: &[Multiaddr], listening: &[Multiaddr]) -> Vec<Multiaddr> {
-    if external.is_empty() {
-        listening
-            .iter()
-            .filter(|a| !is_relayed(a))
-            .cloned()
-            .collect()
+    if !external.is_empty() {
+        return external.to_vec();
+    }
+    let direct: Vec<Multiaddr> = listening
+        .iter()
+        .filter(|a| !is_relayed(a))
+        .cloned()
+        .collect();
+    let off_host: Vec<Multiaddr> = direct.iter().filter(|a| !is_loopback(a)).cloned().collect();
+    if off_host.is_empty() {
+        direct
     } else {
-        external.to_vec()
+        off_host
+    }
+}
+
+/// Whether an address looks reachable from the internet: not loopback,
+/// private (RFC 1918, IPv6 unique-local), link-local, shared (CGNAT) or
+/// unspecified.
+pub fn is_global(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let first = ip.segments()[0];
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+        _ => false,
+    }
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        Some(Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h)) => h == "localhost",
+        _ => false,
     }
 }
 
@@ -415,12 +453,40 @@ mod tests {
     }
 
     #[test]
+    fn only_internet_addresses_are_global() {
+        for a in [
+            "/ip4/198.51.100.1/tcp/1",
+            "/ip4/8.8.8.8/udp/1/quic-v1",
+            "/ip6/2001:db8::1/tcp/1",
+        ] {
+            assert!(is_global(&addr(a)), "{a}");
+        }
+        for a in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/10.1.0.2/tcp/1",
+            "/ip4/192.168.1.5/tcp/1",
+            "/ip4/172.20.0.1/tcp/1",
+            "/ip4/100.100.0.1/tcp/1",
+            "/ip4/169.254.0.1/tcp/1",
+            "/ip4/0.0.0.0/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/dns4/example.org/tcp/1",
+        ] {
+            assert!(!is_global(&addr(a)), "{a}");
+        }
+    }
+
+    #[test]
     fn hints_are_the_external_addresses_once_there_are_any() {
         let listening = [
             addr("/ip4/10.0.0.2/tcp/4001"),
             addr("/ip4/127.0.0.1/tcp/4001"),
         ];
-        assert_eq!(advertised(&[], &listening), listening.to_vec());
+        assert_eq!(advertised(&[], &listening), vec![listening[0].clone()]);
+        // Loopback alone is what a loopback swarm has.
+        assert_eq!(advertised(&[], &listening[1..]), listening[1..].to_vec());
         let relayed = addr(
             "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
         );

@@ -553,7 +553,14 @@ pub fn build_swarm(
             relay_client: relay_client.take().expect("the behaviour is built once"),
             relay: config
                 .relay_server
-                .map(|l| relay::Behaviour::new(key.public().to_peer_id(), l.to_config()))
+                .map(|l| {
+                    let mut r = relay::Behaviour::new(key.public().to_peer_id(), l.to_config());
+                    // Serve at once, as asked: by itself libp2p waits for a
+                    // confirmed external address, which a bootstrap node
+                    // gets only once a NATed node's dial-back reached it.
+                    r.set_status(Some(relay::Status::Enable));
+                    r
+                })
                 .into(),
             dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
             limits: connection_limits::Behaviour::new(

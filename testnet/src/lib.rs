@@ -11,6 +11,8 @@
 //! - [`config`]: the scenario (flags or a TOML file) and the node plan;
 //! - [`run`]: starting, connecting, events, sampling;
 //! - [`libtorrent`]: libtorrent 2.0 nodes beside sluice's (`--libtorrent K`);
+//! - [`netns`]: hosts in network namespaces, some behind NAT routers
+//!   (`--netns`);
 //! - [`report`]: report.json, report.md and the terminal summary;
 //! - [`plot`]: the SVG plots;
 //! - [`bound`]: Kumar & Ross's lower bound on distribution time;
@@ -19,6 +21,7 @@
 pub mod bound;
 pub mod config;
 pub mod libtorrent;
+pub mod netns;
 pub mod plot;
 mod process;
 pub mod report;

@@ -27,8 +27,15 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn spawn(args: &[&str], cwd: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.args(args);
+        Self::spawn_command(command, cwd)
+    }
+
+    /// `command` (a `sluice` one, in a namespace, say) with its stdout
+    /// read.
+    pub(crate) fn spawn_command(mut command: Command, cwd: &Path) -> Self {
+        let mut child = command
             .current_dir(cwd)
             .stdout(Stdio::piped())
             .spawn()

@@ -1,0 +1,246 @@
+//! Reachability on real kernel networking: nodes in network namespaces,
+//! two of them behind NAT routers of their own (iptables masquerade, no
+//! inbound), and one public node that is DHT bootstrap and relay.
+//!
+//! The NATed leecher finds the NATed seeder through the DHT by info-hash,
+//! reaches it through the relay, and the two punch a hole: the pieces
+//! travel over the direct connection, and what crossed the relay stays
+//! under the relay's per-circuit cap.
+
+#![cfg(not(sluice_no_nat))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "test helpers; failures print the nodes' logs"
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use sluice_testnet::netns::{Host, Internet};
+
+use common::Running;
+
+/// Bytes a circuit may carry at the relay (`--relay-circuit-bytes`).
+const CAP: u64 = 1 << 20;
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 + i / 509) as u8).collect()
+}
+
+/// Node logs, printed when the test fails.
+struct Logs(Vec<PathBuf>);
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in &self.0 {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- {} (last lines)", log.display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// `sluice ARGS` in `host`'s namespace, logging to `DIR/NAME.log`.
+fn sluice(host: &Host, d: &Path, name: &str, args: &[&str], logs: &mut Logs) -> Command {
+    let log = d.join(format!("{name}.log"));
+    logs.0.push(log.clone());
+    let mut c = host.command(env!("CARGO_BIN_EXE_sluice"));
+    c.args(args)
+        .current_dir(d)
+        .env(
+            "RUST_LOG",
+            "info,sluice_node=debug,libp2p_dcutr=debug,libp2p_relay=debug,libp2p_autonat=debug",
+        )
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    c
+}
+
+/// The JSON a `sluice` command prints, run in `host`'s namespace.
+fn json(host: &Host, args: &[&str], d: &Path) -> Value {
+    let o = host
+        .command(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+const LISTEN: [&str; 4] = [
+    "--listen",
+    "/ip4/0.0.0.0/tcp/4001",
+    "--listen",
+    "/ip4/0.0.0.0/udp/4001/quic-v1",
+];
+
+#[test]
+fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
+    let mut net = Internet::new().unwrap();
+    let relay = net.public_host("relay").unwrap();
+    let seeder = net.home_host("seeder").unwrap();
+    let leecher = net.home_host("leecher").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut logs = Logs(Vec::new());
+    // Four times what a circuit may carry: it cannot have come that way.
+    let file = content(4 * CAP as usize);
+    std::fs::write(d.join("film.mkv"), &file).unwrap();
+
+    let cap = CAP.to_string();
+    let r = Running::spawn_command(
+        sluice(
+            &relay,
+            d,
+            "relay",
+            &[
+                &[
+                    "node",
+                    "--data-dir",
+                    "relayd",
+                    "--no-mdns",
+                    "--relay-circuit-bytes",
+                    &cap,
+                ][..],
+                &LISTEN,
+            ]
+            .concat(),
+            &mut logs,
+        ),
+        d,
+    );
+    let public = format!("/ip4/{}/", relay.ip);
+    let boot = (0..8)
+        .map(|_| r.line("peer:"))
+        .find(|a| a.starts_with(&public))
+        .expect("the relay listens on its public address");
+    let boot = boot.as_str();
+
+    let common = [
+        "--no-mdns",
+        "--bootstrap",
+        boot,
+        "--discovery-interval",
+        "1",
+        "--no-bt",
+    ];
+    let s = Running::spawn_command(
+        sluice(
+            &seeder,
+            d,
+            "seeder",
+            &[
+                &["seed", "film.mkv", "--data-dir", "seedd", "--relay", boot][..],
+                &common,
+                &LISTEN,
+            ]
+            .concat(),
+            &mut logs,
+        ),
+        d,
+    );
+    let info_hash = s.line("info-hash:");
+    let magnet = s.line("magnet:");
+    // Hints others can dial: the relayed address, nothing private.
+    let hints: Vec<&str> = magnet
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("x.pe="))
+        .collect();
+    assert!(!hints.is_empty(), "no hints in {magnet}");
+    for h in &hints {
+        let h = h.replace("%2F", "/");
+        assert!(h.contains("p2p-circuit"), "a hint that is not relayed: {h}");
+        assert!(
+            !h.contains("/10.") && !h.contains("/127."),
+            "a private hint: {h}"
+        );
+    }
+
+    // The leecher: an info-hash and the bootstrap node, nothing else.
+    let g = Running::spawn_command(
+        sluice(
+            &leecher,
+            d,
+            "leecher",
+            &[
+                &[
+                    "get",
+                    &info_hash,
+                    "-o",
+                    "dl",
+                    "--data-dir",
+                    "getd",
+                    "--seed-after",
+                    "--timeout",
+                    "90",
+                ][..],
+                &common,
+                &LISTEN,
+            ]
+            .concat(),
+            &mut logs,
+        ),
+        d,
+    );
+    g.line("seeding");
+    assert!(
+        std::fs::read(d.join("dl/film.mkv")).unwrap() == file,
+        "the downloaded file differs"
+    );
+
+    // How the leecher reached the seeder, from its own API.
+    let peers = json(&leecher, &["peers", "--json", "--data-dir", "getd"], d);
+    let paths: Vec<&str> = peers[0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    let node = json(
+        &leecher,
+        &["status", "--node", "--json", "--data-dir", "getd"],
+        d,
+    );
+    assert!(
+        paths.contains(&"hole-punched"),
+        "the seeder is not on a hole-punched connection: {paths:?}; node: {node}"
+    );
+    assert!(
+        node["hole_punch_successes"].as_u64().unwrap() >= 1,
+        "{node}"
+    );
+    let relayed = node["relayed_bytes_received"].as_u64().unwrap();
+    assert!(relayed > 0, "nothing came through the relay: {node}");
+    assert!(
+        relayed < CAP,
+        "{relayed} bytes came through the relay: {node}"
+    );
+    // AutoNAT: the relay failed to dial the leecher back.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let node = json(
+            &leecher,
+            &["status", "--node", "--json", "--data-dir", "getd"],
+            d,
+        );
+        if node["reachability"] == "private" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never found private: {node}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop((g, s, r));
+    drop(net);
+}

@@ -1,0 +1,369 @@
+//! A small internet in network namespaces: hosts with addresses of their
+//! own on a shared bridge, some of them behind NAT routers, links shaped
+//! by the kernel (`tc` token-bucket filters).
+//!
+//! ```text
+//!            ┌──────────── ns "inet": bridge br0 ────────────┐
+//!            │  198.51.100.1   198.51.100.2   198.51.100.10 … │
+//!            └─────┬───────────────┬───────────────┬─────────┘
+//!              public host     public host     router (MASQUERADE)
+//!                                                  │ 10.10.0.1
+//!                                              home host 10.10.0.2
+//! ```
+//!
+//! Public hosts and routers sit on 198.51.100.0/24 (TEST-NET-2, routed
+//! nowhere). A home host reaches the rest only through its router, which
+//! masquerades what goes out and drops what comes in unasked, as home
+//! routers do: no reply at all, so that a hole-punching SYN arriving a
+//! moment early is retried rather than reset.
+//!
+//! Everything lives in namespaces named `sl<pid>-…`, removed when the
+//! [`Internet`] drops (on errors and panics too); namespaces left by a
+//! process that no longer runs (killed) are removed by the next
+//! [`Internet::new`].
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+
+/// The shared network's first three octets.
+const NET: [u8; 3] = [198, 51, 100];
+
+/// One host: a namespace with an address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The namespace (`ip netns exec NS …`).
+    pub ns: String,
+    /// The host's own address.
+    pub ip: Ipv4Addr,
+    /// The address others see it from: its own, or its router's.
+    pub public_ip: Ipv4Addr,
+    /// Its router's namespace, when behind NAT.
+    pub router: Option<String>,
+    /// The interface its traffic leaves by (in `ns`), and the one it
+    /// arrives by (in the namespace at the other end), for shaping.
+    uplink: (String, String),
+}
+
+impl Host {
+    pub fn behind_nat(&self) -> bool {
+        self.router.is_some()
+    }
+
+    /// `program` run inside this host's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    /// The same as a tokio command (for processes a runtime waits on).
+    pub fn tokio_command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+/// The namespaces of one small internet; dropped, they are removed.
+#[derive(Debug)]
+pub struct Internet {
+    prefix: String,
+    /// Every namespace made, the bridge's first.
+    namespaces: Vec<String>,
+    hosts: u8,
+    homes: u8,
+    links: u32,
+}
+
+/// Why namespaces cannot be made here, or `None` if they can: the
+/// testnet refuses with this line rather than half-building a network.
+pub fn unavailable() -> Option<String> {
+    let probe = format!("sl{}-probe", std::process::id());
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Err(e) => Some(format!("cannot run `ip` (iproute2): {e}")),
+        Ok(o) if !o.status.success() => Some(format!(
+            "cannot make network namespaces (needs root or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(_) => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            if Command::new("iptables").arg("--version").output().is_err() {
+                return Some(
+                    "cannot run `iptables` for the NAT routers (apt-get install iptables)".into(),
+                );
+            }
+            None
+        }
+    }
+}
+
+impl Internet {
+    /// A bridge, and nothing on it yet. Removes namespaces that a killed
+    /// run left behind first.
+    pub fn new() -> Result<Self> {
+        if let Some(why) = unavailable() {
+            bail!("{why}");
+        }
+        sweep_stale();
+        let prefix = format!("sl{}", std::process::id());
+        let mut net = Self {
+            namespaces: Vec::new(),
+            prefix,
+            hosts: 0,
+            homes: 0,
+            links: 0,
+        };
+        let inet = net.namespace("inet")?;
+        ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &inet, "link", "set", "br0", "up"])?;
+        ip(&["-n", &inet, "link", "set", "lo", "up"])?;
+        Ok(net)
+    }
+
+    fn inet(&self) -> &str {
+        &self.namespaces[0]
+    }
+
+    fn namespace(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        ip(&["netns", "add", &ns]).with_context(|| format!("making namespace {ns}"))?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A veth pair from `a` (named `a_if` there) to `b` (named `b_if`).
+    fn link(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) -> Result<()> {
+        self.links += 1;
+        // Made in the root namespace under names unique to this run, then
+        // moved and renamed.
+        let (ta, tb) = (
+            format!("{}v{}a", self.prefix, self.links),
+            format!("{}v{}b", self.prefix, self.links),
+        );
+        ip(&["link", "add", &ta, "type", "veth", "peer", "name", &tb])?;
+        ip(&["link", "set", &ta, "netns", a])?;
+        ip(&["link", "set", &tb, "netns", b])?;
+        ip(&["-n", a, "link", "set", &ta, "name", a_if])?;
+        ip(&["-n", b, "link", "set", &tb, "name", b_if])?;
+        ip(&["-n", a, "link", "set", a_if, "up"])?;
+        ip(&["-n", b, "link", "set", b_if, "up"])?;
+        Ok(())
+    }
+
+    /// Attaches `ns` to the bridge as `eth0` with the next public
+    /// address; returns it and the bridge-side interface.
+    fn attach(&mut self, ns: &str) -> Result<(Ipv4Addr, String)> {
+        self.hosts = self
+            .hosts
+            .checked_add(1)
+            .filter(|&n| n < 250)
+            .context("at most 249 hosts and routers")?;
+        let addr = Ipv4Addr::new(NET[0], NET[1], NET[2], self.hosts);
+        let port = format!("p{}", self.hosts);
+        let inet = self.inet().to_owned();
+        self.link(ns, "eth0", &inet, &port)?;
+        ip(&["-n", &inet, "link", "set", &port, "master", "br0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        Ok((addr, port))
+    }
+
+    /// A host with a public address.
+    pub fn public_host(&mut self, name: &str) -> Result<Host> {
+        let ns = self.namespace(name)?;
+        let (addr, port) = self.attach(&ns)?;
+        Ok(Host {
+            ns,
+            ip: addr,
+            public_ip: addr,
+            router: None,
+            uplink: ("eth0".into(), port),
+        })
+    }
+
+    /// A host behind its own NAT router (a home network of one).
+    pub fn home_host(&mut self, name: &str) -> Result<Host> {
+        self.homes = self
+            .homes
+            .checked_add(1)
+            .filter(|&n| n < 200)
+            .context("at most 199 homes")?;
+        let n = self.homes;
+        let router = self.namespace(&format!("{name}-router"))?;
+        let (public, _) = self.attach(&router)?;
+        let ns = self.namespace(name)?;
+        self.link(&ns, "eth0", &router, "lan")?;
+        let (gw, addr) = (Ipv4Addr::new(10, n, 0, 1), Ipv4Addr::new(10, n, 0, 2));
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            "lan",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()])?;
+        in_ns(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        // Out: masqueraded (Linux keeps the source port when it is free,
+        // as most home routers do: hole punching relies on it). In: only
+        // what answers something sent out; the rest is dropped unanswered.
+        for rule in [
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "eth0",
+                "-j",
+                "MASQUERADE",
+            ][..],
+            &["-A", "FORWARD", "-i", "lan", "-o", "eth0", "-j", "ACCEPT"],
+            &[
+                "-A",
+                "FORWARD",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &["-P", "FORWARD", "DROP"],
+            &[
+                "-A",
+                "INPUT",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &["-A", "INPUT", "-i", "eth0", "-j", "DROP"],
+        ] {
+            in_ns(&router, "iptables", rule)?;
+        }
+        Ok(Host {
+            ns,
+            ip: addr,
+            public_ip: public,
+            router: Some(router),
+            uplink: ("eth0".into(), "lan".into()),
+        })
+    }
+
+    /// Shapes a host's link with token-bucket filters: `up` bytes/s out
+    /// of it, `down` bytes/s into it (`None`: unshaped).
+    pub fn shape(&self, host: &Host, up: Option<u64>, down: Option<u64>) -> Result<()> {
+        let far = host.router.as_deref().unwrap_or(self.inet());
+        for (ns, dev, rate) in [
+            (&host.ns[..], &host.uplink.0, up),
+            (far, &host.uplink.1, down),
+        ] {
+            let Some(rate) = rate else { continue };
+            // A burst of at least one MTU-sized packet and ~10 ms of
+            // traffic; a queue of ~100 ms before packets drop.
+            let burst = (rate / 100).max(16 * 1024);
+            let limit = (rate / 10).max(64 * 1024);
+            in_ns(
+                ns,
+                "tc",
+                &[
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{}bit", rate * 8),
+                    "burst",
+                    &burst.to_string(),
+                    "limit",
+                    &limit.to_string(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        // Hosts before the bridge: deleting a namespace deletes its veths.
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Removes the namespaces of runs whose process is gone.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("sl")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<Output> {
+    run(Command::new("ip").args(args), "ip", args)
+}
+
+fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args),
+        program,
+        args,
+    )
+}
+
+fn run(c: &mut Command, program: &str, args: &[&str]) -> Result<Output> {
+    let out = c.output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
