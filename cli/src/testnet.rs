@@ -123,6 +123,21 @@ pub(crate) struct TestnetArgs {
     /// with Ctrl-C; each one's output is in nodes/NAME/sluice.log.
     #[arg(long)]
     processes: bool,
+    /// Run every node as a `sluice` process in a network namespace of its
+    /// own, with its own address on a shared bridge and its link shaped
+    /// by the kernel (tc token-bucket filters) instead of sluice's rate
+    /// limits. Needs root (CAP_SYS_ADMIN) and iptables.
+    #[arg(long)]
+    netns: bool,
+    /// With --netns: K nodes behind NAT routers of their own (masquerade,
+    /// nothing in unasked); they meet through relays and hole punching
+    /// [default: 0].
+    #[arg(long, value_name = "K")]
+    nat: Option<usize>,
+    /// With --netns: R public nodes that serve as relays besides the DHT
+    /// node [default: 0].
+    #[arg(long, value_name = "R")]
+    relays: Option<usize>,
 }
 
 /// `sluice sim`: the scenario flags of `sluice testnet`, and the model's.
@@ -240,6 +255,13 @@ impl TestnetArgs {
             c.discovery = Discovery::Fixed;
         }
         c.processes |= self.processes;
+        c.netns |= self.netns;
+        if let Some(k) = self.nat {
+            c.nat = k;
+        }
+        if let Some(r) = self.relays {
+            c.relays = r;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -256,6 +278,9 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
     let a = &args.scenario;
     let not_here = [
         (a.processes, "--processes"),
+        (a.netns, "--netns"),
+        (a.nat.is_some(), "--nat"),
+        (a.relays.is_some(), "--relays"),
         (a.keep_running, "--keep-running"),
         (a.keep_data, "--keep-data"),
         (a.transport.is_some(), "--transport"),
@@ -268,8 +293,8 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
         anyhow::bail!("{flag} is for real nodes (sluice testnet); a simulation has none");
     }
     let config = a.config()?;
-    if config.processes {
-        anyhow::bail!("the scenario sets `processes`; a simulation runs no processes");
+    if config.processes || config.netns {
+        anyhow::bail!("the scenario sets `processes` or `netns`; a simulation runs no processes");
     }
     if config.libtorrent + config.libtorrent_seeders > 0 || config.transport == Transport::Bt {
         anyhow::bail!(
@@ -400,10 +425,17 @@ async fn run(testnet: &mut Testnet, dir: &std::path::Path, args: &TestnetArgs) -
         println!("nodes keep running; Ctrl-C to stop");
         for (name, data_dir, _, api) in testnet.endpoints() {
             if let Some(api) = api {
-                println!(
-                    "  {name:<10} --data-dir {}  api http://{api}",
-                    data_dir.display()
-                );
+                match testnet.netns_of(&name) {
+                    // The API listens on the namespace's own loopback.
+                    Some(ns) => println!(
+                        "  {name:<10} ip netns exec {ns} sluice peers --data-dir {}",
+                        data_dir.display()
+                    ),
+                    None => println!(
+                        "  {name:<10} --data-dir {}  api http://{api}",
+                        data_dir.display()
+                    ),
+                }
             }
         }
         stops.recv().await;

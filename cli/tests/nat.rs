@@ -244,3 +244,76 @@ fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
     drop((g, s, r));
     drop(net);
 }
+
+/// `sluice testnet --netns`: every node a process in a namespace of its
+/// own, two behind NAT; all complete, the report says how they were
+/// reached, and no namespace is left behind.
+#[test]
+fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "testnet",
+            "--netns",
+            "--nodes",
+            "5",
+            "--nat",
+            "2",
+            "--size",
+            "4MiB",
+            "--timeout",
+            "120",
+            "--report",
+        ])
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("testnet.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the testnet did not finish within 3 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(dir.path().join("testnet.log")).unwrap();
+    assert!(status.success(), "{status}: {err}");
+
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["timed_out"], false);
+    assert_eq!(r["netns"]["nat_nodes"], 2, "{}", r["netns"]);
+    let nodes = r["nodes"].as_array().unwrap();
+    let natted: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| n["reach"]["behind_nat"] == true)
+        .collect();
+    assert_eq!(natted.len(), 2);
+    for n in &natted {
+        // Everything a NATed node got came over connections it dialed or
+        // that were punched for it; none over a relay.
+        assert_eq!(n["reach"]["downloaded_relayed"], 0, "{n}");
+        if n["role"] != "seeder" {
+            assert!(n["completed_at"].is_number(), "{n}");
+        }
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("behind NAT routers"), "{md}");
+
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains(&format!("sl{pid}-")),
+        "namespaces left behind:\n{left}"
+    );
+}

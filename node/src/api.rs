@@ -1140,13 +1140,36 @@ pub enum ClientError {
 }
 
 /// A client for a node's control API (HTTP/1.1, one connection per call).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClient {
     addr: SocketAddr,
     token: Option<String>,
     /// Said when the address does not answer (a stale `api` file).
     hint: String,
+    /// How to reach the address, when not from here (a node in another
+    /// network namespace).
+    connect: Option<Connector>,
 }
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("connect", &self.connect.as_ref().map(|_| "custom"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the TCP connection to an API address some other way than
+/// `TcpStream::connect` (from inside another network namespace, say).
+pub type Connector = Arc<
+    dyn Fn(
+            SocketAddr,
+        ) -> futures::future::BoxFuture<'static, std::io::Result<tokio::net::TcpStream>>
+        + Send
+        + Sync,
+>;
 
 impl ApiClient {
     /// A client for the API at `addr`.
@@ -1155,7 +1178,14 @@ impl ApiClient {
             addr,
             token,
             hint: String::new(),
+            connect: None,
         }
+    }
+
+    /// Connects through `connect` instead of from this network namespace.
+    pub fn with_connector(mut self, connect: Connector) -> Self {
+        self.connect = Some(connect);
+        self
     }
 
     /// A client for the node whose data dir is `dir`, from its `api` file.
@@ -1180,6 +1210,7 @@ impl ApiClient {
             addr,
             token,
             hint: format!(" (from {}; the node there has stopped?)", path.display()),
+            connect: None,
         })
     }
 
@@ -1243,13 +1274,15 @@ impl ApiClient {
             addr,
             reason: e.to_string(),
         };
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr,
-                hint: self.hint.clone(),
-                source,
-            })?;
+        let stream = match &self.connect {
+            Some(connect) => connect(addr).await,
+            None => tokio::net::TcpStream::connect(addr).await,
+        };
+        let stream = stream.map_err(|source| ClientError::Connect {
+            addr,
+            hint: self.hint.clone(),
+            source,
+        })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await

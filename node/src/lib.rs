@@ -20,7 +20,7 @@ pub mod datadir;
 pub mod links;
 pub mod tracker;
 
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, multiaddr};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -157,6 +157,18 @@ pub struct Config {
     pub libtorrent: usize,
     /// Seeders that are libtorrent 2.0 processes.
     pub libtorrent_seeders: usize,
+    /// Every node a `sluice` process in a network namespace of its own,
+    /// with its own address on a shared bridge; rates are the kernel's
+    /// (`tc` token-bucket filters on each node's link), not sluice's.
+    /// Needs root (CAP_SYS_ADMIN).
+    pub netns: bool,
+    /// With `netns`: nodes behind NAT routers of their own (masquerade,
+    /// nothing in unasked), picked by `seed`. They reach each other
+    /// through relays and hole punching.
+    pub nat: usize,
+    /// With `netns`: public nodes that also serve as relays (the DHT node
+    /// always does).
+    pub relays: usize,
     #[serde(rename = "event")]
     pub events: Vec<Event>,
 }
@@ -188,6 +200,9 @@ impl Default for Config {
             processes: false,
             libtorrent: 0,
             libtorrent_seeders: 0,
+            netns: false,
+            nat: 0,
+            relays: 0,
             events: Vec::new(),
         }
     }
@@ -301,6 +316,10 @@ pub struct NodePlan {
     pub disk_rate: Option<u64>,
     /// Seconds after the start that the node joins.
     pub join_at: f64,
+    /// Behind a NAT router (`--netns --nat K`).
+    pub behind_nat: bool,
+    /// Serves as a relay (`--netns --relays R`).
+    pub relay: bool,
 }
 
 impl Config {
@@ -383,6 +402,28 @@ impl Config {
         if self.slow_disk_rate == 0 {
             bail!("the slow disk rate must be positive");
         }
+        if self.netns {
+            if self.transport == Transport::Bt || self.libtorrent + self.libtorrent_seeders > 0 {
+                bail!(
+                    "--netns runs sluice nodes over libp2p: use --transport tcp or quic, without libtorrent nodes"
+                );
+            }
+            if self.nat > 0 && self.discovery != Discovery::Dht {
+                bail!(
+                    "nodes behind NAT (--nat) find each other through the DHT: use --discovery dht"
+                );
+            }
+            if self.nat + self.relays > self.nodes {
+                bail!(
+                    "--nat {} and --relays {} are more than the {} nodes",
+                    self.nat,
+                    self.relays,
+                    self.nodes
+                );
+            }
+        } else if self.nat + self.relays > 0 {
+            bail!("--nat and --relays need --netns (nodes in network namespaces)");
+        }
         let names: Vec<String> = self.plan().into_iter().map(|n| n.name).collect();
         for e in &self.events {
             if !names.contains(&e.node) {
@@ -407,7 +448,7 @@ impl Config {
                     e.node
                 );
             }
-            if self.processes && matches!(e.action, Action::UpRate { .. }) {
+            if (self.processes || self.netns) && matches!(e.action, Action::UpRate { .. }) {
                 bail!(
                     "event for {}: up-rate events need the nodes in one process (without --processes): a running `sluice` has no way to change its rate",
                     e.node
@@ -456,6 +497,8 @@ impl Config {
                 down_rate: None,
                 disk_rate: None,
                 join_at: 0.0,
+                behind_nat: false,
+                relay: false,
             })
             .collect();
         plan.extend((1..=self.liars).map(|i| NodePlan {
@@ -466,6 +509,8 @@ impl Config {
             down_rate: None,
             disk_rate: None,
             join_at: 0.0,
+            behind_nat: false,
+            relay: false,
         }));
         let width = leechers.to_string().len().max(2);
         for (i, (role, slow, client)) in kinds.into_iter().enumerate() {
@@ -477,6 +522,8 @@ impl Config {
                 down_rate: self.down_rate,
                 disk_rate: slow.then_some(self.slow_disk_rate),
                 join_at: 0.0,
+                behind_nat: false,
+                relay: false,
             });
         }
         for e in &self.events {
@@ -485,6 +532,14 @@ impl Config {
             {
                 n.join_at = e.at;
             }
+        }
+        // Who is behind NAT and who relays: fixed by the seed, drawn
+        // apart from the roles above so that those stay as they were.
+        let mut order: Vec<usize> = (0..plan.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x4a7));
+        for (k, &i) in order.iter().enumerate() {
+            plan[i].behind_nat = k < self.nat;
+            plan[i].relay = (self.nat..self.nat + self.relays).contains(&k);
         }
         plan
     }

@@ -22,8 +22,12 @@
 //! process that no longer runs (killed) are removed by the next
 //! [`Internet::new`].
 
-use std::net::Ipv4Addr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -320,6 +324,43 @@ impl Drop for Internet {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
+}
+
+/// Connects to API addresses from inside namespace `ns` (a TCP socket
+/// keeps the namespace it was made in): how the testnet, in the root
+/// namespace, reads each node's API on the node's own 127.0.0.1.
+pub fn connector(ns: &str) -> sluice_node::api::Connector {
+    let ns = ns.to_owned();
+    Arc::new(move |addr| {
+        let ns = ns.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // A thread of its own, which ends after the connect: the
+            // namespace switch is per thread.
+            std::thread::Builder::new()
+                .name("netns-connect".into())
+                .spawn(move || {
+                    let _ = tx.send(connect_in(&ns, addr));
+                })?;
+            let stream = rx
+                .await
+                .map_err(|_| io::Error::other("the connecting thread ended"))??;
+            tokio::net::TcpStream::from_std(stream)
+        })
+    })
+}
+
+#[allow(unsafe_code, reason = "setns(2): no safe wrapper in std or tokio")]
+fn connect_in(ns: &str, addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: setns(2) gets an fd we hold open and a flag; it moves only
+    // this thread, which ends once the socket is made.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
 }
 
 /// Removes the namespaces of runs whose process is gone.

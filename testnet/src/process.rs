@@ -36,6 +36,8 @@ pub(crate) struct Proc {
     /// others' peer lists show it.
     pub(crate) bt_addr: Option<std::net::SocketAddr>,
     pub(crate) bt_label: Option<String>,
+    /// Runs in this network namespace (`--netns`).
+    pub(crate) netns: Option<String>,
 }
 
 impl Proc {
@@ -48,6 +50,7 @@ impl Proc {
         args: Vec<OsString>,
         data_dir: &Path,
         log: &Path,
+        netns: Option<&str>,
     ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -61,7 +64,16 @@ impl Proc {
         let err = out
             .try_clone()
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut command = Command::new(exe);
+        // `ip netns exec` execs the node in place: the same process (its
+        // pid, its signals, its memory figures), in the namespace.
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         command
             .args(&args)
             .stdin(Stdio::null())
@@ -81,7 +93,11 @@ impl Proc {
                     log.display()
                 );
             }
-            if let Ok(api) = ApiClient::from_data_dir(data_dir, None)
+            let api = ApiClient::from_data_dir(data_dir, None).map(|api| match netns {
+                Some(ns) => api.with_connector(crate::netns::connector(ns)),
+                None => api,
+            });
+            if let Ok(api) = api
                 && let Ok(info) = api.get_json::<NodeInfo>("/api/v1/node").await
                 && !info.listen_addrs.is_empty()
             {
@@ -100,6 +116,7 @@ impl Proc {
                     listen,
                     bt_addr: info.bt_addr,
                     bt_label: info.bt_peer_id,
+                    netns: netns.map(str::to_owned),
                 });
             }
             if started.elapsed() > START_WAIT {
@@ -137,6 +154,25 @@ impl Proc {
             self.api.get_json::<Vec<PeerInfo>>(&peers_path),
         );
         Some((info.ok()?, peers.ok()?))
+    }
+
+    /// The node itself as its API shows it (reachability, paths).
+    pub(crate) async fn node_info(&self) -> Option<NodeInfo> {
+        self.api.get_json("/api/v1/node").await.ok()
+    }
+
+    /// An address others dial it at: in a namespace, not loopback.
+    pub(crate) fn dial_addr(&self) -> Option<Multiaddr> {
+        let off_host = |a: &&Multiaddr| {
+            !matches!(
+                a.iter().next(),
+                Some(sluice_node::multiaddr::Protocol::Ip4(ip)) if ip.is_loopback()
+            )
+        };
+        match self.netns {
+            Some(_) => self.listen.iter().find(off_host).cloned(),
+            None => self.listen.first().cloned(),
+        }
     }
 
     /// Ctrl-C (SIGINT), then waits for it to finish its writes and exit;

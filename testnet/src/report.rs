@@ -64,9 +64,46 @@ pub struct NodeReport {
     /// earned by what the peer uploads to it), in a mixed swarm.
     #[serde(default)]
     pub libtorrent_regular_unchokes: u64,
+    /// Reachability (with `netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<NodeReach>,
     /// The time series behind the plots (not in report.json).
     #[serde(skip)]
     pub samples: Vec<Sample>,
+}
+
+/// How a node in a network namespace was reached (`--netns`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeReach {
+    pub behind_nat: bool,
+    pub relay: bool,
+    /// As the node last said: `public`, `private` or `unknown`.
+    pub reachability: String,
+    /// Its connections by path, as last sampled.
+    pub connections: sluice_node::links::PathCounts,
+    /// Hole-punched connections it made.
+    pub hole_punches: u64,
+    /// Bytes that crossed relays, both ways.
+    pub relayed_bytes: u64,
+    /// Piece bytes it downloaded over each path.
+    pub downloaded_direct: u64,
+    pub downloaded_hole_punched: u64,
+    pub downloaded_relayed: u64,
+}
+
+/// What a run in network namespaces adds to the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetnsSummary {
+    /// Nodes behind NAT.
+    pub nat_nodes: usize,
+    /// Of all piece bytes downloaded, the share over hole-punched
+    /// connections.
+    pub hole_punched_share: f64,
+    /// From the start to the first hole-punched connection between two
+    /// NATed nodes (as sampled).
+    pub first_hole_punch_seconds: Option<f64>,
+    /// Bytes that crossed relays, all nodes, both ways.
+    pub relayed_bytes: u64,
 }
 
 impl NodeReport {
@@ -100,6 +137,7 @@ impl NodeReport {
             uploaded_to_free_riders: 0,
             peak_rss_bytes: None,
             libtorrent_regular_unchokes: 0,
+            reach: None,
             samples: Vec::new(),
         }
     }
@@ -186,6 +224,9 @@ pub struct Report {
     /// simulated seconds, `wall_seconds` what the simulation took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulated: Option<Simulated>,
+    /// Set with `netns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsSummary>,
     pub nodes: Vec<NodeReport>,
 }
 
@@ -382,8 +423,31 @@ impl Report {
             peak_rss_bytes: peak_rss()
                 .map(|own| own + nodes.iter().filter_map(|n| n.peak_rss_bytes).sum::<u64>()),
             simulated: None,
+            netns: None,
             nodes,
         }
+    }
+
+    /// Adds the `--netns` summary, from the nodes' reach and the first
+    /// hole punch between NATed nodes the testnet saw.
+    pub fn with_netns(mut self, first_hole_punch_seconds: Option<f64>) -> Self {
+        let reach: Vec<&NodeReach> = self.nodes.iter().filter_map(|n| n.reach.as_ref()).collect();
+        let all: u64 = reach
+            .iter()
+            .map(|r| r.downloaded_direct + r.downloaded_hole_punched + r.downloaded_relayed)
+            .sum();
+        let punched: u64 = reach.iter().map(|r| r.downloaded_hole_punched).sum();
+        self.netns = Some(NetnsSummary {
+            nat_nodes: reach.iter().filter(|r| r.behind_nat).count(),
+            hole_punched_share: if all == 0 {
+                0.0
+            } else {
+                punched as f64 / all as f64
+            },
+            first_hole_punch_seconds,
+            relayed_bytes: reach.iter().map(|r| r.relayed_bytes).sum(),
+        });
+        self
     }
 
     /// Writes report.json, report.md and the plots into `dir`.
@@ -691,6 +755,39 @@ impl Report {
                 format_size(n.disk_capacity_bytes),
                 n.throttled_seconds
             );
+        }
+        if let Some(net) = &self.netns {
+            let _ = writeln!(
+                s,
+                "\nEvery node a process in a network namespace of its own, links shaped by the kernel (tc token-bucket filters), {} behind NAT routers. Of the piece bytes downloaded, **{:.0}%** came over hole-punched connections; the first hole-punched connection between two NATed nodes was seen after **{}**; {} crossed relays.\n",
+                net.nat_nodes,
+                100.0 * net.hole_punched_share,
+                secs(net.first_hole_punch_seconds),
+                format_size(net.relayed_bytes),
+            );
+            let _ = writeln!(
+                s,
+                "| node | NAT | relay | reachability | connections direct / hole-punched / relayed | hole punches | relayed | downloaded direct / hole-punched / relayed |\n|---|---|---|---|---|---|---|---|"
+            );
+            for n in &self.nodes {
+                let Some(r) = &n.reach else { continue };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} |",
+                    n.name,
+                    if r.behind_nat { "yes" } else { "-" },
+                    if r.relay { "yes" } else { "-" },
+                    r.reachability,
+                    r.connections.direct,
+                    r.connections.hole_punched,
+                    r.connections.relayed,
+                    r.hole_punches,
+                    format_size(r.relayed_bytes),
+                    format_size(r.downloaded_direct),
+                    format_size(r.downloaded_hole_punched),
+                    format_size(r.downloaded_relayed),
+                );
+            }
         }
         let _ = writeln!(
             s,

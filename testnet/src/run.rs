@@ -124,7 +124,7 @@ impl Member {
                 .await
                 .ok()
                 .and_then(|a| a.into_iter().next()),
-            Member::Process(p) => p.listen.first().cloned(),
+            Member::Process(p) => p.dial_addr(),
             Member::Libtorrent(_) => None,
         }
     }
@@ -134,6 +134,13 @@ impl Member {
     async fn snapshot(&self, info_hash: &str) -> Option<Snapshot> {
         match self {
             Member::Local { torrent, .. } => torrent.as_ref().map(|t| Snapshot::local(&t.stats())),
+            Member::Process(p) if p.netns.is_some() => {
+                let (torrent, node) = tokio::join!(p.torrent(info_hash), p.node_info());
+                torrent.map(|(t, peers)| Snapshot {
+                    node,
+                    ..Snapshot::remote(&t, &peers)
+                })
+            }
             Member::Process(p) => p
                 .torrent(info_hash)
                 .await
@@ -167,6 +174,8 @@ struct Snapshot {
     disk_capacity: u64,
     throttled_seconds: f64,
     peers: Vec<PeerSnap>,
+    /// The node itself (in a namespace: reachability and paths).
+    node: Option<sluice_node::api::NodeInfo>,
 }
 
 /// One peer of a node, at one instant.
@@ -181,6 +190,10 @@ struct PeerSnap {
     client: Option<String>,
     /// Unchoked in a regular slot: for what it uploads to us.
     regular: bool,
+    /// Bytes we got from it this session.
+    downloaded: u64,
+    /// How we are connected (from the API).
+    path: Option<sluice_swarm::reach::Path>,
 }
 
 impl PeerSnap {
@@ -191,6 +204,8 @@ impl PeerSnap {
             choking: p.am_choking,
             client: p.client.clone(),
             regular: !p.am_choking && p.choke_reason_code == "regular_slot",
+            downloaded: p.downloaded,
+            path: None,
         }
     }
 }
@@ -211,6 +226,7 @@ impl Snapshot {
             disk_capacity: s.disk.capacity_bytes,
             throttled_seconds: s.disk.throttled_total.as_secs_f64(),
             peers: s.peers.iter().map(PeerSnap::of).collect(),
+            node: None,
         }
     }
 
@@ -228,7 +244,14 @@ impl Snapshot {
             disk_used: t.disk.used_bytes(),
             disk_capacity: t.disk.capacity_bytes,
             throttled_seconds: t.disk.throttled_seconds,
-            peers: peers.iter().map(|p| PeerSnap::of(&p.stats)).collect(),
+            peers: peers
+                .iter()
+                .map(|p| PeerSnap {
+                    path: p.path,
+                    ..PeerSnap::of(&p.stats)
+                })
+                .collect(),
+            node: None,
         }
     }
 
@@ -256,8 +279,11 @@ impl Snapshot {
                     client: Some(p.client.clone()),
                     // libtorrent does not say why it unchokes.
                     regular: false,
+                    downloaded: 0,
+                    path: None,
                 })
                 .collect(),
+            node: None,
         }
     }
 }
@@ -293,6 +319,10 @@ struct Live {
     /// Highest peak memory seen of its process (with `processes`; kept
     /// over restarts).
     peak_rss: Option<u64>,
+    /// With `netns`: how it was reached, and per peer id the bytes
+    /// downloaded from it in its current session, as last sampled.
+    reach: Option<crate::report::NodeReach>,
+    down_per_peer: HashMap<String, u64>,
     view: NodeView,
 }
 
@@ -308,6 +338,13 @@ pub struct Testnet {
     dht: Option<(Member, Multiaddr)>,
     /// The `sluice` executable, for `processes`.
     exe: Option<PathBuf>,
+    /// With `netns`: the namespaces (removed when dropped) and each
+    /// node's host, by name (the DHT node's is `dht`).
+    net: Option<crate::netns::Internet>,
+    hosts: HashMap<String, crate::netns::Host>,
+    /// When a NATed node was first seen on a hole-punched connection to
+    /// another NATed node.
+    first_hole_punch: Option<f64>,
 }
 
 impl std::fmt::Debug for Testnet {
@@ -334,6 +371,11 @@ impl Testnet {
         }
         if config.libtorrent + config.libtorrent_seeders > 0 {
             crate::libtorrent::available()?;
+        }
+        if config.netns
+            && let Some(why) = crate::netns::unavailable()
+        {
+            anyhow::bail!("--netns: {why}");
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         if config.libtorrent + config.libtorrent_seeders > 0 {
@@ -380,8 +422,15 @@ impl Testnet {
                     disk_used: 0,
                     disk_capacity: config.disk_queue,
                 };
+                let reach = config.netns.then(|| crate::report::NodeReach {
+                    behind_nat: plan.behind_nat,
+                    relay: plan.relay,
+                    reachability: "unknown".into(),
+                    ..Default::default()
+                });
                 Live {
                     plan,
+                    reach,
                     member: None,
                     data_dir: node_dir.join("data"),
                     content: content_path,
@@ -402,6 +451,7 @@ impl Testnet {
                     libtorrent_regular: 0,
                     up_per_peer: HashMap::new(),
                     peak_rss: None,
+                    down_per_peer: HashMap::new(),
                     view,
                 }
             })
@@ -416,6 +466,9 @@ impl Testnet {
             rng,
             dht: None,
             exe: None,
+            net: None,
+            hosts: HashMap::new(),
+            first_hole_punch: None,
         })
     }
 
@@ -450,15 +503,23 @@ impl Testnet {
             .collect()
     }
 
+    /// The network namespace node `name` runs in (`netns`).
+    pub fn netns_of(&self, name: &str) -> Option<String> {
+        self.hosts.get(name).map(|h| h.ns.clone())
+    }
+
     /// Starts the nodes, applies the events and samples every node until
     /// every downloading node that stayed is complete (or the timeout);
     /// `on_sample` sees each round (for a live view). The nodes keep
     /// running afterwards until [`Testnet::shutdown`].
     pub async fn run(&mut self, mut on_sample: impl FnMut(f64, &[NodeView])) -> Result<Report> {
-        if self.config.processes && self.exe.is_none() {
+        if (self.config.processes || self.config.netns) && self.exe.is_none() {
             anyhow::bail!(
                 "running nodes as processes needs the sluice executable (Testnet::with_executable)"
             );
+        }
+        if self.config.netns && self.net.is_none() {
+            self.build_network()?;
         }
         if self.config.discovery == Discovery::Dht && self.dht.is_none() {
             self.dht = Some(self.start_dht().await?);
@@ -526,7 +587,40 @@ impl Testnet {
         Ok(self.report(wall, timed_out))
     }
 
+    /// The namespaces: the DHT node and the public nodes on the bridge,
+    /// NATed ones behind routers of their own; every node's link shaped
+    /// to its rates.
+    fn build_network(&mut self) -> Result<()> {
+        let mut net = crate::netns::Internet::new()?;
+        if self.config.discovery == Discovery::Dht {
+            let host = net.public_host("dht")?;
+            self.hosts.insert("dht".into(), host);
+        }
+        for n in &self.nodes {
+            let p = &n.plan;
+            let host = if p.behind_nat {
+                net.home_host(&p.name)?
+            } else {
+                net.public_host(&p.name)?
+            };
+            net.shape(&host, p.up_rate, p.down_rate)?;
+            info!(node = %p.name, ip = %host.ip, public = %host.public_ip, nat = p.behind_nat, "host");
+            self.hosts.insert(p.name.clone(), host);
+        }
+        self.net = Some(net);
+        Ok(())
+    }
+
     fn listen_addr(&self) -> Multiaddr {
+        if self.config.netns {
+            // Each node has the host to itself.
+            return match self.config.transport {
+                Transport::Tcp | Transport::Bt => "/ip4/0.0.0.0/tcp/4001",
+                Transport::Quic => "/ip4/0.0.0.0/udp/4001/quic-v1",
+            }
+            .parse()
+            .expect("a valid multiaddr");
+        }
         match self.config.transport {
             // With the BitTorrent transport, libp2p still listens (for
             // nothing to dial it).
@@ -542,16 +636,15 @@ impl Testnet {
     async fn start_dht(&self) -> Result<(Member, Multiaddr)> {
         let data_dir = self.dir.join("nodes").join("dht").join("data");
         if let Some(exe) = &self.exe
-            && self.config.processes
+            && (self.config.processes || self.config.netns)
         {
             let mut args: Vec<OsString> = vec!["node".into()];
             args.extend(self.common_args(&data_dir, None));
             let log = self.dir.join("nodes").join("dht").join("sluice.log");
-            let proc = Proc::spawn(exe, "the DHT node", args, &data_dir, &log).await?;
+            let ns = self.hosts.get("dht").map(|h| h.ns.as_str());
+            let proc = Proc::spawn(exe, "the DHT node", args, &data_dir, &log, ns).await?;
             let addr = proc
-                .listen
-                .first()
-                .cloned()
+                .dial_addr()
                 .context("the DHT node has no listen address")?;
             info!(%addr, "DHT node started (process)");
             return Ok((Member::Process(proc), addr));
@@ -590,12 +683,16 @@ impl Testnet {
             "--no-mdns".into(),
             "--bt-listen".into(),
             "127.0.0.1:0".into(),
-            // Every node is 127.0.0.1: no share per IP.
-            "--max-pending-per-ip".into(),
-            "0".into(),
-            "--max-established-per-ip".into(),
-            "0".into(),
         ];
+        if !c.netns {
+            // Every node is 127.0.0.1: no share per IP.
+            args.extend([
+                "--max-pending-per-ip".into(),
+                "0".into(),
+                "--max-established-per-ip".into(),
+                "0".into(),
+            ]);
+        }
         let Some(plan) = plan else {
             return args;
         };
@@ -614,15 +711,26 @@ impl Testnet {
             args.push(flag.into());
             args.push(value.into());
         }
-        if let Some(r) = plan.up_rate {
-            args.extend(["--up-rate".into(), r.to_string().into()]);
+        // In namespaces the kernel shapes the links instead.
+        if !c.netns {
+            if let Some(r) = plan.up_rate {
+                args.extend(["--up-rate".into(), r.to_string().into()]);
+            }
+            if let Some(r) = plan.down_rate {
+                args.extend(["--down-rate".into(), r.to_string().into()]);
+            }
         }
-        if let Some(r) = plan.down_rate {
-            args.extend(["--down-rate".into(), r.to_string().into()]);
+        if plan.relay {
+            args.push("--serve-relay".into());
         }
         if let Some((_, addr)) = &self.dht {
             args.extend(["--bootstrap".into(), addr.to_string().into()]);
-            args.push("--dht-server".into());
+            // On loopback nobody confirms an address, so every node
+            // serves the DHT; in namespaces AutoNAT decides, as it would
+            // on the internet.
+            if !c.netns {
+                args.push("--dht-server".into());
+            }
             args.extend([
                 "--discovery-interval".into(),
                 DHT_ROUND.as_secs_f64().to_string().into(),
@@ -708,7 +816,7 @@ impl Testnet {
         }
         let member = match &self.exe {
             _ if plan.client == Client::Libtorrent => self.start_libtorrent(i, &dial).await?,
-            Some(exe) if self.config.processes => {
+            Some(exe) if self.config.processes || self.config.netns => {
                 Member::Process(self.start_process(exe, i, &dial).await?)
             }
             _ => self.start_local(i, &dial).await?,
@@ -869,7 +977,8 @@ impl Testnet {
             args.extend(["--peer".into(), addr.into()]);
         }
         let log = live.data_dir.with_file_name("sluice.log");
-        Proc::spawn(exe, &plan.name, args, &live.data_dir, &log).await
+        let ns = self.hosts.get(&plan.name).map(|h| h.ns.as_str());
+        Proc::spawn(exe, &plan.name, args, &live.data_dir, &log, ns).await
     }
 
     /// Waits until `member` holds every piece (a liar before it turns).
@@ -977,6 +1086,14 @@ impl Testnet {
                     .and_then(|rest| rest.split_once('/'))
                     .is_some_and(|(_ip, label)| free_riders.contains(label))
         };
+        // Nodes behind NAT, as others' peer lists name them.
+        let natted: HashSet<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.plan.behind_nat)
+            .filter_map(|n| n.member.as_ref())
+            .map(Member::peer_id)
+            .collect();
         // Processes are asked all at once.
         let info_hash = self.meta.info().info_hash().to_string();
         let snapshots = futures::future::join_all(self.nodes.iter().map(|n| async {
@@ -996,6 +1113,32 @@ impl Testnet {
                 n.peak_rss = Some(n.peak_rss.unwrap_or(0).max(rss));
             }
             let Some(s) = s else { continue };
+            if let Some(reach) = &mut n.reach {
+                use sluice_swarm::reach::Path;
+                if let Some(node) = &s.node {
+                    reach.reachability = node.reachability.to_string();
+                    reach.connections = node.connections;
+                    reach.hole_punches = node.hole_punch_successes;
+                    reach.relayed_bytes = node.relayed_bytes_received + node.relayed_bytes_sent;
+                }
+                for p in &s.peers {
+                    let last = n.down_per_peer.entry(p.id.clone()).or_insert(0);
+                    let gained = p.downloaded.checked_sub(*last).unwrap_or(p.downloaded);
+                    *last = p.downloaded;
+                    match p.path {
+                        Some(Path::HolePunched) => reach.downloaded_hole_punched += gained,
+                        Some(Path::Relayed) => reach.downloaded_relayed += gained,
+                        _ => reach.downloaded_direct += gained,
+                    }
+                    if n.plan.behind_nat
+                        && p.path == Some(Path::HolePunched)
+                        && natted.contains(&p.id)
+                        && self.first_hole_punch.is_none()
+                    {
+                        self.first_hole_punch = Some(t);
+                    }
+                }
+            }
             for p in &s.peers {
                 let last = n.up_per_peer.entry(p.id.clone()).or_insert(0);
                 let gained = if p.uploaded >= *last {
@@ -1069,11 +1212,12 @@ impl Testnet {
                 peak_rss_bytes: n.peak_rss,
                 libtorrent_regular_unchokes: n.libtorrent_regular,
                 samples: n.samples.clone(),
+                reach: n.reach.clone(),
                 ..NodeReport::of_plan(&n.plan, n.joined_at, n.left_at, n.completed_at)
             })
             .collect();
         let info = self.meta.info();
-        Report::new(
+        let report = Report::new(
             self.config.clone(),
             info.info_hash().to_string(),
             info.total_size(),
@@ -1081,7 +1225,12 @@ impl Testnet {
             wall,
             timed_out,
             nodes,
-        )
+        );
+        if self.config.netns {
+            report.with_netns(self.first_hole_punch)
+        } else {
+            report
+        }
     }
 
     /// Stops every node that still runs.
