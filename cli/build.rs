@@ -43,6 +43,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(sluice_no_namespaces)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_nat)");
     println!("cargo::rerun-if-changed=/usr/sbin/iptables");
+    println!("cargo::rerun-if-changed=/usr/sbin/miniupnpd");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TMUX");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_NAMESPACES");
     for bin in [
@@ -107,11 +108,15 @@ fn main() {
         );
         println!("cargo::rustc-cfg=sluice_no_namespaces");
     }
-    // NAT routers in namespaces (the reachability tests) need iptables too.
-    if !able || !runs("iptables", &["--version"]) {
+    // NAT routers in namespaces (the reachability tests) need iptables
+    // too, and the UPnP one miniupnpd (with its nftables backend).
+    let routers = runs("iptables", &["--version"])
+        && runs("nft", &["--version"])
+        && std::path::Path::new("/usr/sbin/miniupnpd").exists();
+    if !able || !routers {
         assert!(
             std::env::var_os("SLUICE_REQUIRE_NAMESPACES").is_none(),
-            "SLUICE_REQUIRE_NAMESPACES is set but iptables is missing for the NAT routers (apt-get install iptables)"
+            "SLUICE_REQUIRE_NAMESPACES is set but the NAT routers' tools are missing (apt-get install iptables nftables miniupnpd)"
         );
         println!("cargo::rustc-cfg=sluice_no_nat");
     }

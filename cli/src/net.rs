@@ -103,6 +103,10 @@ pub(crate) struct NetArgs {
     /// takes its global listen addresses so.
     #[arg(long, value_parser = parse_multiaddr)]
     external_addr: Vec<Multiaddr>,
+    /// Do not ask the router to forward a port (UPnP). Without it, a node
+    /// listening on a private or any IPv4 address asks.
+    #[arg(long)]
+    no_upnp: bool,
     /// Serve as a relay for nodes behind NAT (`sluice node` always does).
     #[arg(long)]
     serve_relay: bool,
@@ -423,6 +427,7 @@ pub(crate) fn node_config(
             })
         })
         .transpose()?;
+    let upnp = !net.no_upnp && upnp_applies(&listen);
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
         .with_api(api)
         .with_listen(listen)
@@ -430,6 +435,7 @@ pub(crate) fn node_config(
         .with_bt_listen((!net.no_bt).then_some(net.bt_listen))
         .with_mdns(!net.no_mdns)
         .with_bootstrap(net.bootstrap.clone())
+        .with_upnp(upnp)
         .with_relays(net.relay.clone())
         .with_external_addrs(net.external_addr.clone())
         .with_relay_server(net.serve_relay.then(|| net.relay_limits()))
@@ -463,6 +469,18 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Whether a router could map one of these listen addresses: UPnP maps
+/// private IPv4 ones (`0.0.0.0` stands for them all); a node on loopback
+/// or on public addresses has nothing to ask for, and sends nothing.
+fn upnp_applies(listen: &[Multiaddr]) -> bool {
+    listen.iter().any(|a| {
+        matches!(
+            a.iter().next(),
+            Some(sluice_node::multiaddr::Protocol::Ip4(ip)) if ip.is_unspecified() || ip.is_private()
+        )
+    })
 }
 
 impl NetArgs {

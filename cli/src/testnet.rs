@@ -138,6 +138,10 @@ pub(crate) struct TestnetArgs {
     /// node [default: 0].
     #[arg(long, value_name = "R")]
     relays: Option<usize>,
+    /// With --netns: K of the NATed nodes have a router that maps ports
+    /// on request (UPnP, a real miniupnpd) [default: 0].
+    #[arg(long, value_name = "K")]
+    upnp: Option<usize>,
 }
 
 /// `sluice sim`: the scenario flags of `sluice testnet`, and the model's.
@@ -262,6 +266,9 @@ impl TestnetArgs {
         if let Some(r) = self.relays {
             c.relays = r;
         }
+        if let Some(k) = self.upnp {
+            c.upnp = k;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -281,6 +288,7 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
         (a.netns, "--netns"),
         (a.nat.is_some(), "--nat"),
         (a.relays.is_some(), "--relays"),
+        (a.upnp.is_some(), "--upnp"),
         (a.keep_running, "--keep-running"),
         (a.keep_data, "--keep-data"),
         (a.transport.is_some(), "--transport"),

@@ -192,6 +192,7 @@ fn seed_args(torrent: &Path, ip: &str) -> Vec<String> {
         "--data-dir",
         "seed-data",
         "--no-mdns",
+        "--no-upnp",
         "--bt-listen",
         &format!("{ip}:0"),
     ]
@@ -215,6 +216,7 @@ fn sluice_get_source(d: &Path, source: &str, peer: Option<&str>) {
         "--data-dir",
         "get-data",
         "--no-mdns",
+        "--no-upnp",
     ];
     if let Some(p) = peer {
         args.extend(["--peer", p]);
@@ -705,6 +707,7 @@ fn sluice_and_transmission_trade_a_v1_torrent_both_ways() {
                 "--data-dir",
                 "get-data",
                 "--no-mdns",
+                "--no-upnp",
             ],
             d,
         ),

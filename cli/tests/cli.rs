@@ -259,6 +259,7 @@ fn seed_then_get_then_resume() {
             "--data-dir",
             "getd",
             "--no-mdns",
+            "--no-upnp",
         ];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
@@ -297,7 +298,16 @@ fn a_magnet_link_alone_downloads_and_saves_the_same_torrent() {
         "{magnet}"
     );
     let get = |source: &str, extra: &[&str]| {
-        let mut all = vec!["get", source, "-o", "dl", "--data-dir", "getd", "--no-mdns"];
+        let mut all = vec![
+            "get",
+            source,
+            "-o",
+            "dl",
+            "--data-dir",
+            "getd",
+            "--no-mdns",
+            "--no-upnp",
+        ];
         all.extend_from_slice(extra);
         all.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
         sluice(&all, d)
@@ -332,6 +342,7 @@ fn local_seeder(what: &str, extra: &[&str], d: &Path) -> Running {
         "--data-dir",
         "seedd",
         "--no-mdns",
+        "--no-upnp",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
     ];
@@ -425,7 +436,7 @@ fn status_without_a_node_names_the_dir_and_exits_2() {
 fn a_running_transfer(d: &Path) -> (Running, Running, Value, String) {
     std::fs::create_dir(d.join("share")).unwrap();
     std::fs::write(d.join("share/a.bin"), content(3_000_000)).unwrap();
-    let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let local = ["--no-mdns", "--no-upnp", "--listen", "/ip4/127.0.0.1/tcp/0"];
     let mut seed_args = vec![
         "seed",
         "share",
@@ -685,6 +696,7 @@ fn slow_seeder(d: &Path) -> (Running, String, String) {
             "--up-rate",
             "1MB/s",
             "--no-mdns",
+            "--no-upnp",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
         ],
@@ -704,7 +716,7 @@ fn a_leecher_killed_and_restarted_loses_nothing_verified() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (_seeder, torrent, peer) = slow_seeder(d);
-    let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let local = ["--no-mdns", "--no-upnp", "--listen", "/ip4/127.0.0.1/tcp/0"];
     let mut get_args = vec![
         "get",
         &torrent,
@@ -1062,7 +1074,7 @@ fn sigterm_stops_cleanly_and_a_closed_pipe_does_not_stop_a_download() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (_seeder, torrent, peer) = slow_seeder(d);
-    let local = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    let local = ["--no-mdns", "--no-upnp", "--listen", "/ip4/127.0.0.1/tcp/0"];
     let get_args = |data: &'static str, out: &'static str| {
         let mut a: Vec<String> = [
             "get",
@@ -1175,6 +1187,7 @@ fn get_with_no_peer_gives_up_after_its_timeout() {
     assert!(o.status.success(), "{}", stderr(&o));
     let local = [
         "--no-mdns",
+        "--no-upnp",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
         "--timeout",
@@ -1198,7 +1211,7 @@ fn seed_hashes_once_until_the_files_change() {
     std::fs::create_dir(d.join("share")).unwrap();
     std::fs::write(d.join("share/a.bin"), content(500_000)).unwrap();
     let mut args = vec!["seed", "share", "--data-dir", "seedd"];
-    args.extend(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    args.extend(["--no-mdns", "--no-upnp", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let torrent_line = || {
         let seeder = spawn(&args, d);
         let line = line_starting(&seeder.lines, "torrent:");
@@ -1261,7 +1274,7 @@ fn a_second_one_shot_node_with_the_default_data_dir_runs_beside_the_first() {
     let one_shot = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
         c.args(args)
-            .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--no-mdns", "--no-upnp", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .env("SLUICE_DATA_DIR", &home);
         c
     };
@@ -1297,7 +1310,17 @@ fn a_seed_into_a_data_dir_in_use_writes_nothing_there() {
     let seeds = std::fs::read(d.join("seedd/seeds.json")).unwrap();
     let resumes = || std::fs::read_dir(d.join("seedd/resume")).unwrap().count();
     let before = resumes();
-    let o = sluice(&["seed", "two.bin", "--data-dir", "seedd", "--no-mdns"], d);
+    let o = sluice(
+        &[
+            "seed",
+            "two.bin",
+            "--data-dir",
+            "seedd",
+            "--no-mdns",
+            "--no-upnp",
+        ],
+        d,
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
     assert_eq!(std::fs::read(d.join("seedd/seeds.json")).unwrap(), seeds);
@@ -1326,6 +1349,7 @@ fn a_peer_that_comes_up_later_is_tried_again() {
         "--data-dir",
         "seedd",
         "--no-mdns",
+        "--no-upnp",
         "--no-bt",
         "--listen",
         &listen,
@@ -1348,6 +1372,7 @@ fn a_peer_that_comes_up_later_is_tried_again() {
             "--data-dir",
             "getd",
             "--no-mdns",
+            "--no-upnp",
             "--no-bt",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",

@@ -240,7 +240,7 @@ fn a_daemon_keeps_its_ports_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ports = || {
-        let daemon = Running::spawn(&["daemon", "--data-dir", "dd", "--no-mdns"], d);
+        let daemon = Running::spawn(&["daemon", "--data-dir", "dd", "--no-mdns", "--no-upnp"], d);
         // The IPv4 TCP address (IPv6 ones may come first).
         let peer = loop {
             let p = daemon.line("peer:");

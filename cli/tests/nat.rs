@@ -87,8 +87,8 @@ const LISTEN: [&str; 4] = [
 fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
     let mut net = Internet::new().unwrap();
     let relay = net.public_host("relay").unwrap();
-    let seeder = net.home_host("seeder").unwrap();
-    let leecher = net.home_host("leecher").unwrap();
+    let seeder = net.home_host("seeder", false).unwrap();
+    let leecher = net.home_host("leecher", false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut logs = Logs(Vec::new());
@@ -316,4 +316,110 @@ fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
         !left.contains(&format!("sl{pid}-")),
         "namespaces left behind:\n{left}"
     );
+}
+
+/// A node behind a router with a real UPnP gateway (miniupnpd) asks it to
+/// forward its port, takes the mapped address as its own, and a peer that
+/// dials that address reaches it directly: no relay, no hole punching.
+#[test]
+fn a_node_behind_a_upnp_router_is_reached_at_its_mapped_port() {
+    let mut net = Internet::new().unwrap();
+    let seeder = net.home_host("seeder", true).unwrap();
+    let leecher = net.public_host("leecher").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut logs = Logs(Vec::new());
+    let file = content(3_000_000);
+    std::fs::write(d.join("film.mkv"), &file).unwrap();
+    let tcp = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--no-mdns", "--no-bt"];
+    let s = Running::spawn_command(
+        sluice(
+            &seeder,
+            d,
+            "seeder",
+            &[&["seed", "film.mkv", "--data-dir", "seedd"][..], &tcp].concat(),
+            &mut logs,
+        ),
+        d,
+    );
+    let info_hash = s.line("info-hash:");
+    let id = s.line("peer:").rsplit('/').next().unwrap().to_owned();
+    // The mapping, as the seeder itself reports it.
+    let mapped = format!("/ip4/{}/tcp/4001", seeder.public_ip);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let node = loop {
+        let node = json(
+            &seeder,
+            &["status", "--node", "--json", "--data-dir", "seedd"],
+            d,
+        );
+        let external = node["external_addrs"].as_array().unwrap();
+        if external
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with(&mapped))
+        {
+            break node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no UPnP mapping: {node}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(node["reachability"], "public", "{node}");
+    for a in node["advertised_addrs"].as_array().unwrap() {
+        let a = a.as_str().unwrap();
+        assert!(
+            !a.contains("/10.") && !a.contains("/127."),
+            "a private hint: {a}"
+        );
+    }
+
+    let peer = format!("{mapped}/p2p/{id}");
+    let g = Running::spawn_command(
+        sluice(
+            &leecher,
+            d,
+            "leecher",
+            &[
+                &[
+                    "get",
+                    &info_hash,
+                    "-o",
+                    "dl",
+                    "--data-dir",
+                    "getd",
+                    "--seed-after",
+                    "--peer",
+                    &peer,
+                ][..],
+                &tcp,
+            ]
+            .concat(),
+            &mut logs,
+        ),
+        d,
+    );
+    g.line("seeding");
+    assert!(
+        std::fs::read(d.join("dl/film.mkv")).unwrap() == file,
+        "the downloaded file differs"
+    );
+    // The seeder took the leecher in through the mapped port.
+    let peers = json(&seeder, &["peers", "--json", "--data-dir", "seedd"], d);
+    let paths: Vec<&str> = peers[0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["upnp"], "{peers}");
+    let leecher_node = json(
+        &leecher,
+        &["status", "--node", "--json", "--data-dir", "getd"],
+        d,
+    );
+    assert_eq!(leecher_node["relayed_bytes_received"], 0, "{leecher_node}");
+    drop((g, s));
+    drop(net);
 }

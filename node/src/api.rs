@@ -963,6 +963,7 @@ impl Collector for SluiceCollector {
                 (LinkPath::Direct, reach.paths.direct),
                 (LinkPath::Relayed, reach.paths.relayed),
                 (LinkPath::HolePunched, reach.paths.hole_punched),
+                (LinkPath::Upnp, reach.paths.upnp),
             ] {
                 let labels = [("path", path.as_str())];
                 ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;

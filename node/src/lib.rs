@@ -127,6 +127,7 @@ pub struct NodeConfig {
     dht_server: bool,
     external_addrs: Vec<Multiaddr>,
     public_host: bool,
+    upnp: bool,
 }
 
 impl NodeConfig {
@@ -158,6 +159,7 @@ impl NodeConfig {
             dht_server: false,
             external_addrs: Vec::new(),
             public_host: false,
+            upnp: false,
         }
     }
 
@@ -343,6 +345,15 @@ impl NodeConfig {
         self
     }
 
+    /// Ask the router to map the listen ports (UPnP IGD), and take the
+    /// mapped addresses as external ones. Default off: it multicasts on
+    /// the local network (the CLI turns it on when listening on a private
+    /// or unspecified IPv4 address, unless `--no-upnp`).
+    pub fn with_upnp(mut self, on: bool) -> Self {
+        self.upnp = on;
+        self
+    }
+
     /// The host is on the public internet (a bootstrap node's): its
     /// global listen addresses (not loopback, private, link-local or
     /// shared) are taken as confirmed external addresses. A relay needs
@@ -490,6 +501,7 @@ impl Node {
             .with_relay_server(config.relay_server)
             .with_relayed_pieces(config.relayed_pieces)
             .with_dht_server(config.dht_server)
+            .with_upnp(config.upnp)
             .with_relayed_bytes(relayed.clone());
         let mut swarm = build_swarm(keypair, &transport)?;
         // Every check that can fail comes before anything is spawned or
@@ -1365,6 +1377,8 @@ async fn swarm_task(task: SwarmTask) {
     let control = swarm.behaviour().pieces.new_control();
     let mut links = links::Links::default();
     let mut relaying = Relaying::default();
+    // Whether the router maps a port for us now (UPnP).
+    let mut upnp_mapped = false;
     for addr in &relays {
         relaying.reserve(&mut swarm, addr, true);
     }
@@ -1532,7 +1546,7 @@ async fn swarm_task(task: SwarmTask) {
                         connected.send_modify(|c| c.push(peer_id));
                         connected_at.insert(peer_id, tokio::time::Instant::now());
                     }
-                    let new = links.established(peer_id, connection_id, &endpoint);
+                    let new = links.established(peer_id, connection_id, &endpoint, upnp_mapped);
                     // Both sides count: DCUtR reports a hole punch only to
                     // the side whose own dial won.
                     match new.path {
@@ -1541,7 +1555,7 @@ async fn swarm_task(task: SwarmTask) {
                             info!(peer = %peer_id, "hole punched: direct connection");
                             reach.send_modify(|v| v.hole_punch_successes += 1);
                         }
-                        Path::Direct => {}
+                        Path::Direct | Path::Upnp => {}
                     }
                     if let Some(best) = links.best(&peer_id) {
                         lock(&peer_addrs).insert(peer_id, best);
@@ -1614,6 +1628,20 @@ async fn swarm_task(task: SwarmTask) {
                         provided.insert(ih, tokio::time::Instant::now());
                     }
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Upnp(ref e)) => match e {
+                    libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
+                        info!(address = %external_addr, "the router mapped a port (UPnP)");
+                        upnp_mapped = true;
+                    }
+                    libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                        info!(address = %external_addr, "the router's port mapping expired (UPnP)");
+                        upnp_mapped = false;
+                    }
+                    libp2p::upnp::Event::GatewayNotFound => debug!("no UPnP gateway on the local network"),
+                    libp2p::upnp::Event::NonRoutableGateway => {
+                        debug!("the UPnP gateway is itself behind NAT; no mapping");
+                    }
+                },
                 SwarmEvent::ExternalAddrExpired { ref address } => {
                     debug!(%address, "external address expired");
                     relaying.reachability_changed(&mut swarm, &reach);

@@ -49,11 +49,14 @@ pub(crate) struct Established {
 }
 
 impl Links {
+    /// `upnp`: the router maps a port for us now, so an inbound direct
+    /// connection from outside our network came through it.
     pub(crate) fn established(
         &mut self,
         peer: PeerId,
         id: ConnectionId,
         endpoint: &ConnectedPoint,
+        upnp: bool,
     ) -> Established {
         let addr = endpoint.get_remote_address().clone();
         let links = self.by_peer.entry(peer).or_default();
@@ -65,6 +68,11 @@ impl Links {
         } else if self.punched_early.remove(&id) || links.iter().any(|l| l.path == Path::Relayed) {
             // Direct while a relayed one is up: DCUtR made it.
             Path::HolePunched
+        } else if upnp
+            && matches!(endpoint, ConnectedPoint::Listener { .. })
+            && sluice_swarm::reach::is_global(&addr)
+        {
+            Path::Upnp
         } else {
             Path::Direct
         };
@@ -135,6 +143,7 @@ impl Links {
                 Path::Direct => counts.direct += 1,
                 Path::Relayed => counts.relayed += 1,
                 Path::HolePunched => counts.hole_punched += 1,
+                Path::Upnp => counts.upnp += 1,
             }
         }
         counts
@@ -147,6 +156,9 @@ pub struct PathCounts {
     pub direct: usize,
     pub relayed: usize,
     pub hole_punched: usize,
+    /// Inbound through a port the router mapped (UPnP).
+    #[serde(default)]
+    pub upnp: usize,
 }
 
 /// What the node knows of its own reachability, published by the swarm
@@ -187,12 +199,12 @@ mod tests {
             ConnectionId::new_unchecked(1),
             ConnectionId::new_unchecked(2),
         );
-        let e = links.established(peer, relayed, &dialer(RELAYED));
+        let e = links.established(peer, relayed, &dialer(RELAYED), false);
         assert!(!e.first_direct);
         assert!(!links.has_direct(&peer));
         assert_eq!(links.best(&peer).unwrap().path, Path::Relayed);
         // A direct connection beside a relayed one is DCUtR's.
-        let e = links.established(peer, punched, &dialer("/ip4/203.0.113.9/tcp/4001"));
+        let e = links.established(peer, punched, &dialer("/ip4/203.0.113.9/tcp/4001"), false);
         assert!(e.first_direct && e.dialer);
         assert_eq!(links.best(&peer).unwrap().path, Path::HolePunched);
         assert_eq!(
@@ -200,7 +212,8 @@ mod tests {
             PathCounts {
                 direct: 0,
                 relayed: 1,
-                hole_punched: 1
+                hole_punched: 1,
+                upnp: 0,
             }
         );
         links.closed(peer, relayed);
@@ -219,7 +232,7 @@ mod tests {
             role_override: Endpoint::Listener,
             port_use: libp2p::core::transport::PortUse::Reuse,
         };
-        let e = links.established(peer, id, &overridden);
+        let e = links.established(peer, id, &overridden, false);
         assert!(e.first_direct);
         assert!(
             !e.dialer,

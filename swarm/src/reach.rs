@@ -97,6 +97,9 @@ pub enum Path {
     Relayed,
     /// Direct, made by hole punching after meeting through a relay.
     HolePunched,
+    /// Direct and inbound, through a port our router mapped for us
+    /// (UPnP).
+    Upnp,
 }
 
 impl Path {
@@ -105,6 +108,7 @@ impl Path {
             Self::Direct => "direct",
             Self::Relayed => "relayed",
             Self::HolePunched => "hole-punched",
+            Self::Upnp => "upnp",
         }
     }
 

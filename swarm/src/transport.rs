@@ -37,7 +37,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, kad, mdns, noise, ping, relay,
-    tcp, yamux,
+    tcp, upnp, yamux,
 };
 
 /// The piece protocol.
@@ -61,6 +61,7 @@ pub struct TransportConfig {
     relayed_pieces: bool,
     dht_server: bool,
     relayed_bytes: RelayedBytes,
+    upnp: bool,
 }
 
 /// Established inbound connections from one remote IP. Default 64.
@@ -78,6 +79,7 @@ impl Default for TransportConfig {
             relayed_pieces: false,
             dht_server: false,
             relayed_bytes: RelayedBytes::default(),
+            upnp: false,
         }
     }
 }
@@ -137,6 +139,14 @@ impl TransportConfig {
     /// address, turn it on.
     pub fn with_dht_server(mut self, on: bool) -> Self {
         self.dht_server = on;
+        self
+    }
+
+    /// Ask the router (UPnP IGD) to map our listen ports. Default off:
+    /// it multicasts on the local network, which an embedder (or a
+    /// test) may not want.
+    pub fn with_upnp(mut self, on: bool) -> Self {
+        self.upnp = on;
         self
     }
 
@@ -437,6 +447,8 @@ pub struct Behaviour {
     pub relay: Toggle<relay::Behaviour>,
     /// Hole punching: upgrades relayed connections to direct ones.
     pub dcutr: dcutr::Behaviour,
+    /// Port mappings on the router (`--no-upnp` turns it off).
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -563,6 +575,7 @@ pub fn build_swarm(
                 })
                 .into(),
             dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            upnp: config.upnp.then(upnp::tokio::Behaviour::default).into(),
             limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
                     .with_max_established(Some(config.max_connections))

@@ -169,6 +169,9 @@ pub struct Config {
     /// With `netns`: public nodes that also serve as relays (the DHT node
     /// always does).
     pub relays: usize,
+    /// With `netns`: of the NATed nodes, how many have a router that maps
+    /// ports on request (UPnP: a real miniupnpd).
+    pub upnp: usize,
     #[serde(rename = "event")]
     pub events: Vec<Event>,
 }
@@ -203,6 +206,7 @@ impl Default for Config {
             netns: false,
             nat: 0,
             relays: 0,
+            upnp: 0,
             events: Vec::new(),
         }
     }
@@ -320,6 +324,8 @@ pub struct NodePlan {
     pub behind_nat: bool,
     /// Serves as a relay (`--netns --relays R`).
     pub relay: bool,
+    /// Behind a router with UPnP (`--netns --upnp K`).
+    pub upnp: bool,
 }
 
 impl Config {
@@ -413,6 +419,13 @@ impl Config {
                     "nodes behind NAT (--nat) find each other through the DHT: use --discovery dht"
                 );
             }
+            if self.upnp > self.nat {
+                bail!(
+                    "--upnp {} is more than the {} nodes behind NAT (--nat)",
+                    self.upnp,
+                    self.nat
+                );
+            }
             if self.nat + self.relays > self.nodes {
                 bail!(
                     "--nat {} and --relays {} are more than the {} nodes",
@@ -421,8 +434,8 @@ impl Config {
                     self.nodes
                 );
             }
-        } else if self.nat + self.relays > 0 {
-            bail!("--nat and --relays need --netns (nodes in network namespaces)");
+        } else if self.nat + self.relays + self.upnp > 0 {
+            bail!("--nat, --relays and --upnp need --netns (nodes in network namespaces)");
         }
         let names: Vec<String> = self.plan().into_iter().map(|n| n.name).collect();
         for e in &self.events {
@@ -499,6 +512,7 @@ impl Config {
                 join_at: 0.0,
                 behind_nat: false,
                 relay: false,
+                upnp: false,
             })
             .collect();
         plan.extend((1..=self.liars).map(|i| NodePlan {
@@ -511,6 +525,7 @@ impl Config {
             join_at: 0.0,
             behind_nat: false,
             relay: false,
+            upnp: false,
         }));
         let width = leechers.to_string().len().max(2);
         for (i, (role, slow, client)) in kinds.into_iter().enumerate() {
@@ -524,6 +539,7 @@ impl Config {
                 join_at: 0.0,
                 behind_nat: false,
                 relay: false,
+                upnp: false,
             });
         }
         for e in &self.events {
@@ -539,6 +555,7 @@ impl Config {
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x4a7));
         for (k, &i) in order.iter().enumerate() {
             plan[i].behind_nat = k < self.nat;
+            plan[i].upnp = k < self.upnp;
             plan[i].relay = (self.nat..self.nat + self.relays).contains(&k);
         }
         plan

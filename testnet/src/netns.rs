@@ -4,18 +4,20 @@
 //!
 //! ```text
 //!            ┌──────────── ns "inet": bridge br0 ────────────┐
-//!            │  198.51.100.1   198.51.100.2   198.51.100.10 … │
+//!            │     11.0.0.1       11.0.0.2       11.0.0.10  … │
 //!            └─────┬───────────────┬───────────────┬─────────┘
 //!              public host     public host     router (MASQUERADE)
 //!                                                  │ 10.10.0.1
 //!                                              home host 10.10.0.2
 //! ```
 //!
-//! Public hosts and routers sit on 198.51.100.0/24 (TEST-NET-2, routed
-//! nowhere). A home host reaches the rest only through its router, which
-//! masquerades what goes out and drops what comes in unasked, as home
-//! routers do: no reply at all, so that a hole-punching SYN arriving a
-//! moment early is retried rather than reset.
+//! Public hosts and routers sit on 11.0.0.0/24 (see [`NET`]: nothing in
+//! the namespaces can reach beyond the bridge). A home host reaches the
+//! rest only through its router, which masquerades what goes out and
+//! drops what comes in unasked, as home routers do: no reply at all, so
+//! that a hole-punching SYN arriving a moment early is retried rather
+//! than reset. A router may run a real UPnP IGD (miniupnpd), which maps
+//! ports on request.
 //!
 //! Everything lives in namespaces named `sl<pid>-…`, removed when the
 //! [`Internet`] drops (on errors and panics too); namespaces left by a
@@ -31,8 +33,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// The shared network's first three octets.
-const NET: [u8; 3] = [198, 51, 100];
+/// The shared network's first three octets: a public-looking range, since
+/// UPnP gateways (miniupnpd) and libp2p refuse documentation and private
+/// ranges as external addresses. Nothing leaves the namespaces: the
+/// bridge has no way out, and nobody in them has a route beyond it.
+const NET: [u8; 3] = [11, 0, 0];
 
 /// One host: a namespace with an address.
 #[derive(Debug, Clone)]
@@ -79,6 +84,9 @@ pub struct Internet {
     hosts: u8,
     homes: u8,
     links: u32,
+    /// UPnP daemons in routers, killed on drop; their config files.
+    daemons: Vec<std::process::Child>,
+    files: Vec<std::path::PathBuf>,
 }
 
 /// Why namespaces cannot be made here, or `None` if they can: the
@@ -118,6 +126,8 @@ impl Internet {
             hosts: 0,
             homes: 0,
             links: 0,
+            daemons: Vec::new(),
+            files: Vec::new(),
         };
         let inet = net.namespace("inet")?;
         ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"])?;
@@ -195,8 +205,9 @@ impl Internet {
         })
     }
 
-    /// A host behind its own NAT router (a home network of one).
-    pub fn home_host(&mut self, name: &str) -> Result<Host> {
+    /// A host behind its own NAT router (a home network of one); with
+    /// `upnp`, the router runs miniupnpd on its LAN side.
+    pub fn home_host(&mut self, name: &str, upnp: bool) -> Result<Host> {
         self.homes = self
             .homes
             .checked_add(1)
@@ -272,6 +283,9 @@ impl Internet {
         ] {
             in_ns(&router, "iptables", rule)?;
         }
+        if upnp {
+            self.upnp_gateway(&router, n)?;
+        }
         Ok(Host {
             ns,
             ip: addr,
@@ -279,6 +293,72 @@ impl Internet {
             router: Some(router),
             uplink: ("eth0".into(), "lan".into()),
         })
+    }
+
+    /// miniupnpd in `router` (home `n`): its own nftables table (with
+    /// accepting policies: the iptables rules above still decide the
+    /// rest), and what it forwards let through.
+    fn upnp_gateway(&mut self, router: &str, n: u8) -> Result<()> {
+        let dir = std::env::temp_dir();
+        let nft = dir.join(format!("{router}.nft"));
+        let conf = dir.join(format!("{router}.conf"));
+        let pid = dir.join(format!("{router}.pid"));
+        self.files.extend([nft.clone(), conf.clone(), pid.clone()]);
+        std::fs::write(
+            &nft,
+            "table inet sluice_upnp {\n\
+             chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n\
+             chain miniupnpd { }\n\
+             chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n\
+             chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }\n\
+             chain prerouting_miniupnpd { }\n\
+             chain postrouting_miniupnpd { }\n\
+             }\n",
+        )
+        .context("writing the UPnP gateway's nftables rules")?;
+        in_ns(router, "nft", &["-f", &nft.to_string_lossy()])?;
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=eth0\nlistening_ip=lan\nport=0\nenable_upnp=yes\nenable_natpmp=yes\n\
+                 secure_mode=yes\nsystem_uptime=yes\nupnp_table_name=sluice_upnp\n\
+                 upnp_nat_table_name=sluice_upnp\nupnp_forward_chain=miniupnpd\n\
+                 upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+                 uuid=5e1ce000-0000-4000-8000-{n:012}\n\
+                 allow 1024-65535 10.{n}.0.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+            ),
+        )
+        .context("writing the UPnP gateway's configuration")?;
+        // Connections it forwards are new ones arriving from outside.
+        in_ns(
+            router,
+            "iptables",
+            &[
+                "-I",
+                "FORWARD",
+                "1",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "ACCEPT",
+            ],
+        )?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", router, "miniupnpd", "-d", "-f"])
+            .arg(&conf)
+            .arg("-P")
+            .arg(&pid)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting miniupnpd (apt-get install miniupnpd)")?;
+        self.daemons.push(child);
+        Ok(())
     }
 
     /// Shapes a host's link with token-bucket filters: `up` bytes/s out
@@ -319,6 +399,13 @@ impl Internet {
 
 impl Drop for Internet {
     fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
         // Hosts before the bridge: deleting a namespace deletes its veths.
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

@@ -599,7 +599,7 @@ impl Testnet {
         for n in &self.nodes {
             let p = &n.plan;
             let host = if p.behind_nat {
-                net.home_host(&p.name)?
+                net.home_host(&p.name, p.upnp)?
             } else {
                 net.public_host(&p.name)?
             };
