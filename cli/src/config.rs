@@ -31,7 +31,10 @@ pub(crate) struct FileConfig {
     bt_listen: Option<String>,
     api: Option<String>,
     bootstrap: Option<Vec<String>>,
+    relay: Option<Vec<String>>,
     mdns: Option<bool>,
+    upnp: Option<bool>,
+    serve_relay: Option<bool>,
     up_rate: Option<toml::Value>,
     down_rate: Option<toml::Value>,
     slots: Option<u32>,
@@ -115,6 +118,16 @@ impl FileConfig {
             self.down_rate.as_ref().map(flag_text),
             &NODE_COMMANDS,
         );
+        one(
+            "no_upnp",
+            self.upnp.map(|m| (!m).to_string()),
+            &NODE_COMMANDS,
+        );
+        one(
+            "serve_relay",
+            self.serve_relay.map(|m| m.to_string()),
+            &NODE_COMMANDS,
+        );
         one("slots", self.slots.map(|s| s.to_string()), &NODE_COMMANDS);
         one("choker", self.choker.clone(), &NODE_COMMANDS);
         one(
@@ -127,7 +140,11 @@ impl FileConfig {
             self.max_metadata.as_ref().map(flag_text),
             &["get", "daemon"],
         );
-        for (id, list) in [("listen", &self.listen), ("bootstrap", &self.bootstrap)] {
+        for (id, list) in [
+            ("listen", &self.listen),
+            ("bootstrap", &self.bootstrap),
+            ("relay", &self.relay),
+        ] {
             if let Some(list) = list {
                 out.push((id, list.clone(), &NODE_COMMANDS));
             }
@@ -176,7 +193,10 @@ pub(crate) fn print(path: Option<&Path>, cmd: &clap::Command) {
                 "bt_listen",
                 "api",
                 "bootstrap",
+                "relay",
                 "no_mdns",
+                "no_upnp",
+                "serve_relay",
                 "up_rate",
                 "down_rate",
                 "slots",
@@ -200,11 +220,12 @@ pub(crate) fn print(path: Option<&Path>, cmd: &clap::Command) {
                 .collect();
             let (key, shown) = match (*key, values.as_slice()) {
                 ("no_mdns", [v]) => ("mdns", (v != "true").to_string()),
+                ("no_upnp", [v]) => ("upnp", (v != "true").to_string()),
                 (_, []) => {
                     println!("# {key}: not set");
                     continue;
                 }
-                ("listen" | "bootstrap", vs) => (
+                ("listen" | "bootstrap" | "relay", vs) => (
                     *key,
                     format!(
                         "[{}]",

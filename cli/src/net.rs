@@ -731,8 +731,9 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
     })
 }
 
-/// How long `seed` waits for a relay reservation before printing its
-/// magnet link, when relays are given.
+/// How long `seed` waits for an external address (a relay reservation, a
+/// dial-back, a UPnP mapping) before printing its magnet link, when
+/// relays or bootstrap nodes are given.
 const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves until Ctrl-C or SIGTERM, then stops the node cleanly.

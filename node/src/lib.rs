@@ -921,12 +921,13 @@ impl NodeHandle {
     /// The addresses to give others (magnet hints, `seed`'s peer lines),
     /// each ending in `/p2p/<our id>`: confirmed external addresses
     /// (relayed ones included) when there are any, else the listen
-    /// addresses. With relays configured, waits up to `wait` for a
-    /// reservation first, so that a node behind NAT hands out its relayed
+    /// addresses. With relays or bootstrap nodes configured, waits up to
+    /// `wait` for an external address first (a reservation, a dial-back,
+    /// a UPnP mapping), so that a node behind NAT hands out its relayed
     /// address rather than private ones nobody can dial.
     pub async fn advertised_addrs(&self, wait: Duration) -> Vec<Multiaddr> {
         let listen = self.listen_addrs().await;
-        if !self.config.relays.is_empty() {
+        if !self.config.relays.is_empty() || !self.config.bootstrap.is_empty() {
             let mut rx = self.reach.clone();
             let _ = tokio::time::timeout(wait, rx.wait_for(|v| !v.external.is_empty())).await;
         }
@@ -1509,6 +1510,11 @@ async fn swarm_task(task: SwarmTask) {
             match event {
                 SwarmEvent::NewListenAddr { listener_id, address } => {
                     info!(%address, "listening");
+                    if !sluice_swarm::reach::is_relayed(&address) {
+                        let mut direct: Vec<Multiaddr> = listening.clone();
+                        direct.push(address.clone());
+                        relaying.likely_behind_nat = sluice_swarm::reach::likely_behind_nat(&direct);
+                    }
                     if public_host && sluice_swarm::reach::is_global(&address) {
                         swarm.add_external_address(address.clone());
                     }
@@ -1649,11 +1655,17 @@ async fn swarm_task(task: SwarmTask) {
                 SwarmEvent::Behaviour(BehaviourEvent::Autonat(ref e)) => {
                     match &e.result {
                         Ok(()) => debug!(addr = %e.tested_addr, server = %e.server, "AutoNAT: reachable"),
-                        Err(err) => {
+                        // Only a direct address failing says anything: the
+                        // candidates include what peers saw on relayed
+                        // connections (`/p2p/…`, circuits).
+                        Err(err) if sluice_swarm::transport::remote_ip(&e.tested_addr).is_some()
+                            && !sluice_swarm::reach::is_relayed(&e.tested_addr) => {
                             debug!(addr = %e.tested_addr, server = %e.server, error = %err, "AutoNAT: not reachable there");
                             relaying.dial_back_failed = true;
                             relaying.reachability_changed(&mut swarm, &reach);
+                            relaying.maintain(&mut swarm, &relays, &bootstrap, reach.borrow().reachability);
                         }
+                        Err(err) => debug!(addr = %e.tested_addr, error = %err, "AutoNAT: a relayed candidate, not tested"),
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ref e)) => {
@@ -1721,6 +1733,9 @@ struct Relaying {
     hop_peers: HashSet<PeerId>,
     /// Whether some peer failed to dial one of our addresses back.
     dial_back_failed: bool,
+    /// Our listen addresses are all private (see
+    /// `reach::likely_behind_nat`).
+    likely_behind_nat: bool,
 }
 
 impl Relaying {
@@ -1748,8 +1763,12 @@ impl Relaying {
         }
     }
 
-    /// Reservations on the given relays, and on bootstrap relays while
-    /// the node is not known to be reachable, up to [`MAX_RELAYS`].
+    /// Reservations on the given relays, and on bootstrap relays once the
+    /// node is known to be unreachable (a dial-back failed) or, while
+    /// nothing is known, when it listens on private addresses only; up to
+    /// [`MAX_RELAYS`]. Not a node with a global address that has not heard
+    /// yet: it would hand out relayed addresses, and peers would meet it
+    /// through the relay rather than dial it.
     fn maintain(
         &mut self,
         swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
@@ -1760,7 +1779,12 @@ impl Relaying {
         for addr in relays {
             self.reserve(swarm, addr, true);
         }
-        if reachability == Reachability::Public {
+        let wanted = match reachability {
+            Reachability::Private => true,
+            Reachability::Unknown => self.likely_behind_nat,
+            Reachability::Public => false,
+        };
+        if !wanted {
             return;
         }
         let mut hop: Vec<PeerId> = self.hop_peers.iter().copied().collect();

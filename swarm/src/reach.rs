@@ -215,6 +215,20 @@ pub fn is_global(addr: &Multiaddr) -> bool {
     }
 }
 
+/// Whether a node listening on these addresses is probably behind NAT,
+/// before any peer has said: it has an address off the host, and none of
+/// them global (a home network's 192.168.x). Such a node takes relay
+/// reservations at once instead of waiting for AutoNAT's verdict, which
+/// takes a dial-back timeout to come. A loopback-only node is reached by
+/// nobody off the host, relay or not.
+pub fn likely_behind_nat(listening: &[Multiaddr]) -> bool {
+    let off_host: Vec<&Multiaddr> = listening
+        .iter()
+        .filter(|a| !is_relayed(a) && !is_loopback(a))
+        .collect();
+    !off_host.is_empty() && !off_host.iter().any(|a| is_global(a))
+}
+
 fn is_loopback(addr: &Multiaddr) -> bool {
     match addr.iter().next() {
         Some(Protocol::Ip4(ip)) => ip.is_loopback(),
@@ -480,6 +494,20 @@ mod tests {
         ] {
             assert!(!is_global(&addr(a)), "{a}");
         }
+    }
+
+    #[test]
+    fn private_addresses_alone_suggest_nat() {
+        let home = addr("/ip4/192.168.1.5/tcp/4001");
+        let lo = addr("/ip4/127.0.0.1/tcp/4001");
+        let public = addr("/ip4/11.0.0.3/tcp/4001");
+        assert!(likely_behind_nat(&[home.clone(), lo.clone()]));
+        assert!(!likely_behind_nat(&[home, public]));
+        assert!(
+            !likely_behind_nat(&[lo]),
+            "loopback only: nobody to relay for"
+        );
+        assert!(!likely_behind_nat(&[]));
     }
 
     #[test]

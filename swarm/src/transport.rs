@@ -46,6 +46,9 @@ pub const PIECES_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/pieces/
 /// info-hash.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sluice/kad/1");
 
+/// Connections to one peer at once, beyond which new ones are refused.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
 /// How long a new TCP connection may take to finish Noise and Yamux.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -586,9 +589,11 @@ pub fn build_swarm(
                             .unwrap_or(u32::MAX)
                             .saturating_mul(2),
                     ))
-                    // Two: both sides dialing at once is allowed; the
-                    // piece protocol keeps one stream either way.
-                    .with_max_established_per_peer(Some(2)),
+                    // Both sides dialing at once, a relayed connection
+                    // beside the direct one DCUtR makes, and an AutoNAT
+                    // dial-back (a connection of its own); the piece
+                    // protocol keeps one stream either way.
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
             ),
             per_ip: PerIpLimit::new(config.max_established_per_ip),
         })

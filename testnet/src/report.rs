@@ -76,6 +76,9 @@ pub struct NodeReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeReach {
     pub behind_nat: bool,
+    /// Its router forwards ports on request (UPnP).
+    #[serde(default)]
+    pub upnp: bool,
     pub relay: bool,
     /// As the node last said: `public`, `private` or `unknown`.
     pub reachability: String,
@@ -767,20 +770,25 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| node | NAT | relay | reachability | connections direct / hole-punched / relayed | hole punches | relayed | downloaded direct / hole-punched / relayed |\n|---|---|---|---|---|---|---|---|"
+                "| node | NAT | relay | reachability | connections direct / hole-punched / relayed / upnp | hole punches | relayed | downloaded direct / hole-punched / relayed |\n|---|---|---|---|---|---|---|---|"
             );
             for n in &self.nodes {
                 let Some(r) = &n.reach else { continue };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} |",
+                    "| {} | {} | {} | {} | {} / {} / {} / {} | {} | {} | {} / {} / {} |",
                     n.name,
-                    if r.behind_nat { "yes" } else { "-" },
+                    match (r.behind_nat, r.upnp) {
+                        (true, true) => "yes (UPnP)",
+                        (true, false) => "yes",
+                        _ => "-",
+                    },
                     if r.relay { "yes" } else { "-" },
                     r.reachability,
                     r.connections.direct,
                     r.connections.hole_punched,
                     r.connections.relayed,
+                    r.connections.upnp,
                     r.hole_punches,
                     format_size(r.relayed_bytes),
                     format_size(r.downloaded_direct),

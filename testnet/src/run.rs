@@ -424,6 +424,7 @@ impl Testnet {
                 };
                 let reach = config.netns.then(|| crate::report::NodeReach {
                     behind_nat: plan.behind_nat,
+                    upnp: plan.upnp,
                     relay: plan.relay,
                     reachability: "unknown".into(),
                     ..Default::default()
