@@ -98,9 +98,9 @@ pub(crate) struct NetArgs {
     /// reachable.
     #[arg(long, value_parser = parse_multiaddr)]
     relay: Vec<Multiaddr>,
-    /// An address others reach this node at (repeatable): a forwarded
-    /// port, a public host's address. Taken as confirmed; `sluice node`
-    /// takes its global listen addresses so.
+    /// An address others reach this node at (repeatable), e.g. a port the
+    /// router forwards. Taken as confirmed (global addresses on the
+    /// host's own interfaces are taken so too, until a dial-back fails).
     #[arg(long, value_parser = parse_multiaddr)]
     external_addr: Vec<Multiaddr>,
     /// Do not ask the router to forward a port (UPnP). Without it, a node
@@ -1014,7 +1014,6 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
     // A bootstrap node: on a public host, it serves the DHT and relays for
     // nodes behind NAT.
     let config = node_config(&args.net, None, None)?
-        .with_public_host(true)
         .with_dht_server(true)
         .with_relay_server(Some(args.net.relay_limits()));
     runtime()?.block_on(async move {

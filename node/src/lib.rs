@@ -158,7 +158,7 @@ impl NodeConfig {
             relayed_pieces: false,
             dht_server: false,
             external_addrs: Vec::new(),
-            public_host: false,
+            public_host: true,
             upnp: false,
         }
     }
@@ -354,12 +354,15 @@ impl NodeConfig {
         self
     }
 
-    /// The host is on the public internet (a bootstrap node's): its
-    /// global listen addresses (not loopback, private, link-local or
-    /// shared) are taken as confirmed external addresses. A relay needs
-    /// them to hand out relayed addresses, and AutoNAT cannot confirm
-    /// them when every peer is behind NAT (its dial-backs run only on
-    /// connections the server accepted). Default off.
+    /// Take the global listen addresses (not loopback, private,
+    /// link-local or shared: an address on the host's own interface that
+    /// the internet routes) as external ones until a dial-back to one
+    /// fails. Default on: such a host is on the internet unless a
+    /// firewall says otherwise, and waiting for AutoNAT would leave its
+    /// provider records without an address for the first seconds (and a
+    /// relay it serves without one to hand out: AutoNAT cannot confirm a
+    /// relay whose peers are all behind NAT, since its dial-backs run only
+    /// on connections the server accepted).
     pub fn with_public_host(mut self, on: bool) -> Self {
         self.public_host = on;
         self
@@ -684,6 +687,7 @@ impl Node {
             relays: handle.config.relays.clone(),
             bootstrap,
             public_host: handle.config.public_host,
+            relayed_pieces: handle.config.relayed_pieces,
         }));
         info!(%peer_id, "node started");
         Ok(handle)
@@ -1352,6 +1356,8 @@ struct SwarmTask {
     bootstrap: HashMap<PeerId, Multiaddr>,
     /// Global listen addresses are external ones.
     public_host: bool,
+    /// Piece streams may use relayed connections (`--relayed-pieces`).
+    relayed_pieces: bool,
 }
 
 async fn swarm_task(task: SwarmTask) {
@@ -1372,6 +1378,7 @@ async fn swarm_task(task: SwarmTask) {
         relays,
         bootstrap,
         public_host,
+        relayed_pieces,
     } = task;
 
     // Piece streams: direct connections only (see `links`).
@@ -1439,7 +1446,7 @@ async fn swarm_task(task: SwarmTask) {
                     // to every connected peer without a session.
                     for peer in &connected {
                         let fresh = connected_at.get(peer).is_some_and(|at| now - *at < REOPEN_AFTER);
-                        if fresh || !links.has_direct(peer) || with_session.contains(peer) || reopened.contains_key(&(*peer, ih)) {
+                        if fresh || !links.can_carry_pieces(peer, relayed_pieces) || with_session.contains(peer) || reopened.contains_key(&(*peer, ih)) {
                             continue;
                         }
                         reopened.insert((*peer, ih), now);
@@ -1487,7 +1494,7 @@ async fn swarm_task(task: SwarmTask) {
                 Some(Command::Announce(ih)) => {
                     let connected: Vec<PeerId> = swarm
                         .connected_peers()
-                        .filter(|p| links.has_direct(p))
+                        .filter(|p| links.can_carry_pieces(p, relayed_pieces))
                         .copied()
                         .collect();
                     for peer in connected {
@@ -1569,8 +1576,8 @@ async fn swarm_task(task: SwarmTask) {
                     publish_paths(&reach, &links);
                     // The dialer opens the piece streams, once per peer,
                     // on its first direct connection (a relayed one
-                    // carries no pieces).
-                    if new.dialer && new.first_direct {
+                    // carries no pieces unless allowed).
+                    if new.dialer && (new.first_direct || (relayed_pieces && new.first)) {
                         let ihs: Vec<InfoHash> = lock(&torrents).keys().copied().collect();
                         for ih in ihs {
                             open_for(peer_id, ih, &torrents, &control, &tracker);
@@ -1662,6 +1669,11 @@ async fn swarm_task(task: SwarmTask) {
                             && !sluice_swarm::reach::is_relayed(&e.tested_addr) => {
                             debug!(addr = %e.tested_addr, server = %e.server, error = %err, "AutoNAT: not reachable there");
                             relaying.dial_back_failed = true;
+                            // A global listen address taken on trust,
+                            // refuted.
+                            if swarm.external_addresses().any(|a| *a == e.tested_addr) {
+                                swarm.remove_external_address(&e.tested_addr);
+                            }
                             relaying.reachability_changed(&mut swarm, &reach);
                             relaying.maintain(&mut swarm, &relays, &bootstrap, reach.borrow().reachability);
                         }

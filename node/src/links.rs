@@ -42,6 +42,9 @@ pub(crate) struct Links {
 pub(crate) struct Established {
     /// The peer's first direct connection: piece streams may open now.
     pub first_direct: bool,
+    /// The peer's first connection of any kind (with `--relayed-pieces`,
+    /// piece streams may open on a relayed one).
+    pub first: bool,
     /// We are the dialing side (after any role override: in a hole
     /// punch both sides dial, and one of them acts as listener).
     pub dialer: bool,
@@ -78,6 +81,7 @@ impl Links {
         };
         links.push(Link { id, addr, path });
         Established {
+            first: links.len() == 1,
             path,
             first_direct: path.is_direct() && !had_direct,
             dialer: matches!(
@@ -116,10 +120,12 @@ impl Links {
         }
     }
 
-    pub(crate) fn has_direct(&self, peer: &PeerId) -> bool {
+    /// Whether piece streams may go to `peer` now: over a direct
+    /// connection, or any with `relayed_ok`.
+    pub(crate) fn can_carry_pieces(&self, peer: &PeerId, relayed_ok: bool) -> bool {
         self.by_peer
             .get(peer)
-            .is_some_and(|ls| ls.iter().any(|l| l.path.is_direct()))
+            .is_some_and(|ls| ls.iter().any(|l| relayed_ok || l.path.is_direct()))
     }
 
     /// The connection the API shows for `peer`: a direct one first.
@@ -201,7 +207,8 @@ mod tests {
         );
         let e = links.established(peer, relayed, &dialer(RELAYED), false);
         assert!(!e.first_direct);
-        assert!(!links.has_direct(&peer));
+        assert!(!links.can_carry_pieces(&peer, false));
+        assert!(links.can_carry_pieces(&peer, true), "with --relayed-pieces");
         assert_eq!(links.best(&peer).unwrap().path, Path::Relayed);
         // A direct connection beside a relayed one is DCUtR's.
         let e = links.established(peer, punched, &dialer("/ip4/203.0.113.9/tcp/4001"), false);

@@ -11,7 +11,7 @@
 //!                                              home host 10.10.0.2
 //! ```
 //!
-//! Public hosts and routers sit on 11.0.0.0/24 (see [`NET`]: nothing in
+//! Public hosts and routers sit on 11.0.0.0/24 (see `NET`: nothing in
 //! the namespaces can reach beyond the bridge). A home host reaches the
 //! rest only through its router, which masquerades what goes out and
 //! drops what comes in unasked, as home routers do: no reply at all, so
