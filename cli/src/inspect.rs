@@ -117,12 +117,13 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
 pub(crate) fn node_lines(n: &sluice_node::api::NodeInfo) -> String {
     let c = &n.connections;
     let mut out = format!(
-        "node {}  reachability {}\nconnections  {} direct, {} hole-punched, {} relayed\nhole punches {}/{} made\nrelayed      {} in, {} out\n",
+        "node {}  reachability {}\nconnections  {} direct, {} hole-punched, {} relayed, {} upnp\nhole punches {}/{} made\nrelayed      {} in, {} out\n",
         n.peer_id,
         n.reachability,
         c.direct,
         c.hole_punched,
         c.relayed,
+        c.upnp,
         n.hole_punch_successes,
         n.hole_punch_attempts,
         format_size(n.relayed_bytes_received),

@@ -181,7 +181,7 @@ fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
                     "getd",
                     "--seed-after",
                     "--timeout",
-                    "90",
+                    "50",
                 ][..],
                 &common,
                 &LISTEN,
@@ -246,7 +246,7 @@ fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
 }
 
 /// `sluice testnet --netns`: every node a process in a namespace of its
-/// own, two behind NAT; all complete, the report says how they were
+/// own, three behind NAT; all complete, the report says how they were
 /// reached, and no namespace is left behind.
 #[test]
 fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
@@ -257,11 +257,11 @@ fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
             "testnet",
             "--netns",
             "--nodes",
-            "5",
+            "6",
             "--nat",
-            "2",
+            "3",
             "--size",
-            "4MiB",
+            "12MiB",
             "--timeout",
             "120",
             "--report",
@@ -280,6 +280,17 @@ fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
             break status;
         }
         if std::time::Instant::now() > deadline {
+            // Ctrl-C first: the testnet removes its namespaces on the
+            // way out (a kill would leave them to the next run's sweep).
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGINT);
+            }
+            let stopping = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() && stopping.elapsed().as_secs() < 30 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             let _ = child.kill();
             panic!("the testnet did not finish within 3 minutes");
         }
@@ -292,13 +303,13 @@ fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
     assert_eq!(r["timed_out"], false);
-    assert_eq!(r["netns"]["nat_nodes"], 2, "{}", r["netns"]);
+    assert_eq!(r["netns"]["nat_nodes"], 3, "{}", r["netns"]);
     let nodes = r["nodes"].as_array().unwrap();
     let natted: Vec<&Value> = nodes
         .iter()
         .filter(|n| n["reach"]["behind_nat"] == true)
         .collect();
-    assert_eq!(natted.len(), 2);
+    assert_eq!(natted.len(), 3);
     for n in &natted {
         // Everything a NATed node got came over connections it dialed or
         // that were punched for it; none over a relay.
@@ -307,13 +318,19 @@ fn a_testnet_in_namespaces_with_nodes_behind_nat_completes_and_cleans_up() {
             assert!(n["completed_at"].is_number(), "{n}");
         }
     }
+    // The two NATed nodes met through the relay and punched a hole.
+    assert!(
+        r["netns"]["first_hole_punch_seconds"].is_number(),
+        "no hole punch between the NATed nodes: {}",
+        r["netns"]
+    );
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("behind NAT routers"), "{md}");
 
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(
-        !left.contains(&format!("sl{pid}-")),
+        !left.contains(&format!("{}{pid}-", sluice_testnet::netns::PREFIX)),
         "namespaces left behind:\n{left}"
     );
 }

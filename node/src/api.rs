@@ -972,7 +972,7 @@ impl Collector for SluiceCollector {
         let reachable = ConstGauge::new(i64::from(reach.reachability == Reachability::Public));
         reachable.encode(encoder.encode_descriptor(
             "sluice_reachable",
-            "1 once a peer has dialed one of the node's addresses back (AutoNAT)",
+            "1 once the node has an external address other than a relayed one: dialed back by a peer (AutoNAT), mapped by the router (UPnP), given, or a global address of its own",
             None,
             reachable.metric_type(),
         )?)?;

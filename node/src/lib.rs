@@ -544,9 +544,6 @@ impl Node {
                 warn!(%addr, error = %e, "not listening there");
             }
         }
-        for addr in &config.external_addrs {
-            swarm.add_external_address(addr.clone());
-        }
         for addr in &config.relays {
             if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
                 return Err(NodeError::Dial {
@@ -688,6 +685,7 @@ impl Node {
             bootstrap,
             public_host: handle.config.public_host,
             relayed_pieces: handle.config.relayed_pieces,
+            external_addrs: handle.config.external_addrs.clone(),
         }));
         info!(%peer_id, "node started");
         Ok(handle)
@@ -1358,6 +1356,8 @@ struct SwarmTask {
     public_host: bool,
     /// Piece streams may use relayed connections (`--relayed-pieces`).
     relayed_pieces: bool,
+    /// Addresses the user says we are reached at (`--external-addr`).
+    external_addrs: Vec<Multiaddr>,
 }
 
 async fn swarm_task(task: SwarmTask) {
@@ -1379,6 +1379,7 @@ async fn swarm_task(task: SwarmTask) {
         bootstrap,
         public_host,
         relayed_pieces,
+        external_addrs,
     } = task;
 
     // Piece streams: direct connections only (see `links`).
@@ -1386,10 +1387,16 @@ async fn swarm_task(task: SwarmTask) {
     let mut links = links::Links::default();
     let mut relaying = Relaying::default();
     // Whether the router maps a port for us now (UPnP).
-    let mut upnp_mapped = false;
+    // The router's port mappings now (UPnP; TCP's and QUIC's apart).
+    let mut upnp_mapped: HashSet<Multiaddr> = HashSet::new();
     for addr in &relays {
         relaying.reserve(&mut swarm, addr, true);
     }
+    for addr in &external_addrs {
+        swarm.add_external_address(addr.clone());
+    }
+    // `add_external_address` tells the behaviours but raises no event.
+    relaying.reachability_changed(&mut swarm, &reach);
     // Every address listened on now (published once all listeners have
     // reported).
     let mut listening: Vec<Multiaddr> = Vec::new();
@@ -1523,7 +1530,11 @@ async fn swarm_task(task: SwarmTask) {
                         relaying.likely_behind_nat = sluice_swarm::reach::likely_behind_nat(&direct);
                     }
                     if public_host && sluice_swarm::reach::is_global(&address) {
+                        // Taken on trust, until a dial-back to it fails.
+                        relaying.trusted.insert(address.clone());
                         swarm.add_external_address(address.clone());
+                        relaying.reachability_changed(&mut swarm, &reach);
+                        reprovide(&mut swarm, &torrents, &mut provided);
                     }
                     listening.push(address);
                     unreported.remove(&listener_id);
@@ -1532,7 +1543,7 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 SwarmEvent::ListenerClosed { listener_id, ref addresses, ref reason } => {
-                    if let Some(relay) = relaying.listeners.remove(&listener_id) {
+                    if let Some((relay, _)) = relaying.listeners.remove(&listener_id) {
                         // A reservation ended; the next round asks again.
                         debug!(%relay, ?reason, "relay reservation ended");
                     } else if let Err(e) = reason {
@@ -1554,12 +1565,13 @@ async fn swarm_task(task: SwarmTask) {
                     if let Some((_, reply)) = explicit_dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
                     }
-                    debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    debug!(%peer_id, ?endpoint, "connected");
                     if num_established.get() == 1 {
                         connected.send_modify(|c| c.push(peer_id));
                         connected_at.insert(peer_id, tokio::time::Instant::now());
                     }
-                    let new = links.established(peer_id, connection_id, &endpoint, upnp_mapped);
+                    let new = links.established(peer_id, connection_id, &endpoint, !upnp_mapped.is_empty());
+                    debug!(%peer_id, path = %new.path, "connection path");
                     // Both sides count: DCUtR reports a hole punch only to
                     // the side whose own dial won.
                     match new.path {
@@ -1570,9 +1582,7 @@ async fn swarm_task(task: SwarmTask) {
                         }
                         Path::Direct | Path::Upnp => {}
                     }
-                    if let Some(best) = links.best(&peer_id) {
-                        lock(&peer_addrs).insert(peer_id, best);
-                    }
+                    sync_peer_addr(&peer_addrs, &links, peer_id);
                     publish_paths(&reach, &links);
                     // The dialer opens the piece streams, once per peer,
                     // on its first direct connection (a relayed one
@@ -1587,14 +1597,7 @@ async fn swarm_task(task: SwarmTask) {
                 SwarmEvent::ConnectionClosed { peer_id, cause, num_established, connection_id, .. } => {
                     debug!(%peer_id, ?cause, "connection closed");
                     links.closed(peer_id, connection_id);
-                    match links.best(&peer_id) {
-                        Some(best) => {
-                            lock(&peer_addrs).insert(peer_id, best);
-                        }
-                        None => {
-                            lock(&peer_addrs).remove(&peer_id);
-                        }
-                    }
+                    sync_peer_addr(&peer_addrs, &links, peer_id);
                     if num_established == 0 {
                         connected.send_modify(|c| c.retain(|p| *p != peer_id));
                         connected_at.remove(&peer_id);
@@ -1633,22 +1636,16 @@ async fn swarm_task(task: SwarmTask) {
                 SwarmEvent::ExternalAddrConfirmed { ref address } => {
                     info!(%address, "external address confirmed");
                     relaying.reachability_changed(&mut swarm, &reach);
-                    // Provider records carry our external addresses: put
-                    // them in again with the new one.
-                    let ihs: Vec<InfoHash> = lock(&torrents).keys().copied().collect();
-                    for ih in ihs {
-                        discover_torrent(&mut swarm, ih, true);
-                        provided.insert(ih, tokio::time::Instant::now());
-                    }
+                    reprovide(&mut swarm, &torrents, &mut provided);
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Upnp(ref e)) => match e {
                     libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
                         info!(address = %external_addr, "the router mapped a port (UPnP)");
-                        upnp_mapped = true;
+                        upnp_mapped.insert(external_addr.clone());
                     }
                     libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
                         info!(address = %external_addr, "the router's port mapping expired (UPnP)");
-                        upnp_mapped = false;
+                        upnp_mapped.remove(external_addr);
                     }
                     libp2p::upnp::Event::GatewayNotFound => debug!("no UPnP gateway on the local network"),
                     libp2p::upnp::Event::NonRoutableGateway => {
@@ -1670,8 +1667,9 @@ async fn swarm_task(task: SwarmTask) {
                             debug!(addr = %e.tested_addr, server = %e.server, error = %err, "AutoNAT: not reachable there");
                             relaying.dial_back_failed = true;
                             // A global listen address taken on trust,
-                            // refuted.
-                            if swarm.external_addresses().any(|a| *a == e.tested_addr) {
+                            // refuted (one the user gave, or one a router
+                            // mapped, stays).
+                            if relaying.trusted.remove(&e.tested_addr) {
                                 swarm.remove_external_address(&e.tested_addr);
                             }
                             relaying.reachability_changed(&mut swarm, &reach);
@@ -1688,9 +1686,7 @@ async fn swarm_task(task: SwarmTask) {
                                 info!(%peer, "hole punched: direct connection");
                                 reach.send_modify(|v| v.hole_punch_successes += 1);
                             }
-                            if let Some(best) = links.best(&peer) {
-                                lock(&peer_addrs).insert(peer, best);
-                            }
+                            sync_peer_addr(&peer_addrs, &links, peer);
                             publish_paths(&reach, &links);
                         }
                         Err(err) => info!(%peer, error = %err, "hole punching failed"),
@@ -1739,8 +1735,13 @@ pub const MAX_RELAYS: usize = 2;
 /// The node's relay reservations and what decides them.
 #[derive(Default)]
 struct Relaying {
-    /// Circuit listeners (one per reservation), by the relay they use.
-    listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// Circuit listeners (one per reservation): the relay each uses, and
+    /// whether the user named it (`--relay`: kept, and not counted
+    /// against [`MAX_RELAYS`]).
+    listeners: HashMap<libp2p::core::transport::ListenerId, (PeerId, bool)>,
+    /// Global listen addresses taken as external on trust: a failed
+    /// dial-back removes them (and only them).
+    trusted: HashSet<Multiaddr>,
     /// Bootstrap nodes that serve as relays.
     hop_peers: HashSet<PeerId>,
     /// Whether some peer failed to dial one of our addresses back.
@@ -1763,13 +1764,13 @@ impl Relaying {
         let Some(Protocol::P2p(relay)) = addr.iter().last() else {
             return;
         };
-        if self.listeners.values().any(|p| *p == relay) {
+        if self.listeners.values().any(|(p, _)| *p == relay) {
             return;
         }
         match swarm.listen_on(addr.clone().with(Protocol::P2pCircuit)) {
             Ok(id) => {
                 debug!(%relay, explicit, "asking for a relay reservation");
-                self.listeners.insert(id, relay);
+                self.listeners.insert(id, (relay, explicit));
             }
             Err(e) => warn!(%addr, error = %chain(&e), "cannot use this relay"),
         }
@@ -1802,7 +1803,13 @@ impl Relaying {
         let mut hop: Vec<PeerId> = self.hop_peers.iter().copied().collect();
         hop.sort_unstable();
         for peer in hop {
-            if self.listeners.len() >= MAX_RELAYS {
+            if self
+                .listeners
+                .values()
+                .filter(|(_, explicit)| !explicit)
+                .count()
+                >= MAX_RELAYS
+            {
                 break;
             }
             if let Some(addr) = bootstrap.get(&peer) {
@@ -1832,13 +1839,39 @@ impl Relaying {
             let own: Vec<_> = self
                 .listeners
                 .iter()
-                .filter(|(_, relay)| self.hop_peers.contains(relay))
+                .filter(|(_, (_, explicit))| !explicit)
                 .map(|(id, _)| *id)
                 .collect();
             for id in own {
                 swarm.remove_listener(id);
             }
         }
+    }
+}
+
+/// The peer address map the API reads, from the swarm task's links.
+fn sync_peer_addr(peer_addrs: &PeerAddrs, links: &links::Links, peer: PeerId) {
+    match links.best(&peer) {
+        Some(best) => {
+            lock(peer_addrs).insert(peer, best);
+        }
+        None => {
+            lock(peer_addrs).remove(&peer);
+        }
+    }
+}
+
+/// Puts every torrent's provider record in again: records carry our
+/// external addresses, and these changed.
+fn reprovide(
+    swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+    torrents: &Torrents,
+    provided: &mut HashMap<InfoHash, tokio::time::Instant>,
+) {
+    let ihs: Vec<InfoHash> = lock(torrents).keys().copied().collect();
+    for ih in ihs {
+        discover_torrent(swarm, ih, true);
+        provided.insert(ih, tokio::time::Instant::now());
     }
 }
 

@@ -7,9 +7,10 @@
 //! when a peer's first direct connection comes up, not its first
 //! connection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
 use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
 use libp2p::swarm::ConnectionId;
 use sluice_swarm::reach::{Path, Reachability, is_relayed};
@@ -31,10 +32,6 @@ struct Link {
 #[derive(Default)]
 pub(crate) struct Links {
     by_peer: HashMap<PeerId, Vec<Link>>,
-    /// Connections DCUtR reported as its own before the swarm reported
-    /// them established (the order is not promised). Emptied as they
-    /// come; at most one per hole-punch attempt in flight.
-    punched_early: HashSet<ConnectionId>,
 }
 
 /// What a new connection means for the piece streams.
@@ -68,8 +65,19 @@ impl Links {
             || matches!(endpoint, ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr))
         {
             Path::Relayed
-        } else if self.punched_early.remove(&id) || links.iter().any(|l| l.path == Path::Relayed) {
-            // Direct while a relayed one is up: DCUtR made it.
+        } else if links.iter().any(|l| l.path == Path::Relayed)
+            && match endpoint {
+                ConnectedPoint::Dialer { port_use, .. } => *port_use == PortUse::Reuse,
+                ConnectedPoint::Listener { .. } => !had_direct,
+            }
+        {
+            // Beside a relayed connection: DCUtR's. In a hole punch both
+            // sides dial from their listening ports (TCP's simultaneous
+            // open and QUIC's alike) and either dial may be the one that
+            // connects, arriving at the other side as an inbound
+            // connection; DCUtR itself tells only the side whose dial won.
+            // Not an AutoNAT dial-back: it comes from a fresh port, or in
+            // over a peer we already reach directly.
             Path::HolePunched
         } else if upnp
             && matches!(endpoint, ConnectedPoint::Listener { .. })
@@ -101,23 +109,18 @@ impl Links {
                 self.by_peer.remove(&peer);
             }
         }
-        self.punched_early.remove(&id);
     }
 
-    /// DCUtR made connection `id`. Whether that changed what we knew of
-    /// an established connection (one taken for a plain direct one).
+    /// DCUtR made connection `id` (it says so after the swarm reported
+    /// the connection). Whether that changed what we knew of it (taken
+    /// for a plain direct one: the relayed connection closed first).
     pub(crate) fn hole_punched(&mut self, peer: PeerId, id: ConnectionId) -> bool {
-        match self
-            .by_peer
+        self.by_peer
             .get_mut(&peer)
             .and_then(|ls| ls.iter_mut().find(|l| l.id == id))
-        {
-            Some(link) => std::mem::replace(&mut link.path, Path::HolePunched) != Path::HolePunched,
-            None => {
-                self.punched_early.insert(id);
-                false
-            }
-        }
+            .is_some_and(|link| {
+                std::mem::replace(&mut link.path, Path::HolePunched) != Path::HolePunched
+            })
     }
 
     /// Whether piece streams may go to `peer` now: over a direct
@@ -128,13 +131,22 @@ impl Links {
             .is_some_and(|ls| ls.iter().any(|l| relayed_ok || l.path.is_direct()))
     }
 
-    /// The connection the API shows for `peer`: a direct one first.
+    /// The connection the API shows for `peer`: a direct one first, and
+    /// among those the one that says most about how the two met (a hole
+    /// punch, a port the router mapped) over a plain one (an AutoNAT
+    /// dial-back beside a hole-punched connection, say).
     pub(crate) fn best(&self, peer: &PeerId) -> Option<PeerLink> {
-        let links = self.by_peer.get(peer)?;
-        let best = links
+        let rank = |p: Path| match p {
+            Path::HolePunched => 0,
+            Path::Upnp => 1,
+            Path::Direct => 2,
+            Path::Relayed => 3,
+        };
+        let best = self
+            .by_peer
+            .get(peer)?
             .iter()
-            .find(|l| l.path.is_direct())
-            .or_else(|| links.first())?;
+            .min_by_key(|l| rank(l.path))?;
         Some(PeerLink {
             addr: best.addr.clone(),
             path: best.path,
@@ -191,7 +203,7 @@ mod tests {
         ConnectedPoint::Dialer {
             address: addr.parse().unwrap(),
             role_override: Endpoint::Dialer,
-            port_use: libp2p::core::transport::PortUse::Reuse,
+            port_use: PortUse::Reuse,
         }
     }
 
@@ -229,22 +241,52 @@ mod tests {
     }
 
     #[test]
-    fn a_hole_punch_reported_first_still_marks_its_connection() {
+    fn only_our_own_dial_beside_a_relayed_connection_is_a_hole_punch() {
         let mut links = Links::default();
         let peer = PeerId::random();
-        let id = ConnectionId::new_unchecked(7);
-        links.hole_punched(peer, id);
+        let id = ConnectionId::new_unchecked;
+        links.established(peer, id(1), &dialer(RELAYED), false);
+        // An AutoNAT dial-back from a fresh port, an inbound connection.
+        let fresh = ConnectedPoint::Dialer {
+            address: "/ip4/203.0.113.9/tcp/4001".parse().unwrap(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::New,
+        };
+        let inbound = ConnectedPoint::Listener {
+            local_addr: "/ip4/10.0.0.2/tcp/4001".parse().unwrap(),
+            send_back_addr: "/ip4/11.0.0.9/tcp/51000".parse().unwrap(),
+        };
+        assert_eq!(
+            links.established(peer, id(2), &fresh, false).path,
+            Path::Direct
+        );
+        assert_eq!(
+            links.established(peer, id(3), &inbound, true).path,
+            Path::Upnp
+        );
+        // DCUtR's dial as the overridden side: a hole punch, not ours to
+        // open pieces on.
         let overridden = ConnectedPoint::Dialer {
             address: "/ip4/203.0.113.9/udp/4001/quic-v1".parse().unwrap(),
             role_override: Endpoint::Listener,
-            port_use: libp2p::core::transport::PortUse::Reuse,
+            port_use: PortUse::Reuse,
         };
-        let e = links.established(peer, id, &overridden, false);
-        assert!(e.first_direct);
+        let e = links.established(peer, id(4), &overridden, false);
+        assert_eq!(e.path, Path::HolePunched);
         assert!(
             !e.dialer,
             "the side whose role is overridden acts as listener"
         );
-        assert_eq!(links.best(&peer).unwrap().path, Path::HolePunched);
+        // DCUtR telling us about a connection taken for a plain one.
+        links.closed(peer, id(1));
+        let late = id(5);
+        assert_eq!(
+            links
+                .established(peer, late, &dialer("/ip4/203.0.113.9/tcp/4001"), false)
+                .path,
+            Path::Direct
+        );
+        assert!(links.hole_punched(peer, late));
+        assert!(!links.hole_punched(peer, late), "counted once");
     }
 }

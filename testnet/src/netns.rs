@@ -19,10 +19,10 @@
 //! than reset. A router may run a real UPnP IGD (miniupnpd), which maps
 //! ports on request.
 //!
-//! Everything lives in namespaces named `sl<pid>-…`, removed when the
-//! [`Internet`] drops (on errors and panics too); namespaces left by a
+//! Everything lives in namespaces named `sluice-<pid>-…`, removed when
+//! the [`Internet`] drops (on errors and panics too); namespaces left by a
 //! process that no longer runs (killed) are removed by the next
-//! [`Internet::new`].
+//! [`Internet::new`], with anything still running in them.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -84,15 +84,15 @@ pub struct Internet {
     hosts: u8,
     homes: u8,
     links: u32,
-    /// UPnP daemons in routers, killed on drop; their config files.
+    /// UPnP daemons in routers, killed on drop; their files' directories.
     daemons: Vec<std::process::Child>,
-    files: Vec<std::path::PathBuf>,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 /// Why namespaces cannot be made here, or `None` if they can: the
 /// testnet refuses with this line rather than half-building a network.
 pub fn unavailable() -> Option<String> {
-    let probe = format!("sl{}-probe", std::process::id());
+    let probe = format!("{PREFIX}{}-probe", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Err(e) => Some(format!("cannot run `ip` (iproute2): {e}")),
         Ok(o) if !o.status.success() => Some(format!(
@@ -119,7 +119,11 @@ impl Internet {
             bail!("{why}");
         }
         sweep_stale();
-        let prefix = format!("sl{}", std::process::id());
+        // Unique to this process and this `Internet` (tests make several
+        // in one process).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("{PREFIX}{}-{n}", std::process::id());
         let mut net = Self {
             namespaces: Vec::new(),
             prefix,
@@ -127,7 +131,7 @@ impl Internet {
             homes: 0,
             links: 0,
             daemons: Vec::new(),
-            files: Vec::new(),
+            dirs: Vec::new(),
         };
         let inet = net.namespace("inet")?;
         ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"])?;
@@ -148,20 +152,14 @@ impl Internet {
         Ok(ns)
     }
 
-    /// A veth pair from `a` (named `a_if` there) to `b` (named `b_if`).
+    /// A veth pair from `a` (named `a_if` there) to `b` (named `b_if`),
+    /// made straight into the two namespaces: nothing appears on the
+    /// host's own network, even for a moment or after a failure.
     fn link(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) -> Result<()> {
         self.links += 1;
-        // Made in the root namespace under names unique to this run, then
-        // moved and renamed.
-        let (ta, tb) = (
-            format!("{}v{}a", self.prefix, self.links),
-            format!("{}v{}b", self.prefix, self.links),
-        );
-        ip(&["link", "add", &ta, "type", "veth", "peer", "name", &tb])?;
-        ip(&["link", "set", &ta, "netns", a])?;
-        ip(&["link", "set", &tb, "netns", b])?;
-        ip(&["-n", a, "link", "set", &ta, "name", a_if])?;
-        ip(&["-n", b, "link", "set", &tb, "name", b_if])?;
+        ip(&[
+            "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+        ])?;
         ip(&["-n", a, "link", "set", a_if, "up"])?;
         ip(&["-n", b, "link", "set", b_if, "up"])?;
         Ok(())
@@ -299,11 +297,15 @@ impl Internet {
     /// accepting policies: the iptables rules above still decide the
     /// rest), and what it forwards let through.
     fn upnp_gateway(&mut self, router: &str, n: u8) -> Result<()> {
-        let dir = std::env::temp_dir();
-        let nft = dir.join(format!("{router}.nft"));
-        let conf = dir.join(format!("{router}.conf"));
-        let pid = dir.join(format!("{router}.pid"));
-        self.files.extend([nft.clone(), conf.clone(), pid.clone()]);
+        // A directory of our own (not names others could guess in /tmp).
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-upnp-")
+            .tempdir()
+            .context("making a directory for miniupnpd's files")?;
+        let nft = dir.path().join("rules.nft");
+        let conf = dir.path().join("miniupnpd.conf");
+        let pid = dir.path().join("miniupnpd.pid");
+        self.dirs.push(dir);
         std::fs::write(
             &nft,
             "table inet sluice_upnp {\n\
@@ -347,14 +349,17 @@ impl Internet {
                 "ACCEPT",
             ],
         )?;
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", router, "miniupnpd", "-d", "-f"])
             .arg(&conf)
             .arg("-P")
             .arg(&pid)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        stop_with_parent(&mut command);
+        let child = command
             .spawn()
             .context("starting miniupnpd (apt-get install miniupnpd)")?;
         self.daemons.push(child);
@@ -403,12 +408,9 @@ impl Drop for Internet {
             let _ = d.kill();
             let _ = d.wait();
         }
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
         // Hosts before the bridge: deleting a namespace deletes its veths.
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            remove_namespace(ns);
         }
     }
 }
@@ -450,6 +452,10 @@ fn connect_in(ns: &str, addr: SocketAddr) -> io::Result<std::net::TcpStream> {
     Ok(stream)
 }
 
+/// What every namespace this module makes is called first, then the
+/// pid of the process that made it.
+pub const PREFIX: &str = "sluice-";
+
 /// Removes the namespaces of runs whose process is gone.
 fn sweep_stale() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
@@ -458,15 +464,43 @@ fn sweep_stale() {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         let Some(pid) = name
-            .strip_prefix("sl")
+            .strip_prefix(PREFIX)
             .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
+            remove_namespace(name);
         }
+    }
+}
+
+/// Stops whatever still runs in `ns` (a miniupnpd whose testnet was
+/// killed keeps the namespace alive), then deletes it.
+fn remove_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).output();
+}
+
+/// Ends the child (miniupnpd) when the thread that started it ends, a
+/// killed testnet's included (`PR_SET_PDEATHSIG`).
+#[allow(unsafe_code, reason = "prctl(2) in the child before exec")]
+fn stop_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe calls (prctl); it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
