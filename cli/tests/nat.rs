@@ -76,6 +76,38 @@ fn json(host: &Host, args: &[&str], d: &Path) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// How `host`'s node (data dir `dir`) reaches its peers: each one's path.
+fn paths_of(host: &Host, dir: &str, d: &Path) -> (Vec<String>, Value) {
+    let peers = json(host, &["peers", "--json", "--data-dir", dir], d);
+    let paths = peers[0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["path"].as_str().map(str::to_owned))
+        .collect();
+    (paths, peers)
+}
+
+/// `host`'s node (data dir `dir`) as `sluice status --node` shows it,
+/// once `ready` holds (within a minute).
+fn node_once(
+    host: &Host,
+    dir: &str,
+    d: &Path,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let node = json(host, &["status", "--node", "--json", "--data-dir", dir], d);
+        if ready(&node) {
+            return node;
+        }
+        assert!(std::time::Instant::now() < deadline, "never {what}: {node}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 const LISTEN: [&str; 4] = [
     "--listen",
     "/ip4/0.0.0.0/tcp/4001",
@@ -198,20 +230,10 @@ fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
     );
 
     // How the leecher reached the seeder, from its own API.
-    let peers = json(&leecher, &["peers", "--json", "--data-dir", "getd"], d);
-    let paths: Vec<&str> = peers[0]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["path"].as_str())
-        .collect();
-    let node = json(
-        &leecher,
-        &["status", "--node", "--json", "--data-dir", "getd"],
-        d,
-    );
+    let (paths, _) = paths_of(&leecher, "getd", d);
+    let node = node_once(&leecher, "getd", d, "read", |_| true);
     assert!(
-        paths.contains(&"hole-punched"),
+        paths.iter().any(|p| p == "hole-punched"),
         "the seeder is not on a hole-punched connection: {paths:?}; node: {node}"
     );
     assert!(
@@ -225,22 +247,9 @@ fn two_nodes_behind_nat_meet_through_a_relay_and_trade_pieces_directly() {
         "{relayed} bytes came through the relay: {node}"
     );
     // AutoNAT: the relay failed to dial the leecher back.
-    let deadline = std::time::Instant::now() + common::WAIT;
-    loop {
-        let node = json(
-            &leecher,
-            &["status", "--node", "--json", "--data-dir", "getd"],
-            d,
-        );
-        if node["reachability"] == "private" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never found private: {node}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    node_once(&leecher, "getd", d, "private", |n| {
+        n["reachability"] == "private"
+    });
     drop((g, s, r));
     drop(net);
 }
@@ -363,26 +372,12 @@ fn a_node_behind_a_upnp_router_is_reached_at_its_mapped_port() {
     let id = s.line("peer:").rsplit('/').next().unwrap().to_owned();
     // The mapping, as the seeder itself reports it.
     let mapped = format!("/ip4/{}/tcp/4001", seeder.public_ip);
-    let deadline = std::time::Instant::now() + common::WAIT;
-    let node = loop {
-        let node = json(
-            &seeder,
-            &["status", "--node", "--json", "--data-dir", "seedd"],
-            d,
-        );
-        let external = node["external_addrs"].as_array().unwrap();
-        if external
-            .iter()
-            .any(|a| a.as_str().unwrap().starts_with(&mapped))
-        {
-            break node;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no UPnP mapping: {node}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let node = node_once(&seeder, "seedd", d, "mapped (UPnP)", |n| {
+        n["external_addrs"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|a| a.as_str().is_some_and(|a| a.starts_with(&mapped)))
+        })
+    });
     assert_eq!(node["reachability"], "public", "{node}");
     for a in node["advertised_addrs"].as_array().unwrap() {
         let a = a.as_str().unwrap();
@@ -423,13 +418,7 @@ fn a_node_behind_a_upnp_router_is_reached_at_its_mapped_port() {
         "the downloaded file differs"
     );
     // The seeder took the leecher in through the mapped port.
-    let peers = json(&seeder, &["peers", "--json", "--data-dir", "seedd"], d);
-    let paths: Vec<&str> = peers[0]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["path"].as_str())
-        .collect();
+    let (paths, peers) = paths_of(&seeder, "seedd", d);
     assert_eq!(paths, ["upnp"], "{peers}");
     let leecher_node = json(
         &leecher,
