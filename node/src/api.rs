@@ -198,6 +198,9 @@ pub struct TorrentInfo {
     /// complete or while nothing arrives).
     #[serde(default)]
     pub eta_seconds: Option<f64>,
+    /// Seconds from the torrent's start to the first block it received.
+    #[serde(default)]
+    pub first_block_seconds: Option<f64>,
 }
 
 impl From<&TorrentStats> for TorrentInfo {
@@ -228,6 +231,7 @@ impl From<&TorrentStats> for TorrentInfo {
             disk: DiskInfo::from(&s.disk),
             disk_error: s.disk_error.clone(),
             eta_seconds: s.eta().map(|d| d.as_secs_f64()),
+            first_block_seconds: s.first_block_after,
         }
     }
 }
@@ -1051,7 +1055,7 @@ impl Collector for SluiceCollector {
         )?;
         for s in &all {
             let mut counts = [0i64; 4];
-            for p in &s.peers {
+            for p in s.peers.iter() {
                 counts[choke_state(p) as usize] += 1;
             }
             for (state, n) in ChokeState::ALL.iter().zip(counts) {

@@ -78,6 +78,12 @@ static ZEROS: [u8; sluice_storage::BLOCK_SIZE as usize] = [0; sluice_storage::BL
 /// How long a closing session tries to hand its last bytes to the peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Under a rate limit, blocks are sent in batches of about this many
+/// bytes (4 blocks) rather than one by one ([`Session::batch_wait`]).
+pub(crate) const SERVE_BATCH: u64 = 4 * sluice_storage::BLOCK_SIZE as u64;
+/// The longest a serve waits beyond its rate's debt to make a batch.
+pub(crate) const SERVE_BATCH_WAIT: Duration = Duration::from_millis(25);
+
 /// Limits of one session.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionLimits {
@@ -173,6 +179,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         // at half the idle timeout tells it we are still here.
         let keepalive = self.limits.idle_timeout / 2;
         let mut last_write = tokio::time::Instant::now();
+        // Two timers, made once and moved only when they fire or the rate
+        // limit's wait changes (a timer made per loop turn is a timer-wheel
+        // insert and removal per message). The housekeeping one fires at
+        // the earlier of the keep-alive and the idle deadline as they were
+        // when it was set; both only move later, so on firing it checks
+        // them again and is set anew.
+        let housekeeping = tokio::time::sleep_until(last_write + keepalive);
+        tokio::pin!(housekeeping);
+        let pacing = tokio::time::sleep_until(last_write);
+        tokio::pin!(pacing);
         loop {
             // Local work first: serve what is queued, then read more.
             if self
@@ -195,6 +211,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 last_write = tokio::time::Instant::now();
             }
             self.flush(queue).await?;
+            if let Some(at) = self.serve_at
+                && pacing.deadline() != at
+            {
+                pacing.as_mut().reset(at);
+            }
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => {
@@ -220,12 +241,18 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 // Nothing to read or do: keep serving the queue rather than
                 // wait for the next message, or until the rate allows.
                 () = std::future::ready(()), if queue.ready() && self.serve_at.is_none() => {}
-                () = tokio::time::sleep_until(self.serve_at.unwrap_or(last_write)), if self.serve_at.is_some() => {}
-                () = tokio::time::sleep_until(last_write + keepalive) => {
-                    self.writer.push(&Message::KeepAlive);
-                }
-                () = tokio::time::sleep_until(self.last_read + self.limits.idle_timeout) => {
-                    return Err(StreamError::Timeout(self.limits.idle_timeout));
+                () = &mut pacing, if self.serve_at.is_some() => {}
+                () = &mut housekeeping => {
+                    let now = tokio::time::Instant::now();
+                    let idle_at = self.last_read + self.limits.idle_timeout;
+                    if now >= idle_at {
+                        return Err(StreamError::Timeout(self.limits.idle_timeout));
+                    }
+                    if now >= last_write + keepalive {
+                        self.writer.push(&Message::KeepAlive);
+                        last_write = now;
+                    }
+                    housekeeping.as_mut().reset((last_write + keepalive).min(idle_at));
                 }
             }
         }
@@ -534,7 +561,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
                 .unwrap_or_default()
                 .max(self.up_limit.spend(bytes));
             if !wait.is_zero() {
-                self.serve_at = Some(tokio::time::Instant::now() + wait);
+                self.serve_at = Some(tokio::time::Instant::now() + wait + self.batch_wait());
             }
         }
         let mut sent = 0u64;
@@ -555,6 +582,25 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         self.stats.uploaded.fetch_add(sent, Ordering::Relaxed);
         self.start_read_ahead(queue);
         Ok(())
+    }
+
+    /// Under a rate limit, how much longer than the debt takes to clear
+    /// the next serve waits, so that it finds [`SERVE_BATCH`] bytes'
+    /// worth of tokens: blocks go out a few per write, not one per write
+    /// (each write is a muxer frame, an encryption and a wake-up at both
+    /// ends). The average rate is the limiters' still; at most
+    /// [`SERVE_BATCH_WAIT`] is added, so a slow limit keeps its pace.
+    fn batch_wait(&self) -> Duration {
+        let rate = self
+            .cap
+            .as_ref()
+            .map(RateLimiter::rate)
+            .into_iter()
+            .chain(self.up_limit.rate())
+            .min();
+        rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(SERVE_BATCH as f64 / r.max(1) as f64).min(SERVE_BATCH_WAIT)
+        })
     }
 
     /// Starts checking the first piece still queued that is not checked

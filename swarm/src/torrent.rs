@@ -122,7 +122,10 @@ pub struct TorrentStats {
     pub banned_peers: usize,
     pub disk: QueueStats,
     pub disk_error: Option<String>,
-    pub peers: Vec<PeerStats>,
+    /// Seconds from the torrent's start to the first block it received.
+    pub first_block_after: Option<f64>,
+    /// Shared, so that reading the stats does not copy every row.
+    pub peers: Arc<[PeerStats]>,
 }
 
 impl TorrentStats {
@@ -443,7 +446,8 @@ pub fn spawn_torrent(
         banned_peers: 0,
         disk: storage.queue_stats(),
         disk_error: None,
-        peers: Vec::new(),
+        first_block_after: None,
+        peers: Arc::new([]),
     };
     let (stats_tx, stats_rx) = watch::channel(initial);
     let (sessions_tx, sessions_rx) = watch::channel(Arc::new(HashSet::new()));
@@ -856,7 +860,8 @@ impl Driver {
             s.banned_peers = core.banned_peers;
             s.disk = disk;
             s.disk_error = core.disk_error;
-            s.peers = peers;
+            s.first_block_after = core.first_block_after.map(|d| d.as_secs_f64());
+            s.peers = peers.into();
         });
     }
 }

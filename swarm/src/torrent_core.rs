@@ -57,6 +57,12 @@ use crate::window::{RequestWindow, WindowConfig};
 use crate::wire::{BlockSpec, MAX_BITFIELD_CHUNK, Message};
 
 /// The rate that sizes request windows is measured over this long.
+/// How long verified pieces may wait to be announced together
+/// ([`TorrentConfig::with_have_batch`]). A `Have` costs a write, a muxer
+/// frame and a wake-up at each end, and most peers hear of most pieces:
+/// in a 100-node swarm they outnumber blocks three to one.
+pub const DEFAULT_HAVE_BATCH: Duration = Duration::from_millis(100);
+
 const RECENT_RATE_WINDOW: Duration = Duration::from_secs(3);
 /// The rates the choker ranks by are measured over this long.
 const RATE_WINDOW: Duration = Duration::from_secs(20);
@@ -102,6 +108,7 @@ pub struct TorrentConfig {
     peer_requests: u32,
     pub(crate) idle_timeout: Duration,
     tick: Duration,
+    have_batch: Duration,
     flush_interval: Duration,
     ban_after: u32,
     seed: u64,
@@ -119,6 +126,7 @@ impl Default for TorrentConfig {
             peer_requests: DEFAULT_PEER_REQUESTS,
             idle_timeout: Duration::from_secs(120),
             tick: Duration::from_millis(200),
+            have_batch: DEFAULT_HAVE_BATCH,
             flush_interval: Duration::from_secs(30),
             ban_after: 3,
             seed: rand::random(),
@@ -181,6 +189,15 @@ impl TorrentConfig {
     /// Housekeeping interval (timeouts, rates, stats). Default 200 ms.
     pub fn with_tick(mut self, d: Duration) -> Self {
         self.tick = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Pieces verified within this long of the last `Have`s sent are
+    /// announced together when it is up (one write per peer instead of
+    /// one per piece); a piece verified later than that goes out at once.
+    /// Zero sends every `Have` at once. Default [`DEFAULT_HAVE_BATCH`].
+    pub fn with_have_batch(mut self, d: Duration) -> Self {
+        self.have_batch = d;
         self
     }
 
@@ -394,6 +411,8 @@ pub struct CoreStats {
     pub requests_rejected: u64,
     pub banned_peers: usize,
     pub disk_error: Option<String>,
+    /// From the core's start to the first block it received.
+    pub first_block_after: Option<Duration>,
     /// One per peer, in session order; the session's own numbers
     /// (`upload_queue`, `upload_buffered_bytes`) are zero here.
     pub peers: Vec<(PeerKey, PeerStats)>,
@@ -433,6 +452,9 @@ struct Request<K> {
 #[derive(Debug)]
 struct Peer<I, K> {
     id: I,
+    /// `id` as text, made once for the stats (a libp2p peer id is base58:
+    /// encoding it on every tick cost more than the rest of the row).
+    id_text: String,
     /// We opened this session (the peer did otherwise).
     opened_by_us: bool,
     /// Its choke drops every request we have out to it (BitTorrent
@@ -563,6 +585,8 @@ pub struct TorrentCore<I: PeerIdentity, C: Credits> {
     uploaded: u64,
     hash_failures: u64,
     rejected: u64,
+    started: Instant,
+    first_block_after: Option<Duration>,
     disk_error: Option<String>,
     /// After a failed write, no requests until then.
     disk_paused_until: Option<Instant>,
@@ -578,6 +602,11 @@ pub struct TorrentCore<I: PeerIdentity, C: Credits> {
     /// batch of inputs, in [`Self::poll_action`].
     want_fill: bool,
     next_tick: Instant,
+    /// Verified pieces not announced yet, and when they go out.
+    unannounced: Vec<PieceIndex>,
+    haves_due: Option<Instant>,
+    /// When `Have`s last went out.
+    last_haves: Option<Instant>,
     stopped: bool,
     actions: VecDeque<Action<C::Credit>>,
 }
@@ -629,6 +658,8 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
             uploaded: 0,
             hash_failures: 0,
             rejected: 0,
+            started: now,
+            first_block_after: None,
             disk_error: None,
             disk_paused_until: None,
             last_flush: now,
@@ -636,6 +667,9 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
             credit_wait: false,
             want_fill: false,
             next_tick: now + config.tick,
+            unannounced: Vec::new(),
+            haves_due: None,
+            last_haves: None,
             stopped: false,
             actions: VecDeque::new(),
             config,
@@ -788,6 +822,7 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
         self.peers.insert(
             key,
             Peer {
+                id_text: id.to_string(),
                 id,
                 opened_by_us,
                 connected_at: now,
@@ -1180,6 +1215,9 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
         }
         self.down.record(now, len);
         self.downloaded += len;
+        if self.first_block_after.is_none() {
+            self.first_block_after = Some(now.saturating_duration_since(self.started));
+        }
     }
 
     /// The picker took `block` from one peer: its requests at `others`
@@ -1298,10 +1336,18 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
                 self.disk_error = None;
                 let dropped = self.picker.piece_verified(piece);
                 self.end_requests(dropped);
+                self.unannounced.push(piece);
+                let due = self
+                    .last_haves
+                    .map_or(now, |t| (t + self.config.have_batch).max(now));
+                if due <= now {
+                    self.announce(now);
+                } else {
+                    self.haves_due.get_or_insert(due);
+                }
                 let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
                 let mut changed = false;
                 for key in keys {
-                    self.send(key, Message::Have(piece.get()));
                     changed |= self.update_interest_quietly(key);
                 }
                 if self.picker.is_complete() {
@@ -1426,13 +1472,37 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
 
     /// When the core wants [`Self::handle_timeout`] called.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_tick
+        self.haves_due
+            .map_or(self.next_tick, |due| due.min(self.next_tick))
+    }
+
+    /// Sends every peer a `Have` for each piece verified since the last
+    /// announcement.
+    fn announce(&mut self, now: Instant) {
+        self.haves_due = None;
+        if self.unannounced.is_empty() {
+            return;
+        }
+        self.last_haves = Some(now);
+        let pieces = std::mem::take(&mut self.unannounced);
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            for piece in &pieces {
+                self.send(key, Message::Have(piece.get()));
+            }
+        }
     }
 
     /// Housekeeping: request timeouts, expiring withdrawals, the rechoke,
     /// the disk pause, flushes. Does nothing before [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now < self.next_tick || self.stopped {
+        if self.stopped {
+            return;
+        }
+        if self.haves_due.is_some_and(|due| now >= due) {
+            self.announce(now);
+        }
+        if now < self.next_tick {
             return;
         }
         self.next_tick = now + self.config.tick;
@@ -1630,7 +1700,7 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
             peers.push((
                 *key,
                 PeerStats {
-                    peer_id: p.id.to_string(),
+                    peer_id: p.id_text.clone(),
                     transport: Default::default(),
                     client: None,
                     socket_addr: None,
@@ -1675,6 +1745,7 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
             requests_rejected: self.rejected,
             banned_peers: self.offenders.banned.len(),
             disk_error: self.disk_error.clone(),
+            first_block_after: self.first_block_after,
             peers,
         }
     }

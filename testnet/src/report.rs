@@ -54,6 +54,12 @@ pub struct NodeReport {
     pub disk_capacity_bytes: u64,
     /// Time requesting was held back by a full disk queue.
     pub throttled_seconds: f64,
+    /// From its start to the first block it received.
+    #[serde(default)]
+    pub first_block_seconds: Option<f64>,
+    /// Most peers it had at once, as sampled.
+    #[serde(default)]
+    pub peers_max: usize,
     /// Of `uploaded`, what went to free-riders.
     #[serde(default)]
     pub uploaded_to_free_riders: u64,
@@ -92,6 +98,51 @@ pub struct NodeReach {
     pub downloaded_direct: u64,
     pub downloaded_hole_punched: u64,
     pub downloaded_relayed: u64,
+}
+
+/// What a run's delivered bytes cost (`scripts/bench-scale` prints it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cost {
+    /// The file's size times the downloaders that completed.
+    pub delivered_bytes: u64,
+    /// [`Report::cpu_seconds`] per GiB delivered.
+    pub cpu_seconds_per_gib: Option<f64>,
+    /// [`Report::peak_rss_bytes`] over the number of nodes.
+    pub peak_rss_per_node: Option<u64>,
+    /// Downloaders' time from their start to their first block: median
+    /// and slowest.
+    pub first_block_median_seconds: Option<f64>,
+    pub first_block_max_seconds: Option<f64>,
+    /// The most peers each node had at once: median over the nodes.
+    #[serde(default)]
+    pub peers_median: Option<f64>,
+}
+
+impl Cost {
+    fn of(file_size: u64, nodes: &[NodeReport], cpu: Option<f64>, rss: Option<u64>) -> Self {
+        let completed = nodes
+            .iter()
+            .filter(|n| n.role.downloads() && n.completion_seconds.is_some())
+            .count() as u64;
+        let delivered_bytes = file_size * completed;
+        let gib = delivered_bytes as f64 / (1u64 << 30) as f64;
+        let mut first: Vec<f64> = nodes
+            .iter()
+            .filter(|n| n.role.downloads())
+            .filter_map(|n| n.first_block_seconds)
+            .collect();
+        first.sort_by(f64::total_cmp);
+        let mut peers: Vec<f64> = nodes.iter().map(|n| n.peers_max as f64).collect();
+        peers.sort_by(f64::total_cmp);
+        Self {
+            delivered_bytes,
+            cpu_seconds_per_gib: cpu.filter(|_| gib > 0.0).map(|c| c / gib),
+            peak_rss_per_node: rss.map(|r| r / (nodes.len().max(1) as u64)),
+            first_block_median_seconds: median(&first),
+            first_block_max_seconds: first.last().copied(),
+            peers_median: median(&peers),
+        }
+    }
 }
 
 /// What a run in network namespaces adds to the report.
@@ -137,6 +188,8 @@ impl NodeReport {
             peak_disk_bytes: 0,
             disk_capacity_bytes: 0,
             throttled_seconds: 0.0,
+            first_block_seconds: None,
+            peers_max: 0,
             uploaded_to_free_riders: 0,
             peak_rss_bytes: None,
             libtorrent_regular_unchokes: 0,
@@ -223,6 +276,13 @@ pub struct Report {
     /// Peak resident memory: this process's (all nodes together), plus,
     /// with `processes`, the sum of every node process's peak.
     pub peak_rss_bytes: Option<u64>,
+    /// CPU time (user + system) of this process and every node process
+    /// it waited for, over the whole run (Linux).
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    /// What moving the bytes cost.
+    #[serde(default)]
+    pub cost: Cost,
     /// Set when the run was simulated (`sluice sim`): its times are
     /// simulated seconds, `wall_seconds` what the simulation took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +317,24 @@ fn median(sorted: &[f64]) -> Option<f64> {
         n if n % 2 == 1 => Some(sorted[n / 2]),
         n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
     }
+}
+
+/// User + system CPU time of this process and of its waited-for
+/// children, from /proc (Linux); `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces):
+    // state is field 3, utime/stime/cutime/cstime are fields 14-17.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    // The kernel reports in USER_HZ, 100 on every Linux architecture
+    // sluice runs on.
+    Some(ticks as f64 / 100.0)
 }
 
 /// `VmHWM` of this process, from /proc (Linux); `None` elsewhere.
@@ -406,7 +484,11 @@ impl Report {
                 .map(|n| n.uploaded_to_free_riders)
                 .sum(),
         };
+        let peak_rss_bytes =
+            peak_rss().map(|own| own + nodes.iter().filter_map(|n| n.peak_rss_bytes).sum::<u64>());
+        let cpu_seconds = cpu_seconds();
         Self {
+            cost: Cost::of(file_size, &nodes, cpu_seconds, peak_rss_bytes),
             scenario,
             info_hash,
             file_size,
@@ -423,8 +505,8 @@ impl Report {
             free_rider_slowdown,
             free_riders_finished_last,
             totals,
-            peak_rss_bytes: peak_rss()
-                .map(|own| own + nodes.iter().filter_map(|n| n.peak_rss_bytes).sum::<u64>()),
+            peak_rss_bytes,
+            cpu_seconds,
             simulated: None,
             netns: None,
             nodes,
@@ -562,6 +644,19 @@ impl Report {
                 } else {
                     ""
                 }
+            );
+        }
+        if let (Some(cpu), Some(per_gib)) = (self.cpu_seconds, self.cost.cpu_seconds_per_gib) {
+            let _ = writeln!(
+                s,
+                "cost {cpu:.1} CPU-s, {per_gib:.1} per delivered GiB ({}); {} peak memory per node; first block after {} (median), {} (slowest); {} peers per node at most (median)",
+                format_size(self.cost.delivered_bytes),
+                self.cost.peak_rss_per_node.map_or("-".into(), format_size),
+                secs(self.cost.first_block_median_seconds),
+                secs(self.cost.first_block_max_seconds),
+                self.cost
+                    .peers_median
+                    .map_or("-".into(), |p| format!("{p:.0}")),
             );
         }
         if let Some(sim) = &self.simulated {

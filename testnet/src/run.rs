@@ -173,6 +173,8 @@ struct Snapshot {
     disk_used: u64,
     disk_capacity: u64,
     throttled_seconds: f64,
+    /// From the torrent's start to its first block.
+    first_block: Option<f64>,
     peers: Vec<PeerSnap>,
     /// The node itself (in a namespace: reachability and paths).
     node: Option<sluice_node::api::NodeInfo>,
@@ -225,6 +227,7 @@ impl Snapshot {
             disk_used: s.disk.used_bytes(),
             disk_capacity: s.disk.capacity_bytes,
             throttled_seconds: s.disk.throttled_total.as_secs_f64(),
+            first_block: s.first_block_after,
             peers: s.peers.iter().map(PeerSnap::of).collect(),
             node: None,
         }
@@ -244,6 +247,7 @@ impl Snapshot {
             disk_used: t.disk.used_bytes(),
             disk_capacity: t.disk.capacity_bytes,
             throttled_seconds: t.disk.throttled_seconds,
+            first_block: t.first_block_seconds,
             peers: peers
                 .iter()
                 .map(|p| PeerSnap {
@@ -269,6 +273,7 @@ impl Snapshot {
             disk_used: 0,
             disk_capacity: 0,
             throttled_seconds: 0.0,
+            first_block: None,
             peers: s
                 .peers
                 .iter()
@@ -308,6 +313,10 @@ struct Live {
     uploaded: u64,
     hash_failures: u64,
     throttled_seconds: f64,
+    /// From its (first) start to its first block.
+    first_block: Option<f64>,
+    /// Most peers it had at once, as sampled.
+    peers_max: usize,
     /// Bytes uploaded to free-riders, summed over their sessions.
     to_free_riders: u64,
     /// Samples × libtorrent peers it had in a regular (reciprocation)
@@ -448,6 +457,8 @@ impl Testnet {
                     uploaded: 0,
                     hash_failures: 0,
                     throttled_seconds: 0.0,
+                    first_block: None,
+                    peers_max: 0,
                     to_free_riders: 0,
                     libtorrent_regular: 0,
                     up_per_peer: HashMap::new(),
@@ -1168,6 +1179,8 @@ impl Testnet {
             n.hash_failures = s.hash_failures;
             n.banned = n.banned.max(s.banned_peers);
             n.throttled_seconds = s.throttled_seconds;
+            n.first_block = n.first_block.or(s.first_block);
+            n.peers_max = n.peers_max.max(s.peers.len());
             if s.complete && n.completed_at.is_none() && n.plan.role.downloads() {
                 n.completed_at = Some(t);
             }
@@ -1209,6 +1222,8 @@ impl Testnet {
                 peak_disk_bytes: n.peak_disk,
                 disk_capacity_bytes: n.disk_capacity,
                 throttled_seconds: n.throttled_seconds,
+                first_block_seconds: n.first_block,
+                peers_max: n.peers_max,
                 uploaded_to_free_riders: n.to_free_riders,
                 peak_rss_bytes: n.peak_rss,
                 libtorrent_regular_unchokes: n.libtorrent_regular,

@@ -33,12 +33,16 @@ fn run(config: Config) -> Report {
         .unwrap()
 }
 
-/// report.json without what the machine decides (wall time, memory).
+/// report.json without what the machine decides (wall time, memory, CPU).
 fn canonical(report: &Report) -> String {
     let mut v = serde_json::to_value(report).unwrap();
     let o = v.as_object_mut().unwrap();
     o.remove("wall_seconds");
     o.remove("peak_rss_bytes");
+    o.remove("cpu_seconds");
+    let cost = o["cost"].as_object_mut().unwrap();
+    cost.remove("cpu_seconds_per_gib");
+    cost.remove("peak_rss_per_node");
     serde_json::to_string(&v).unwrap()
 }
 

@@ -48,8 +48,24 @@ async fn every_contributor_completes_with_verified_content_and_a_report() -> Res
         if n.role == Role::Leecher {
             assert!(n.completion_seconds.is_some(), "{name} did not complete");
             assert!(std::fs::read(&content)? == want, "{name}'s copy differs");
+            let first = n.first_block_seconds.expect("a first block");
+            assert!(
+                first <= n.completion_seconds.unwrap(),
+                "{name}: first block after completion"
+            );
+            assert!(n.peers_max > 0, "{name} had no peer");
         }
     }
+    // What it cost: every completed download counted once.
+    let completed = report
+        .nodes
+        .iter()
+        .filter(|n| n.completion_seconds.is_some())
+        .count() as u64;
+    assert_eq!(report.cost.delivered_bytes, completed * report.file_size);
+    assert!(report.cpu_seconds.is_some_and(|c| c > 0.0));
+    assert!(report.cost.cpu_seconds_per_gib.is_some_and(|c| c > 0.0));
+    assert!(report.cost.first_block_median_seconds.is_some());
     // The slow disk held its queue bound.
     let slow: Vec<_> = report
         .nodes

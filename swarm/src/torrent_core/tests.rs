@@ -604,6 +604,45 @@ fn completion_is_reported_only_once_flushed() {
     assert!(h.core.stats(h.now).complete);
 }
 
+#[test]
+fn haves_close_together_go_out_in_one_batch_and_a_lone_one_at_once() {
+    let batch = crate::torrent_core::DEFAULT_HAVE_BATCH;
+    let mut h = Harness::new(4, false, config());
+    let seed = h.seeder(1);
+    let other = h.open(2);
+    h.say(other, Message::HaveNone);
+    let verify = |h: &mut Harness, piece: u32| {
+        h.write_piece(piece);
+        h.storage(StorageEvent::PieceVerified(h.piece(piece)));
+    };
+    let haves = |h: &Harness, key: PeerKey| {
+        h.sent
+            .iter()
+            .filter(|(k, m)| *k == key && matches!(m, Message::Have(_)))
+            .count()
+    };
+    // The first goes out at once.
+    verify(&mut h, 0);
+    assert!(h.sent_to(other, &Message::Have(0)) && h.sent_to(seed, &Message::Have(0)));
+    // Two more within the batch interval wait for its end...
+    h.advance(batch / 4);
+    verify(&mut h, 1);
+    verify(&mut h, 2);
+    assert_eq!(haves(&h, other), 1, "held back");
+    assert!(
+        h.core.poll_timeout() <= h.now + batch,
+        "due by the end of the interval"
+    );
+    // ...and then go out together, to every peer.
+    h.advance(batch);
+    assert!(h.sent_to(other, &Message::Have(1)) && h.sent_to(other, &Message::Have(2)));
+    assert_eq!(haves(&h, seed), 3);
+    // One verified long after the last batch is not held back.
+    h.advance(batch * 10);
+    verify(&mut h, 3);
+    assert!(h.sent_to(other, &Message::Have(3)));
+}
+
 /// One input to the core, for the property test.
 #[derive(Debug, Clone)]
 enum Op {
