@@ -44,8 +44,9 @@ impl<R: AsyncRead + Unpin, C: Codec> FrameReader<R, C> {
     /// A reader decoding with `codec`, starting with bytes already read
     /// from `io` (what a handshake read past its own end).
     pub fn with_codec(io: R, codec: C, read: BytesMut) -> Self {
-        let mut buf = BytesMut::with_capacity(2 * (codec.max_frame() + 4));
-        buf.extend_from_slice(&read);
+        // No room up front: each read reserves what its frame needs, so a
+        // peer that only sends `Have`s holds a few bytes, not two frames.
+        let buf = BytesMut::from(&read[..]);
         Self { io, codec, buf }
     }
 
@@ -76,6 +77,9 @@ impl<R: AsyncRead + Unpin, C: Codec> FrameReader<R, C> {
         }
     }
 }
+
+/// The most a writer keeps allocated once everything is written.
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 
 /// The least a read asks for: room for a batch of small messages.
 const MIN_READ: usize = 1024;
@@ -112,7 +116,7 @@ impl<W: AsyncWrite + Unpin, C: Codec> FrameWriter<W, C> {
     pub fn with_codec(io: W, codec: C) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(4 * (codec.max_frame().min(64 * 1024) + 4)),
+            buf: BytesMut::new(),
             codec,
             unflushed: false,
         }
@@ -151,6 +155,12 @@ impl<W: AsyncWrite + Unpin, C: Codec> FrameWriter<W, C> {
             }
             self.buf.advance(n);
             self.unflushed = true;
+        }
+        // A batch of blocks grew the buffer to hundreds of KiB: give it
+        // back, so sessions that have nothing to send hold nothing (one
+        // per peer; a node has dozens).
+        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+            self.buf = BytesMut::new();
         }
         // Nothing new: do not poke the muxer (a flush wakes its task).
         if self.unflushed {
