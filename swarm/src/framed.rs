@@ -148,6 +148,9 @@ impl<W: AsyncWrite + Unpin, C: Codec> FrameWriter<W, C> {
     /// so a cancelled flush loses nothing and the next one continues; the
     /// session relies on this to keep reading while a write waits.
     pub async fn flush(&mut self) -> Result<(), StreamError> {
+        // What the buffer holds now (`capacity` shrinks as written bytes
+        // are advanced past).
+        let grown = self.buf.capacity() > KEEP_WRITE_BUFFER;
         while !self.buf.is_empty() {
             let n = self.io.write(&self.buf).await?;
             if n == 0 {
@@ -159,7 +162,7 @@ impl<W: AsyncWrite + Unpin, C: Codec> FrameWriter<W, C> {
         // A batch of blocks grew the buffer to hundreds of KiB: give it
         // back, so sessions that have nothing to send hold nothing (one
         // per peer; a node has dozens).
-        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+        if grown || self.buf.capacity() > KEEP_WRITE_BUFFER {
             self.buf = BytesMut::new();
         }
         // Nothing new: do not poke the muxer (a flush wakes its task).

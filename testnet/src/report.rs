@@ -276,8 +276,10 @@ pub struct Report {
     /// Peak resident memory: this process's (all nodes together), plus,
     /// with `processes`, the sum of every node process's peak.
     pub peak_rss_bytes: Option<u64>,
-    /// CPU time (user + system) of this process and every node process
-    /// it waited for, over the whole run (Linux).
+    /// CPU time (user + system) of this process over the whole run
+    /// (Linux), when every node ran in it (not with node processes or
+    /// libtorrent nodes: `scripts/bench-scale` measures those from
+    /// outside).
     #[serde(default)]
     pub cpu_seconds: Option<f64>,
     /// What moving the bytes cost.
@@ -486,7 +488,13 @@ impl Report {
         };
         let peak_rss_bytes =
             peak_rss().map(|own| own + nodes.iter().filter_map(|n| n.peak_rss_bytes).sum::<u64>());
-        let cpu_seconds = cpu_seconds();
+        // Node processes count only once they have exited and been
+        // reaped, which is after the report: their CPU is not known here.
+        let separate = scenario.processes
+            || scenario.netns
+            || scenario.libtorrent > 0
+            || scenario.libtorrent_seeders > 0;
+        let cpu_seconds = cpu_seconds().filter(|_| !separate);
         Self {
             cost: Cost::of(file_size, &nodes, cpu_seconds, peak_rss_bytes),
             scenario,

@@ -250,6 +250,10 @@ struct SimNode {
     hash_failures: u64,
     banned: usize,
     peak_disk: u64,
+    /// Its first life's time to its first block, and the most peers it
+    /// had at once (as sampled).
+    first_block: Option<f64>,
+    peers_max: usize,
     to_free_riders: u64,
     samples: Vec<Sample>,
 }
@@ -393,6 +397,8 @@ impl Sim {
                 hash_failures: 0,
                 banned: 0,
                 peak_disk: 0,
+                first_block: None,
+                peers_max: 0,
                 to_free_riders: 0,
                 samples: Vec::new(),
             })
@@ -1263,6 +1269,10 @@ impl Sim {
                 n.uploaded = n.carried_up + s.uploaded;
                 n.banned = n.banned.max(s.banned_peers);
                 n.peak_disk = n.peak_disk.max(q.used_bytes());
+                n.first_block = n
+                    .first_block
+                    .or(core.first_block_after().map(|d| d.as_secs_f64()));
+                n.peers_max = n.peers_max.max(n.links.len());
                 Some(q.used_bytes())
             })
             .collect()
@@ -1309,6 +1319,8 @@ impl Sim {
                             .map_or(Duration::ZERO, |_| q.throttled_total))
                     .as_secs_f64(),
                     uploaded_to_free_riders: n.to_free_riders,
+                    first_block_seconds: n.first_block,
+                    peers_max: n.peers_max,
                     samples: n.samples.clone(),
                     ..NodeReport::of_plan(&n.plan, n.joined_at, n.left_at, n.completed_at)
                 }

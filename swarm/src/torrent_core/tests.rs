@@ -643,6 +643,24 @@ fn haves_close_together_go_out_in_one_batch_and_a_lone_one_at_once() {
     assert!(h.sent_to(other, &Message::Have(3)));
 }
 
+#[test]
+fn a_piece_lost_before_its_batch_went_out_is_never_announced() {
+    let batch = crate::torrent_core::DEFAULT_HAVE_BATCH;
+    let mut h = Harness::new(2, false, config());
+    let peer = h.open(2);
+    h.say(peer, Message::HaveNone);
+    h.storage(StorageEvent::PieceVerified(h.piece(0)));
+    h.advance(batch / 2);
+    h.storage(StorageEvent::PieceVerified(h.piece(1)));
+    h.storage(StorageEvent::PieceLost(h.piece(1)));
+    h.advance(batch * 2);
+    assert!(h.sent_to(peer, &Message::Have(0)));
+    assert!(
+        !h.sent_to(peer, &Message::Have(1)),
+        "lost before it was announced"
+    );
+}
+
 /// One input to the core, for the property test.
 #[derive(Debug, Clone)]
 enum Op {
