@@ -162,7 +162,7 @@ impl<W: AsyncWrite + Unpin, C: Codec> FrameWriter<W, C> {
         // A batch of blocks grew the buffer to hundreds of KiB: give it
         // back, so sessions that have nothing to send hold nothing (one
         // per peer; a node has dozens).
-        if grown || self.buf.capacity() > KEEP_WRITE_BUFFER {
+        if grown {
             self.buf = BytesMut::new();
         }
         // Nothing new: do not poke the muxer (a flush wakes its task).

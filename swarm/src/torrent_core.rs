@@ -607,9 +607,9 @@ pub struct TorrentCore<I: PeerIdentity, C: Credits> {
     /// batch of inputs, in [`Self::poll_action`].
     want_fill: bool,
     next_tick: Instant,
-    /// Verified pieces not announced yet, and when they go out.
+    /// Verified pieces not announced yet (they go out `have_batch` after
+    /// `last_haves`: [`Self::haves_due`]).
     unannounced: Vec<PieceIndex>,
-    haves_due: Option<Instant>,
     /// When `Have`s last went out.
     last_haves: Option<Instant>,
     stopped: bool,
@@ -673,7 +673,6 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
             want_fill: false,
             next_tick: now + config.tick,
             unannounced: Vec::new(),
-            haves_due: None,
             last_haves: None,
             stopped: false,
             actions: VecDeque::new(),
@@ -1344,13 +1343,10 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
                 if !self.unannounced.contains(&piece) {
                     self.unannounced.push(piece);
                 }
-                let due = self
-                    .last_haves
-                    .map_or(now, |t| (t + self.config.have_batch).max(now));
-                if due <= now || self.unannounced.len() >= MAX_HAVE_BATCH {
+                if self.haves_due().is_none_or(|due| due <= now)
+                    || self.unannounced.len() >= MAX_HAVE_BATCH
+                {
                     self.announce(now);
-                } else {
-                    self.haves_due.get_or_insert(due);
                 }
                 let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
                 let mut changed = false;
@@ -1481,14 +1477,22 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
 
     /// When the core wants [`Self::handle_timeout`] called.
     pub fn poll_timeout(&self) -> Instant {
-        self.haves_due
+        self.haves_due()
             .map_or(self.next_tick, |due| due.min(self.next_tick))
+    }
+
+    /// When the held-back `Have`s go out (`None`: none are held, or none
+    /// went out before, so the next goes at once).
+    fn haves_due(&self) -> Option<Instant> {
+        if self.unannounced.is_empty() {
+            return None;
+        }
+        Some(self.last_haves? + self.config.have_batch)
     }
 
     /// Sends every peer a `Have` for each piece verified since the last
     /// announcement.
     fn announce(&mut self, now: Instant) {
-        self.haves_due = None;
         if self.unannounced.is_empty() {
             return;
         }
@@ -1508,7 +1512,7 @@ impl<I: PeerIdentity, C: Credits> TorrentCore<I, C> {
         if self.stopped {
             return;
         }
-        if self.haves_due.is_some_and(|due| now >= due) {
+        if self.haves_due().is_some_and(|due| now >= due) {
             self.announce(now);
         }
         if now < self.next_tick {

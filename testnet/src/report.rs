@@ -321,16 +321,16 @@ fn median(sorted: &[f64]) -> Option<f64> {
     }
 }
 
-/// User + system CPU time of this process and of its waited-for
-/// children, from /proc (Linux); `None` elsewhere.
+/// User + system CPU time of this process, from /proc (Linux); `None`
+/// elsewhere.
 fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // After the command name (in parentheses, which may hold spaces):
-    // state is field 3, utime/stime/cutime/cstime are fields 14-17.
+    // state is field 3, utime/stime are fields 14-15.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields
-        .get(11..15)?
+        .get(11..13)?
         .iter()
         .map(|f| f.parse::<u64>().ok())
         .sum::<Option<u64>>()?;
