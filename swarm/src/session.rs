@@ -63,6 +63,8 @@ pub(crate) enum SessionEnd {
 #[derive(Debug)]
 pub(crate) enum ToSession {
     Send(Message),
+    /// A `Have` for each piece.
+    Haves(Vec<u32>),
     /// Choke (true) or unchoke the peer: sends the message; choking rejects
     /// every queued request.
     Choke(bool),
@@ -296,6 +298,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send, C: Codec> Sessio
         match cmd {
             ToSession::Close(reason) => return Some(reason),
             ToSession::Send(m) => self.writer.push(&m),
+            ToSession::Haves(pieces) => {
+                for piece in pieces {
+                    self.writer.push(&Message::Have(piece));
+                }
+            }
             ToSession::Cap(rate) => {
                 match (rate, &self.cap) {
                     (None, _) => self.cap = None,

@@ -753,6 +753,7 @@ impl Driver {
         while let Some(action) = self.core.poll_action(now) {
             match action {
                 Action::Send { peer, message } => self.tell(peer, ToSession::Send(message)),
+                Action::Haves { peer, pieces } => self.tell(peer, ToSession::Haves(pieces)),
                 Action::Choke { peer, choke } => self.tell(peer, ToSession::Choke(choke)),
                 Action::Cap { peer, rate } => self.tell(peer, ToSession::Cap(rate)),
                 Action::Close { peer, reason } => {

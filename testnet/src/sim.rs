@@ -938,6 +938,14 @@ impl Sim {
                         self.send(to, message);
                     }
                 }
+                Action::Haves { peer, pieces } => {
+                    if let Some(l) = self.nodes[i].links.get(&peer) {
+                        let to = (l.remote, l.remote_life, l.remote_key);
+                        for piece in pieces {
+                            self.send(to, Message::Have(piece));
+                        }
+                    }
+                }
                 Action::Choke { peer, choke } => {
                     let n = &mut self.nodes[i];
                     if choke {

@@ -60,6 +60,8 @@ struct Harness {
     /// Blocks handed to storage and not yet written (their credits).
     queued: Vec<(BlockRef, FakeCredit)>,
     sent: Vec<(PeerKey, Message)>,
+    /// Each `Action::Haves` (one write), as well as its messages in `sent`.
+    have_writes: Vec<(PeerKey, Vec<u32>)>,
     choked: HashMap<PeerKey, bool>,
     caps: HashMap<PeerKey, Option<u64>>,
     closed: Vec<(PeerKey, CloseReason)>,
@@ -98,6 +100,7 @@ impl Harness {
             now,
             queued: Vec::new(),
             sent: Vec::new(),
+            have_writes: Vec::new(),
             choked: HashMap::new(),
             caps: HashMap::new(),
             closed: Vec::new(),
@@ -111,6 +114,11 @@ impl Harness {
         while let Some(a) = self.core.poll_action(self.now) {
             match a {
                 Action::Send { peer, message } => self.sent.push((peer, message)),
+                Action::Haves { peer, pieces } => {
+                    self.sent
+                        .extend(pieces.iter().map(|&p| (peer, Message::Have(p))));
+                    self.have_writes.push((peer, pieces));
+                }
                 Action::Choke { peer, choke } => {
                     self.choked.insert(peer, choke);
                 }
@@ -596,12 +604,14 @@ fn completion_is_reported_only_once_flushed() {
     h.write_piece(0);
     h.storage(StorageEvent::PieceVerified(h.piece(0)));
     assert!(h.core.is_complete());
-    assert!(h.sent_to(seed, &Message::Have(0)));
     assert!(!h.core.stats(h.now).complete, "verified, not yet flushed");
     h.advance(S);
     assert_eq!(h.flushes, 1, "a complete torrent flushes at once");
     h.core.flushed(h.now, Ok(()));
     assert!(h.core.stats(h.now).complete);
+    // The seed holds the piece: it hears of it once the delay is up.
+    h.advance(crate::torrent_core::DEFAULT_REDUNDANT_HAVE_DELAY);
+    assert!(h.sent_to(seed, &Message::Have(0)));
 }
 
 #[test]
@@ -621,9 +631,9 @@ fn haves_close_together_go_out_in_one_batch_and_a_lone_one_at_once() {
             .filter(|(k, m)| *k == key && matches!(m, Message::Have(_)))
             .count()
     };
-    // The first goes out at once.
+    // The first goes out at once (to the peer that lacks it).
     verify(&mut h, 0);
-    assert!(h.sent_to(other, &Message::Have(0)) && h.sent_to(seed, &Message::Have(0)));
+    assert!(h.sent_to(other, &Message::Have(0)));
     // Two more within the batch interval wait for its end...
     h.advance(batch / 4);
     verify(&mut h, 1);
@@ -633,14 +643,74 @@ fn haves_close_together_go_out_in_one_batch_and_a_lone_one_at_once() {
         h.core.poll_timeout() <= h.now + batch,
         "due by the end of the interval"
     );
-    // ...and then go out together, to every peer.
+    // ...and then go out together, in one write.
     h.advance(batch);
-    assert!(h.sent_to(other, &Message::Have(1)) && h.sent_to(other, &Message::Have(2)));
-    assert_eq!(haves(&h, seed), 3);
+    assert!(h.have_writes.contains(&(other, vec![1, 2])));
+    assert_eq!(haves(&h, seed), 0, "the seed holds them: held back");
     // One verified long after the last batch is not held back.
     h.advance(batch * 10);
     verify(&mut h, 3);
     assert!(h.sent_to(other, &Message::Have(3)));
+}
+
+#[test]
+fn haves_for_pieces_a_peer_holds_wait_and_ride_along_with_useful_ones() {
+    let batch = crate::torrent_core::DEFAULT_HAVE_BATCH;
+    let delay = crate::torrent_core::DEFAULT_REDUNDANT_HAVE_DELAY;
+    let mut h = Harness::new(4, false, config());
+    let seed = h.seeder(1);
+    let half = h.open(2);
+    // Pieces 0 and 1 of 4, MSB first.
+    h.say(
+        half,
+        Message::Bitfield {
+            first_piece: 0,
+            bits: Bytes::from_static(&[0b1100_0000]),
+        },
+    );
+    let verify = |h: &mut Harness, piece: u32| {
+        h.write_piece(piece);
+        h.storage(StorageEvent::PieceVerified(h.piece(piece)));
+    };
+    // Piece 0: both peers hold it, so neither hears of it yet.
+    verify(&mut h, 0);
+    assert!(!h.sent_to(seed, &Message::Have(0)) && !h.sent_to(half, &Message::Have(0)));
+    assert!(
+        h.core.poll_timeout() <= h.now + delay,
+        "due within the delay"
+    );
+    // Piece 2, later: `half` lacks it, and hears of 0 in the same write.
+    h.advance(batch * 2);
+    verify(&mut h, 2);
+    assert!(h.have_writes.contains(&(half, vec![2, 0])));
+    assert!(!h.sent_to(seed, &Message::Have(2)), "the seed still waits");
+    // The delay is up: the seed hears of both, in one write.
+    h.advance(delay);
+    assert!(h.have_writes.contains(&(seed, vec![0, 2])));
+    let to_half = h.have_writes.iter().filter(|(k, _)| *k == half).count();
+    assert_eq!(to_half, 1, "nothing was left held for it");
+}
+
+#[test]
+fn a_held_have_for_a_lost_piece_is_never_sent() {
+    let delay = crate::torrent_core::DEFAULT_REDUNDANT_HAVE_DELAY;
+    let mut h = Harness::new(2, false, config());
+    let seed = h.seeder(1);
+    h.write_piece(0);
+    h.storage(StorageEvent::PieceVerified(h.piece(0)));
+    h.storage(StorageEvent::PieceLost(h.piece(0)));
+    h.advance(delay * 2);
+    assert!(!h.sent_to(seed, &Message::Have(0)));
+}
+
+#[test]
+fn with_no_redundant_delay_every_peer_hears_at_once() {
+    let cfg = config().with_redundant_have_delay(Duration::ZERO);
+    let mut h = Harness::new(2, false, cfg);
+    let seed = h.seeder(1);
+    h.write_piece(0);
+    h.storage(StorageEvent::PieceVerified(h.piece(0)));
+    assert!(h.sent_to(seed, &Message::Have(0)));
 }
 
 #[test]
