@@ -2,13 +2,14 @@
 //! shows those tests as skipped (ignored) rather than passed: `tmux` (a
 //! real terminal for `sluice top`), libtorrent (the BitTorrent interop
 //! tests' peer), Transmission (another), opentracker (their tracker),
-//! Chromium (the web UI test's browser), and
+//! Chromium (the web UI test's browser), a Docker daemon (the image
+//! tests), and
 //! network and mount namespaces
 //! (`ip`, `unshare` and the right to use them: the mDNS and full-disk
 //! tests). With
 //! `SLUICE_REQUIRE_TMUX=1` / `SLUICE_REQUIRE_LIBTORRENT=1` /
 //! `SLUICE_REQUIRE_OPENTRACKER=1` / `SLUICE_REQUIRE_TRANSMISSION=1` /
-//! `SLUICE_REQUIRE_CHROMIUM=1` /
+//! `SLUICE_REQUIRE_CHROMIUM=1` / `SLUICE_REQUIRE_DOCKER=1` /
 //! `SLUICE_REQUIRE_NAMESPACES=1` (CI) a missing
 //! one fails the build instead.
 
@@ -42,6 +43,9 @@ fn main() {
     println!("cargo::rerun-if-changed=/usr/lib/python3/dist-packages");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_namespaces)");
     println!("cargo::rustc-check-cfg=cfg(sluice_no_nat)");
+    println!("cargo::rustc-check-cfg=cfg(sluice_no_docker)");
+    println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_DOCKER");
+    println!("cargo::rerun-if-changed=/var/run/docker.sock");
     println!("cargo::rerun-if-changed=/usr/sbin/iptables");
     println!("cargo::rerun-if-changed=/usr/sbin/miniupnpd");
     println!("cargo::rerun-if-env-changed=SLUICE_REQUIRE_TMUX");
@@ -119,5 +123,14 @@ fn main() {
             "SLUICE_REQUIRE_NAMESPACES is set but the NAT routers' tools are missing (apt-get install iptables nftables miniupnpd)"
         );
         println!("cargo::rustc-cfg=sluice_no_nat");
+    }
+    // The image tests need a Docker daemon that answers (a client alone
+    // is not enough).
+    if !runs("docker", &["info"]) {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_DOCKER").is_none(),
+            "SLUICE_REQUIRE_DOCKER is set but no Docker daemon answers (apt-get install docker.io; start dockerd)"
+        );
+        println!("cargo::rustc-cfg=sluice_no_docker");
     }
 }

@@ -64,8 +64,9 @@ pub(crate) struct NetArgs {
     pub(crate) data_dir: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or
     /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port,
-    /// IPv4 and, where the host has it, IPv6).
-    #[arg(long, value_parser = parse_multiaddr)]
+    /// IPv4 and, where the host has it, IPv6). In the environment, several
+    /// are comma-separated.
+    #[arg(long, value_parser = parse_multiaddr, env = "SLUICE_LISTEN", value_delimiter = ',')]
     pub(crate) listen: Vec<Multiaddr>,
     /// Listened on too where the host allows (the daemon's kept IPv6
     /// ports).
@@ -78,11 +79,11 @@ pub(crate) struct NetArgs {
     peer: Vec<PeerArg>,
     /// Where to accept BitTorrent peers (plaintext TCP; default: any
     /// free port on all interfaces).
-    #[arg(long, default_value = "0.0.0.0:0")]
+    #[arg(long, default_value = "0.0.0.0:0", env = "SLUICE_BT_LISTEN")]
     pub(crate) bt_listen: SocketAddr,
     /// Speak no BitTorrent: no listener (given HOST:PORT peers are
-    /// refused).
-    #[arg(long, conflicts_with = "bt_listen")]
+    /// refused). Wins over --bt-listen.
+    #[arg(long)]
     pub(crate) no_bt: bool,
     /// A DHT node to join, ending in /p2p/PEER_ID (repeatable); peers of
     /// the torrent are then found through provider records.
@@ -165,7 +166,7 @@ pub(crate) struct NetArgs {
     read_cache: u64,
     /// Control API address (`sluice status`, `peers`, `top` and /metrics
     /// read it). Any address but loopback needs --api-token.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", env = "SLUICE_API")]
     api: SocketAddr,
     /// Bearer token the control API requires ($SLUICE_API_TOKEN).
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
@@ -173,8 +174,9 @@ pub(crate) struct NetArgs {
     /// Read the API token from this file (first line).
     #[arg(long, conflicts_with = "api_token")]
     api_token_file: Option<PathBuf>,
-    /// Serve no control API.
-    #[arg(long, conflicts_with_all = ["api", "api_token", "api_token_file"])]
+    /// Serve no control API (wins over --api and its token, which may
+    /// come from the environment).
+    #[arg(long)]
     no_api: bool,
     /// Send blocks without checking them against the torrent first (by
     /// default a piece changed on disk is dropped, not served).

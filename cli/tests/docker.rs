@@ -1,0 +1,304 @@
+//! The container image (`scripts/image`) under a real Docker daemon: it
+//! builds offline (`FROM scratch`), a seeder container serves a getter
+//! container that knows only the magnet link, the healthcheck's command
+//! answers, and a getter stopped by `docker stop` (SIGTERM) resumes where
+//! it left off when started again.
+//!
+//! Each test builds its own image tag from the binary under test and
+//! removes its containers, network and image afterwards, also when it
+//! fails. Without a Docker daemon the build script marks these tests
+//! ignored (skipped), unless `SLUICE_REQUIRE_DOCKER=1` (CI) makes that a
+//! build failure.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "test helpers; failures print the containers' logs"
+)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest any one docker command may take.
+const STEP: Duration = Duration::from_secs(120);
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 1021) as u8).collect()
+}
+
+/// Runs `docker ARGS` under `timeout`, so that a wedged daemon fails the
+/// test instead of hanging it.
+fn docker(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(STEP.as_secs().to_string())
+        .arg("docker")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `docker ARGS`, which must succeed; its stdout.
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What one test made in Docker: removed when dropped, whatever happened.
+struct Stage {
+    tag: String,
+    network: String,
+    containers: Vec<String>,
+}
+
+impl Stage {
+    /// Builds the image from the binary under test, and a network.
+    fn new(name: &str) -> Self {
+        let id = format!("{name}-{}", std::process::id());
+        let stage = Self {
+            tag: format!("sluice-test-{id}:test"),
+            network: format!("sluice-test-{id}"),
+            containers: Vec::new(),
+        };
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/image");
+        let out = Command::new("timeout")
+            .arg(STEP.as_secs().to_string())
+            .arg(&script)
+            .args(["-t", &stage.tag])
+            .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("image: {}", String::from_utf8_lossy(&out.stdout).trim());
+        docker_ok(&["network", "create", &stage.network]);
+        stage
+    }
+
+    /// Starts a container of the image, detached, as this user (so that
+    /// the bind-mounted data dir is its own), with `data` as /data.
+    fn run(&mut self, name: &str, data: &Path, args: &[&str]) -> String {
+        let name = format!("{}-{name}", self.network);
+        let user = format!("{}:{}", uid("-u"), uid("-g"));
+        let volume = format!("{}:/data", data.display());
+        let mut all = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &self.network,
+            "--user",
+            &user,
+            "-v",
+            &volume,
+            &self.tag,
+        ];
+        all.extend_from_slice(args);
+        self.containers.push(name.clone());
+        docker_ok(&all);
+        name
+    }
+
+    /// `sluice status --json` inside the container (what its healthcheck
+    /// runs, with JSON).
+    fn status(&self, container: &str) -> Option<Value> {
+        let out = docker(&[
+            "exec",
+            container,
+            "/usr/local/bin/sluice",
+            "status",
+            "--json",
+        ]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<Vec<Value>>(&out.stdout)
+            .ok()?
+            .into_iter()
+            .next()
+    }
+
+    /// Waits for the container to exit; its exit code.
+    fn wait(&self, container: &str) -> i64 {
+        docker_ok(&["wait", container]).trim().parse().unwrap()
+    }
+
+    /// The line of the container's output that starts with `prefix`
+    /// (after it), waiting for it.
+    fn line(&self, container: &str, prefix: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let out = docker(&["logs", container]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(rest) = text.lines().find_map(|l| l.strip_prefix(prefix)) {
+                return rest.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no {prefix:?} from {container}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            if std::thread::panicking() {
+                let out = docker(&["logs", c]);
+                eprintln!(
+                    "--- {c}\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            docker(&["rm", "-f", "-v", c]);
+        }
+        docker(&["network", "rm", &self.network]);
+        docker(&["rmi", "-f", &self.tag]);
+    }
+}
+
+fn uid(flag: &str) -> String {
+    let out = Command::new("id").arg(flag).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+#[cfg_attr(sluice_no_docker, ignore = "no Docker daemon answers here")]
+fn a_seeder_container_serves_one_that_has_only_the_magnet_link() {
+    let mut stage = Stage::new("magnet");
+    // What people rely on: no root, /data, the healthcheck.
+    let config: Value = serde_json::from_str(&docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config}}",
+        &stage.tag,
+    ]))
+    .unwrap();
+    assert_eq!(config["User"], "10001:10001");
+    assert!(
+        config["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "SLUICE_DATA_DIR=/data")
+    );
+    assert_eq!(
+        config["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/usr/local/bin/sluice", "status"])
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, get) = (dir.path().join("seed"), dir.path().join("get"));
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::create_dir_all(&get).unwrap();
+    let data = content(3 << 20);
+    std::fs::write(seed.join("file.bin"), &data).unwrap();
+
+    let seeder = stage.run("seed", &seed, &["seed", "/data/file.bin"]);
+    let magnet = stage.line(&seeder, "magnet:");
+    assert!(
+        magnet.contains("x.pe="),
+        "the magnet carries the seeder's address: {magnet}"
+    );
+    // The healthcheck's command, answered by the running node.
+    let deadline = Instant::now() + STEP;
+    while stage.status(&seeder).is_none_or(|s| s["complete"] != true) {
+        assert!(
+            Instant::now() < deadline,
+            "sluice status never said complete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let getter = stage.run("get", &get, &["get", &magnet, "-o", "/data/out"]);
+    assert_eq!(stage.wait(&getter), 0, "the getter completes");
+    assert!(
+        std::fs::read(get.join("out/file.bin")).unwrap() == data,
+        "content identical"
+    );
+}
+
+#[test]
+#[cfg_attr(sluice_no_docker, ignore = "no Docker daemon answers here")]
+fn a_getter_stopped_by_docker_resumes_where_it_left_off() {
+    let mut stage = Stage::new("resume");
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, get) = (dir.path().join("seed"), dir.path().join("get"));
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::create_dir_all(&get).unwrap();
+    let data = content(6 << 20);
+    std::fs::write(seed.join("file.bin"), &data).unwrap();
+
+    // 6 MiB at 1 MB/s: long enough to stop half-way.
+    let seeder = stage.run(
+        "seed",
+        &seed,
+        &["seed", "/data/file.bin", "--up-rate", "1MB/s"],
+    );
+    let magnet = stage.line(&seeder, "magnet:");
+    let getter = stage.run("get", &get, &["get", &magnet, "-o", "/data/out"]);
+    let deadline = Instant::now() + STEP;
+    let verified = loop {
+        let s = stage.status(&getter);
+        let v = s
+            .as_ref()
+            .and_then(|s| s["verified_pieces"].as_u64())
+            .unwrap_or(0);
+        let total = s
+            .as_ref()
+            .and_then(|s| s["total_pieces"].as_u64())
+            .unwrap_or(u64::MAX);
+        if v * 3 >= total {
+            assert!(v < total, "finished before it could be stopped");
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the getter made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SIGTERM, as Docker stops any container: progress saved, exit 130.
+    docker_ok(&["stop", "-t", "30", &getter]);
+    assert_eq!(stage.wait(&getter), 130, "interrupted, not killed");
+    let logs = docker(&["logs", &getter]);
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("progress is saved"),
+        "it says so"
+    );
+
+    docker_ok(&["start", &getter]);
+    let deadline = Instant::now() + STEP;
+    let resumed = loop {
+        if let Some(at_start) = stage
+            .status(&getter)
+            .and_then(|s| s["pieces_at_start"].as_u64())
+        {
+            break at_start;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted getter never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        resumed >= verified,
+        "started again with {resumed} pieces, had {verified} when stopped"
+    );
+    assert_eq!(stage.wait(&getter), 0, "the restarted getter completes");
+    assert!(
+        std::fs::read(get.join("out/file.bin")).unwrap() == data,
+        "content identical"
+    );
+}
