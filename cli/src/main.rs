@@ -95,6 +95,11 @@ enum Command {
     Get(net::GetArgs),
     /// A node with no torrent: serves the DHT, for others' --bootstrap.
     Node(net::NodeArgs),
+    /// Make or read an identity key file, for --identity: a peer id
+    /// chosen before the node runs (a bootstrap node's, say, kept as a
+    /// Docker secret).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     /// One node left running with many torrents, kept across restarts;
     /// driven by add, list, pause, resume and remove (and its API).
     Daemon(daemon::DaemonArgs),
@@ -257,6 +262,24 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Make a new ed25519 key in FILE (never overwritten; readable by
+    /// its owner only) and print its peer id.
+    New { file: PathBuf },
+    /// Print the peer id of the key in FILE.
+    Show { file: PathBuf },
+}
+
+fn identity(command: &IdentityCommand) -> Result<ExitCode> {
+    let key = match command {
+        IdentityCommand::New { file } => sluice_node::datadir::new_identity(file),
+        IdentityCommand::Show { file } => sluice_node::datadir::read_identity(file),
+    }?;
+    println!("{}", key.public().to_peer_id());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Create(args) => create(args),
@@ -264,6 +287,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Seed(args) => net::seed(args),
         Command::Get(args) => net::get(args),
         Command::Node(args) => net::node(args),
+        Command::Identity(c) => identity(&c),
         Command::Daemon(args) => daemon::daemon(args),
         Command::Add(args) => daemon::add(args),
         Command::Remove(args) => daemon::remove(args),

@@ -62,6 +62,10 @@ pub(crate) struct NetArgs {
     /// (default: $SLUICE_DATA_DIR, else ~/.local/share/sluice).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// The node's identity from this key file (`sluice identity new`)
+    /// instead of DATA_DIR/identity.key.
+    #[arg(long, env = "SLUICE_IDENTITY")]
+    identity: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or
     /// /ip4/0.0.0.0/udp/4001/quic-v1 (default: TCP and QUIC on any port,
     /// IPv4 and, where the host has it, IPv6). In the environment, several
@@ -432,6 +436,7 @@ pub(crate) fn node_config(
     let upnp = !net.no_upnp && upnp_applies(&listen);
     let mut config = NodeConfig::new(net.data_dir.clone().unwrap_or_else(default_data_dir))
         .with_api(api)
+        .with_identity_file(net.identity.clone())
         .with_listen(listen)
         .with_optional_listen(optional)
         .with_bt_listen((!net.no_bt).then_some(net.bt_listen))

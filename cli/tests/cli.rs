@@ -405,6 +405,35 @@ fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 #[test]
+fn a_node_runs_with_the_identity_made_for_it_beforehand() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let made = sluice(&["identity", "new", "node.key"], d);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let id = stdout(&made).trim().to_owned();
+    assert!(id.starts_with("12D3KooW"), "an ed25519 peer id: {id}");
+    let shown = sluice(&["identity", "show", "node.key"], d);
+    assert_eq!(stdout(&shown).trim(), id);
+    // Never overwritten; a file that is no key is named.
+    let again = sluice(&["identity", "new", "node.key"], d);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("node.key"), "{}", stderr(&again));
+    std::fs::write(d.join("bad.key"), b"not a key").unwrap();
+    let bad = sluice(&["identity", "show", "bad.key"], d);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("bad.key is not a valid identity key"));
+
+    std::fs::write(d.join("a.bin"), content(1000)).unwrap();
+    let seeder = local_seeder("a.bin", &["--identity", "node.key"], d);
+    let peer = line_starting(&seeder.lines, "peer:");
+    assert!(peer.ends_with(&format!("/p2p/{id}")), "{peer}");
+    assert!(
+        !d.join("seedd/identity.key").exists(),
+        "the data dir's own key is not made"
+    );
+}
+
+#[test]
 fn status_without_a_node_names_the_dir_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     for cmd in ["status", "peers", "top"] {

@@ -21,6 +21,43 @@ pub enum DataDirError {
     Locked { path: PathBuf },
     #[error("{path} is not a valid identity key")]
     BadKey { path: PathBuf },
+    #[error("cannot use the identity key file {path}")]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads an identity key file (libp2p's protobuf encoding, as
+/// `identity.key` and [`new_identity`] write it).
+pub fn read_identity(path: &Path) -> Result<Keypair, DataDirError> {
+    let bytes = fs::read(path).map_err(|source| DataDirError::KeyFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Keypair::from_protobuf_encoding(&bytes).map_err(|_| DataDirError::BadKey {
+        path: path.to_owned(),
+    })
+}
+
+/// Makes a new ed25519 identity key in `path`, readable by its owner
+/// only; an existing file is left alone (an error).
+pub fn new_identity(path: &Path) -> Result<Keypair, DataDirError> {
+    let io = |source| DataDirError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let key = Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding().expect("ed25519 keys encode");
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(key)
 }
 
 /// An open, locked data directory. The lock is released when dropped.
@@ -67,26 +104,13 @@ impl DataDir {
     /// The node's identity, made on first use.
     pub fn identity(&self) -> Result<Keypair, DataDirError> {
         let path = self.root.join("identity.key");
-        let io = |source| DataDirError::Io {
-            path: path.clone(),
-            source,
-        };
-        match fs::read(&path) {
-            Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
-                .map_err(|_| DataDirError::BadKey { path: path.clone() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Keypair::generate_ed25519();
-                let bytes = key.to_protobuf_encoding().expect("ed25519 keys encode");
-                let mut options = OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut f = options.open(&path).map_err(io)?;
-                f.write_all(&bytes).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                Ok(key)
+        match read_identity(&path) {
+            Err(DataDirError::KeyFile { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                new_identity(&path)
             }
-            Err(e) => Err(io(e)),
+            other => other,
         }
     }
 

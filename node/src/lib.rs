@@ -101,6 +101,8 @@ pub enum NodeError {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     data_dir: PathBuf,
+    /// The identity key instead of the data dir's `identity.key`.
+    identity_file: Option<PathBuf>,
     listen: Vec<Multiaddr>,
     listen_optional: Vec<Multiaddr>,
     bt_listen: Option<SocketAddr>,
@@ -135,6 +137,7 @@ impl NodeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            identity_file: None,
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
             listen_optional: Vec::new(),
             bt_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -209,6 +212,14 @@ impl NodeConfig {
             max_pending: self.max_pending_handshakes,
             max_pending_per_ip: self.max_pending_per_ip,
         }
+    }
+
+    /// The node's identity from this key file (read only; made with
+    /// [`datadir::new_identity`]) instead of the data dir's
+    /// `identity.key`: a peer id chosen before the node runs.
+    pub fn with_identity_file(mut self, path: Option<PathBuf>) -> Self {
+        self.identity_file = path;
+        self
     }
 
     /// The control API's address and token; `None` serves no API. Default
@@ -493,7 +504,10 @@ impl Node {
                 Some((listener, local))
             }
         };
-        let keypair = data_dir.identity()?;
+        let keypair = match &config.identity_file {
+            Some(path) => datadir::read_identity(path)?,
+            None => data_dir.identity()?,
+        };
         let relayed = RelayedBytes::default();
         let peer_id = keypair.public().to_peer_id();
         let transport = TransportConfig::default()
