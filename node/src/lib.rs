@@ -1086,6 +1086,11 @@ impl NodeHandle {
         self.connected.borrow().clone()
     }
 
+    /// [`Self::connected_peers`] as it changes.
+    pub fn watch_connected(&self) -> watch::Receiver<Vec<PeerId>> {
+        self.connected.clone()
+    }
+
     /// Fetches the metadata of `info_hash` from peers: every connected
     /// peer in turn (those dialed, found by mDNS, or found by asking the
     /// DHT for providers, which this starts). The info dict must hash to
@@ -1415,6 +1420,10 @@ async fn swarm_task(task: SwarmTask) {
     // reported).
     let mut listening: Vec<Multiaddr> = Vec::new();
     let mut discover = tokio::time::interval(discovery_interval);
+    // Joining the DHT again while the routing table is empty.
+    let mut rejoin_wait = REJOIN_FIRST;
+    let rejoin = tokio::time::sleep(REJOIN_FIRST);
+    tokio::pin!(rejoin);
     // Dials asked for through the handle, until they connect or fail.
     let mut explicit_dials: HashMap<libp2p::swarm::ConnectionId, DialReply> = HashMap::new();
     // Info-hashes being fetched, with how many fetches want each.
@@ -1433,6 +1442,30 @@ async fn swarm_task(task: SwarmTask) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = &mut rejoin, if !bootstrap.is_empty() => {
+                // Peers learnt beyond the bootstrap nodes, or a bootstrap
+                // node connected: joined. (One that failed stays in the
+                // routing table with its last address: that says nothing.)
+                let learnt = swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .any(|p| !bootstrap.contains_key(&p));
+                let joined = learnt || bootstrap.keys().any(|p| swarm.is_connected(p));
+                if !joined {
+                    debug!(wait = ?rejoin_wait, "no DHT peers: joining again through the bootstrap nodes");
+                    for (peer, addr) in &bootstrap {
+                        swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+                    }
+                    let _ = swarm.behaviour_mut().kad.bootstrap();
+                    rejoin.as_mut().reset(tokio::time::Instant::now() + rejoin_wait);
+                    rejoin_wait = (rejoin_wait * 2).min(REJOIN_MAX);
+                } else {
+                    rejoin_wait = REJOIN_FIRST;
+                    rejoin.as_mut().reset(tokio::time::Instant::now() + REJOIN_MAX);
+                }
+            }
             _ = discover.tick() => {
                 // Reservations lost (a relay restarted, say) are made again.
                 relaying.maintain(&mut swarm, &relays, &bootstrap, reach.borrow().reachability);
@@ -1948,6 +1981,14 @@ fn discover_torrent(
     }
     swarm.behaviour_mut().kad.get_providers(key);
 }
+
+/// A node that knows no DHT peer but its bootstrap nodes, and is connected
+/// to none of them (they were not up when it started, or all went away),
+/// joins again through them after
+/// this long, then twice as long each time up to [`REJOIN_MAX`]: in a
+/// container stack nothing says which service starts first.
+pub const REJOIN_FIRST: Duration = Duration::from_secs(1);
+pub const REJOIN_MAX: Duration = Duration::from_secs(30);
 
 /// How often a torrent puts its provider record in the DHT again (each
 /// discovery round only asks for providers).

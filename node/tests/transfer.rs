@@ -347,6 +347,52 @@ async fn dialing_each_other_keeps_one_session() -> Result<()> {
     Ok(())
 }
 
+/// A node started before its bootstrap node (as a container stack may
+/// start them) joins the DHT once the bootstrap node is up: its first dial
+/// fails, and it tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_the_dht_once_its_bootstrap_node_comes_up() -> Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("dht.key");
+    let id = sluice_node::datadir::new_identity(&key)?
+        .public()
+        .to_peer_id();
+    // Where the bootstrap node will listen; until then something that
+    // takes each connection and drops it, so every dial fails. Starting,
+    // a node dials its bootstrap nodes a few times at once (the DHT's
+    // bootstrap, relay reservations); only trying again later, while it
+    // knows no DHT peer, brings the count past that.
+    let squatter = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = squatter.local_addr()?.port();
+    let boot: sluice_node::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}").parse()?;
+    let early = node(dir.path(), "early", |c| {
+        c.with_bootstrap(vec![boot]).with_dht_server(true)
+    })
+    .await;
+    for _ in 0..6 {
+        let (dropped, _) = tokio::time::timeout(WAIT, squatter.accept()).await??;
+        drop(dropped);
+    }
+    drop(squatter);
+    let dht = node(dir.path(), "dht", |c| {
+        c.with_identity_file(Some(key))
+            .with_listen(vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()])
+            .with_dht_server(true)
+    })
+    .await;
+    assert_eq!(
+        dht.peer_id(),
+        id,
+        "the bootstrap node has the key made for it"
+    );
+    let mut connected = early.watch_connected();
+    tokio::time::timeout(WAIT, connected.wait_for(|peers| peers.contains(&id)))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    stop([early, dht]).await
+}
+
 /// No peer addresses given: seeder and leecher only know a DHT node, and
 /// find each other through provider records keyed by the info-hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
