@@ -82,7 +82,13 @@ impl Stage {
             String::from_utf8_lossy(&out.stderr)
         );
         eprintln!("image: {}", String::from_utf8_lossy(&out.stdout).trim());
-        docker_ok(&["network", "create", &stage.network]);
+        docker_ok(&[
+            "network",
+            "create",
+            "--label",
+            "sluice-test",
+            &stage.network,
+        ]);
         stage
     }
 
@@ -101,6 +107,8 @@ impl Stage {
             &self.network,
             "--user",
             &user,
+            "--label",
+            "sluice-test",
             "-v",
             &volume,
             &self.tag,
@@ -242,11 +250,11 @@ fn a_getter_stopped_by_docker_resumes_where_it_left_off() {
     let data = content(6 << 20);
     std::fs::write(seed.join("file.bin"), &data).unwrap();
 
-    // 6 MiB at 1 MB/s: long enough to stop half-way.
+    // 6 MiB at 512 kB/s: about 8 s left to stop it once a third is in.
     let seeder = stage.run(
         "seed",
         &seed,
-        &["seed", "/data/file.bin", "--up-rate", "1MB/s"],
+        &["seed", "/data/file.bin", "--up-rate", "512kB/s"],
     );
     let magnet = stage.line(&seeder, "magnet:");
     let getter = stage.run("get", &get, &["get", &magnet, "-o", "/data/out"]);

@@ -678,7 +678,7 @@ impl Node {
             cancel.clone(),
         ));
         if !handle.config.bootstrap.is_empty() {
-            // Joins the DHT; failures are retried by discovery rounds.
+            // Joins the DHT; while it has not, it tries again (`rejoin`).
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let interval = handle.config.discovery_interval;
@@ -1422,6 +1422,9 @@ async fn swarm_task(task: SwarmTask) {
     let mut discover = tokio::time::interval(discovery_interval);
     // Joining the DHT again while the routing table is empty.
     let mut rejoin_wait = REJOIN_FIRST;
+    // Whether a bootstrap node was ever reached: until then, peers learnt
+    // elsewhere (mDNS, an inbound connection) do not make a DHT.
+    let mut met_bootstrap = false;
     let rejoin = tokio::time::sleep(REJOIN_FIRST);
     tokio::pin!(rejoin);
     // Dials asked for through the handle, until they connect or fail.
@@ -1443,16 +1446,18 @@ async fn swarm_task(task: SwarmTask) {
         tokio::select! {
             () = cancel.cancelled() => break,
             () = &mut rejoin, if !bootstrap.is_empty() => {
-                // Peers learnt beyond the bootstrap nodes, or a bootstrap
-                // node connected: joined. (One that failed stays in the
-                // routing table with its last address: that says nothing.)
+                // A bootstrap node connected, or one met once and peers
+                // learnt beyond them since: joined. (One that failed stays
+                // in the routing table with its last address: that says
+                // nothing.)
                 let learnt = swarm
                     .behaviour_mut()
                     .kad
                     .kbuckets()
                     .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
                     .any(|p| !bootstrap.contains_key(&p));
-                let joined = learnt || bootstrap.keys().any(|p| swarm.is_connected(p));
+                let joined = (met_bootstrap && learnt)
+                    || bootstrap.keys().any(|p| swarm.is_connected(p));
                 if !joined {
                     debug!(wait = ?rejoin_wait, "no DHT peers: joining again through the bootstrap nodes");
                     for (peer, addr) in &bootstrap {
@@ -1613,6 +1618,7 @@ async fn swarm_task(task: SwarmTask) {
                         let _ = reply.send(Ok(peer_id));
                     }
                     debug!(%peer_id, ?endpoint, "connected");
+                    met_bootstrap |= bootstrap.contains_key(&peer_id);
                     if num_established.get() == 1 {
                         connected.send_modify(|c| c.push(peer_id));
                         connected_at.insert(peer_id, tokio::time::Instant::now());
@@ -1982,9 +1988,9 @@ fn discover_torrent(
     swarm.behaviour_mut().kad.get_providers(key);
 }
 
-/// A node that knows no DHT peer but its bootstrap nodes, and is connected
-/// to none of them (they were not up when it started, or all went away),
-/// joins again through them after
+/// A node connected to none of its bootstrap nodes that either never
+/// reached one (they were not up when it started) or knows no DHT peer
+/// beyond them (all went away) joins again through them after
 /// this long, then twice as long each time up to [`REJOIN_MAX`]: in a
 /// container stack nothing says which service starts first.
 pub const REJOIN_FIRST: Duration = Duration::from_secs(1);

@@ -76,6 +76,14 @@ impl Proc {
         };
         command
             .args(&args)
+            // Each node's addresses and key are the testnet's to give: a
+            // user's exported ones would have every node bind one port or
+            // share one peer id.
+            .env_remove("SLUICE_LISTEN")
+            .env_remove("SLUICE_BT_LISTEN")
+            .env_remove("SLUICE_API")
+            .env_remove("SLUICE_API_TOKEN")
+            .env_remove("SLUICE_IDENTITY")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
