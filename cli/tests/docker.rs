@@ -310,3 +310,138 @@ fn a_getter_stopped_by_docker_resumes_where_it_left_off() {
         "content identical"
     );
 }
+
+/// A single-node Docker Swarm for the test: initialised here if the
+/// daemon is in none (and left again when dropped), else the one there is.
+struct Swarm {
+    made: bool,
+}
+
+impl Swarm {
+    fn join() -> Self {
+        let state = docker_ok(&["info", "-f", "{{.Swarm.LocalNodeState}}"]);
+        let made = state.trim() != "active";
+        if made {
+            docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        }
+        Self { made }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.made {
+            docker(&["swarm", "leave", "--force"]);
+        }
+    }
+}
+
+/// A deployed stack: removed when dropped, and waited for until its
+/// network is gone.
+struct Stack(String);
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for service in ["dht", "seeder", "leecher"] {
+                let out = docker(&["service", "logs", &format!("{}_{service}", self.0)]);
+                eprintln!(
+                    "--- {service}\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        docker(&["stack", "rm", &self.0]);
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline
+            && !docker_ok(&["network", "ls", "-q", "-f", &format!("name={}_net", self.0)])
+                .trim()
+                .is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(sluice_no_docker, ignore = "no Docker daemon answers here")]
+fn the_example_stack_spreads_a_file_to_every_leecher_on_docker_swarm() {
+    let stage = Stage::new("stack");
+    let _swarm = Swarm::join();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sluice = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dht_id = sluice(&["identity", "new", "dht.key"]).trim().to_owned();
+    std::fs::write(d.join("album.bin"), content(2 << 20)).unwrap();
+    let shown = sluice(&["create", "album.bin", "-o", "album.torrent", "--json"]);
+    let info_hash = serde_json::from_str::<Value>(&shown).unwrap()["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The image's user reads the content and the key.
+    for f in ["album.bin", "album.torrent", "dht.key"] {
+        std::fs::set_permissions(
+            d.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let name = stage.network.replace('-', "");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/stack.yml");
+    let deploy = Command::new("timeout")
+        .arg(STEP.as_secs().to_string())
+        .args(["docker", "stack", "deploy", "-c"])
+        .arg(&file)
+        .arg(&name)
+        .env("SLUICE_IMAGE", &stage.tag)
+        .env("SLUICE_DHT_KEY", d.join("dht.key"))
+        .env("SLUICE_DHT_ID", &dht_id)
+        .env("SLUICE_CONTENT", d)
+        .env("SLUICE_FILE", "album.bin")
+        .env("SLUICE_TORRENT", "album.torrent")
+        .env("SLUICE_INFO_HASH", &info_hash)
+        .env("SLUICE_API_TOKEN", "test-token")
+        .env("SLUICE_LEECHERS", "3")
+        .output()
+        .unwrap();
+    let stack = Stack(name);
+    assert!(
+        deploy.status.success(),
+        "docker stack deploy: {}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+
+    // Every leecher says, through its own API, that it has every piece.
+    let deadline = Instant::now() + STEP * 2;
+    loop {
+        let ids = docker_ok(&["ps", "-q", "-f", &format!("name={}_leecher", stack.0)]);
+        let done = ids
+            .lines()
+            .filter(|c| {
+                stage.status(c).is_some_and(|s| {
+                    s["complete"] == true && s["verified_pieces"] == s["total_pieces"]
+                })
+            })
+            .count();
+        if done == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of 3 leechers complete");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
