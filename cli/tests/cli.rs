@@ -7,9 +7,12 @@
     reason = "test helpers; a skipped check says so"
 )]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::eventually;
 use serde_json::Value;
 
 fn sluice(args: &[&str], cwd: &Path) -> Output {
@@ -386,21 +389,6 @@ fn spawn_command(mut command: Command, cwd: &Path) -> Running {
     Running {
         _child: Seeder(child),
         lines,
-    }
-}
-
-/// Calls `probe` until it returns something, for at most a minute.
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

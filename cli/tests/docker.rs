@@ -20,7 +20,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::eventually_within;
 use serde_json::Value;
+
+mod common;
 
 /// The longest any one docker command may take.
 const STEP: Duration = Duration::from_secs(120);
@@ -146,16 +149,13 @@ impl Stage {
     /// The line of the container's output that starts with `prefix`
     /// (after it), waiting for it.
     fn line(&self, container: &str, prefix: &str) -> String {
-        let deadline = Instant::now() + STEP;
-        loop {
+        eventually_within(STEP, &format!("{prefix:?} from {container}"), || {
             let out = docker(&["logs", container]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if let Some(rest) = text.lines().find_map(|l| l.strip_prefix(prefix)) {
-                return rest.trim().to_owned();
-            }
-            assert!(Instant::now() < deadline, "no {prefix:?} from {container}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(|rest| rest.trim().to_owned())
+        })
     }
 }
 
@@ -222,14 +222,9 @@ fn a_seeder_container_serves_one_that_has_only_the_magnet_link() {
         "the magnet carries the seeder's address: {magnet}"
     );
     // The healthcheck's command, answered by the running node.
-    let deadline = Instant::now() + STEP;
-    while stage.status(&seeder).is_none_or(|s| s["complete"] != true) {
-        assert!(
-            Instant::now() < deadline,
-            "sluice status never said complete"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_within(STEP, "sluice status to say complete", || {
+        stage.status(&seeder).filter(|s| s["complete"] == true)
+    });
 
     let getter = stage.run("get", &get, &["get", &magnet, "-o", "/data/out"]);
     assert_eq!(stage.wait(&getter), 0, "the getter completes");
@@ -258,24 +253,13 @@ fn a_getter_stopped_by_docker_resumes_where_it_left_off() {
     );
     let magnet = stage.line(&seeder, "magnet:");
     let getter = stage.run("get", &get, &["get", &magnet, "-o", "/data/out"]);
-    let deadline = Instant::now() + STEP;
-    let verified = loop {
-        let s = stage.status(&getter);
-        let v = s
-            .as_ref()
-            .and_then(|s| s["verified_pieces"].as_u64())
-            .unwrap_or(0);
-        let total = s
-            .as_ref()
-            .and_then(|s| s["total_pieces"].as_u64())
-            .unwrap_or(u64::MAX);
-        if v * 3 >= total {
-            assert!(v < total, "finished before it could be stopped");
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the getter made no progress");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (verified, total) = eventually_within(STEP, "a third of the pieces", || {
+        let s = stage.status(&getter)?;
+        let v = s["verified_pieces"].as_u64()?;
+        let total = s["total_pieces"].as_u64()?;
+        (v * 3 >= total).then_some((v, total))
+    });
+    assert!(verified < total, "finished before it could be stopped");
     // SIGTERM, as Docker stops any container: progress saved, exit 130.
     docker_ok(&["stop", "-t", "30", &getter]);
     assert_eq!(stage.wait(&getter), 130, "interrupted, not killed");
@@ -286,20 +270,9 @@ fn a_getter_stopped_by_docker_resumes_where_it_left_off() {
     );
 
     docker_ok(&["start", &getter]);
-    let deadline = Instant::now() + STEP;
-    let resumed = loop {
-        if let Some(at_start) = stage
-            .status(&getter)
-            .and_then(|s| s["pieces_at_start"].as_u64())
-        {
-            break at_start;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted getter never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let resumed = eventually_within(STEP, "the restarted getter to answer", || {
+        stage.status(&getter)?["pieces_at_start"].as_u64()
+    });
     assert!(
         resumed >= verified,
         "started again with {resumed} pieces, had {verified} when stopped"
@@ -427,8 +400,7 @@ fn the_example_stack_spreads_a_file_to_every_leecher_on_docker_swarm() {
     );
 
     // Every leecher says, through its own API, that it has every piece.
-    let deadline = Instant::now() + STEP * 2;
-    loop {
+    eventually_within(STEP * 2, "all 3 leechers complete", || {
         let ids = docker_ok(&["ps", "-q", "-f", &format!("name={}_leecher", stack.0)]);
         let done = ids
             .lines()
@@ -438,10 +410,6 @@ fn the_example_stack_spreads_a_file_to_every_leecher_on_docker_swarm() {
                 })
             })
             .count();
-        if done == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{done} of 3 leechers complete");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        (done == 3).then_some(())
+    });
 }

@@ -1420,7 +1420,7 @@ async fn swarm_task(task: SwarmTask) {
     // reported).
     let mut listening: Vec<Multiaddr> = Vec::new();
     let mut discover = tokio::time::interval(discovery_interval);
-    // Joining the DHT again while the routing table is empty.
+    // Joining the DHT again while it has not joined (see `REJOIN_FIRST`).
     let mut rejoin_wait = REJOIN_FIRST;
     // Whether a bootstrap node was ever reached: until then, peers learnt
     // elsewhere (mDNS, an inbound connection) do not make a DHT.
@@ -1450,12 +1450,9 @@ async fn swarm_task(task: SwarmTask) {
                 // learnt beyond them since: joined. (One that failed stays
                 // in the routing table with its last address: that says
                 // nothing.)
-                let learnt = swarm
-                    .behaviour_mut()
-                    .kad
-                    .kbuckets()
-                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-                    .any(|p| !bootstrap.contains_key(&p));
+                let learnt = swarm.behaviour_mut().kad.kbuckets().any(|b| {
+                    b.iter().any(|e| !bootstrap.contains_key(e.node.key.preimage()))
+                });
                 let joined = (met_bootstrap && learnt)
                     || bootstrap.keys().any(|p| swarm.is_connected(p));
                 if !joined {

@@ -518,7 +518,8 @@ struct Peer<I, K> {
     /// Its upload cap in bytes/s, as last told to its session.
     cap: Option<u64>,
     /// `Have`s for pieces it holds already, held back (see
-    /// [`DEFAULT_REDUNDANT_HAVE_DELAY`]); each piece at most once.
+    /// [`DEFAULT_REDUNDANT_HAVE_DELAY`]): the pieces verified within that
+    /// delay, at most.
     held_haves: Vec<u32>,
 }
 

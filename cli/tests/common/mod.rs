@@ -10,6 +10,28 @@ use std::time::{Duration, Instant};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
+/// Calls `probe` until it returns something, for at most [`WAIT`].
+pub(crate) fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    eventually_within(WAIT, what, probe)
+}
+
+/// Calls `probe` every 100 ms until it returns something, for at most
+/// `limit`.
+pub(crate) fn eventually_within<T>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Flags that keep a node on 127.0.0.1 and off mDNS.
 pub(crate) const LOCAL: [&str; 5] = [
     "--no-mdns",
