@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{LOCAL, Running, WAIT};
+use common::{LOCAL, Running, WAIT, eventually};
 
 fn sluice(args: &[&str], cwd: &Path) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -31,17 +31,6 @@ fn sluice(args: &[&str], cwd: &Path) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
-}
-
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn daemon(d: &Path) -> Running {
