@@ -1592,9 +1592,9 @@ async fn swarm_task(task: SwarmTask) {
                     }
                 }
                 SwarmEvent::ListenerClosed { listener_id, ref addresses, ref reason } => {
-                    if let Some((relay, _)) = relaying.listeners.remove(&listener_id) {
+                    if let Some(l) = relaying.listeners.remove(&listener_id) {
                         // A reservation ended; the next round asks again.
-                        debug!(%relay, ?reason, "relay reservation ended");
+                        debug!(relay = %l.relay, ?reason, "relay reservation ended");
                     } else if let Err(e) = reason {
                         warn!(error = %e, "a listener closed");
                     }
@@ -1765,6 +1765,9 @@ async fn swarm_task(task: SwarmTask) {
                         }
                     }
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                    libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+                )) => relaying.reservation_accepted(&mut swarm, relay_peer_id),
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                     for (peer, addr) in found {
                         if !swarm.is_connected(&peer) {
@@ -1785,10 +1788,8 @@ pub const MAX_RELAYS: usize = 2;
 /// The node's relay reservations and what decides them.
 #[derive(Default)]
 struct Relaying {
-    /// Circuit listeners (one per reservation): the relay each uses, and
-    /// whether the user named it (`--relay`: kept, and not counted
-    /// against [`MAX_RELAYS`]).
-    listeners: HashMap<libp2p::core::transport::ListenerId, (PeerId, bool)>,
+    /// Circuit listeners (one per reservation).
+    listeners: HashMap<libp2p::core::transport::ListenerId, RelayListener>,
     /// Global listen addresses taken as external on trust: a failed
     /// dial-back removes them (and only them).
     trusted: HashSet<Multiaddr>,
@@ -1799,6 +1800,22 @@ struct Relaying {
     /// Our listen addresses are all private (see
     /// `reach::likely_behind_nat`).
     likely_behind_nat: bool,
+}
+
+/// A circuit listener: its relay's reservation.
+#[derive(Debug)]
+struct RelayListener {
+    relay: PeerId,
+    /// The user named the relay (`--relay`): kept once the node is
+    /// public, and not counted against [`MAX_RELAYS`].
+    explicit: bool,
+    /// The relay has answered the reservation request. libp2p-relay 0.22's
+    /// client panics on an acceptance for a listener removed while it was
+    /// asked (`priv_client.rs`: "Relay connection exist"), which kills
+    /// the swarm task: a listener is removed only once answered.
+    answered: bool,
+    /// To be removed once answered (the node turned public meanwhile).
+    unwanted: bool,
 }
 
 impl Relaying {
@@ -1814,13 +1831,21 @@ impl Relaying {
         let Some(Protocol::P2p(relay)) = addr.iter().last() else {
             return;
         };
-        if self.listeners.values().any(|(p, _)| *p == relay) {
+        if self.listeners.values().any(|l| l.relay == relay) {
             return;
         }
         match swarm.listen_on(addr.clone().with(Protocol::P2pCircuit)) {
             Ok(id) => {
                 debug!(%relay, explicit, "asking for a relay reservation");
-                self.listeners.insert(id, (relay, explicit));
+                self.listeners.insert(
+                    id,
+                    RelayListener {
+                        relay,
+                        explicit,
+                        answered: false,
+                        unwanted: false,
+                    },
+                );
             }
             Err(e) => warn!(%addr, error = %chain(&e), "cannot use this relay"),
         }
@@ -1853,13 +1878,7 @@ impl Relaying {
         let mut hop: Vec<PeerId> = self.hop_peers.iter().copied().collect();
         hop.sort_unstable();
         for peer in hop {
-            if self
-                .listeners
-                .values()
-                .filter(|(_, explicit)| !explicit)
-                .count()
-                >= MAX_RELAYS
-            {
+            if self.listeners.values().filter(|l| !l.explicit).count() >= MAX_RELAYS {
                 break;
             }
             if let Some(addr) = bootstrap.get(&peer) {
@@ -1886,14 +1905,32 @@ impl Relaying {
             v.external = external;
         });
         if reachability == Reachability::Public && was != Reachability::Public {
-            let own: Vec<_> = self
-                .listeners
-                .iter()
-                .filter(|(_, (_, explicit))| !explicit)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in own {
-                swarm.remove_listener(id);
+            for (id, l) in &mut self.listeners {
+                if l.explicit {
+                    continue;
+                }
+                if l.answered {
+                    swarm.remove_listener(*id);
+                } else {
+                    l.unwanted = true;
+                }
+            }
+        }
+    }
+
+    /// `relay` accepted a reservation: a listener on it that is no longer
+    /// wanted goes now.
+    fn reservation_accepted(
+        &mut self,
+        swarm: &mut libp2p::Swarm<sluice_swarm::transport::Behaviour>,
+        relay: PeerId,
+    ) {
+        for (id, l) in &mut self.listeners {
+            if l.relay == relay && !l.answered {
+                l.answered = true;
+                if l.unwanted {
+                    swarm.remove_listener(*id);
+                }
             }
         }
     }
