@@ -239,6 +239,11 @@ pub(crate) struct SeedArgs {
     /// Its .torrent (default: make one, saved in the data dir).
     #[arg(long)]
     torrent: Option<PathBuf>,
+    /// Write the file first, if it is not there, as `sluice testnet`
+    /// generates it with this seed (`--on docker-swarm` seeders make their
+    /// content where they run).
+    #[arg(long, value_name = "SEED", requires = "torrent", hide = true)]
+    testnet_content: Option<u64>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -695,6 +700,12 @@ fn seeded_torrent(path: &Path, data_dir: &Path) -> Result<Arc<Metainfo>> {
 }
 
 pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
+    if let (Some(seed), Some(torrent)) = (args.testnet_content, &args.torrent)
+        && !args.path.exists()
+    {
+        let size = read_torrent(torrent)?.info().total_size();
+        sluice_testnet::run::write_content_atomically(&args.path, size, seed)?;
+    }
     if !args.path.exists() {
         anyhow::bail!("{} does not exist", args.path.display());
     }

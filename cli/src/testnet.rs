@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sluice_testnet::{ChokerKind, Client, Config, Discovery, NodeView, Role, Testnet, Transport};
+use sluice_testnet::{
+    ChokerKind, Client, Config, Discovery, NodeView, Platform, Role, Testnet, Transport,
+};
 
 use sluice_storage::units::{format_rate, parse_rate, parse_size};
 
@@ -142,6 +144,23 @@ pub(crate) struct TestnetArgs {
     /// on request (UPnP, a real miniupnpd) [default: 0].
     #[arg(long, value_name = "K")]
     upnp: Option<usize>,
+    /// Where the nodes run: on this machine (in this process, or as
+    /// processes with --processes or --netns), or as a stack on the Docker
+    /// Swarm the local `docker` talks to, one container per node, found
+    /// through the DHT (scripts/image builds the image) [default: local].
+    #[arg(long, value_enum)]
+    on: Option<OnArg>,
+    /// With --on docker-swarm: the image every node runs, e.g.
+    /// REGISTRY/sluice:TAG when the swarm's hosts pull from a registry
+    /// [default: sluice:VERSION, here].
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnArg {
+    Local,
+    DockerSwarm,
 }
 
 /// `sluice sim`: the scenario flags of `sluice testnet`, and the model's.
@@ -269,6 +288,15 @@ impl TestnetArgs {
         if let Some(k) = self.upnp {
             c.upnp = k;
         }
+        if let Some(on) = self.on {
+            c.on = match on {
+                OnArg::Local => Platform::Local,
+                OnArg::DockerSwarm => Platform::DockerSwarm,
+            };
+        }
+        if self.image.is_some() && c.on != Platform::DockerSwarm {
+            anyhow::bail!("--image is for --on docker-swarm");
+        }
         c.validate()?;
         Ok(c)
     }
@@ -296,13 +324,17 @@ pub(crate) fn sim(args: SimArgs) -> Result<ExitCode> {
         (a.libtorrent_seeders.is_some(), "--libtorrent-seeders"),
         (a.discovery.is_some(), "--discovery"),
         (a.peers_per_node.is_some(), "--peers-per-node"),
+        (a.on.is_some(), "--on"),
+        (a.image.is_some(), "--image"),
     ];
     if let Some((_, flag)) = not_here.iter().find(|(given, _)| *given) {
         anyhow::bail!("{flag} is for real nodes (sluice testnet); a simulation has none");
     }
     let config = a.config()?;
-    if config.processes || config.netns {
-        anyhow::bail!("the scenario sets `processes` or `netns`; a simulation runs no processes");
+    if config.node_processes() {
+        anyhow::bail!(
+            "the scenario sets `processes`, `netns` or `on`; a simulation runs no processes"
+        );
     }
     if config.libtorrent + config.libtorrent_seeders > 0 || config.transport == Transport::Bt {
         anyhow::bail!(
@@ -390,16 +422,27 @@ pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     println!(
-        "testnet: {} nodes ({} seeders, {} free-riders, {} slow disks), {}; report in {}",
+        "testnet: {} nodes ({} seeders, {} free-riders, {} slow disks), {}{}; report in {}",
         config.nodes,
         config.seeders,
         config.free_riders,
         config.slow_disks,
         sluice_storage::units::format_size(config.size),
+        match config.on {
+            Platform::Local => String::new(),
+            Platform::DockerSwarm => format!(
+                " on Docker Swarm ({})",
+                args.image
+                    .as_deref()
+                    .unwrap_or(sluice_testnet::DEFAULT_IMAGE)
+            ),
+        },
         dir.display()
     );
     let exe = std::env::current_exe().context("finding the sluice executable")?;
-    let mut testnet = Testnet::prepare(config, &dir)?.with_executable(exe);
+    let mut testnet = Testnet::prepare(config, &dir)?
+        .with_executable(exe)
+        .with_image(args.image.clone());
     let keep_data = args.keep_data;
     let outcome = runtime.block_on(run(&mut testnet, &dir, &args));
     let stopped = runtime.block_on(testnet.shutdown());
@@ -429,7 +472,18 @@ async fn run(testnet: &mut Testnet, dir: &std::path::Path, args: &TestnetArgs) -
     println!();
     print!("{}", report.summary());
     println!("report: {}", dir.join("report.md").display());
-    if args.keep_running {
+    if args.keep_running
+        && let Some((stack, token)) = testnet.stack()
+    {
+        println!("stack {stack} keeps running; Ctrl-C removes it");
+        println!("  every node's API takes the token: export SLUICE_API_TOKEN={token}");
+        for (name, _, _, api) in testnet.endpoints() {
+            if let Some(api) = api {
+                println!("  {name:<10} sluice peers --api {api}");
+            }
+        }
+        stops.recv().await;
+    } else if args.keep_running {
         println!("nodes keep running; Ctrl-C to stop");
         for (name, data_dir, _, api) in testnet.endpoints() {
             if let Some(api) = api {

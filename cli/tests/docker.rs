@@ -286,18 +286,24 @@ fn a_getter_stopped_by_docker_resumes_where_it_left_off() {
 
 /// A single-node Docker Swarm for the test: initialised here if the
 /// daemon is in none (and left again when dropped), else the one there is.
+/// One test at a time has it (a lock file), so that one test's leaving
+/// does not pull the swarm from under another's stack.
 struct Swarm {
     made: bool,
+    _lock: std::fs::File,
 }
 
 impl Swarm {
     fn join() -> Self {
+        let path = std::env::temp_dir().join("sluice-test-docker-swarm.lock");
+        let lock = std::fs::File::create(&path).unwrap();
+        eventually_within(STEP * 5, "the swarm is free", || lock.try_lock().ok());
         let state = docker_ok(&["info", "-f", "{{.Swarm.LocalNodeState}}"]);
         let made = state.trim() != "active";
         if made {
             docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
         }
-        Self { made }
+        Self { made, _lock: lock }
     }
 }
 
@@ -412,4 +418,91 @@ fn the_example_stack_spreads_a_file_to_every_leecher_on_docker_swarm() {
             .count();
         (done == 3).then_some(())
     });
+}
+
+#[test]
+#[cfg_attr(sluice_no_docker, ignore = "no Docker daemon answers here")]
+fn the_testnet_runs_on_docker_swarm_and_leaves_nothing_behind() {
+    let stage = Stage::new("testnet");
+    let _swarm = Swarm::join();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join(format!("tn{}", std::process::id()));
+    // The stack is named after the report directory.
+    let stack = format!("sluice-testnet-tn{}", std::process::id());
+    let _stack = Stack(stack.clone());
+    let volumes_before = docker_ok(&["volume", "ls", "-q"]);
+    let out = Command::new("timeout")
+        .arg((STEP * 5).as_secs().to_string())
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(["testnet", "--on", "docker-swarm", "--image", &stage.tag])
+        .args(["--nodes", "8", "--size", "4MiB", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "sluice testnet: {}\n{said}",
+        out.status
+    );
+
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["scenario"]["on"], "docker-swarm", "{said}");
+    assert_eq!(r["timed_out"], false, "{said}");
+    let nodes = r["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 8);
+    for n in nodes {
+        // Each node's own API said so: every piece verified against the
+        // torrent's hashes.
+        if n["role"] != "seeder" {
+            assert!(
+                n["completed_at"].is_number(),
+                "{} did not complete: {said}",
+                n["name"]
+            );
+            assert!(
+                n["downloaded"].as_u64().unwrap() >= 4 << 20,
+                "{} downloaded too little",
+                n["name"]
+            );
+        }
+        assert!(n["peak_rss_bytes"].as_u64().unwrap() > 0, "{}", n["name"]);
+    }
+    assert!(r["bound"]["ratio"].is_number(), "{said}");
+    for f in [
+        "report.md",
+        "stack.json",
+        "logs/seeder.log",
+        "logs/leecher.log",
+    ] {
+        assert!(report.join(f).exists(), "{f} is missing");
+    }
+    assert!(
+        !report.join("dht.key").exists(),
+        "the DHT node's key is left behind"
+    );
+
+    // The stack, its network, config, secret and containers are gone.
+    let label = format!("label=com.docker.stack.namespace={stack}");
+    assert!(!docker_ok(&["stack", "ls"]).contains(&stack));
+    for what in [
+        &["network", "ls", "-q", "--filter", &label][..],
+        &["ps", "-aq", "--filter", &label],
+        &["config", "ls", "-q", "--filter", &label],
+        &["secret", "ls", "-q", "--filter", &label],
+    ] {
+        assert_eq!(docker_ok(what).trim(), "", "left behind: docker {what:?}");
+    }
+    // Nor the containers' /data volumes (anonymous: no label to filter by).
+    let volumes = docker_ok(&["volume", "ls", "-q"]);
+    let new: Vec<&str> = volumes
+        .lines()
+        .filter(|v| !volumes_before.lines().any(|b| b == *v))
+        .collect();
+    assert!(new.is_empty(), "volumes left behind: {new:?}");
 }

@@ -123,6 +123,9 @@ pub struct NodeInfo {
     pub relayed_bytes_received: u64,
     #[serde(default)]
     pub relayed_bytes_sent: u64,
+    /// The node process's peak resident memory (`VmHWM`; Linux only).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// The write queue as the API shows it (node-wide: torrents share it).
@@ -791,7 +794,16 @@ async fn node_info(State(state): State<ApiState>) -> axum::Json<NodeInfo> {
         hole_punch_successes: reach.hole_punch_successes,
         relayed_bytes_received: state.relayed.received(),
         relayed_bytes_sent: state.relayed.sent(),
+        peak_rss_bytes: own_peak_rss(),
     })
+}
+
+/// This process's peak resident memory, from `/proc/self/status`.
+fn own_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn snapshots(torrents: &Torrents) -> Vec<TorrentStats> {

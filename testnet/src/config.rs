@@ -96,6 +96,29 @@ pub enum Discovery {
     Fixed,
 }
 
+/// Where the nodes run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Platform {
+    /// On this machine: in the testnet's process, or as processes
+    /// (`processes`, `netns`).
+    #[default]
+    Local,
+    /// As a stack on the Docker Swarm the local `docker` talks to: one
+    /// service per kind of node, its nodes the service's replicas, each a
+    /// container of the sluice image.
+    DockerSwarm,
+}
+
+impl Platform {
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Local => "local",
+            Platform::DockerSwarm => "docker-swarm",
+        }
+    }
+}
+
 /// A testnet: nodes, content, links, disks, behaviour and events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -172,6 +195,8 @@ pub struct Config {
     /// With `netns`: of the NATed nodes, how many have a router that maps
     /// ports on request (UPnP: a real miniupnpd).
     pub upnp: usize,
+    /// Where the nodes run.
+    pub on: Platform,
     #[serde(rename = "event")]
     pub events: Vec<Event>,
 }
@@ -207,6 +232,7 @@ impl Default for Config {
             nat: 0,
             relays: 0,
             upnp: 0,
+            on: Platform::Local,
             events: Vec::new(),
         }
     }
@@ -338,6 +364,12 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether every node is a process of its own (`processes`, `netns`,
+    /// or a container on Docker Swarm) rather than one of the testnet's.
+    pub fn node_processes(&self) -> bool {
+        self.processes || self.netns || self.on == Platform::DockerSwarm
+    }
+
     pub fn rechoke_interval(&self) -> Duration {
         Duration::from_secs_f64(self.rechoke)
     }
@@ -437,6 +469,9 @@ impl Config {
         } else if self.nat + self.relays + self.upnp > 0 {
             bail!("--nat, --relays and --upnp need --netns (nodes in network namespaces)");
         }
+        if self.on == Platform::DockerSwarm {
+            self.validate_on_swarm()?;
+        }
         let names: Vec<String> = self.plan().into_iter().map(|n| n.name).collect();
         for e in &self.events {
             if !names.contains(&e.node) {
@@ -469,6 +504,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What a run on Docker Swarm cannot do yet: its nodes are a
+    /// service's replicas, all started by one deploy and found through
+    /// the DHT, each the sluice image.
+    fn validate_on_swarm(&self) -> Result<()> {
+        let refused = [
+            (self.processes, "--processes (every node is a container)"),
+            (self.netns, "--netns (every node is a container)"),
+            (
+                self.libtorrent + self.libtorrent_seeders > 0,
+                "libtorrent nodes (the image holds sluice only)",
+            ),
+            (self.transport == Transport::Bt, "--transport bt"),
+            (
+                self.discovery == Discovery::Fixed,
+                "--discovery fixed (replicas find each other through the DHT)",
+            ),
+            (self.liars > 0, "liars"),
+            (self.churn.is_some(), "--churn"),
+            (
+                !self.events.is_empty(),
+                "events (they name single nodes; on Docker Swarm nodes are replicas, started together)",
+            ),
+        ];
+        match refused.iter().find(|(given, _)| *given) {
+            Some((_, what)) => bail!("--on docker-swarm does not run {what}"),
+            None => Ok(()),
+        }
     }
 
     /// Every node, in start order: seeders, then the downloading nodes.
@@ -636,6 +700,55 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn docker_swarm_refuses_what_it_cannot_run_and_says_what() {
+        let on_swarm = Config {
+            on: Platform::DockerSwarm,
+            ..Config::default()
+        };
+        on_swarm.validate().unwrap();
+        let c: Config = toml::from_str("on = \"docker-swarm\"").unwrap();
+        assert_eq!(c.on, Platform::DockerSwarm);
+        assert!(c.node_processes());
+        for (c, says) in [
+            (
+                Config {
+                    churn: Some(5.0),
+                    ..on_swarm.clone()
+                },
+                "--churn",
+            ),
+            (
+                Config {
+                    discovery: Discovery::Fixed,
+                    ..on_swarm.clone()
+                },
+                "--discovery fixed",
+            ),
+            (
+                Config {
+                    processes: true,
+                    ..on_swarm.clone()
+                },
+                "--processes",
+            ),
+            (
+                Config {
+                    events: vec![Event {
+                        at: 1.0,
+                        node: "peer-01".into(),
+                        action: Action::Leave,
+                    }],
+                    ..on_swarm.clone()
+                },
+                "events",
+            ),
+        ] {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("docker-swarm") && err.contains(says), "{err}");
+        }
     }
 
     /// The scenario the README shows parses and validates.

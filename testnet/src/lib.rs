@@ -13,6 +13,8 @@
 //! - [`libtorrent`]: libtorrent 2.0 nodes beside sluice's (`--libtorrent K`);
 //! - [`netns`]: hosts in network namespaces, some behind NAT routers
 //!   (`--netns`);
+//! - `docker`: the testnet as a stack on Docker Swarm (`--on
+//!   docker-swarm`), its nodes containers of the sluice image;
 //! - [`report`]: report.json, report.md and the terminal summary;
 //! - [`plot`]: the SVG plots;
 //! - [`bound`]: Kumar & Ross's lower bound on distribution time;
@@ -20,6 +22,7 @@
 
 pub mod bound;
 pub mod config;
+mod docker;
 pub mod libtorrent;
 pub mod netns;
 pub mod plot;
@@ -28,7 +31,8 @@ pub mod report;
 pub mod run;
 pub mod sim;
 
-pub use config::{Action, ChokerKind, Client, Config, Discovery, Event, Role, Transport};
+pub use config::{Action, ChokerKind, Client, Config, Discovery, Event, Platform, Role, Transport};
+pub use docker::DEFAULT_IMAGE;
 pub use report::Report;
 pub use run::{NodeView, Testnet};
 pub use sim::{Sim, SimOptions};

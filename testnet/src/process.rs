@@ -155,13 +155,7 @@ impl Proc {
     /// The torrent and its peers as the node's API shows them; `None`
     /// while the node does not answer or has not added it yet.
     pub(crate) async fn torrent(&self, info_hash: &str) -> Option<(TorrentInfo, Vec<PeerInfo>)> {
-        let path = format!("/api/v1/torrents/{info_hash}");
-        let peers_path = format!("{path}/peers");
-        let (info, peers) = tokio::join!(
-            self.api.get_json::<TorrentInfo>(&path),
-            self.api.get_json::<Vec<PeerInfo>>(&peers_path),
-        );
-        Some((info.ok()?, peers.ok()?))
+        torrent_of(&self.api, info_hash).await.ok()
     }
 
     /// The node itself as its API shows it (reachability, paths).
@@ -198,6 +192,21 @@ impl Proc {
         };
         wait_stopped(&mut self.child, &self.name, &self.log, STOP_WAIT, clean).await
     }
+}
+
+/// A torrent and its peers as the node at `api` shows them (both asked at
+/// once).
+pub(crate) async fn torrent_of(
+    api: &ApiClient,
+    info_hash: &str,
+) -> Result<(TorrentInfo, Vec<PeerInfo>), sluice_node::api::ClientError> {
+    let path = format!("/api/v1/torrents/{info_hash}");
+    let peers_path = format!("{path}/peers");
+    let (info, peers) = tokio::join!(
+        api.get_json::<TorrentInfo>(&path),
+        api.get_json::<Vec<PeerInfo>>(&peers_path),
+    );
+    Ok((info?, peers?))
 }
 
 /// Waits up to `wait` for `child` (`name`, writing to `log`), asked to

@@ -490,10 +490,8 @@ impl Report {
             peak_rss().map(|own| own + nodes.iter().filter_map(|n| n.peak_rss_bytes).sum::<u64>());
         // Node processes count only once they have exited and been
         // reaped, which is after the report: their CPU is not known here.
-        let separate = scenario.processes
-            || scenario.netns
-            || scenario.libtorrent > 0
-            || scenario.libtorrent_seeders > 0;
+        let separate =
+            scenario.node_processes() || scenario.libtorrent > 0 || scenario.libtorrent_seeders > 0;
         let cpu_seconds = cpu_seconds().filter(|_| !separate);
         Self {
             cost: Cost::of(file_size, &nodes, cpu_seconds, peak_rss_bytes),
@@ -647,7 +645,7 @@ impl Report {
                 s,
                 "peak memory {}{}",
                 format_size(rss),
-                if self.scenario.processes {
+                if self.scenario.node_processes() {
                     " (the testnet plus each node process's peak)"
                 } else {
                     ""
@@ -827,7 +825,7 @@ impl Report {
             self.peak_rss_bytes
                 .map(|b| format!(
                     " Peak memory (the testnet process{}): {}.",
-                    if self.scenario.processes {
+                    if self.scenario.node_processes() {
                         " plus each node process's peak"
                     } else {
                         ", every node in it"

@@ -22,7 +22,10 @@ use sluice_storage::{CreateOptions, Metainfo};
 use sluice_swarm::torrent::{ChokerChoice, TorrentConfig, TorrentHandle};
 use tracing::{info, warn};
 
-use crate::config::{Action, ChokerKind, Client, Config, Discovery, NodePlan, Role, Transport};
+use crate::config::{
+    Action, ChokerKind, Client, Config, Discovery, NodePlan, Platform, Role, Transport,
+};
+use crate::docker::{Container, Stack, StackSpec};
 use crate::libtorrent::{LtProc, LtSpec, LtStatus};
 use crate::process::Proc;
 use crate::report::{NodeReport, Report, Sample};
@@ -32,7 +35,13 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a starting node waits for each dial.
 const DIAL_WAIT: Duration = Duration::from_secs(20);
 /// How often each node asks the DHT for providers (with DHT discovery).
-const DHT_ROUND: Duration = Duration::from_secs(1);
+pub(crate) const DHT_ROUND: Duration = Duration::from_secs(1);
+/// How long a stack has from its deploy until every seeder serves.
+const STACK_START_WAIT: Duration = Duration::from_secs(300);
+/// How often a stack's tasks are looked at while some node has not
+/// answered yet, and after.
+const STACK_POLL: Duration = Duration::from_secs(1);
+const STACK_CHECK: Duration = Duration::from_secs(5);
 /// Samples kept per node (about 80 minutes at the interval above); later
 /// samples are not recorded.
 pub const MAX_SAMPLES: usize = 20_000;
@@ -79,6 +88,8 @@ enum Member {
     Process(Proc),
     /// A libtorrent 2.0 process.
     Libtorrent(LtProc),
+    /// A container of a Docker Swarm stack (`--on docker-swarm`).
+    Container(Container),
 }
 
 impl Member {
@@ -87,6 +98,7 @@ impl Member {
             Member::Local { node, .. } => node.peer_id().to_string(),
             Member::Process(p) => p.peer_id.clone(),
             Member::Libtorrent(p) => format!("libtorrent@{}", p.addr),
+            Member::Container(c) => c.peer_id.clone(),
         }
     }
 
@@ -96,7 +108,7 @@ impl Member {
         match self {
             Member::Local { node, .. } => node.bt_peer_label(),
             Member::Process(p) => p.bt_label.clone(),
-            Member::Libtorrent(_) => None,
+            Member::Libtorrent(_) | Member::Container(_) => None,
         }
     }
 
@@ -106,6 +118,7 @@ impl Member {
             Member::Local { node, .. } => node.bt_addr(),
             Member::Process(p) => p.bt_addr,
             Member::Libtorrent(p) => Some(p.addr),
+            Member::Container(_) => None,
         }
     }
 
@@ -113,6 +126,7 @@ impl Member {
         match self {
             Member::Local { node, .. } => node.api_addr(),
             Member::Process(p) => Some(p.api_addr()),
+            Member::Container(c) => Some(c.api_addr()),
             Member::Libtorrent(_) => None,
         }
     }
@@ -125,7 +139,7 @@ impl Member {
                 .ok()
                 .and_then(|a| a.into_iter().next()),
             Member::Process(p) => p.dial_addr(),
-            Member::Libtorrent(_) => None,
+            Member::Libtorrent(_) | Member::Container(_) => None,
         }
     }
 
@@ -146,6 +160,10 @@ impl Member {
                 .await
                 .map(|(t, peers)| Snapshot::remote(&t, &peers)),
             Member::Libtorrent(p) => p.status().map(|s| Snapshot::libtorrent(&s)),
+            Member::Container(c) => c
+                .torrent(info_hash)
+                .await
+                .map(|(t, peers)| Snapshot::remote(&t, &peers)),
         }
     }
 
@@ -154,6 +172,8 @@ impl Member {
             Member::Local { node, .. } => node.shutdown().await.map_err(anyhow::Error::msg),
             Member::Process(p) => p.stop().await,
             Member::Libtorrent(p) => p.stop().await,
+            // The stack goes as a whole (Testnet::shutdown).
+            Member::Container(_) => Ok(()),
         }
     }
 }
@@ -354,6 +374,12 @@ pub struct Testnet {
     /// When a NATed node was first seen on a hole-punched connection to
     /// another NATed node.
     first_hole_punch: Option<f64>,
+    /// With `on = docker-swarm`: the image to run (default
+    /// [`crate::docker::DEFAULT_IMAGE`]), the deployed stack, and when its
+    /// tasks were last looked at.
+    image: Option<String>,
+    stack: Option<Stack>,
+    stack_checked: Option<Instant>,
 }
 
 impl std::fmt::Debug for Testnet {
@@ -481,6 +507,9 @@ impl Testnet {
             net: None,
             hosts: HashMap::new(),
             first_hole_punch: None,
+            image: None,
+            stack: None,
+            stack_checked: None,
         })
     }
 
@@ -488,6 +517,21 @@ impl Testnet {
     pub fn with_executable(mut self, exe: PathBuf) -> Self {
         self.exe = Some(exe);
         self
+    }
+
+    /// The image `on = docker-swarm` runs (a registry's, for a swarm of
+    /// many hosts).
+    pub fn with_image(mut self, image: Option<String>) -> Self {
+        self.image = image;
+        self
+    }
+
+    /// With `on = docker-swarm`: the stack's name and the token of every
+    /// node's API, once deployed.
+    pub fn stack(&self) -> Option<(&str, &str)> {
+        self.stack
+            .as_ref()
+            .map(|s| (s.name.as_str(), s.token.as_str()))
     }
 
     /// The generated content every node ends up with.
@@ -533,12 +577,18 @@ impl Testnet {
         if self.config.netns && self.net.is_none() {
             self.build_network()?;
         }
-        if self.config.discovery == Discovery::Dht && self.dht.is_none() {
+        let on_swarm = self.config.on == Platform::DockerSwarm;
+        let mut start = None;
+        if on_swarm {
+            if self.stack.is_none() {
+                start = Some(self.deploy().await?);
+            }
+        } else if self.config.discovery == Discovery::Dht && self.dht.is_none() {
             self.dht = Some(self.start_dht().await?);
         }
-        let start = Instant::now();
+        let start = start.unwrap_or_else(Instant::now);
         for i in 0..self.nodes.len() {
-            if self.nodes[i].plan.join_at == 0.0 {
+            if self.nodes[i].plan.join_at == 0.0 && !on_swarm {
                 self.start_node(i, 0.0).await?;
             }
         }
@@ -570,6 +620,9 @@ impl Testnet {
             }
             if let Some((Member::Process(p), _)) = &mut self.dht {
                 p.check_running()?;
+            }
+            if on_swarm {
+                self.watch_stack(t).await?;
             }
             self.sample(t).await;
             // Completions just sampled may make a leave-after-copies due:
@@ -705,9 +758,30 @@ impl Testnet {
                 "0".into(),
             ]);
         }
-        let Some(plan) = plan else {
-            return args;
-        };
+        if let Some(plan) = plan {
+            args.extend(self.node_flags(plan));
+        }
+        if let Some((_, addr)) = &self.dht {
+            args.extend(["--bootstrap".into(), addr.to_string().into()]);
+            // On loopback nobody confirms an address, so every node
+            // serves the DHT; in namespaces AutoNAT decides, as it would
+            // on the internet.
+            if !c.netns {
+                args.push("--dht-server".into());
+            }
+            args.extend([
+                "--discovery-interval".into(),
+                DHT_ROUND.as_secs_f64().to_string().into(),
+            ]);
+        }
+        args
+    }
+
+    /// A node's own flags: its choking, and its `up`/`down` limits when
+    /// given (not in namespaces: the kernel shapes the links there).
+    fn node_flags(&self, plan: &NodePlan) -> Vec<OsString> {
+        let c = &self.config;
+        let mut args: Vec<OsString> = Vec::new();
         let choker = match (plan.role, c.choker) {
             (Role::FreeRider, _) => "free-rider",
             (_, ChokerKind::TitForTat) => "tit-for-tat",
@@ -735,20 +809,160 @@ impl Testnet {
         if plan.relay {
             args.push("--serve-relay".into());
         }
-        if let Some((_, addr)) = &self.dht {
-            args.extend(["--bootstrap".into(), addr.to_string().into()]);
-            // On loopback nobody confirms an address, so every node
-            // serves the DHT; in namespaces AutoNAT decides, as it would
-            // on the internet.
-            if !c.netns {
-                args.push("--dht-server".into());
-            }
-            args.extend([
-                "--discovery-interval".into(),
-                DHT_ROUND.as_secs_f64().to_string().into(),
-            ]);
-        }
         args
+    }
+
+    /// Deploys the testnet as a stack, and waits until every seeder
+    /// serves the whole file. The clock starts when the first seeder's
+    /// node started (by its own uptime): nothing can move before, and
+    /// what comes before (containers starting, seeders writing their
+    /// content) is Docker's time, not the swarm's.
+    async fn deploy(&mut self) -> Result<Instant> {
+        crate::docker::check(self.image.as_deref()).await?;
+        let plans: Vec<NodePlan> = self.nodes.iter().map(|n| n.plan.clone()).collect();
+        let flags = |plan: &NodePlan| {
+            self.node_flags(plan)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let name = format!(
+            "sluice-testnet-{}",
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .rev()
+                .take(12)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+                .to_ascii_lowercase()
+        );
+        let deployed = Instant::now();
+        let stack = Stack::deploy(StackSpec {
+            name: &name,
+            image: self.image.as_deref(),
+            dir: &self.dir,
+            torrent: &self.dir.join("testnet.torrent"),
+            transport: self.config.transport,
+            seed: self.config.seed,
+            disk_queue: self.config.disk_queue,
+            plans: &plans,
+            flags: &flags,
+        })
+        .await?;
+        info!(stack = %stack.name, services = stack.services.len(), "deployed");
+        self.stack = Some(stack);
+        let info_hash = self.meta.info().info_hash().to_string();
+        loop {
+            self.watch_stack(0.0).await?;
+            let mut serving = true;
+            for n in self.nodes.iter().filter(|n| n.plan.role == Role::Seeder) {
+                serving &= match &n.member {
+                    Some(m) => m
+                        .snapshot(&info_hash)
+                        .await
+                        .is_some_and(|s| s.verified_pieces == s.total_pieces),
+                    None => false,
+                };
+            }
+            if serving {
+                let start = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.plan.role == Role::Seeder)
+                    .filter_map(|n| match &n.member {
+                        Some(Member::Container(c)) => Some(c.started),
+                        _ => None,
+                    })
+                    .min()
+                    .unwrap_or_else(Instant::now);
+                info!(
+                    seconds = deployed.elapsed().as_secs_f64(),
+                    from_start = start.elapsed().as_secs_f64(),
+                    "every seeder serves"
+                );
+                return Ok(start);
+            }
+            if deployed.elapsed() > STACK_START_WAIT {
+                anyhow::bail!(
+                    "the seeders did not serve the file within {STACK_START_WAIT:?} of the deploy (docker service ps {name}_seeder)"
+                );
+            }
+            tokio::time::sleep(SAMPLE_INTERVAL).await;
+        }
+    }
+
+    /// Looks at the stack's tasks (every second while some node has not
+    /// answered yet, then every [`STACK_CHECK`]): a node whose container
+    /// ended, or that stopped answering, is an error; one that answers for
+    /// the first time (at `t`) joins; the others' peak memory is asked
+    /// again.
+    async fn watch_stack(&mut self, t: f64) -> Result<()> {
+        let waiting = self.nodes.iter().any(|n| n.member.is_none());
+        let every = if waiting { STACK_POLL } else { STACK_CHECK };
+        if self.stack_checked.is_some_and(|c| c.elapsed() < every) {
+            return Ok(());
+        }
+        self.stack_checked = Some(Instant::now());
+        let Some(stack) = &mut self.stack else {
+            return Ok(());
+        };
+        let tasks = stack.tasks().await?;
+        let stack_name = stack.name.clone();
+        let mut reached = Vec::new();
+        for task in &tasks {
+            let n = &self.nodes[task.node];
+            if task.ended() {
+                anyhow::bail!(
+                    "{} ({}): its container is {}{}; its output: docker service logs {stack_name}_…, saved in logs/ of the report",
+                    n.plan.name,
+                    n.plan.role.name(),
+                    task.state,
+                    task.err
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+            }
+            if n.member.is_none()
+                && let Some(addr) = task.api
+            {
+                reached.push((task.node, stack.client(addr)));
+            }
+        }
+        let found = futures::future::join_all(
+            reached
+                .into_iter()
+                .map(|(i, api)| async move { (i, Container::reach(api).await) }),
+        )
+        .await;
+        for (i, c) in found {
+            let Some(c) = c else { continue };
+            let live = &mut self.nodes[i];
+            info!(node = %live.plan.name, api = %c.api_addr(), t, "answers");
+            live.member = Some(Member::Container(c));
+            // Started by the deploy with every other node: there from the
+            // start, whenever its container came up (its completion counts
+            // from the clock's start, which that delay is part of).
+            live.joined_at.get_or_insert(0.0);
+            live.view.running = true;
+        }
+        futures::future::join_all(self.nodes.iter_mut().filter_map(|n| match &mut n.member {
+            Some(Member::Container(c)) => Some(c.refresh()),
+            _ => None,
+        }))
+        .await;
+        for n in &self.nodes {
+            if let Some(Member::Container(c)) = &n.member {
+                c.check_answers(&n.plan.name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops one running, unfinished leecher (chosen by the seeded RNG);
@@ -1119,6 +1333,7 @@ impl Testnet {
             let rss = match &n.member {
                 Some(Member::Process(p)) => p.peak_rss(),
                 Some(Member::Libtorrent(p)) => p.peak_rss(),
+                Some(Member::Container(c)) => c.peak_rss,
                 _ => None,
             };
             if let Some(rss) = rss {
@@ -1264,12 +1479,31 @@ impl Testnet {
         {
             first_error.get_or_insert(anyhow::anyhow!("stopping the DHT node: {e}"));
         }
+        if let Some(mut stack) = self.stack.take() {
+            // Every node's output, before it goes with the stack.
+            if let Err(e) = stack.save_logs(&self.dir).await {
+                warn!(error = %e, "saving the stack's logs");
+            }
+            if let Err(e) = stack.remove().await {
+                first_error.get_or_insert(e.context(format!("removing stack {}", stack.name)));
+            }
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
 
-/// Writes `size` pseudo-random bytes fixed by `seed`.
-fn write_content(path: &Path, size: u64, seed: u64) -> Result<()> {
+/// [`write_content`] to a file beside `path`, renamed into place once
+/// whole: a node stopped half-way leaves no short copy to seed from.
+pub fn write_content_atomically(path: &Path, size: u64, seed: u64) -> Result<()> {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    write_content(&part, size, seed)?;
+    std::fs::rename(&part, path).with_context(|| format!("renaming {}", part.display()))
+}
+
+/// Writes `size` pseudo-random bytes fixed by `seed`: a testnet's content.
+pub fn write_content(path: &Path, size: u64, seed: u64) -> Result<()> {
     use std::io::Write;
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

@@ -1,0 +1,643 @@
+//! `--on docker-swarm`: the testnet as a stack on the Docker Swarm that
+//! the local `docker` CLI talks to.
+//!
+//! The stack is generated from the scenario: a DHT bootstrap node (its key
+//! made here and handed over as a secret), and one service per kind of
+//! node (`seeder`, `leecher`, `free-rider`, `slow-disk`) whose replicas
+//! are the scenario's nodes, slot `k` of a service being its `k`-th node
+//! in plan order. Each replica is the sluice image running the command a
+//! person would type (`seed`, `get --seed-after`), with the flags
+//! `--processes` gives a local process; seeders write the testnet's
+//! content where they run, and every node gets the torrent as a Docker
+//! config, so nothing needs a shared disk and the same stack runs on one
+//! host or many. Nodes find each other through the DHT, as replicas have
+//! no address known beforehand.
+//!
+//! The collector is this process: each node's control API is published on
+//! a port of its host (host mode) and read with the stack's token, the
+//! host found from the task's swarm node. The stack is removed with
+//! `docker stack rm`, and this waits until its containers and network are
+//! gone.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_node::api::{ApiClient, NodeInfo, PeerInfo, TorrentInfo};
+
+use crate::config::{NodePlan, Role, Transport};
+
+/// The image a stack runs unless told otherwise: what `scripts/image`
+/// builds from this version.
+pub const DEFAULT_IMAGE: &str = concat!("sluice:", env!("CARGO_PKG_VERSION"));
+/// The port every node's control API listens on inside its container.
+const API_PORT: u16 = 7070;
+/// The port every node's libp2p transport listens on inside its container.
+const P2P_PORT: u16 = 4001;
+/// How long one `docker` command may take.
+const DOCKER_WAIT: Duration = Duration::from_secs(120);
+/// How long the stack has to go once removed.
+const REMOVE_WAIT: Duration = Duration::from_secs(120);
+/// How long a running node may go without answering on its API.
+const SILENCE: Duration = Duration::from_secs(30);
+/// How often removal is checked on.
+const REMOVE_POLL: Duration = Duration::from_millis(500);
+/// Where each container finds the torrent (a Docker config).
+const TORRENT_AT: &str = "/testnet.torrent";
+/// Where each container finds the DHT node's key (a Docker secret).
+const DHT_KEY_AT: &str = "/run/secrets/dht-key";
+/// The image's user, who must be able to read the config and secret.
+const IMAGE_UID: &str = "10001";
+
+/// One service of the stack: nodes alike in everything but their slot.
+#[derive(Debug)]
+pub(crate) struct Service {
+    /// Its name in the stack (a DNS label).
+    pub name: String,
+    /// The testnet's nodes it runs, by index; slot `k` is `nodes[k - 1]`.
+    pub nodes: Vec<usize>,
+    /// The node command and its flags.
+    args: Vec<String>,
+}
+
+/// One task (a replica's container) as Docker reports it.
+#[derive(Debug)]
+pub(crate) struct Task {
+    /// Index into the testnet's nodes.
+    pub node: usize,
+    /// Docker's state: `running`, `failed`, …
+    pub state: String,
+    /// Docker's error, when it failed.
+    pub err: Option<String>,
+    /// Where its control API is published (host and port), once running.
+    pub api: Option<SocketAddr>,
+}
+
+impl Task {
+    /// Ended, or never to run: a node runs until the testnet stops it.
+    pub(crate) fn ended(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "complete" | "failed" | "shutdown" | "rejected" | "orphaned" | "remove"
+        )
+    }
+}
+
+/// The deployed stack.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    pub name: String,
+    pub token: String,
+    pub services: Vec<Service>,
+    /// Each swarm node's address, by node id.
+    hosts: HashMap<String, IpAddr>,
+    removed: bool,
+}
+
+/// Checks that the local `docker` talks to a swarm manager and (unless
+/// another image is given) that the default image is here.
+pub(crate) async fn check(image: Option<&str>) -> Result<()> {
+    let state = docker([
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ])
+    .await
+    .context("--on docker-swarm needs Docker (`docker info` failed)")?;
+    if state.trim() != "active true" {
+        bail!(
+            "--on docker-swarm needs this Docker to be a swarm manager (its swarm state: {}); `docker swarm init` makes a one-node swarm",
+            state.trim()
+        );
+    }
+    if image.is_none() && !image_here(DEFAULT_IMAGE).await {
+        bail!(
+            "there is no image {DEFAULT_IMAGE} here: build it with scripts/image, or give --image REGISTRY/sluice:TAG"
+        );
+    }
+    Ok(())
+}
+
+/// Whether this Docker has `image` (no registry asked).
+async fn image_here(image: &str) -> bool {
+    docker(["image", "inspect", "--format", "{{.Id}}", image])
+        .await
+        .is_ok()
+}
+
+/// What the stack is made from.
+pub(crate) struct StackSpec<'a> {
+    pub name: &'a str,
+    pub image: Option<&'a str>,
+    /// The report directory: the stack file, the torrent and (for the
+    /// deploy only) the DHT node's key go there.
+    pub dir: &'a Path,
+    pub torrent: &'a Path,
+    pub transport: Transport,
+    /// The testnet's content seed (seeders write the content from it).
+    pub seed: u64,
+    pub disk_queue: u64,
+    pub plans: &'a [NodePlan],
+    /// A node's flags beside its command (choking, rates): the same as
+    /// `--processes` gives.
+    pub flags: &'a dyn Fn(&NodePlan) -> Vec<String>,
+}
+
+impl Stack {
+    /// Writes the stack file (`stack.json`) and deploys it.
+    pub(crate) async fn deploy(spec: StackSpec<'_>) -> Result<Self> {
+        let stacks = docker(["stack", "ls", "--format", "{{.Name}}"]).await?;
+        if stacks.lines().any(|s| s.trim() == spec.name) {
+            bail!(
+                "a stack named {} already runs (`docker stack rm {}` removes it)",
+                spec.name,
+                spec.name
+            );
+        }
+        let key_path = spec.dir.join("dht.key");
+        let key =
+            sluice_node::datadir::new_identity(&key_path).context("making the DHT node's key")?;
+        let dht_id = key.public().to_peer_id();
+        let bootstrap = match spec.transport {
+            Transport::Quic => format!("/dns4/dht/udp/{P2P_PORT}/quic-v1/p2p/{dht_id}"),
+            _ => format!("/dns4/dht/tcp/{P2P_PORT}/p2p/{dht_id}"),
+        };
+        let listen = match spec.transport {
+            Transport::Quic => format!("/ip4/0.0.0.0/udp/{P2P_PORT}/quic-v1"),
+            _ => format!("/ip4/0.0.0.0/tcp/{P2P_PORT}"),
+        };
+        let services = group(&spec);
+        let token = token();
+        let image = spec.image.unwrap_or(DEFAULT_IMAGE);
+        let node = |command: Vec<String>, replicas: usize| {
+            json!({
+                "image": image,
+                "command": command,
+                "networks": ["net"],
+                "environment": {
+                    "SLUICE_API": format!("0.0.0.0:{API_PORT}"),
+                    "SLUICE_API_TOKEN": token,
+                    "SLUICE_LISTEN": listen,
+                },
+                "configs": [{
+                    "source": "torrent",
+                    "target": TORRENT_AT,
+                    "uid": IMAGE_UID,
+                    "mode": 0o444,
+                }],
+                "ports": [{ "target": API_PORT, "mode": "host" }],
+                // A task with a healthcheck is in the swarm's DNS only
+                // once healthy, seconds after it starts; without, at once.
+                // The collector watches every node's API itself.
+                "healthcheck": { "disable": true },
+                "stop_grace_period": "30s",
+                "deploy": {
+                    // The swarm's virtual IPs are not needed (nodes dial
+                    // each other's own addresses) and not reachable on
+                    // every host.
+                    "endpoint_mode": "dnsrr",
+                    "replicas": replicas,
+                    // A node that exits is an error the collector reports,
+                    // not something to paper over.
+                    "restart_policy": { "condition": "none" },
+                },
+            })
+        };
+        let mut all = serde_json::Map::new();
+        let mut dht_args: Vec<String> = vec!["node".into(), "--identity".into(), DHT_KEY_AT.into()];
+        dht_args.extend(node_args(&bootstrap, false));
+        let mut dht = node(dht_args, 1);
+        dht["secrets"] = json!([{
+            "source": "dht-key",
+            "target": "dht-key",
+            "uid": IMAGE_UID,
+            "mode": 0o400,
+        }]);
+        all.insert("dht".into(), dht);
+        for s in &services {
+            let mut args = s.args.clone();
+            args.extend(node_args(&bootstrap, true));
+            all.insert(s.name.clone(), node(args, s.nodes.len()));
+        }
+        let stack = json!({
+            "version": "3.8",
+            "networks": { "net": { "driver": "overlay" } },
+            "configs": { "torrent": { "file": spec.torrent } },
+            "secrets": { "dht-key": { "file": key_path } },
+            "services": all,
+        });
+        // JSON is YAML: `docker stack deploy` reads it as it is.
+        let file = spec.dir.join("stack.json");
+        std::fs::write(
+            &file,
+            serde_json::to_vec_pretty(&stack).expect("JSON values serialize"),
+        )
+        .with_context(|| format!("writing {}", file.display()))?;
+        let mut deploy: Vec<std::ffi::OsString> = vec!["stack".into(), "deploy".into()];
+        if image_here(image).await {
+            // A local image (loaded on every host of a larger swarm): no
+            // registry to ask for its digest.
+            deploy.extend(["--resolve-image".into(), "never".into()]);
+        } else {
+            // Each host pulls it, with this client's credentials.
+            deploy.push("--with-registry-auth".into());
+        }
+        deploy.extend(["-c".into(), file.clone().into(), spec.name.into()]);
+        let deployed = docker(deploy).await;
+        // In the swarm's store now (or never to be): not left lying about.
+        let _ = std::fs::remove_file(&key_path);
+        let this = Self {
+            name: spec.name.to_owned(),
+            token,
+            services,
+            hosts: HashMap::new(),
+            removed: false,
+        };
+        match deployed {
+            Ok(_) => Ok(this),
+            Err(e) => {
+                // Half a stack is still a stack.
+                let mut this = this;
+                let _ = this.remove().await;
+                Err(e.context(format!("deploying {}", file.display())))
+            }
+        }
+    }
+
+    /// Every task of the stack's node services, with where its API is.
+    pub(crate) async fn tasks(&mut self) -> Result<Vec<Task>> {
+        let mut ids: Vec<(usize, String)> = Vec::new();
+        for (s, service) in self.services.iter().enumerate() {
+            let full = format!("{}_{}", self.name, service.name);
+            let out = docker(["service", "ps", "--no-trunc", "-q", &full]).await?;
+            ids.extend(out.split_whitespace().map(|id| (s, id.to_owned())));
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inspect = vec!["inspect".to_owned(), "--type".into(), "task".into()];
+        inspect.extend(ids.iter().map(|(_, id)| id.clone()));
+        let out = docker(&inspect).await?;
+        let raw: Vec<RawTask> =
+            serde_json::from_str(&out).context("reading `docker inspect` of the stack's tasks")?;
+        let mut tasks = Vec::with_capacity(raw.len());
+        for (t, (s, _)) in raw.into_iter().zip(&ids) {
+            let service = &self.services[*s];
+            let Some(&node) = t
+                .slot
+                .and_then(|k| k.checked_sub(1))
+                .and_then(|k| service.nodes.get(k))
+            else {
+                continue;
+            };
+            let port = t
+                .status
+                .port_status
+                .and_then(|p| p.ports)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|p| p.target_port == API_PORT)
+                .map(|p| p.published_port);
+            let api = match port {
+                Some(port) if t.status.state == "running" => {
+                    Some(SocketAddr::new(self.host(&t.node_id).await?, port))
+                }
+                _ => None,
+            };
+            tasks.push(Task {
+                node,
+                state: t.status.state,
+                err: t.status.err.filter(|e| !e.is_empty()),
+                api,
+            });
+        }
+        Ok(tasks)
+    }
+
+    /// A client for a node's API at `addr`.
+    pub(crate) fn client(&self, addr: SocketAddr) -> ApiClient {
+        ApiClient::new(addr, Some(self.token.clone()))
+    }
+
+    /// The address of swarm node `id`, as the swarm knows it.
+    async fn host(&mut self, id: &str) -> Result<IpAddr> {
+        if let Some(ip) = self.hosts.get(id) {
+            return Ok(*ip);
+        }
+        let out = docker([
+            "node",
+            "inspect",
+            "--format",
+            "{{.Status.Addr}} {{if .ManagerStatus}}{{.ManagerStatus.Addr}}{{end}}",
+            id,
+        ])
+        .await?;
+        let mut words = out.split_whitespace();
+        let status: Option<IpAddr> = words.next().and_then(|a| a.parse().ok());
+        // A manager may report 0.0.0.0 as its address; its manager
+        // address (ip:port) then says where it is.
+        let manager: Option<IpAddr> = words
+            .next()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.ip());
+        let ip = status
+            .filter(|ip| !ip.is_unspecified())
+            .or(manager)
+            .with_context(|| format!("swarm node {id} has no address ({})", out.trim()))?;
+        self.hosts.insert(id.to_owned(), ip);
+        Ok(ip)
+    }
+
+    /// Saves each service's output in `dir/logs/SERVICE.log`.
+    pub(crate) async fn save_logs(&self, dir: &Path) -> Result<PathBuf> {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let names = std::iter::once("dht").chain(self.services.iter().map(|s| s.name.as_str()));
+        for name in names {
+            let full = format!("{}_{name}", self.name);
+            let out = docker(["service", "logs", "--no-task-ids", "--timestamps", &full]).await?;
+            let path = logs.join(format!("{name}.log"));
+            std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(logs)
+    }
+
+    /// `docker stack rm`, then waits until the stack's containers and
+    /// network are gone.
+    pub(crate) async fn remove(&mut self) -> Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        docker(["stack", "rm", &self.name]).await?;
+        self.removed = true;
+        let label = format!("label=com.docker.stack.namespace={}", self.name);
+        let started = tokio::time::Instant::now();
+        loop {
+            let containers = docker(["ps", "-aq", "--filter", &label]).await?;
+            let networks = docker(["network", "ls", "-q", "--filter", &label]).await?;
+            if containers.trim().is_empty() && networks.trim().is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > REMOVE_WAIT {
+                bail!(
+                    "stack {} was removed but its containers or network were still there after {REMOVE_WAIT:?}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(REMOVE_POLL).await;
+        }
+    }
+}
+
+/// Flags every node of the stack gets: no mDNS or UPnP (the overlay is
+/// the network), the DHT node to bootstrap from, providers asked every
+/// second. `server`: serves the DHT from the start (as on loopback,
+/// nobody need confirm an address on an overlay network).
+fn node_args(bootstrap: &str, others: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["--no-mdns", "--no-upnp", "--dht-server"]
+        .map(String::from)
+        .into();
+    if others {
+        a.extend([
+            "--bootstrap".into(),
+            bootstrap.into(),
+            "--discovery-interval".into(),
+            crate::run::DHT_ROUND.as_secs_f64().to_string(),
+        ]);
+    }
+    a
+}
+
+/// The services: nodes of one role with the same rates and disk run as
+/// one service.
+fn group(spec: &StackSpec<'_>) -> Vec<Service> {
+    let mut services: Vec<(Key, Service)> = Vec::new();
+    type Key = (Role, Option<u64>, Option<u64>, Option<u64>);
+    for (i, plan) in spec.plans.iter().enumerate() {
+        let key: Key = (plan.role, plan.up_rate, plan.down_rate, plan.disk_rate);
+        if let Some((_, s)) = services.iter_mut().find(|(k, _)| *k == key) {
+            s.nodes.push(i);
+            continue;
+        }
+        let base = match (plan.role, plan.disk_rate) {
+            (Role::Seeder, _) => "seeder",
+            (Role::Leecher, Some(_)) => "slow-disk",
+            (Role::Leecher, None) => "leecher",
+            (Role::FreeRider, _) => "free-rider",
+            (Role::Liar, _) => "liar",
+        };
+        let taken = |name: &str| services.iter().any(|(_, s)| s.name == name);
+        let name = (1..)
+            .map(|n| match n {
+                1 => base.to_owned(),
+                n => format!("{base}-{n}"),
+            })
+            .find(|name| !taken(name))
+            .expect("a free name");
+        let mut args: Vec<String> = match plan.role {
+            Role::Seeder | Role::Liar => vec![
+                "seed".into(),
+                "/data/content.bin".into(),
+                "--torrent".into(),
+                TORRENT_AT.into(),
+                "--testnet-content".into(),
+                spec.seed.to_string(),
+            ],
+            Role::Leecher | Role::FreeRider => {
+                let mut a: Vec<String> = vec![
+                    "get".into(),
+                    TORRENT_AT.into(),
+                    "--output".into(),
+                    "/data/download".into(),
+                    "--seed-after".into(),
+                    "--disk-queue".into(),
+                    spec.disk_queue.to_string(),
+                ];
+                if let Some(r) = plan.disk_rate {
+                    a.extend(["--disk-rate".into(), r.to_string()]);
+                }
+                a
+            }
+        };
+        args.extend((spec.flags)(plan));
+        services.push((
+            key,
+            Service {
+                name,
+                nodes: vec![i],
+                args,
+            },
+        ));
+    }
+    services.into_iter().map(|(_, s)| s).collect()
+}
+
+/// A fresh bearer token for the stack's APIs.
+fn token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `docker ARGS`; its output, or an error with what it said.
+pub(crate) async fn docker<I, S>(args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let shown = args
+        .iter()
+        .take(3)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = tokio::process::Command::new("docker");
+    command
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(DOCKER_WAIT, command.output())
+        .await
+        .map_err(|_| anyhow::anyhow!("`docker {shown}` took more than {DOCKER_WAIT:?}"))?
+        .with_context(|| format!("running `docker {shown}` (is Docker installed?)"))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        bail!("`docker {shown}` failed ({}): {}", out.status, said.trim());
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`docker {shown}` said non-UTF-8"))
+}
+
+/// A node container as the collector reaches it.
+#[derive(Debug)]
+pub(crate) struct Container {
+    api: ApiClient,
+    pub peer_id: String,
+    /// Its process's peak memory, as last reported.
+    pub peak_rss: Option<u64>,
+    /// When its node started, by the node's own uptime.
+    pub started: Instant,
+    /// When it last answered, and what went wrong since (a node that
+    /// stops answering is an error, not a frozen row).
+    heard: std::sync::Mutex<Heard>,
+}
+
+#[derive(Debug)]
+struct Heard {
+    at: Instant,
+    failure: Option<String>,
+}
+
+impl Container {
+    /// The node at `api`, once it answers.
+    pub(crate) async fn reach(api: ApiClient) -> Option<Self> {
+        let info: NodeInfo = api.get_json("/api/v1/node").await.ok()?;
+        let now = Instant::now();
+        Some(Self {
+            api,
+            peer_id: info.peer_id,
+            peak_rss: info.peak_rss_bytes,
+            started: now
+                .checked_sub(Duration::from_secs_f64(info.uptime_seconds.clamp(0.0, 1e6)))
+                .unwrap_or(now),
+            heard: std::sync::Mutex::new(Heard {
+                at: now,
+                failure: None,
+            }),
+        })
+    }
+
+    pub(crate) fn api_addr(&self) -> SocketAddr {
+        self.api.addr()
+    }
+
+    /// Asks for its peak memory again.
+    pub(crate) async fn refresh(&mut self) {
+        let info = self.api.get_json::<NodeInfo>("/api/v1/node").await;
+        if let Ok(info) = &info {
+            self.peak_rss = info.peak_rss_bytes.or(self.peak_rss);
+        }
+        self.heard(info.map(|_| ()));
+    }
+
+    /// Notes an answer, or what went wrong.
+    fn heard(&self, answer: Result<(), sluice_node::api::ClientError>) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(()) => heard.at = Instant::now(),
+            Err(e) => heard.failure = Some(e.to_string()),
+        }
+    }
+
+    /// An error when it has not answered for [`SILENCE`].
+    pub(crate) fn check_answers(&self, name: &str) -> Result<()> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if heard.at.elapsed() > SILENCE {
+            bail!(
+                "{name} has not answered on its control API at {} for {SILENCE:?}{}",
+                self.api.addr(),
+                heard
+                    .failure
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The torrent and its peers as the node's API shows them.
+    pub(crate) async fn torrent(&self, info_hash: &str) -> Option<(TorrentInfo, Vec<PeerInfo>)> {
+        let answer = crate::process::torrent_of(&self.api, info_hash).await;
+        match answer {
+            Ok(both) => {
+                self.heard(Ok(()));
+                Some(both)
+            }
+            Err(e) => {
+                self.heard(Err(e));
+                None
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTask {
+    #[serde(rename = "Slot")]
+    slot: Option<usize>,
+    #[serde(rename = "NodeID", default)]
+    node_id: String,
+    #[serde(rename = "Status")]
+    status: RawStatus,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    #[serde(rename = "State")]
+    state: String,
+    #[serde(rename = "Err")]
+    err: Option<String>,
+    #[serde(rename = "PortStatus")]
+    port_status: Option<RawPorts>,
+}
+
+#[derive(Deserialize)]
+struct RawPorts {
+    #[serde(rename = "Ports")]
+    ports: Option<Vec<RawPort>>,
+}
+
+#[derive(Deserialize)]
+struct RawPort {
+    #[serde(rename = "TargetPort")]
+    target_port: u16,
+    #[serde(rename = "PublishedPort")]
+    published_port: u16,
+}
