@@ -63,6 +63,8 @@ pub(crate) struct Service {
     pub nodes: Vec<usize>,
     /// The node command and its flags.
     args: Vec<String>,
+    /// Its nodes are seeders.
+    seeds: bool,
 }
 
 /// One task (a replica's container) as Docker reports it.
@@ -222,7 +224,9 @@ impl Stack {
         for s in &services {
             let mut args = s.args.clone();
             args.extend(node_args(&bootstrap, true));
-            all.insert(s.name.clone(), node(args, s.nodes.len()));
+            // Seeders start once every other node runs (`start_seeders`).
+            let replicas = if s.seeds { 0 } else { s.nodes.len() };
+            all.insert(s.name.clone(), node(args, replicas));
         }
         let stack = json!({
             "version": "3.8",
@@ -317,6 +321,17 @@ impl Stack {
             });
         }
         Ok(tasks)
+    }
+
+    /// Starts the seeders: deployed with no replicas, so that the others
+    /// are up (containers start a few a second on one host) before any
+    /// piece moves.
+    pub(crate) async fn start_seeders(&self) -> Result<()> {
+        for s in self.services.iter().filter(|s| s.seeds) {
+            let scale = format!("{}_{}={}", self.name, s.name, s.nodes.len());
+            docker(["service", "scale", "--detach", &scale]).await?;
+        }
+        Ok(())
     }
 
     /// A client for a node's API at `addr`.
@@ -471,6 +486,7 @@ fn group(spec: &StackSpec<'_>) -> Vec<Service> {
                 name,
                 nodes: vec![i],
                 args,
+                seeds: plan.role == Role::Seeder,
             },
         ));
     }

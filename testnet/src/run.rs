@@ -812,11 +812,12 @@ impl Testnet {
         args
     }
 
-    /// Deploys the testnet as a stack, and waits until every seeder
-    /// serves the whole file. The clock starts when the first seeder's
-    /// node started (by its own uptime): nothing can move before, and
-    /// what comes before (containers starting, seeders writing their
-    /// content) is Docker's time, not the swarm's.
+    /// Deploys the testnet as a stack, waits until every node but the
+    /// seeders answers, starts the seeders and waits until they serve
+    /// the whole file. The clock starts when the first seeder's node
+    /// started (by its own uptime): nothing can move before, and what
+    /// comes before (containers starting, a few a second on one host;
+    /// seeders writing their content) is Docker's time, not the swarm's.
     async fn deploy(&mut self) -> Result<Instant> {
         crate::docker::check(self.image.as_deref()).await?;
         let plans: Vec<NodePlan> = self.nodes.iter().map(|n| n.plan.clone()).collect();
@@ -857,6 +858,31 @@ impl Testnet {
         .await?;
         info!(stack = %stack.name, services = stack.services.len(), "deployed");
         self.stack = Some(stack);
+        // Every other node first.
+        loop {
+            self.watch_stack(0.0).await?;
+            let up = self
+                .nodes
+                .iter()
+                .filter(|n| n.plan.role != Role::Seeder)
+                .all(|n| n.member.is_some());
+            if up {
+                break;
+            }
+            if deployed.elapsed() > STACK_START_WAIT {
+                anyhow::bail!(
+                    "not every node answered within {STACK_START_WAIT:?} of the deploy (docker stack ps {name})"
+                );
+            }
+            tokio::time::sleep(SAMPLE_INTERVAL).await;
+        }
+        info!(
+            seconds = deployed.elapsed().as_secs_f64(),
+            "every node but the seeders answers"
+        );
+        if let Some(stack) = &self.stack {
+            stack.start_seeders().await?;
+        }
         let info_hash = self.meta.info().info_hash().to_string();
         loop {
             self.watch_stack(0.0).await?;
