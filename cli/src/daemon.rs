@@ -177,7 +177,10 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
             daemon.list().len(),
             download_dir.display()
         );
-        stops.recv().await;
+        tokio::select! {
+            _ = stops.recv() => {}
+            () = node.failed() => anyhow::bail!(crate::net::NETWORK_FAILED),
+        }
         eprintln!("stopping…");
         daemon.shutdown().await.map_err(anyhow::Error::msg)?;
         Ok(ExitCode::SUCCESS)

@@ -192,22 +192,8 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
-/// A panic anywhere ends the process (exit 101, after the usual message).
-/// tokio would otherwise end only the panicking task: a node whose network
-/// task died would run on with no peers, looking alive to its API and its
-/// supervisor; ended, it is restarted (Docker, systemd) and resumes from
-/// its verified pieces.
-fn end_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        std::process::exit(101);
-    }));
-}
-
 fn main() -> ExitCode {
     tune_allocator();
-    end_on_panic();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let (config_path, explicit) = config::path_from_args(argv.get(1..).unwrap_or_default());
     let file = match config_path.as_deref().map(|p| config::load(p, explicit)) {

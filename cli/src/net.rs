@@ -754,10 +754,16 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
 /// relays or bootstrap nodes are given.
 const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
+/// What a command says when its node stopped on its own.
+pub(crate) const NETWORK_FAILED: &str = "the node's network task failed (a bug: the panic is above) and the node stopped; run the same command to resume";
+
 /// Serves until Ctrl-C or SIGTERM, then stops the node cleanly.
 async fn until_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
     let mut stops = Stops::new()?;
-    stops.recv().await;
+    tokio::select! {
+        _ = stops.recv() => {}
+        () = node.failed() => anyhow::bail!(NETWORK_FAILED),
+    }
     eprintln!("stopping…");
     node.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
@@ -994,7 +1000,10 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
         if let Some(addr) = node.api_addr() {
             tracing::info!(%addr, "control API (sluice status / peers / top)");
         }
-        let finished = follow(&torrent, &mut interrupts, deadline, &waiting).await;
+        let finished = tokio::select! {
+            f = follow(&torrent, &mut interrupts, deadline, &waiting) => f,
+            () = node.failed() => anyhow::bail!(NETWORK_FAILED),
+        };
         let code = match finished {
             Finished::Complete => {
                 println!("{} complete: {}", meta.info().name(), content.display());
@@ -1005,7 +1014,10 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
                     }
                     print_bt(&node);
                     print_api(&node);
-                    interrupts.recv().await;
+                    tokio::select! {
+                        _ = interrupts.recv() => {}
+                        () = node.failed() => anyhow::bail!(NETWORK_FAILED),
+                    }
                     eprintln!("stopping…");
                 }
                 ExitCode::SUCCESS

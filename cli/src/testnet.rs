@@ -445,6 +445,12 @@ pub(crate) fn testnet(args: TestnetArgs) -> Result<ExitCode> {
         .with_image(args.image.clone());
     let keep_data = args.keep_data;
     let outcome = runtime.block_on(run(&mut testnet, &dir, &args));
+    if let Some((stack, _)) = testnet.stack() {
+        // Minutes for a large stack: a second Ctrl-C would leave it.
+        eprintln!(
+            "removing stack {stack} and waiting until its containers are gone (if cut short: docker stack rm {stack})"
+        );
+    }
     let stopped = runtime.block_on(testnet.shutdown());
     // The bulk goes on every way out, errors included, unless kept.
     if !keep_data {

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
@@ -430,6 +431,8 @@ pub struct NodeHandle {
     queue: WriteQueue,
     limits: SharedLimits,
     cancel: CancellationToken,
+    /// Cancelled when the network task failed (and the node stopped).
+    failed: CancellationToken,
     tracker: TaskTracker,
     api_addr: Option<SocketAddr>,
     /// Our BitTorrent peer id (fresh each start, as clients do).
@@ -600,6 +603,7 @@ impl Node {
                 down: config.down_rate.map(|r| Arc::new(RateLimiter::new(r))),
             },
             cancel: cancel.clone(),
+            failed: CancellationToken::new(),
             tracker: tracker.clone(),
             api_addr: api.as_ref().map(|(_, addr, _, _)| *addr),
             daemon: Arc::default(),
@@ -682,7 +686,7 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
         let interval = handle.config.discovery_interval;
-        tracker.spawn(swarm_task(SwarmTask {
+        let network = swarm_task(SwarmTask {
             swarm,
             commands: commands_rx,
             listen: listen_tx,
@@ -700,7 +704,25 @@ impl Node {
             public_host: handle.config.public_host,
             relayed_pieces: handle.config.relayed_pieces,
             external_addrs: handle.config.external_addrs.clone(),
-        }));
+        });
+        // A panic there (a bug) would leave the node running with no
+        // network, its API answering as if all were well: it stops the
+        // node instead, and `failed` says so.
+        let failed = handle.failed.clone();
+        let stop = handle.cancel.clone();
+        tracker.spawn(async move {
+            if std::panic::AssertUnwindSafe(network)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the node's network task failed (a bug: see the panic above); stopping the node"
+                );
+                failed.cancel();
+                stop.cancel();
+            }
+        });
         info!(%peer_id, "node started");
         Ok(handle)
     }
@@ -709,6 +731,13 @@ impl Node {
 impl NodeHandle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Resolves if the node's network task fails (a panic: a bug). The
+    /// node has then stopped: a caller that runs it until Ctrl-C should
+    /// end too, with an error.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await;
     }
 
     /// Where the control API listens, if it runs.
@@ -1904,6 +1933,12 @@ impl Relaying {
             v.reachability = reachability;
             v.external = external;
         });
+        if reachability != Reachability::Public {
+            // Wanted again, once answered.
+            for l in self.listeners.values_mut() {
+                l.unwanted = false;
+            }
+        }
         if reachability == Reachability::Public && was != Reachability::Public {
             for (id, l) in &mut self.listeners {
                 if l.explicit {

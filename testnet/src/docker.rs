@@ -41,8 +41,10 @@ const API_PORT: u16 = 7070;
 const P2P_PORT: u16 = 4001;
 /// How long one `docker` command may take.
 const DOCKER_WAIT: Duration = Duration::from_secs(120);
-/// How long the stack has to go once removed.
-const REMOVE_WAIT: Duration = Duration::from_secs(120);
+/// How long the stack has to go once removed: this, and more per
+/// container.
+const REMOVE_WAIT: Duration = Duration::from_secs(60);
+const REMOVE_PER_CONTAINER: Duration = Duration::from_secs(3);
 /// How long a running node may go without answering on its API.
 const SILENCE: Duration = Duration::from_secs(30);
 /// How often removal is checked on.
@@ -83,10 +85,20 @@ pub(crate) struct Task {
 impl Task {
     /// Ended, or never to run: a node runs until the testnet stops it.
     pub(crate) fn ended(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "complete" | "failed" | "shutdown" | "rejected" | "orphaned" | "remove"
-        )
+        ended(&self.state)
+    }
+}
+
+fn ended(state: &str) -> bool {
+    matches!(
+        state,
+        "complete" | "failed" | "shutdown" | "rejected" | "orphaned" | "remove"
+    )
+}
+
+impl RawTask {
+    fn ended(&self) -> bool {
+        ended(&self.status.state)
     }
 }
 
@@ -98,6 +110,10 @@ pub(crate) struct Stack {
     pub services: Vec<Service>,
     /// Each swarm node's address, by node id.
     hosts: HashMap<String, IpAddr>,
+    /// The `docker` arguments that deploy it, and the DHT node's key
+    /// file (deleted once deployed).
+    deploy: Vec<std::ffi::OsString>,
+    key: PathBuf,
     removed: bool,
 }
 
@@ -151,8 +167,10 @@ pub(crate) struct StackSpec<'a> {
 }
 
 impl Stack {
-    /// Writes the stack file (`stack.json`) and deploys it.
-    pub(crate) async fn deploy(spec: StackSpec<'_>) -> Result<Self> {
+    /// Writes the stack file (`stack.json`) and the DHT node's key;
+    /// [`Stack::deploy`] deploys them. Kept before it is deployed, so
+    /// that a deploy stopped half-way (Ctrl-C, an error) is removed too.
+    pub(crate) async fn prepare(spec: StackSpec<'_>) -> Result<Self> {
         let stacks = docker(["stack", "ls", "--format", "{{.Name}}"]).await?;
         if stacks.lines().any(|s| s.trim() == spec.name) {
             bail!(
@@ -252,75 +270,92 @@ impl Stack {
             deploy.push("--with-registry-auth".into());
         }
         deploy.extend(["-c".into(), file.clone().into(), spec.name.into()]);
-        let deployed = docker(deploy).await;
-        // In the swarm's store now (or never to be): not left lying about.
-        let _ = std::fs::remove_file(&key_path);
-        let this = Self {
+        Ok(Self {
             name: spec.name.to_owned(),
             token,
             services,
             hosts: HashMap::new(),
+            deploy,
+            key: key_path,
             removed: false,
-        };
-        match deployed {
-            Ok(_) => Ok(this),
-            Err(e) => {
-                // Half a stack is still a stack.
-                let mut this = this;
-                let _ = this.remove().await;
-                Err(e.context(format!("deploying {}", file.display())))
-            }
-        }
+        })
     }
 
-    /// Every task of the stack's node services, with where its API is.
+    /// `docker stack deploy` of what [`Stack::prepare`] wrote. On an error
+    /// some of it may run: [`Stack::remove`] removes it.
+    pub(crate) async fn deploy(&mut self) -> Result<()> {
+        let deployed = docker(&self.deploy).await;
+        // In the swarm's store now (or never to be): not left lying about.
+        let _ = std::fs::remove_file(&self.key);
+        deployed.map(|_| ()).context("deploying the stack")
+    }
+
+    /// Every task of the stack's node services, with where its API is. An
+    /// error when the DHT node's container ended: nobody would find
+    /// anybody.
     pub(crate) async fn tasks(&mut self) -> Result<Vec<Task>> {
-        let mut ids: Vec<(usize, String)> = Vec::new();
-        for (s, service) in self.services.iter().enumerate() {
-            let full = format!("{}_{}", self.name, service.name);
-            let out = docker(["service", "ps", "--no-trunc", "-q", &full]).await?;
-            ids.extend(out.split_whitespace().map(|id| (s, id.to_owned())));
+        for t in self.raw_tasks("dht").await? {
+            if t.ended() {
+                bail!(
+                    "the DHT node's container is {}{}; its output is in logs/dht.log of the report",
+                    t.status.state,
+                    t.status
+                        .err
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+            }
         }
-        if ids.is_empty() {
+        let mut tasks = Vec::new();
+        for s in 0..self.services.len() {
+            let raw = self.raw_tasks(&self.services[s].name.clone()).await?;
+            for t in raw {
+                let service = &self.services[s];
+                let Some(&node) = t
+                    .slot
+                    .and_then(|k| k.checked_sub(1))
+                    .and_then(|k| service.nodes.get(k))
+                else {
+                    continue;
+                };
+                let port = t
+                    .status
+                    .port_status
+                    .and_then(|p| p.ports)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|p| p.target_port == API_PORT)
+                    .map(|p| p.published_port);
+                let api = match port {
+                    Some(port) if t.status.state == "running" => {
+                        Some(SocketAddr::new(self.host(&t.node_id).await?, port))
+                    }
+                    _ => None,
+                };
+                tasks.push(Task {
+                    node,
+                    state: t.status.state,
+                    err: t.status.err.filter(|e| !e.is_empty()),
+                    api,
+                });
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// The tasks of one service, as `docker inspect` shows them.
+    async fn raw_tasks(&self, service: &str) -> Result<Vec<RawTask>> {
+        let full = format!("{}_{service}", self.name);
+        let ids = docker(["service", "ps", "--no-trunc", "-q", &full]).await?;
+        if ids.trim().is_empty() {
             return Ok(Vec::new());
         }
         let mut inspect = vec!["inspect".to_owned(), "--type".into(), "task".into()];
-        inspect.extend(ids.iter().map(|(_, id)| id.clone()));
+        inspect.extend(ids.split_whitespace().map(str::to_owned));
         let out = docker(&inspect).await?;
-        let raw: Vec<RawTask> =
-            serde_json::from_str(&out).context("reading `docker inspect` of the stack's tasks")?;
-        let mut tasks = Vec::with_capacity(raw.len());
-        for (t, (s, _)) in raw.into_iter().zip(&ids) {
-            let service = &self.services[*s];
-            let Some(&node) = t
-                .slot
-                .and_then(|k| k.checked_sub(1))
-                .and_then(|k| service.nodes.get(k))
-            else {
-                continue;
-            };
-            let port = t
-                .status
-                .port_status
-                .and_then(|p| p.ports)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|p| p.target_port == API_PORT)
-                .map(|p| p.published_port);
-            let api = match port {
-                Some(port) if t.status.state == "running" => {
-                    Some(SocketAddr::new(self.host(&t.node_id).await?, port))
-                }
-                _ => None,
-            };
-            tasks.push(Task {
-                node,
-                state: t.status.state,
-                err: t.status.err.filter(|e| !e.is_empty()),
-                api,
-            });
-        }
-        Ok(tasks)
+        serde_json::from_str(&out)
+            .with_context(|| format!("reading `docker inspect` of {full}'s tasks"))
     }
 
     /// Starts the seeders: deployed with no replicas, so that the others
@@ -373,13 +408,40 @@ impl Stack {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let names = std::iter::once("dht").chain(self.services.iter().map(|s| s.name.as_str()));
+        let mut first_error = None;
         for name in names {
             let full = format!("{}_{name}", self.name);
-            let out = docker(["service", "logs", "--no-task-ids", "--timestamps", &full]).await?;
             let path = logs.join(format!("{name}.log"));
-            std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+            // Straight into the file (a long run's output is large).
+            let saved = async {
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                let mut command = tokio::process::Command::new("docker");
+                command
+                    .args(["service", "logs", "--no-task-ids", "--timestamps", &full])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(file.try_clone()?)
+                    .stderr(file)
+                    .kill_on_drop(true);
+                let status = tokio::time::timeout(DOCKER_WAIT, command.status())
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "`docker service logs {full}` took more than {DOCKER_WAIT:?}"
+                        )
+                    })?
+                    .context("running `docker service logs`")?;
+                anyhow::ensure!(
+                    status.success(),
+                    "`docker service logs {full}` failed ({status})"
+                );
+                Ok(())
+            };
+            if let Err(e) = saved.await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(logs)
+        first_error.map_or(Ok(logs), Err)
     }
 
     /// `docker stack rm`, then waits until the stack's containers and
@@ -388,8 +450,13 @@ impl Stack {
         if self.removed {
             return Ok(());
         }
+        let _ = std::fs::remove_file(&self.key);
         docker(["stack", "rm", &self.name]).await?;
         self.removed = true;
+        // One host removes a container a second or two.
+        let containers: usize = self.services.iter().map(|s| s.nodes.len()).sum::<usize>() + 1;
+        let wait =
+            REMOVE_WAIT + REMOVE_PER_CONTAINER * u32::try_from(containers).unwrap_or(u32::MAX);
         let label = format!("label=com.docker.stack.namespace={}", self.name);
         let started = tokio::time::Instant::now();
         loop {
@@ -398,9 +465,9 @@ impl Stack {
             if containers.trim().is_empty() && networks.trim().is_empty() {
                 return Ok(());
             }
-            if started.elapsed() > REMOVE_WAIT {
+            if started.elapsed() > wait {
                 bail!(
-                    "stack {} was removed but its containers or network were still there after {REMOVE_WAIT:?}",
+                    "stack {} was removed but its containers or network were still there after {wait:?}",
                     self.name
                 );
             }

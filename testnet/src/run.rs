@@ -36,8 +36,10 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 const DIAL_WAIT: Duration = Duration::from_secs(20);
 /// How often each node asks the DHT for providers (with DHT discovery).
 pub(crate) const DHT_ROUND: Duration = Duration::from_secs(1);
-/// How long a stack has from its deploy until every seeder serves.
+/// How long a stack has from its deploy until every seeder serves: this,
+/// plus the time to write and hash the content at `CONTENT_RATE` bytes/s.
 const STACK_START_WAIT: Duration = Duration::from_secs(300);
+const CONTENT_RATE: u64 = 20_000_000;
 /// How often a stack's tasks are looked at while some node has not
 /// answered yet, and after.
 const STACK_POLL: Duration = Duration::from_secs(1);
@@ -827,24 +829,20 @@ impl Testnet {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect()
         };
-        let name = format!(
-            "sluice-testnet-{}",
-            self.dir
+        // Named after the report directory (the last of its letters and
+        // digits), with a random tail: two runs never share a stack.
+        let dir_part: String = {
+            let name = self
+                .dir
                 .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .rev()
-                .take(12)
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect::<String>()
-                .to_ascii_lowercase()
-        );
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            let kept: Vec<char> = name.chars().filter(char::is_ascii_alphanumeric).collect();
+            kept[kept.len().saturating_sub(12)..].iter().collect()
+        };
+        let name = format!("sluice-testnet-{dir_part}-{:04x}", rand::random::<u16>());
         let deployed = Instant::now();
-        let stack = Stack::deploy(StackSpec {
+        let stack = Stack::prepare(StackSpec {
             name: &name,
             image: self.image.as_deref(),
             dir: &self.dir,
@@ -856,8 +854,11 @@ impl Testnet {
             flags: &flags,
         })
         .await?;
+        // Kept before it runs: a deploy stopped half-way is removed too.
+        let stack = self.stack.insert(stack);
+        stack.deploy().await?;
         info!(stack = %stack.name, services = stack.services.len(), "deployed");
-        self.stack = Some(stack);
+        let start_wait = self.start_wait();
         // Every other node first.
         loop {
             self.watch_stack(0.0).await?;
@@ -869,9 +870,10 @@ impl Testnet {
             if up {
                 break;
             }
-            if deployed.elapsed() > STACK_START_WAIT {
+            if deployed.elapsed() > start_wait {
                 anyhow::bail!(
-                    "not every node answered within {STACK_START_WAIT:?} of the deploy (docker stack ps {name})"
+                    "{} did not answer within {start_wait:?} of the deploy",
+                    self.silent_nodes()
                 );
             }
             tokio::time::sleep(SAMPLE_INTERVAL).await;
@@ -914,12 +916,35 @@ impl Testnet {
                 );
                 return Ok(start);
             }
-            if deployed.elapsed() > STACK_START_WAIT {
+            if deployed.elapsed() > start_wait {
                 anyhow::bail!(
-                    "the seeders did not serve the file within {STACK_START_WAIT:?} of the deploy (docker service ps {name}_seeder)"
+                    "the seeders did not serve the file within {start_wait:?} of the deploy ({} did not answer)",
+                    self.silent_nodes()
                 );
             }
             tokio::time::sleep(SAMPLE_INTERVAL).await;
+        }
+    }
+
+    /// How long a stack has from its deploy until its seeders serve: more
+    /// for more content, which they write and hash first.
+    fn start_wait(&self) -> Duration {
+        STACK_START_WAIT + Duration::from_secs(self.config.size / CONTENT_RATE)
+    }
+
+    /// The nodes that have not answered yet, for an error (at most a few
+    /// named).
+    fn silent_nodes(&self) -> String {
+        let silent: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.member.is_none())
+            .map(|n| n.plan.name.as_str())
+            .collect();
+        match silent.len() {
+            0 => "every node answered".into(),
+            n if n <= 5 => silent.join(", "),
+            n => format!("{} and {} more", silent[..5].join(", "), n - 5),
         }
     }
 
@@ -939,13 +964,12 @@ impl Testnet {
             return Ok(());
         };
         let tasks = stack.tasks().await?;
-        let stack_name = stack.name.clone();
         let mut reached = Vec::new();
         for task in &tasks {
             let n = &self.nodes[task.node];
             if task.ended() {
                 anyhow::bail!(
-                    "{} ({}): its container is {}{}; its output: docker service logs {stack_name}_…, saved in logs/ of the report",
+                    "{} ({}): its container is {}{}; its output is in logs/ of the report",
                     n.plan.name,
                     n.plan.role.name(),
                     task.state,
