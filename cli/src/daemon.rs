@@ -177,10 +177,7 @@ pub(crate) fn daemon(mut args: DaemonArgs) -> Result<ExitCode> {
             daemon.list().len(),
             download_dir.display()
         );
-        tokio::select! {
-            _ = stops.recv() => {}
-            () = node.failed() => anyhow::bail!(crate::net::NETWORK_FAILED),
-        }
+        crate::net::until_stop(&mut stops, &node).await?;
         eprintln!("stopping…");
         daemon.shutdown().await.map_err(anyhow::Error::msg)?;
         Ok(ExitCode::SUCCESS)

@@ -754,16 +754,22 @@ pub(crate) fn seed(mut args: SeedArgs) -> Result<ExitCode> {
 /// relays or bootstrap nodes are given.
 const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
+/// Until Ctrl-C or SIGTERM; an error if the node stops on its own first
+/// (its network task failed).
+pub(crate) async fn until_stop(stops: &mut Stops, node: &NodeHandle) -> Result<()> {
+    tokio::select! {
+        _ = stops.recv() => Ok(()),
+        () = node.failed() => Err(anyhow::anyhow!(NETWORK_FAILED)),
+    }
+}
+
 /// What a command says when its node stopped on its own.
-pub(crate) const NETWORK_FAILED: &str = "the node's network task failed (a bug: the panic is above) and the node stopped; run the same command to resume";
+const NETWORK_FAILED: &str = "the node's network task failed (a bug: the panic is above) and the node stopped; run the same command to resume";
 
 /// Serves until Ctrl-C or SIGTERM, then stops the node cleanly.
 async fn until_ctrl_c(node: NodeHandle) -> Result<ExitCode> {
     let mut stops = Stops::new()?;
-    tokio::select! {
-        _ = stops.recv() => {}
-        () = node.failed() => anyhow::bail!(NETWORK_FAILED),
-    }
+    until_stop(&mut stops, &node).await?;
     eprintln!("stopping…");
     node.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
@@ -1014,10 +1020,7 @@ pub(crate) fn get(mut args: GetArgs) -> Result<ExitCode> {
                     }
                     print_bt(&node);
                     print_api(&node);
-                    tokio::select! {
-                        _ = interrupts.recv() => {}
-                        () = node.failed() => anyhow::bail!(NETWORK_FAILED),
-                    }
+                    until_stop(&mut interrupts, &node).await?;
                     eprintln!("stopping…");
                 }
                 ExitCode::SUCCESS

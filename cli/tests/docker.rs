@@ -32,27 +32,33 @@ fn content(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 1021) as u8).collect()
 }
 
-/// Runs `docker ARGS` under `timeout`, so that a wedged daemon fails the
-/// test instead of hanging it.
-fn docker(args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg(STEP.as_secs().to_string())
-        .arg("docker")
-        .args(args)
-        .output()
-        .unwrap()
+/// `program` under `timeout`, so that a wedged daemon fails the test
+/// instead of hanging it.
+fn within(limit: Duration, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("timeout");
+    command.arg(limit.as_secs().to_string()).arg(program);
+    command
 }
 
-/// `docker ARGS`, which must succeed; its stdout.
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
+/// `out` of `what`, which must have succeeded; its stdout.
+fn succeeded(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
-        "docker {args:?}: {}\n{}",
+        "{what}: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `docker ARGS`, within [`STEP`].
+fn docker(args: &[&str]) -> Output {
+    within(STEP, "docker").args(args).output().unwrap()
+}
+
+/// `docker ARGS`, which must succeed; its stdout.
+fn docker_ok(args: &[&str]) -> String {
+    succeeded(&format!("docker {args:?}"), docker(args))
 }
 
 /// What one test made in Docker: removed when dropped, whatever happened.
@@ -72,19 +78,12 @@ impl Stage {
             containers: Vec::new(),
         };
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/image");
-        let out = Command::new("timeout")
-            .arg(STEP.as_secs().to_string())
-            .arg(&script)
+        let out = within(STEP, &script)
             .args(["-t", &stage.tag])
             .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/image: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("image: {}", String::from_utf8_lossy(&out.stdout).trim());
+        eprintln!("image: {}", succeeded("scripts/image", out).trim());
         docker_ok(&[
             "network",
             "create",
@@ -397,9 +396,8 @@ fn the_example_stack_spreads_a_file_to_every_leecher_on_docker_swarm() {
 
     let name = stage.network.replace('-', "");
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/stack.yml");
-    let deploy = Command::new("timeout")
-        .arg(STEP.as_secs().to_string())
-        .args(["docker", "stack", "deploy", "-c"])
+    let deploy = within(STEP, "docker")
+        .args(["stack", "deploy", "-c"])
         .arg(&file)
         .arg(&name)
         .env("SLUICE_IMAGE", &stage.tag)
@@ -414,11 +412,7 @@ fn the_example_stack_spreads_a_file_to_every_leecher_on_docker_swarm() {
         .output()
         .unwrap();
     let stack = Stack(name);
-    assert!(
-        deploy.status.success(),
-        "docker stack deploy: {}",
-        String::from_utf8_lossy(&deploy.stderr)
-    );
+    succeeded("docker stack deploy", deploy);
 
     // Every leecher says, through its own API, that it has every piece.
     eventually_within(STEP * 2, "all 3 leechers complete", || {
@@ -446,9 +440,7 @@ fn the_testnet_runs_on_docker_swarm_and_leaves_nothing_behind() {
     let prefix = format!("sluice-testnet-tn{}-", std::process::id());
     let _left = StacksNamed(prefix.clone());
     let volumes_before = docker_ok(&["volume", "ls", "-q"]);
-    let out = Command::new("timeout")
-        .arg((STEP * 5).as_secs().to_string())
-        .arg(env!("CARGO_BIN_EXE_sluice"))
+    let out = within(STEP * 5, env!("CARGO_BIN_EXE_sluice"))
         .args(["testnet", "--on", "docker-swarm", "--image", &stage.tag])
         .args(["--nodes", "8", "--size", "4MiB", "--report"])
         .arg(&report)

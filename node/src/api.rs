@@ -794,13 +794,14 @@ async fn node_info(State(state): State<ApiState>) -> axum::Json<NodeInfo> {
         hole_punch_successes: reach.hole_punch_successes,
         relayed_bytes_received: state.relayed.received(),
         relayed_bytes_sent: state.relayed.sent(),
-        peak_rss_bytes: own_peak_rss(),
+        peak_rss_bytes: peak_rss_of("/proc/self/status"),
     })
 }
 
-/// This process's peak resident memory, from `/proc/self/status`.
-fn own_peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A process's peak resident memory (`VmHWM`) from its
+/// `/proc/PID/status` (Linux; `None` elsewhere or when unreadable).
+pub fn peak_rss_of(status_path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)

@@ -74,31 +74,25 @@ pub(crate) struct Service {
 pub(crate) struct Task {
     /// Index into the testnet's nodes.
     pub node: usize,
-    /// Docker's state: `running`, `failed`, …
-    pub state: String,
-    /// Docker's error, when it failed.
-    pub err: Option<String>,
+    /// Set when its container ended (or will never run): Docker's state
+    /// and error. A node runs until the testnet stops it.
+    pub ended: Option<String>,
     /// Where its control API is published (host and port), once running.
     pub api: Option<SocketAddr>,
 }
 
-impl Task {
-    /// Ended, or never to run: a node runs until the testnet stops it.
-    pub(crate) fn ended(&self) -> bool {
-        ended(&self.state)
-    }
-}
-
-fn ended(state: &str) -> bool {
-    matches!(
-        state,
-        "complete" | "failed" | "shutdown" | "rejected" | "orphaned" | "remove"
-    )
-}
-
 impl RawTask {
-    fn ended(&self) -> bool {
-        ended(&self.status.state)
+    /// Docker's state and error, when the container ended or will never
+    /// run.
+    fn ended(&self) -> Option<String> {
+        let ended = matches!(
+            self.status.state.as_str(),
+            "complete" | "failed" | "shutdown" | "rejected" | "orphaned" | "remove"
+        );
+        ended.then(|| match self.status.err.as_deref() {
+            Some(e) if !e.is_empty() => format!("{} ({e})", self.status.state),
+            _ => self.status.state.clone(),
+        })
     }
 }
 
@@ -163,7 +157,7 @@ pub(crate) struct StackSpec<'a> {
     pub plans: &'a [NodePlan],
     /// A node's flags beside its command (choking, rates): the same as
     /// `--processes` gives.
-    pub flags: &'a dyn Fn(&NodePlan) -> Vec<String>,
+    pub flags: &'a dyn Fn(&NodePlan) -> Vec<std::ffi::OsString>,
 }
 
 impl Stack {
@@ -230,7 +224,7 @@ impl Stack {
         };
         let mut all = serde_json::Map::new();
         let mut dht_args: Vec<String> = vec!["node".into(), "--identity".into(), DHT_KEY_AT.into()];
-        dht_args.extend(node_args(&bootstrap, false));
+        dht_args.extend(node_args(None));
         let mut dht = node(dht_args, 1);
         dht["secrets"] = json!([{
             "source": "dht-key",
@@ -241,7 +235,7 @@ impl Stack {
         all.insert("dht".into(), dht);
         for s in &services {
             let mut args = s.args.clone();
-            args.extend(node_args(&bootstrap, true));
+            args.extend(node_args(Some(&bootstrap)));
             // Seeders start once every other node runs (`start_seeders`).
             let replicas = if s.seeds { 0 } else { s.nodes.len() };
             all.insert(s.name.clone(), node(args, replicas));
@@ -295,15 +289,9 @@ impl Stack {
     /// anybody.
     pub(crate) async fn tasks(&mut self) -> Result<Vec<Task>> {
         for t in self.raw_tasks("dht").await? {
-            if t.ended() {
+            if let Some(ended) = t.ended() {
                 bail!(
-                    "the DHT node's container is {}{}; its output is in logs/dht.log of the report",
-                    t.status.state,
-                    t.status
-                        .err
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
+                    "the DHT node's container is {ended}; its output is in logs/dht.log of the report"
                 );
             }
         }
@@ -322,10 +310,9 @@ impl Stack {
                 let port = t
                     .status
                     .port_status
-                    .and_then(|p| p.ports)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|p| p.target_port == API_PORT)
+                    .as_ref()
+                    .and_then(|p| p.ports.as_ref())
+                    .and_then(|ports| ports.iter().find(|p| p.target_port == API_PORT))
                     .map(|p| p.published_port);
                 let api = match port {
                     Some(port) if t.status.state == "running" => {
@@ -335,8 +322,7 @@ impl Stack {
                 };
                 tasks.push(Task {
                     node,
-                    state: t.status.state,
-                    err: t.status.err.filter(|e| !e.is_empty()),
+                    ended: t.ended(),
                     api,
                 });
             }
@@ -416,26 +402,8 @@ impl Stack {
             let saved = async {
                 let file = std::fs::File::create(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                let mut command = tokio::process::Command::new("docker");
-                command
-                    .args(["service", "logs", "--no-task-ids", "--timestamps", &full])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(file.try_clone()?)
-                    .stderr(file)
-                    .kill_on_drop(true);
-                let status = tokio::time::timeout(DOCKER_WAIT, command.status())
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "`docker service logs {full}` took more than {DOCKER_WAIT:?}"
-                        )
-                    })?
-                    .context("running `docker service logs`")?;
-                anyhow::ensure!(
-                    status.success(),
-                    "`docker service logs {full}` failed ({status})"
-                );
-                Ok(())
+                let args = ["service", "logs", "--no-task-ids", "--timestamps", &full];
+                run_docker(args, Some(file)).await.map(|_| ())
             };
             if let Err(e) = saved.await {
                 first_error.get_or_insert(e);
@@ -477,22 +445,20 @@ impl Stack {
 }
 
 /// Flags every node of the stack gets: no mDNS or UPnP (the overlay is
-/// the network), the DHT node to bootstrap from, providers asked every
-/// second. `server`: serves the DHT from the start (as on loopback,
-/// nobody need confirm an address on an overlay network).
-fn node_args(bootstrap: &str, others: bool) -> Vec<String> {
-    let mut a: Vec<String> = ["--no-mdns", "--no-upnp", "--dht-server"]
-        .map(String::from)
-        .into();
-    if others {
-        a.extend([
-            "--bootstrap".into(),
-            bootstrap.into(),
-            "--discovery-interval".into(),
-            crate::run::DHT_ROUND.as_secs_f64().to_string(),
-        ]);
-    }
+/// the network), the DHT served from the start (as on loopback, nobody
+/// need confirm an address on an overlay network), and the DHT node to
+/// bootstrap from (all but that node).
+fn node_args(bootstrap: Option<&str>) -> Vec<String> {
+    let mut a: Vec<String> = vec!["--no-mdns".into(), "--no-upnp".into()];
+    a.extend(strings(crate::run::dht_flags(bootstrap, true)));
     a
+}
+
+/// Arguments as the stack file's strings.
+fn strings(args: Vec<std::ffi::OsString>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The services: nodes of one role with the same rates and disk run as
@@ -521,32 +487,20 @@ fn group(spec: &StackSpec<'_>) -> Vec<Service> {
             })
             .find(|name| !taken(name))
             .expect("a free name");
-        let mut args: Vec<String> = match plan.role {
-            Role::Seeder | Role::Liar => vec![
-                "seed".into(),
-                "/data/content.bin".into(),
-                "--torrent".into(),
-                TORRENT_AT.into(),
-                "--testnet-content".into(),
-                spec.seed.to_string(),
-            ],
-            Role::Leecher | Role::FreeRider => {
-                let mut a: Vec<String> = vec![
-                    "get".into(),
-                    TORRENT_AT.into(),
-                    "--output".into(),
-                    "/data/download".into(),
-                    "--seed-after".into(),
-                    "--disk-queue".into(),
-                    spec.disk_queue.to_string(),
-                ];
-                if let Some(r) = plan.disk_rate {
-                    a.extend(["--disk-rate".into(), r.to_string()]);
-                }
-                a
-            }
+        let content = match plan.role {
+            Role::Seeder | Role::Liar => "/data/content.bin",
+            Role::Leecher | Role::FreeRider => "/data/download/content.bin",
         };
-        args.extend((spec.flags)(plan));
+        let mut args = strings(crate::run::node_command(
+            plan,
+            Path::new(content),
+            Path::new(TORRENT_AT),
+            spec.disk_queue,
+        ));
+        if plan.role == Role::Seeder {
+            args.extend(["--testnet-content".into(), spec.seed.to_string()]);
+        }
+        args.extend(strings((spec.flags)(plan)));
         services.push((
             key,
             Service {
@@ -574,6 +528,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let (shown, out) = run_docker(args, None).await?;
+    String::from_utf8(out).with_context(|| format!("`docker {shown}` said non-UTF-8"))
+}
+
+/// Runs `docker ARGS` within [`DOCKER_WAIT`], its output (both streams)
+/// into `into` when given, else returned (standard output; standard
+/// error goes into the error). Also how the command was shown.
+async fn run_docker<I, S>(args: I, into: Option<std::fs::File>) -> Result<(String, Vec<u8>)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let shown = args
         .iter()
@@ -586,6 +552,10 @@ where
         .args(&args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    if let Some(file) = into {
+        command.stdout(file.try_clone().context("opening a log file")?);
+        command.stderr(file);
+    }
     let out = tokio::time::timeout(DOCKER_WAIT, command.output())
         .await
         .map_err(|_| anyhow::anyhow!("`docker {shown}` took more than {DOCKER_WAIT:?}"))?
@@ -594,7 +564,7 @@ where
         let said = String::from_utf8_lossy(&out.stderr);
         bail!("`docker {shown}` failed ({}): {}", out.status, said.trim());
     }
-    String::from_utf8(out.stdout).with_context(|| format!("`docker {shown}` said non-UTF-8"))
+    Ok((shown, out.stdout))
 }
 
 /// A node container as the collector reaches it.

@@ -344,13 +344,7 @@ fn peak_rss() -> Option<u64> {
     peak_rss_of("/proc/self/status")
 }
 
-/// `VmHWM` from a `/proc/…/status` file.
-pub(crate) fn peak_rss_of(status_path: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(status_path).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+pub(crate) use sluice_node::api::peak_rss_of;
 
 impl Report {
     pub fn new(

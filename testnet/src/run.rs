@@ -35,7 +35,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a starting node waits for each dial.
 const DIAL_WAIT: Duration = Duration::from_secs(20);
 /// How often each node asks the DHT for providers (with DHT discovery).
-pub(crate) const DHT_ROUND: Duration = Duration::from_secs(1);
+const DHT_ROUND: Duration = Duration::from_secs(1);
 /// How long a stack has from its deploy until every seeder serves: this,
 /// plus the time to write and hash the content at `CONTENT_RATE` bytes/s.
 const STACK_START_WAIT: Duration = Duration::from_secs(300);
@@ -764,17 +764,10 @@ impl Testnet {
             args.extend(self.node_flags(plan));
         }
         if let Some((_, addr)) = &self.dht {
-            args.extend(["--bootstrap".into(), addr.to_string().into()]);
             // On loopback nobody confirms an address, so every node
             // serves the DHT; in namespaces AutoNAT decides, as it would
             // on the internet.
-            if !c.netns {
-                args.push("--dht-server".into());
-            }
-            args.extend([
-                "--discovery-interval".into(),
-                DHT_ROUND.as_secs_f64().to_string().into(),
-            ]);
+            args.extend(dht_flags(Some(&addr.to_string()), !c.netns));
         }
         args
     }
@@ -823,12 +816,7 @@ impl Testnet {
     async fn deploy(&mut self) -> Result<Instant> {
         crate::docker::check(self.image.as_deref()).await?;
         let plans: Vec<NodePlan> = self.nodes.iter().map(|n| n.plan.clone()).collect();
-        let flags = |plan: &NodePlan| {
-            self.node_flags(plan)
-                .into_iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        };
+        let flags = |plan: &NodePlan| self.node_flags(plan);
         // Named after the report directory (the last of its letters and
         // digits), with a random tail: two runs never share a stack.
         let dir_part: String = {
@@ -859,66 +847,60 @@ impl Testnet {
         stack.deploy().await?;
         info!(stack = %stack.name, services = stack.services.len(), "deployed");
         let start_wait = self.start_wait();
-        // Every other node first.
-        loop {
-            self.watch_stack(0.0).await?;
-            let up = self
-                .nodes
-                .iter()
-                .filter(|n| n.plan.role != Role::Seeder)
-                .all(|n| n.member.is_some());
-            if up {
-                break;
-            }
-            if deployed.elapsed() > start_wait {
-                anyhow::bail!(
-                    "{} did not answer within {start_wait:?} of the deploy",
-                    self.silent_nodes()
-                );
-            }
-            tokio::time::sleep(SAMPLE_INTERVAL).await;
-        }
-        info!(
-            seconds = deployed.elapsed().as_secs_f64(),
-            "every node but the seeders answers"
-        );
-        if let Some(stack) = &self.stack {
-            stack.start_seeders().await?;
-        }
         let info_hash = self.meta.info().info_hash().to_string();
+        let is_seeder = |n: &Live| n.plan.role == Role::Seeder;
+        // Every other node first, then the seeders.
+        let mut seeders_started = false;
         loop {
             self.watch_stack(0.0).await?;
-            let mut serving = true;
-            for n in self.nodes.iter().filter(|n| n.plan.role == Role::Seeder) {
-                serving &= match &n.member {
-                    Some(m) => m
-                        .snapshot(&info_hash)
-                        .await
-                        .is_some_and(|s| s.verified_pieces == s.total_pieces),
-                    None => false,
-                };
-            }
-            if serving {
-                let start = self
+            if !seeders_started {
+                if self
                     .nodes
                     .iter()
-                    .filter(|n| n.plan.role == Role::Seeder)
-                    .filter_map(|n| match &n.member {
-                        Some(Member::Container(c)) => Some(c.started),
-                        _ => None,
-                    })
-                    .min()
-                    .unwrap_or_else(Instant::now);
-                info!(
-                    seconds = deployed.elapsed().as_secs_f64(),
-                    from_start = start.elapsed().as_secs_f64(),
-                    "every seeder serves"
-                );
-                return Ok(start);
+                    .filter(|n| !is_seeder(n))
+                    .all(|n| n.member.is_some())
+                {
+                    info!(
+                        seconds = deployed.elapsed().as_secs_f64(),
+                        "every node but the seeders answers"
+                    );
+                    if let Some(stack) = &self.stack {
+                        stack.start_seeders().await?;
+                    }
+                    seeders_started = true;
+                }
+            } else {
+                let mut started = Vec::new();
+                for n in self.nodes.iter().filter(|n| is_seeder(n)) {
+                    match &n.member {
+                        Some(m @ Member::Container(c))
+                            if m.snapshot(&info_hash)
+                                .await
+                                .is_some_and(|s| s.verified_pieces == s.total_pieces) =>
+                        {
+                            started.push(c.started);
+                        }
+                        _ => break,
+                    }
+                }
+                if started.len() == self.config.seeders {
+                    let start = started.into_iter().min().unwrap_or_else(Instant::now);
+                    info!(
+                        seconds = deployed.elapsed().as_secs_f64(),
+                        from_start = start.elapsed().as_secs_f64(),
+                        "every seeder serves"
+                    );
+                    return Ok(start);
+                }
             }
             if deployed.elapsed() > start_wait {
                 anyhow::bail!(
-                    "the seeders did not serve the file within {start_wait:?} of the deploy ({} did not answer)",
+                    "{} within {start_wait:?} of the deploy ({} did not answer)",
+                    if seeders_started {
+                        "the seeders did not serve the file"
+                    } else {
+                        "not every node answered"
+                    },
                     self.silent_nodes()
                 );
             }
@@ -967,16 +949,11 @@ impl Testnet {
         let mut reached = Vec::new();
         for task in &tasks {
             let n = &self.nodes[task.node];
-            if task.ended() {
+            if let Some(ended) = &task.ended {
                 anyhow::bail!(
-                    "{} ({}): its container is {}{}; its output is in logs/ of the report",
+                    "{} ({}): its container is {ended}; its output is in logs/ of the report",
                     n.plan.name,
                     n.plan.role.name(),
-                    task.state,
-                    task.err
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
                 );
             }
             if n.member.is_none()
@@ -1215,35 +1192,7 @@ impl Testnet {
         let live = &self.nodes[i];
         let plan = &live.plan;
         let torrent = self.dir.join("testnet.torrent");
-        let mut args: Vec<OsString> = match plan.role {
-            Role::Seeder | Role::Liar => {
-                vec![
-                    "seed".into(),
-                    live.content.clone().into(),
-                    "--torrent".into(),
-                    torrent.into(),
-                ]
-            }
-            Role::Leecher | Role::FreeRider => {
-                let out = live.content.parent().expect("a file in a directory");
-                let mut a: Vec<OsString> = vec![
-                    "get".into(),
-                    torrent.into(),
-                    "--output".into(),
-                    out.into(),
-                    "--seed-after".into(),
-                    "--disk-queue".into(),
-                    self.config.disk_queue.to_string().into(),
-                ];
-                if let Some(r) = plan.disk_rate {
-                    a.extend(["--disk-rate".into(), r.to_string().into()]);
-                }
-                a
-            }
-        };
-        if plan.role == Role::Liar {
-            args.push("--no-verify-reads".into());
-        }
+        let mut args = node_command(plan, &live.content, &torrent, self.config.disk_queue);
         args.extend(self.common_args(&live.data_dir, Some(plan)));
         for addr in dial {
             let addr = match addr {
@@ -1540,6 +1489,67 @@ impl Testnet {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The command a node of `plan` runs, as a person would type it: `seed
+/// CONTENT --torrent TORRENT` for seeders and liars, `get TORRENT
+/// --output DIR --seed-after` (into `content`'s directory) for
+/// downloading nodes. What `--processes` starts, and each replica on
+/// Docker Swarm.
+pub(crate) fn node_command(
+    plan: &NodePlan,
+    content: &Path,
+    torrent: &Path,
+    disk_queue: u64,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = match plan.role {
+        Role::Seeder | Role::Liar => {
+            vec![
+                "seed".into(),
+                content.into(),
+                "--torrent".into(),
+                torrent.into(),
+            ]
+        }
+        Role::Leecher | Role::FreeRider => {
+            let out = content.parent().expect("a file in a directory");
+            vec![
+                "get".into(),
+                torrent.into(),
+                "--output".into(),
+                out.into(),
+                "--seed-after".into(),
+                "--disk-queue".into(),
+                disk_queue.to_string().into(),
+            ]
+        }
+    };
+    if let Some(r) = plan.disk_rate {
+        args.extend(["--disk-rate".into(), r.to_string().into()]);
+    }
+    if plan.role == Role::Liar {
+        args.push("--no-verify-reads".into());
+    }
+    args
+}
+
+/// How a node uses the DHT: bootstraps from `bootstrap` and asks for
+/// providers every [`DHT_ROUND`]; `server`: serves the DHT from the
+/// start, rather than once an address of it is confirmed.
+pub(crate) fn dht_flags(bootstrap: Option<&str>, server: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(addr) = bootstrap {
+        args.extend([
+            "--bootstrap".into(),
+            addr.into(),
+            "--discovery-interval".into(),
+            DHT_ROUND.as_secs_f64().to_string().into(),
+        ]);
+    }
+    if server {
+        args.push("--dht-server".into());
+    }
+    args
 }
 
 /// [`write_content`] to a file beside `path`, renamed into place once
