@@ -115,21 +115,25 @@ impl Proc {
                     .map(|a| a.parse())
                     .collect::<Result<Vec<Multiaddr>, _>>()
                     .with_context(|| format!("{name} listens on {:?}", info.listen_addrs))?;
-                return Ok(Self {
-                    name: name.to_owned(),
-                    log: log.to_owned(),
-                    child,
-                    api,
-                    peer_id: info.peer_id,
-                    listen,
-                    bt_addr: info.bt_addr,
-                    bt_label: info.bt_peer_id,
-                    netns: netns.map(str::to_owned),
-                });
+                // In a namespace, an address others can dial: the
+                // interface's may come a moment after loopback's.
+                if netns.is_none() || listen.iter().any(off_host) {
+                    return Ok(Self {
+                        name: name.to_owned(),
+                        log: log.to_owned(),
+                        child,
+                        api,
+                        peer_id: info.peer_id,
+                        listen,
+                        bt_addr: info.bt_addr,
+                        bt_label: info.bt_peer_id,
+                        netns: netns.map(str::to_owned),
+                    });
+                }
             }
             if started.elapsed() > START_WAIT {
                 bail!(
-                    "{name} did not answer on its control API within {START_WAIT:?}; its output is in {}",
+                    "{name} did not answer on its control API with an address others can dial within {START_WAIT:?}; its output is in {}",
                     log.display()
                 );
             }
@@ -165,14 +169,8 @@ impl Proc {
 
     /// An address others dial it at: in a namespace, not loopback.
     pub(crate) fn dial_addr(&self) -> Option<Multiaddr> {
-        let off_host = |a: &&Multiaddr| {
-            !matches!(
-                a.iter().next(),
-                Some(sluice_node::multiaddr::Protocol::Ip4(ip)) if ip.is_loopback()
-            )
-        };
         match self.netns {
-            Some(_) => self.listen.iter().find(off_host).cloned(),
+            Some(_) => self.listen.iter().find(|a| off_host(a)).cloned(),
             None => self.listen.first().cloned(),
         }
     }
@@ -207,6 +205,14 @@ pub(crate) async fn torrent_of(
         api.get_json::<Vec<PeerInfo>>(&peers_path),
     );
     Ok((info?, peers?))
+}
+
+/// Not a loopback address: one another host can dial.
+fn off_host(a: &Multiaddr) -> bool {
+    !matches!(
+        a.iter().next(),
+        Some(sluice_node::multiaddr::Protocol::Ip4(ip)) if ip.is_loopback()
+    )
 }
 
 /// Waits up to `wait` for `child` (`name`, writing to `log`), asked to
